@@ -1,0 +1,65 @@
+use rust_decimal::Decimal;
+
+use crate::__bindings::commission::plugin::types as wit;
+
+/// A payout decided by the plugin. Built with [`Context::pay`](crate::Context::pay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commission {
+    pub affiliate: String,
+    /// Positive to pay, negative to claw back.
+    pub amount: Decimal,
+    pub currency: String,
+    /// A stable id of the rule that paid, e.g. `ftd-cpa`.
+    pub rule: String,
+    /// One human line with the numbers: why this was paid.
+    pub explanation: String,
+}
+
+/// A commission missing its rule id and explanation: [`CommissionBuilder::because`] finishes it,
+/// so that no commission is stored without its reason.
+#[derive(Debug, Clone)]
+pub struct CommissionBuilder {
+    affiliate: String,
+    amount: Decimal,
+    currency: String,
+    rule: String,
+}
+
+impl CommissionBuilder {
+    pub(crate) fn new(affiliate: &str, amount: Decimal, currency: &str) -> Self {
+        Self { affiliate: affiliate.to_owned(), amount, currency: currency.to_owned(), rule: String::new() }
+    }
+
+    /// Pays in `currency` instead of the operator's.
+    pub fn currency(mut self, currency: &str) -> Self {
+        self.currency = currency.to_owned();
+        self
+    }
+
+    pub fn rule(mut self, rule: &str) -> Self {
+        self.rule = rule.to_owned();
+        self
+    }
+
+    pub fn because(self, explanation: impl Into<String>) -> Commission {
+        Commission {
+            affiliate: self.affiliate,
+            amount: self.amount,
+            currency: self.currency,
+            rule: self.rule,
+            explanation: explanation.into(),
+        }
+    }
+}
+
+impl From<Commission> for wit::Commission {
+    fn from(commission: Commission) -> Self {
+        Self {
+            affiliate: commission.affiliate,
+            amount: commission.amount.to_string(),
+            currency: commission.currency,
+            rule: commission.rule,
+            explanation: commission.explanation,
+        }
+    }
+}

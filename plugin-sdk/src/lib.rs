@@ -1,0 +1,133 @@
+//! # Writing commission rules for commission-host
+//!
+//! An operator's payout logic (CPA, RevShare, tiers, per-lot IB deals, ...) runs inside
+//! commission-host as a WebAssembly component. This crate is everything a plugin author needs:
+//! implement [`Plugin`] in plain Rust, call [`export_plugin!`], and build for `wasm32-wasip2`.
+//!
+//! ```no_run
+//! use commission_plugin_sdk::prelude::*;
+//!
+//! struct FirstDepositCpa;
+//!
+//! impl Plugin for FirstDepositCpa {
+//!     fn evaluate(event: &Event, context: &Context) -> Result<Vec<Commission>> {
+//!         if event.kind != "deposit" || !state::claim(&state::customer_key(&event.customer, "ftd-paid")) {
+//!             return Ok(vec![]);
+//!         }
+//!         let affiliate = context.affiliate();
+//!         let cpa = affiliate.deal.decimal_or("ftd_cpa", Decimal::TEN)?;
+//!         Ok(vec![context.pay(affiliate, cpa).rule("ftd-cpa").because("first deposit")])
+//!     }
+//! }
+//!
+//! export_plugin!(FirstDepositCpa);
+//! ```
+//!
+//! ## The rules of the sandbox
+//! - **Deterministic.** The only clock is [`Event::occurred_at`]; there is no randomness, file
+//!   system or network. The host replays stored events through the same plugin version to
+//!   explain or verify a payout, and must get the same commissions.
+//! - **No memory between events.** Each event runs in a fresh instance: a `static` set while
+//!   evaluating one event is gone for the next. Keep what must last in [`state`].
+//! - **All or nothing.** [`state`] writes and the returned commissions are committed together,
+//!   only if [`Plugin::evaluate`] returns `Ok`. An `Err` (or a panic) stores the event as failed
+//!   with the message; the operator can retry it after a fix.
+//!
+//! ## Testing natively
+//! Off wasm, [`state`] and [`log`] are kept in memory per thread, so rule logic runs under a
+//! plain `cargo test`; see [`testing`].
+
+// Lets the generated bindings name this crate the same way from inside it and from a plugin.
+extern crate self as commission_plugin_sdk;
+
+mod commission;
+mod context;
+mod error;
+mod event;
+pub mod log;
+mod properties;
+pub mod state;
+pub mod testing;
+
+pub use commission::{Commission, CommissionBuilder};
+pub use context::{Affiliate, Context};
+pub use error::{Error, Result};
+pub use event::Event;
+pub use properties::Properties;
+pub use rust_decimal::Decimal;
+
+/// The version of the `commission:plugin` WIT package this SDK builds plugins against.
+/// The host reads it from the component's imports and exports, not from this constant.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// What a plugin author implements: the commissions one event earns.
+///
+/// There is no `self`: a plugin keeps nothing in memory between events (see the crate docs).
+pub trait Plugin {
+    fn evaluate(event: &Event, context: &Context) -> Result<Vec<Commission>>;
+}
+
+/// Everything a plugin usually needs, in one `use`.
+pub mod prelude {
+    pub use crate::{
+        Affiliate, Commission, Context, Decimal, Error, Event, Plugin, Properties, Result, export_plugin, state,
+    };
+    pub use crate::{debug, error, info, warn};
+}
+
+/// Exports a [`Plugin`] implementation as the component's `rules` interface.
+/// Invoke it once, at the root of the plugin's `cdylib` crate.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        const _: () = {
+            struct ExportedRules;
+
+            impl $crate::__bindings::exports::commission::plugin::rules::Guest for ExportedRules {
+                fn evaluate(
+                    event: $crate::__bindings::commission::plugin::types::Event,
+                    context: $crate::__bindings::commission::plugin::types::Context,
+                ) -> ::core::result::Result<
+                    $crate::__bindings::__private_std::vec::Vec<
+                        $crate::__bindings::commission::plugin::types::Commission,
+                    >,
+                    $crate::__bindings::__private_std::string::String,
+                > {
+                    $crate::__bindings::evaluate_with::<$plugin>(event, context)
+                }
+            }
+
+            // Off wasm the plugin is an ordinary library for native tests: nothing to export.
+            #[cfg(target_arch = "wasm32")]
+    $crate::__bindings::__export_rules!(ExportedRules with_types_in $crate::__bindings);
+        };
+    };
+}
+
+/// The wit-bindgen glue. Not part of the API: [`export_plugin!`] is.
+#[doc(hidden)]
+pub mod __bindings {
+    wit_bindgen::generate!({
+        path: "../wit/since_v0.1.0",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_rules",
+        runtime_path: "::commission_plugin_sdk::__bindings::__wit_bindgen::rt",
+    });
+
+    pub use std as __private_std;
+    pub use wit_bindgen as __wit_bindgen;
+
+    use crate::{Context, Event, Plugin};
+
+    pub fn evaluate_with<P: Plugin>(
+        event: commission::plugin::types::Event,
+        context: commission::plugin::types::Context,
+    ) -> Result<Vec<commission::plugin::types::Commission>, String> {
+        let event = Event::from_wit(event).map_err(|error| error.to_string())?;
+        let context = Context::from_wit(context);
+        P::evaluate(&event, &context)
+            .map(|commissions| commissions.into_iter().map(Into::into).collect())
+            .map_err(|error| error.to_string())
+    }
+}

@@ -1,0 +1,106 @@
+//! The plugin's key/value state, kept by the host per operator.
+//!
+//! Reads see what earlier events committed plus this event's own writes; writes are committed
+//! with the event's commissions, or dropped with them if the evaluation fails. Keys are free
+//! text; [`customer_key`] and [`affiliate_key`] keep the usual ones consistent.
+//!
+//! Off wasm (in a plugin's native `cargo test`) the state is an in-memory map per thread; see
+//! [`crate::testing`].
+
+use rust_decimal::Decimal;
+
+use crate::Result;
+use crate::properties::parse_decimal;
+
+/// `customer:{customer}:{name}`: state about one customer.
+pub fn customer_key(customer: &str, name: &str) -> String {
+    format!("customer:{customer}:{name}")
+}
+
+/// `affiliate:{affiliate}:{name}`: state about one affiliate (tiers, periods).
+pub fn affiliate_key(affiliate: &str, name: &str) -> String {
+    format!("affiliate:{affiliate}:{name}")
+}
+
+pub fn get(key: &str) -> Option<Vec<u8>> {
+    backend::get(key)
+}
+
+pub fn set(key: &str, value: &[u8]) {
+    backend::set(key, value)
+}
+
+pub fn delete(key: &str) {
+    backend::delete(key)
+}
+
+/// A decimal stored under `key`; zero when absent.
+pub fn decimal(key: &str) -> Result<Decimal> {
+    match get(key) {
+        None => Ok(Decimal::ZERO),
+        Some(bytes) => parse_decimal(key, &String::from_utf8_lossy(&bytes)),
+    }
+}
+
+pub fn set_decimal(key: &str, value: Decimal) {
+    set(key, value.to_string().as_bytes())
+}
+
+/// Adds `delta` to the decimal under `key` and returns the new total.
+pub fn add_decimal(key: &str, delta: Decimal) -> Result<Decimal> {
+    let total = decimal(key)?
+        .checked_add(delta)
+        .ok_or_else(|| crate::Error::new(format!("{key}: total overflows a decimal")))?;
+    set_decimal(key, total);
+    Ok(total)
+}
+
+/// Whether the flag `key` is set.
+pub fn flag(key: &str) -> bool {
+    get(key).is_some()
+}
+
+/// Sets the flag `key` and says whether this call set it: `true` the first time only.
+/// The way to pay something once (`claim("customer:c1:ftd-paid")`).
+pub fn claim(key: &str) -> bool {
+    if flag(key) {
+        return false;
+    }
+    set(key, b"1");
+    true
+}
+
+#[cfg(target_arch = "wasm32")]
+mod backend {
+    use crate::__bindings::commission::plugin::state;
+
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        state::get(key)
+    }
+    pub fn set(key: &str, value: &[u8]) {
+        state::set(key, value)
+    }
+    pub fn delete(key: &str) {
+        state::delete(key)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) mod backend {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    thread_local! {
+        pub(crate) static STATE: RefCell<BTreeMap<String, Vec<u8>>> = const { RefCell::new(BTreeMap::new()) };
+    }
+
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        STATE.with_borrow(|state| state.get(key).cloned())
+    }
+    pub fn set(key: &str, value: &[u8]) {
+        STATE.with_borrow_mut(|state| state.insert(key.to_owned(), value.to_vec()));
+    }
+    pub fn delete(key: &str) {
+        STATE.with_borrow_mut(|state| state.remove(key));
+    }
+}

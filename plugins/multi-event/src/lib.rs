@@ -1,0 +1,171 @@
+//! The domain's own example of an event-driven deal, as a plugin: the referring affiliate earns
+//! a CPA on the customer's first deposit, another on the first trade, and a volume bonus once the
+//! customer's cumulative traded lots exceed a threshold. Each is paid once per customer.
+//!
+//! | deal term (on the attributed affiliate) | default | meaning |
+//! | --- | --- | --- |
+//! | `ftd_cpa` | 10 | paid on the first deposit |
+//! | `ftd_min_deposit` | 0 | a first deposit below this pays nothing (and stays the first) |
+//! | `first_trade_cpa` | 5 | paid on the first trade |
+//! | `volume_bonus` | 20 | paid once cumulative lots exceed the threshold |
+//! | `volume_threshold_lots` | 10 | "exceed": 10 lots exactly does not pay |
+//!
+//! Sub-affiliate overrides: a parent in the referral chain whose deal has `override_percent`
+//! earns that percentage of each commission its child earns, level by level up the chain.
+//!
+//! Trades carry their size as the attribute `lots`.
+
+use commission_plugin_sdk::prelude::*;
+use commission_plugin_sdk::state::customer_key;
+
+pub struct MultiEvent;
+
+impl Plugin for MultiEvent {
+    fn evaluate(event: &Event, context: &Context) -> Result<Vec<Commission>> {
+        let affiliate = context.affiliate();
+        let direct = match event.kind.as_str() {
+            "deposit" => first_deposit(event, context, affiliate)?,
+            "trade" => trade(event, context, affiliate)?,
+            _ => vec![],
+        };
+        let overrides = parent_overrides(&direct, context)?;
+        Ok(direct.into_iter().chain(overrides).collect())
+    }
+}
+
+export_plugin!(MultiEvent);
+
+fn first_deposit(event: &Event, context: &Context, affiliate: &Affiliate) -> Result<Vec<Commission>> {
+    let amount = event.amount.ok_or_else(|| Error::new("deposit without an amount"))?;
+    let minimum = affiliate.deal.decimal_or("ftd_min_deposit", Decimal::ZERO)?;
+    if amount < minimum {
+        info!("deposit {amount} below ftd_min_deposit {minimum}: no FTD yet");
+        return Ok(vec![]);
+    }
+    if !state::claim(&customer_key(&event.customer, "ftd-paid")) {
+        return Ok(vec![]);
+    }
+    let cpa = affiliate.deal.decimal_or("ftd_cpa", Decimal::TEN)?;
+    let currency = event.currency.as_deref().unwrap_or(&context.operator_currency);
+    Ok(vec![
+        context
+            .pay(affiliate, cpa)
+            .rule("ftd-cpa")
+            .because(format!("first deposit: CPA {cpa} on deposit {amount} {currency}")),
+    ])
+}
+
+fn trade(event: &Event, context: &Context, affiliate: &Affiliate) -> Result<Vec<Commission>> {
+    let lots = event.attributes.decimal("lots")?.ok_or_else(|| Error::new("trade without the attribute `lots`"))?;
+    if lots.is_sign_negative() {
+        return Err(Error::new(format!("lots: {lots} is negative")));
+    }
+    let mut commissions = vec![];
+    if state::claim(&customer_key(&event.customer, "first-trade-paid")) {
+        let cpa = affiliate.deal.decimal_or("first_trade_cpa", Decimal::from(5))?;
+        commissions.push(
+            context
+                .pay(affiliate, cpa)
+                .rule("first-trade-cpa")
+                .because(format!("first trade: CPA {cpa} on a trade of {lots} lots")),
+        );
+    }
+    let total = state::add_decimal(&customer_key(&event.customer, "lots"), lots)?;
+    let threshold = affiliate.deal.decimal_or("volume_threshold_lots", Decimal::TEN)?;
+    if total > threshold && state::claim(&customer_key(&event.customer, "volume-bonus-paid")) {
+        let bonus = affiliate.deal.decimal_or("volume_bonus", Decimal::from(20))?;
+        commissions.push(
+            context
+                .pay(affiliate, bonus)
+                .rule("volume-bonus")
+                .because(format!("volume bonus: {bonus} as cumulative lots reached {total} (over {threshold})")),
+        );
+    }
+    Ok(commissions)
+}
+
+/// Each parent with `override_percent` earns that share of what the level below it earned.
+fn parent_overrides(direct: &[Commission], context: &Context) -> Result<Vec<Commission>> {
+    let mut overrides = vec![];
+    let mut below: Vec<(String, Decimal)> =
+        direct.iter().map(|commission| (commission.rule.clone(), commission.amount)).collect();
+    for (level, parent) in context.parents() {
+        let Some(percent) = parent.deal.decimal("override_percent")? else {
+            break;
+        };
+        let child = &context.referral_chain[level - 1].id;
+        below = below
+            .into_iter()
+            .map(|(rule, amount)| {
+                let share = amount * percent / Decimal::ONE_HUNDRED;
+                overrides.push(
+                    context
+                        .pay(parent, share)
+                        .rule(&format!("override-l{level}"))
+                        .because(format!("level {level} override: {percent}% of {amount} earned by {child} ({rule})")),
+                );
+                (rule, share)
+            })
+            .collect();
+    }
+    Ok(overrides)
+}
+
+#[cfg(test)]
+mod tests {
+    use commission_plugin_sdk::testing;
+
+    use super::*;
+
+    fn deal(terms: &[(&str, &str)]) -> Properties {
+        terms.iter().copied().collect()
+    }
+
+    fn run(event: Event, context: &Context) -> Vec<(String, String)> {
+        MultiEvent::evaluate(&event, context)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.affiliate, c.amount.to_string()))
+            .collect()
+    }
+
+    fn trade(id: &str, lots: &str) -> Event {
+        Event::new(id, "trade", "c1", 0).with_attribute("lots", lots)
+    }
+
+    #[test]
+    fn the_glossary_example_pays_35_in_all() {
+        testing::reset();
+        let context = testing::context("acme", "USD", [Affiliate::new("aff1", deal(&[]))]);
+        let deposit = Event::new("d1", "deposit", "c1", 0).with_amount(Decimal::from(100), "USD");
+        assert_eq!(run(deposit.clone(), &context), [("aff1".into(), "10".into())]);
+        assert_eq!(run(deposit, &context), []);
+        assert_eq!(run(trade("t1", "4"), &context), [("aff1".into(), "5".into())]);
+        assert_eq!(run(trade("t2", "6"), &context), [], "10 lots is not over 10");
+        assert_eq!(run(trade("t3", "0.5"), &context), [("aff1".into(), "20".into())]);
+        assert_eq!(run(trade("t4", "50"), &context), []);
+    }
+
+    #[test]
+    fn a_parent_override_is_a_share_of_the_childs_commission() {
+        testing::reset();
+        let context = testing::context(
+            "acme",
+            "USD",
+            [
+                Affiliate::new("sub", deal(&[("ftd_cpa", "40")])),
+                Affiliate::new("master", deal(&[("override_percent", "10")])),
+            ],
+        );
+        let deposit = Event::new("d1", "deposit", "c1", 0).with_amount(Decimal::from(50), "USD");
+        assert_eq!(run(deposit, &context), [("sub".into(), "40".into()), ("master".into(), "4.0".into())]);
+    }
+
+    #[test]
+    fn a_trade_without_lots_is_an_error_that_names_the_attribute() {
+        testing::reset();
+        let context = testing::context("acme", "USD", [Affiliate::new("aff1", deal(&[]))]);
+        let error = MultiEvent::evaluate(&Event::new("t1", "trade", "c1", 0), &context).unwrap_err();
+        assert!(error.to_string().contains("lots"), "{error}");
+    }
+}
