@@ -1,0 +1,267 @@
+//! Where an operator's plugin runs: wasmtime, configured once for untrusted, deterministic code.
+//!
+//! - One [`Engine`] for the process; a plugin is validated and compiled once, at upload, and
+//!   its compiled artifact is kept so that a restart does not compile again.
+//! - A fresh instance per event, from an `InstancePre`: a plugin's memory never outlives the
+//!   event, so the same events always give the same commissions and a trap cannot leave a
+//!   poisoned instance behind. With the pooling allocator this costs tens of microseconds.
+//! - Two meters: fuel (deterministic, counts wasm instructions) and an epoch deadline (wall
+//!   clock, for time spent where fuel does not count). Memory, tables and instances are capped
+//!   on every `Store`, and so are state writes and log lines.
+
+mod contract;
+mod host;
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+pub use contract::ContractError;
+use contract::v0_1_0;
+use host::{HostLimit, PluginHost};
+
+use crate::store::records::{Failure, FailureKind};
+
+/// Per-event limits of the sandbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wasm instructions (roughly) an evaluation may execute.
+    pub fuel: u64,
+    /// Wall-clock backstop for what fuel does not count.
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+    pub table_elements: usize,
+    pub instances: usize,
+    pub max_state_key_bytes: usize,
+    pub max_state_write_bytes: usize,
+    pub max_log_lines: usize,
+    pub max_log_line_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: 50_000_000,
+            timeout: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+            table_elements: 100_000,
+            instances: 32,
+            max_state_key_bytes: 512,
+            max_state_write_bytes: 1 << 20,
+            max_log_lines: 100,
+            max_log_line_bytes: 1024,
+        }
+    }
+}
+
+/// How many plugin instances may be alive at once; callers bound their concurrency to this.
+pub const MAX_CONCURRENT_INSTANCES: u32 = 64;
+
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The committed state a plugin reads through (its operator's, and only its operator's).
+pub trait StateSource: Send + Sync {
+    fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("{0}")]
+    NotAComponent(String),
+    #[error("the component is not valid: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Contract(#[from] ContractError),
+}
+
+/// A compiled plugin, ready to instantiate.
+pub struct LoadedPlugin {
+    pub version: u32,
+    pre: v0_1_0::PluginPre<PluginHost>,
+}
+
+/// The event and context as the plugin receives them.
+pub struct PluginInput {
+    pub event: v0_1_0::commission::plugin::types::Event,
+    pub context: v0_1_0::commission::plugin::types::Context,
+}
+
+pub use v0_1_0::commission::plugin::types::{Affiliate as PluginAffiliate, Event as PluginEvent};
+pub use v0_1_0::commission::plugin::types::{Commission as PluginCommission, Context as PluginContext};
+
+/// What one evaluation did, whether or not it succeeded.
+pub struct Evaluation {
+    pub result: Result<Vec<PluginCommission>, Failure>,
+    pub state_reads: BTreeMap<String, Option<Vec<u8>>>,
+    pub state_writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// (level, message)
+    pub logs: Vec<(String, String)>,
+    pub fuel_used: u64,
+}
+
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<PluginHost>,
+    limits: Limits,
+}
+
+impl Sandbox {
+    pub fn new(limits: Limits) -> anyhow::Result<Self> {
+        let engine = build_engine(&limits)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        v0_1_0::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |host| host)?;
+        let ticker = engine.weak();
+        std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+        Ok(Self { engine, linker, limits })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Names a compiled artifact by the component's hash and everything about this engine that
+    /// makes compiled code incompatible (wasmtime version, target, settings).
+    pub fn artifact_key(&self, sha256: &str) -> String {
+        let mut hasher = DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        format!("{sha256}-{:016x}", hasher.finish())
+    }
+
+    /// Validates an uploaded component against the contract and compiles it. Returns the
+    /// contract version and the compiled artifact to keep.
+    pub fn compile(&self, wasm: &[u8]) -> Result<(&'static str, Vec<u8>), UploadError> {
+        match wasm.get(..8) {
+            Some([0, b'a', b's', b'm', 0x0d, 0x00, 0x01, 0x00]) => {}
+            Some([0, b'a', b's', b'm', 0x01, 0x00, 0x00, 0x00]) => {
+                return Err(UploadError::NotAComponent(
+                    "this is a core wasm module, not a component: build the plugin for the \
+                     wasm32-wasip2 target (cargo build-plugins)"
+                        .into(),
+                ));
+            }
+            _ => {
+                return Err(UploadError::NotAComponent(
+                    "this is not a WebAssembly component (it does not start with the component \
+                     header): upload the .wasm built for wasm32-wasip2"
+                        .into(),
+                ));
+            }
+        }
+        // Validates the whole binary before compiling any of it.
+        let artifact =
+            self.engine.precompile_component(wasm).map_err(|error| UploadError::Invalid(format!("{error:#}")))?;
+        let component = self.deserialize(&artifact).map_err(|error| UploadError::Invalid(format!("{error:#}")))?;
+        let contract = contract::check(&self.engine, &component)?;
+        self.linker.instantiate_pre(&component).map_err(|error| UploadError::Invalid(format!("{error:#}")))?;
+        Ok((contract, artifact))
+    }
+
+    /// Loads an artifact made by [`Sandbox::compile`] on an engine with the same artifact key.
+    pub fn load(&self, version: u32, artifact: &[u8]) -> anyhow::Result<LoadedPlugin> {
+        let component = self.deserialize(artifact)?;
+        let pre = self.linker.instantiate_pre(&component)?;
+        Ok(LoadedPlugin { version, pre: v0_1_0::PluginPre::new(pre)? })
+    }
+
+    fn deserialize(&self, artifact: &[u8]) -> anyhow::Result<Component> {
+        // SAFETY: artifacts come only from `Engine::precompile_component` of this host, kept in
+        // its own store under a key that includes the engine's compatibility hash; wasmtime
+        // still checks the version and settings recorded in the artifact.
+        Ok(unsafe { Component::deserialize(&self.engine, artifact) }?)
+    }
+
+    /// Runs one event through a fresh instance of the plugin.
+    pub fn evaluate(&self, plugin: &LoadedPlugin, input: &PluginInput, state: Arc<dyn StateSource>) -> Evaluation {
+        let host = PluginHost::new(self.limits, state, input.event.occurred_at);
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|host| host);
+        let fuel = self.limits.fuel;
+        let outcome = store
+            .set_fuel(fuel)
+            .map(|()| {
+                store.set_epoch_deadline((self.limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64)
+            })
+            .and_then(|()| plugin.pre.instantiate(&mut store))
+            .and_then(|instance| {
+                instance.commission_plugin_rules().call_evaluate(&mut store, &input.event, &input.context)
+            });
+        let fuel_used = fuel - store.get_fuel().unwrap_or(0);
+        let result = match outcome {
+            Ok(Ok(commissions)) => Ok(commissions),
+            Ok(Err(message)) => Err(Failure { kind: FailureKind::RuleError, message }),
+            Err(error) => Err(classify(&error, &self.limits)),
+        };
+        let host = store.into_data();
+        let mut logs = host.logs;
+        if host.logs_dropped > 0 {
+            logs.push((
+                "warn".into(),
+                format!("{} more log lines dropped (limit {})", host.logs_dropped, self.limits.max_log_lines),
+            ));
+        }
+        Evaluation { result, state_reads: host.state.reads, state_writes: host.state.writes, logs, fuel_used }
+    }
+}
+
+fn classify(error: &wasmtime::Error, limits: &Limits) -> Failure {
+    if let Some(limit) = error.chain().find_map(|cause| cause.downcast_ref::<HostLimit>()) {
+        let kind = match limit {
+            HostLimit::Memory { .. } => FailureKind::OutOfMemory,
+            _ => FailureKind::LimitExceeded,
+        };
+        return Failure { kind, message: limit.to_string() };
+    }
+    let (kind, message) = match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => {
+            (FailureKind::OutOfFuel, format!("the plugin ran out of fuel ({} units per event)", limits.fuel))
+        }
+        Some(Trap::Interrupt) => {
+            (FailureKind::Timeout, format!("the plugin ran past its deadline of {:?}", limits.timeout))
+        }
+        Some(Trap::StackOverflow) => (FailureKind::StackOverflow, "the plugin overflowed its stack".to_owned()),
+        Some(trap) => (FailureKind::Trap, format!("the plugin trapped: {trap}")),
+        None => (FailureKind::Trap, format!("the plugin failed: {error:#}")),
+    };
+    Failure { kind, message }
+}
+
+fn build_engine(limits: &Limits) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        // Determinism: the same inputs give the same outputs on every machine.
+        .cranelift_nan_canonicalization(true)
+        .relaxed_simd_deterministic(true)
+        .max_wasm_stack(1 << 20);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(MAX_CONCURRENT_INSTANCES)
+        .total_core_instances(MAX_CONCURRENT_INSTANCES * 8)
+        .total_memories(MAX_CONCURRENT_INSTANCES * 2)
+        .total_tables(MAX_CONCURRENT_INSTANCES * 8)
+        .total_stacks(MAX_CONCURRENT_INSTANCES)
+        .max_memory_size(limits.memory_bytes);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    match Engine::new(&config) {
+        Ok(engine) => Ok(engine),
+        Err(error) => {
+            // Pooling reserves virtual address space up front; small or restricted machines
+            // refuse it. Instances then cost more to create, but everything else holds.
+            tracing::warn!(%error, "the pooling allocator is unavailable; allocating instances on demand");
+            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            Ok(Engine::new(&config)?)
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Group commit: many committed events, one flush.
+//!
+//! sled makes writes durable only on a flush, and a flush costs about a millisecond of disk
+//! time. A request that committed its events takes a ticket and waits; one background task
+//! flushes, and each flush covers every ticket taken before it started. Under load, hundreds of
+//! requests share a flush instead of queueing for one each.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Notify, watch};
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the ledger could not be flushed to disk: {0}")]
+pub struct DurabilityError(String);
+
+#[derive(Clone)]
+pub struct Durability {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    tickets: AtomicU64,
+    wake: Notify,
+    flushed: watch::Sender<Flushed>,
+}
+
+#[derive(Clone, Default)]
+struct Flushed {
+    /// Every ticket up to this one is on disk.
+    through: u64,
+    /// The last flush that failed, and why: tickets it should have covered fail with it.
+    failure: Option<(u64, String)>,
+}
+
+impl Durability {
+    pub(super) fn start(db: sled::Db) -> Self {
+        let shared = Arc::new(Shared {
+            tickets: AtomicU64::new(0),
+            wake: Notify::new(),
+            flushed: watch::Sender::new(Flushed::default()),
+        });
+        tokio::spawn(flush_loop(db, shared.clone()));
+        Self { shared }
+    }
+
+    /// Returns once everything this task committed before the call is on disk.
+    pub async fn wait(&self) -> Result<(), DurabilityError> {
+        let ticket = self.shared.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        self.shared.wake.notify_one();
+        let mut flushed = self.shared.flushed.subscribe();
+        let state = flushed
+            .wait_for(|state| {
+                state.through >= ticket || state.failure.as_ref().is_some_and(|(upto, _)| *upto >= ticket)
+            })
+            .await
+            .map_err(|_| DurabilityError("the flush task has stopped".into()))?
+            .clone();
+        match state.failure {
+            Some((upto, error)) if upto >= ticket && state.through < ticket => Err(DurabilityError(error)),
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn flush_loop(db: sled::Db, shared: Arc<Shared>) {
+    let mut through = 0;
+    loop {
+        if shared.tickets.load(Ordering::SeqCst) == through {
+            shared.wake.notified().await;
+        }
+        // Tickets are taken after their commits: a flush that starts now covers them all.
+        let target = shared.tickets.load(Ordering::SeqCst);
+        match db.flush_async().await {
+            Ok(_) => {
+                through = target;
+                shared.flushed.send_modify(|state| state.through = target);
+            }
+            Err(error) => {
+                tracing::error!(%error, "flushing the ledger failed; answering 503 until a flush succeeds");
+                through = target;
+                shared.flushed.send_modify(|state| state.failure = Some((target, error.to_string())));
+            }
+        }
+    }
+}

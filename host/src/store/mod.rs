@@ -1,0 +1,424 @@
+//! The ledger on sled: operators, plugins, affiliates, events, plugin state and commissions.
+//!
+//! Each event is committed in one serializable sled transaction over every tree it touches: the
+//! dedup entry (the event record itself), the customer's attribution, the plugin's state writes
+//! and the commissions. All or nothing, so an event is applied at most once and never half.
+//! Nothing is acknowledged until [`Durability`] has flushed it: sled keeps writes in memory
+//! until a flush.
+//!
+//! On a `Corruption` report at start-up the host refuses to serve (see the README's recovery
+//! section) rather than guess.
+
+mod durability;
+pub mod keys;
+pub mod records;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Transactional, Tree};
+
+pub use durability::{Durability, DurabilityError};
+use records::{
+    AffiliateRecord, CommissionRecord, CustomerBinding, EventRecord, EventStatus, OperatorRecord, PluginRecord,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the data directory {path} is corrupt ({detail}); restore it from a backup, or move it \
+         aside and start on an empty one"
+    )]
+    Corrupt { path: String, detail: String },
+    #[error("storage failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record under {tree} is unreadable: {detail}")]
+    Decode { tree: &'static str, detail: String },
+}
+
+/// A cursor position in the commission ledger: (event sequence, index in the event).
+pub type LedgerPosition = (u64, u16);
+
+pub struct Store {
+    db: sled::Db,
+    operators: Tree,
+    plugins: Tree,
+    plugin_wasm: Tree,
+    artifacts: Tree,
+    affiliates: Tree,
+    customers: Tree,
+    events: Tree,
+    event_order: Tree,
+    failed_events: Tree,
+    state: Tree,
+    commissions: Tree,
+    commissions_by_affiliate: Tree,
+}
+
+/// Everything one evaluated event writes, committed together by [`Store::commit_event`].
+pub struct EventCommit<'a> {
+    pub operator: &'a str,
+    pub record: &'a EventRecord,
+    /// For a retry: the attempts count of the failed record it replaces. The commit goes
+    /// through only if that record is still the one stored.
+    pub replaces_failed_attempt: Option<u32>,
+    pub new_binding: Option<&'a CustomerBinding>,
+    /// The state values the evaluation read; the commit goes through only if they are unchanged.
+    pub state_reads: &'a BTreeMap<String, Option<Vec<u8>>>,
+    /// `None` deletes the key.
+    pub state_writes: &'a BTreeMap<String, Option<Vec<u8>>>,
+    pub commissions: &'a [CommissionRecord],
+}
+
+#[derive(Debug)]
+pub enum CommitOutcome {
+    Committed,
+    /// The event id is taken: by this event earlier (a retry) or by another one (a conflict).
+    Exists(Box<EventRecord>),
+    /// What the evaluation read has changed since: evaluate again.
+    Stale,
+}
+
+enum Abort {
+    Exists(Box<EventRecord>),
+    Stale,
+    Decode(String),
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            // Durability comes from explicit, grouped flushes before each answer; the
+            // background flush only bounds what an unacknowledged write can lose.
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|error| match error {
+                sled::Error::Corruption { .. } => {
+                    StoreError::Corrupt { path: path.display().to_string(), detail: error.to_string() }
+                }
+                other => StoreError::Sled(other),
+            })?;
+        let tree = |name: &str| db.open_tree(name);
+        Ok(Self {
+            operators: tree("operators")?,
+            plugins: tree("plugins")?,
+            plugin_wasm: tree("plugin_wasm")?,
+            artifacts: tree("artifacts")?,
+            affiliates: tree("affiliates")?,
+            customers: tree("customers")?,
+            events: tree("events")?,
+            event_order: tree("event_order")?,
+            failed_events: tree("failed_events")?,
+            state: tree("state")?,
+            commissions: tree("commissions")?,
+            commissions_by_affiliate: tree("commissions_by_affiliate")?,
+            db,
+        })
+    }
+
+    pub fn durability(&self) -> Durability {
+        Durability::start(self.db.clone())
+    }
+
+    /// A new, never reused, increasing sequence number. Taken outside transactions (a gap
+    /// from an aborted commit is harmless).
+    pub fn next_sequence(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    // Operators
+
+    pub fn operator(&self, id: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        get_json(&self.operators, "operators", id.as_bytes())
+    }
+
+    /// Inserts a new operator; `false` if the id is taken.
+    pub fn create_operator(&self, operator: &OperatorRecord) -> Result<bool, StoreError> {
+        Ok(self.operators.compare_and_swap(operator.id.as_bytes(), None::<&[u8]>, Some(to_json(operator)))?.is_ok())
+    }
+
+    pub fn put_operator(&self, operator: &OperatorRecord) -> Result<(), StoreError> {
+        self.operators.insert(operator.id.as_bytes(), to_json(operator))?;
+        Ok(())
+    }
+
+    pub fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        self.operators.iter().map(|entry| decode("operators", &entry?.1)).collect()
+    }
+
+    // Plugins
+
+    /// Stores a new plugin version (the next number) with its bytes and compiled artifact.
+    pub fn add_plugin(
+        &self,
+        operator: &str,
+        wasm: &[u8],
+        artifact_key: &str,
+        artifact: &[u8],
+        make_record: impl Fn(u32) -> PluginRecord,
+    ) -> Result<PluginRecord, StoreError> {
+        let result =
+            (&self.plugins, &self.plugin_wasm, &self.artifacts).transaction(|(plugins, plugin_wasm, artifacts)| {
+                // Versions are dense per operator: the next one is one more than the last.
+                let mut version = 1;
+                while plugins.get(keys::plugin(operator, version))?.is_some() {
+                    version += 1;
+                }
+                let record = make_record(version);
+                plugins.insert(keys::plugin(operator, version), to_json(&record))?;
+                plugin_wasm.insert(record.sha256.as_bytes(), wasm)?;
+                artifacts.insert(artifact_key.as_bytes(), artifact)?;
+                Ok::<_, ConflictableTransactionError<()>>(record)
+            });
+        result.map_err(|error| match error {
+            TransactionError::Storage(error) => StoreError::Sled(error),
+            TransactionError::Abort(()) => unreachable!("the plugin transaction never aborts"),
+        })
+    }
+
+    pub fn plugin(&self, operator: &str, version: u32) -> Result<Option<PluginRecord>, StoreError> {
+        get_json(&self.plugins, "plugins", &keys::plugin(operator, version))
+    }
+
+    pub fn plugin_wasm(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.plugin_wasm.get(sha256.as_bytes())?.map(|bytes| bytes.to_vec()))
+    }
+
+    pub fn artifact(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.artifacts.get(key.as_bytes())?.map(|bytes| bytes.to_vec()))
+    }
+
+    pub fn put_artifact(&self, key: &str, artifact: &[u8]) -> Result<(), StoreError> {
+        self.artifacts.insert(key.as_bytes(), artifact)?;
+        Ok(())
+    }
+
+    // Affiliates and attribution
+
+    pub fn affiliate(&self, operator: &str, id: &str) -> Result<Option<AffiliateRecord>, StoreError> {
+        get_json(&self.affiliates, "affiliates", &keys::text(operator, id))
+    }
+
+    pub fn put_affiliate(&self, operator: &str, affiliate: &AffiliateRecord) -> Result<(), StoreError> {
+        self.affiliates.insert(keys::text(operator, &affiliate.id), to_json(affiliate))?;
+        Ok(())
+    }
+
+    pub fn binding(&self, operator: &str, customer: &str) -> Result<Option<CustomerBinding>, StoreError> {
+        get_json(&self.customers, "customers", &keys::text(operator, customer))
+    }
+
+    // Events
+
+    pub fn event(&self, operator: &str, id: &str) -> Result<Option<EventRecord>, StoreError> {
+        get_json(&self.events, "events", &keys::text(operator, id))
+    }
+
+    /// Ids of the operator's failed events, oldest first.
+    pub fn failed_event_ids(&self, operator: &str) -> Result<Vec<String>, StoreError> {
+        self.failed_events
+            .scan_prefix(keys::operator_prefix(operator))
+            .map(|entry| Ok(String::from_utf8_lossy(&entry?.1).into_owned()))
+            .collect()
+    }
+
+    pub fn state_value(&self, operator: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.state.get(keys::text(operator, key))?.map(|value| value.to_vec()))
+    }
+
+    /// Commits one event with everything it caused, or nothing (see [`CommitOutcome`]).
+    pub fn commit_event(&self, commit: &EventCommit<'_>) -> Result<CommitOutcome, StoreError> {
+        let operator = commit.operator;
+        let record = commit.record;
+        // Everything is encoded before the transaction: its closure may run several times and
+        // must do nothing but reads and writes.
+        let event_key = keys::text(operator, &record.event.id);
+        let event_value = to_json(record);
+        let sequence_key = keys::sequence(operator, record.seq);
+        let binding =
+            commit.new_binding.map(|binding| (keys::text(operator, &record.event.customer), to_json(binding)));
+        let reads: Vec<(Vec<u8>, &Option<Vec<u8>>)> =
+            commit.state_reads.iter().map(|(key, value)| (keys::text(operator, key), value)).collect();
+        let writes: Vec<(Vec<u8>, &Option<Vec<u8>>)> =
+            commit.state_writes.iter().map(|(key, value)| (keys::text(operator, key), value)).collect();
+        let commissions: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = commit
+            .commissions
+            .iter()
+            .enumerate()
+            .map(|(index, commission)| {
+                let index = index as u16;
+                (
+                    keys::commission(operator, record.seq, index),
+                    keys::commission_by_affiliate(operator, &commission.affiliate, record.seq, index),
+                    to_json(commission),
+                )
+            })
+            .collect();
+
+        let trees = (
+            &self.events,
+            &self.event_order,
+            &self.failed_events,
+            &self.customers,
+            &self.state,
+            &self.commissions,
+            &self.commissions_by_affiliate,
+        );
+        let result = trees.transaction(
+            |(events, event_order, failed_events, customers, state, commissions_tree, by_affiliate)| {
+                if let Some(existing) = events.get(&event_key)? {
+                    let existing: EventRecord = decode_in_tx(&existing)?;
+                    let is_the_failure_we_retry = commit.replaces_failed_attempt == Some(existing.attempts)
+                        && existing.status == EventStatus::Failed;
+                    if !is_the_failure_we_retry {
+                        return abort(Abort::Exists(Box::new(existing)));
+                    }
+                } else if commit.replaces_failed_attempt.is_some() {
+                    return abort(Abort::Stale);
+                }
+                if let Some((key, value)) = &binding {
+                    if customers.get(key)?.is_some() {
+                        return abort(Abort::Stale);
+                    }
+                    customers.insert(key.as_slice(), value.as_slice())?;
+                }
+                for (key, expected) in &reads {
+                    if state.get(key)?.as_deref() != expected.as_deref() {
+                        return abort(Abort::Stale);
+                    }
+                }
+                for (key, value) in &writes {
+                    match value {
+                        Some(value) => state.insert(key.as_slice(), value.as_slice())?,
+                        None => state.remove(key.as_slice())?,
+                    };
+                }
+                events.insert(event_key.as_slice(), event_value.as_slice())?;
+                event_order.insert(sequence_key.as_slice(), record.event.id.as_bytes())?;
+                match record.status {
+                    EventStatus::Failed => failed_events.insert(sequence_key.as_slice(), record.event.id.as_bytes())?,
+                    EventStatus::Accepted => failed_events.remove(sequence_key.as_slice())?,
+                };
+                for (key, affiliate_key, value) in &commissions {
+                    commissions_tree.insert(key.as_slice(), value.as_slice())?;
+                    by_affiliate.insert(affiliate_key.as_slice(), key.as_slice())?;
+                }
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => Ok(CommitOutcome::Committed),
+            Err(TransactionError::Abort(Abort::Exists(existing))) => Ok(CommitOutcome::Exists(existing)),
+            Err(TransactionError::Abort(Abort::Stale)) => Ok(CommitOutcome::Stale),
+            Err(TransactionError::Abort(Abort::Decode(detail))) => Err(StoreError::Decode { tree: "events", detail }),
+            Err(TransactionError::Storage(error)) => Err(StoreError::Sled(error)),
+        }
+    }
+
+    // Commissions
+
+    /// Up to `limit` commissions of `operator` after `after`, in ledger order, that pass
+    /// `keep`; with the position to continue from when there may be more.
+    pub fn commissions(
+        &self,
+        operator: &str,
+        affiliate: Option<&str>,
+        after: Option<LedgerPosition>,
+        limit: usize,
+        keep: impl Fn(&CommissionRecord) -> bool,
+    ) -> Result<(Vec<CommissionRecord>, Option<LedgerPosition>), StoreError> {
+        // A page looks at a bounded number of entries, so a filter that matches little
+        // cannot make one request scan the whole ledger.
+        const SCAN_LIMIT: usize = 10_000;
+        let (tree, prefix, start) = match affiliate {
+            Some(affiliate) => (
+                &self.commissions_by_affiliate,
+                keys::key(operator, &[affiliate.as_bytes(), b""]),
+                after.map(|(seq, index)| keys::commission_by_affiliate(operator, affiliate, seq, index)),
+            ),
+            None => (
+                &self.commissions,
+                keys::operator_prefix(operator),
+                after.map(|(seq, index)| keys::commission(operator, seq, index)),
+            ),
+        };
+        let lower = match start {
+            Some(start) => Bound::Excluded(start),
+            None => Bound::Included(prefix.clone()),
+        };
+        let mut found = Vec::new();
+        let mut last = None;
+        for (scanned, entry) in tree.range::<Vec<u8>, _>((lower, Bound::Unbounded)).enumerate() {
+            let (key, value) = entry?;
+            if !key.starts_with(&prefix) {
+                return Ok((found, None));
+            }
+            if found.len() == limit || scanned == SCAN_LIMIT {
+                return Ok((found, last));
+            }
+            last = keys::commission_position(&key);
+            let value = match affiliate {
+                Some(_) => match self.commissions.get(&value)? {
+                    Some(value) => value,
+                    None => continue,
+                },
+                None => value,
+            };
+            let commission: CommissionRecord = decode("commissions", &value)?;
+            if keep(&commission) {
+                found.push(commission);
+            }
+        }
+        Ok((found, None))
+    }
+
+    pub fn commission_records(&self, operator: &str, ids: &[String]) -> Result<Vec<CommissionRecord>, StoreError> {
+        ids.iter()
+            .filter_map(|id| parse_commission_id(id))
+            .map(|(seq, index)| get_json(&self.commissions, "commissions", &keys::commission(operator, seq, index)))
+            .filter_map(Result::transpose)
+            .collect()
+    }
+}
+
+fn parse_commission_id(id: &str) -> Option<LedgerPosition> {
+    let rest = id.strip_prefix("cm_")?;
+    let (seq, index) = rest.split_once('_')?;
+    Some((u64::from_str_radix(seq, 16).ok()?, u16::from_str_radix(index, 16).ok()?))
+}
+
+/// Parses a cursor as returned in `next`.
+pub fn parse_cursor(cursor: &str) -> Option<LedgerPosition> {
+    parse_commission_id(cursor)
+}
+
+pub fn format_cursor(position: LedgerPosition) -> String {
+    CommissionRecord::id_for(position.0, position.1 as usize)
+}
+
+fn abort<T>(reason: Abort) -> Result<T, ConflictableTransactionError<Abort>> {
+    Err(ConflictableTransactionError::Abort(reason))
+}
+
+fn decode_in_tx<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ConflictableTransactionError<Abort>> {
+    serde_json::from_slice(bytes).map_err(|error| ConflictableTransactionError::Abort(Abort::Decode(error.to_string())))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialize: they hold no maps with non-string keys")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|error| StoreError::Decode { tree, detail: error.to_string() })
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(
+    tree: &Tree,
+    name: &'static str,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    tree.get(key)?.map(|bytes| decode(name, &bytes)).transpose()
+}

@@ -1,0 +1,164 @@
+//! What the ledger keeps, as it is kept: JSON values in sled trees.
+//!
+//! Everything here is append-only or immutable once written, except an event's status moving
+//! from `failed` to `accepted` when it is retried; commissions are never edited.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+pub type Properties = BTreeMap<String, String>;
+
+/// A tenant: the business that pays its affiliates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OperatorRecord {
+    pub id: String,
+    pub name: String,
+    /// ISO 4217 code the operator pays in.
+    pub currency: String,
+    /// sha256 of the bearer key: a leaked database does not leak working keys.
+    pub api_key_sha256: String,
+    pub postback_token_sha256: String,
+    /// Kept in clear: verifying a Standard Webhooks signature needs the key itself.
+    pub webhook_secret: String,
+    /// Given to the plugin as `context.config`.
+    pub config: Properties,
+    /// The plugin version that evaluates new events.
+    pub active_plugin: Option<u32>,
+    pub created_at: i64,
+}
+
+/// One uploaded version of an operator's plugin. Immutable; the bytes are kept beside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PluginRecord {
+    pub version: u32,
+    pub sha256: String,
+    pub size: u64,
+    /// The `commission:plugin` WIT version the component was built against.
+    pub contract: String,
+    pub uploaded_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AffiliateRecord {
+    pub id: String,
+    pub parent: Option<String>,
+    pub deal: Properties,
+    pub updated_at: i64,
+}
+
+/// The customer's attribution: set by the first event that names an affiliate, never moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomerBinding {
+    pub affiliate: String,
+    pub bound_by_event: String,
+    pub bound_at: i64,
+}
+
+/// The event as the operator sent it, with its time resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub customer: String,
+    /// Unix milliseconds; the receipt time when the sender gave none.
+    pub occurred_at: i64,
+    pub amount: Option<Decimal>,
+    pub currency: Option<String>,
+    pub affiliate: Option<String>,
+    pub attributes: Properties,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// Evaluated (or kept unattributed); its commissions, if any, are in the ledger.
+    Accepted,
+    /// Kept, but not evaluated to the end; see `failure`. `retry-failed` runs it again.
+    Failed,
+}
+
+/// Why an evaluation did not finish, by the limit or fault that stopped it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    NoActivePlugin,
+    OutOfFuel,
+    Timeout,
+    OutOfMemory,
+    StackOverflow,
+    Trap,
+    RuleError,
+    InvalidResult,
+    LimitExceeded,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainLink {
+    pub affiliate: String,
+    pub deal: Properties,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub level: String,
+    pub message: String,
+}
+
+/// What the plugin was given and what it said: enough to explain and to replay the payout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationRecord {
+    pub plugin_version: u32,
+    pub chain: Vec<ChainLink>,
+    pub logs: Vec<LogLine>,
+    pub fuel_used: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Arrival order within the host; orders events and commissions for listing and replay.
+    pub seq: u64,
+    pub event: StoredEvent,
+    /// sha256 of the event as sent: tells a retry (same) from a reused id (different).
+    pub content_sha256: String,
+    pub received_at: i64,
+    pub status: EventStatus,
+    pub failure: Option<Failure>,
+    pub attributed_to: Option<String>,
+    pub evaluation: Option<EvaluationRecord>,
+    pub commission_ids: Vec<String>,
+    /// How many times it was evaluated (1, plus one per retry of a failed event).
+    pub attempts: u32,
+}
+
+/// One payout, immutable. A correction is another commission that references it (later models).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommissionRecord {
+    pub id: String,
+    pub event_id: String,
+    pub affiliate: String,
+    pub customer: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub rule: String,
+    pub explanation: String,
+    pub plugin_version: u32,
+    pub occurred_at: i64,
+    pub created_at: i64,
+}
+
+impl CommissionRecord {
+    /// Ids sort in ledger order: the event's sequence number, then the commission's place in
+    /// the plugin's answer.
+    pub fn id_for(seq: u64, index: usize) -> String {
+        format!("cm_{seq:016x}_{index:04x}")
+    }
+}
