@@ -1,0 +1,179 @@
+//! Ingestion (webhook and postback), the retry of failed events, and the view of one event.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+use super::commissions::commission_json;
+use super::{ApiError, AppState, auth, read_body};
+use crate::event::{self, BodyError, IncomingEvent, format_time, now_ms};
+use crate::pipeline::{Disposition, EventOutcome, IngestError};
+use crate::secrets;
+use crate::store::records::{EventRecord, OperatorRecord};
+
+/// `POST /v1/operators/{op}/events`: one event object, or an array of them.
+pub async fn webhook(
+    State(state): State<Arc<AppState>>,
+    Path(op): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = read_body(body, state.limits.events_bytes).await?;
+    let operator = if headers.contains_key("webhook-signature") {
+        signed_operator(&state, &headers, &op, &body)?
+    } else {
+        auth::operator(&state, &headers, &op)?
+    };
+    let (events, is_batch) =
+        event::parse_webhook(&body, &operator.currency, now_ms()).map_err(|error| match error {
+            BodyError::Syntax(message) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message),
+            BodyError::Fields(problems) => ApiError::fields("invalid_event", problems),
+        })?;
+    let outcomes = ingest(&state, &operator, events).await?;
+    if is_batch {
+        return Ok((StatusCode::OK, Json(json!({ "results": outcomes.iter().map(outcome_json).collect::<Vec<_>>() }))));
+    }
+    let outcome = &outcomes[0];
+    let status = if outcome.disposition == Disposition::Conflict { StatusCode::CONFLICT } else { StatusCode::OK };
+    Ok((status, Json(outcome_json(outcome))))
+}
+
+/// `GET /postback/{op}?token=...&type=...&id=...&customer=...`
+pub async fn postback(
+    State(state): State<Arc<AppState>>,
+    Path(op): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let query = query.unwrap_or_default();
+    let token = form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "token")
+        .map(|(_, token)| token.into_owned())
+        .ok_or_else(|| ApiError::unauthorized("missing the `token` query parameter (the operator's postback token)"))?;
+    let operator = state
+        .pipeline
+        .store()
+        .operator(&op)?
+        .filter(|operator| secrets::matches(&token, &operator.postback_token_sha256))
+        .ok_or_else(|| ApiError::unauthorized(format!("the token is not the postback token of operator {op:?}")))?;
+    let (incoming, _) = event::parse_postback(&query, &operator.currency, now_ms())
+        .map_err(|problems| ApiError::fields("invalid_event", problems))?;
+    let outcomes = ingest(&state, &operator, vec![incoming]).await?;
+    let outcome = &outcomes[0];
+    let status = if outcome.disposition == Disposition::Conflict { StatusCode::CONFLICT } else { StatusCode::OK };
+    Ok((status, Json(outcome_json(outcome))))
+}
+
+pub async fn retry_failed(
+    State(state): State<Arc<AppState>>,
+    Path(op): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let operator = auth::operator(&state, &headers, &op)?;
+    let report = state.pipeline.retry_failed(&operator).await.map_err(ingest_error)?;
+    Ok(Json(serde_json::to_value(report).map_err(ApiError::internal)?))
+}
+
+pub async fn get_event(
+    State(state): State<Arc<AppState>>,
+    Path((op, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let operator = auth::operator(&state, &headers, &op)?;
+    let store = state.pipeline.store();
+    let record = store.event(&operator.id, &id)?.ok_or_else(|| ApiError::not_found(format!("no event {id:?}")))?;
+    let commissions = store.commission_records(&operator.id, &record.commission_ids)?;
+    Ok(Json(event_json(&record, commissions.iter().map(commission_json).collect())))
+}
+
+async fn ingest(
+    state: &AppState,
+    operator: &OperatorRecord,
+    events: Vec<IncomingEvent>,
+) -> Result<Vec<EventOutcome>, ApiError> {
+    state.pipeline.ingest(operator, events).await.map_err(ingest_error)
+}
+
+fn ingest_error(error: IngestError) -> ApiError {
+    match error {
+        IngestError::Conflict(ids) => ApiError::new(
+            StatusCode::CONFLICT,
+            "event_id_conflict",
+            format!(
+                "event ids already used with other content: {}. An id names one event forever; nothing of this request was written",
+                ids.join(", ")
+            ),
+        ),
+        IngestError::Invalid(problems) => ApiError::fields("invalid_event", problems),
+        IngestError::Storage(error) => error.into(),
+        IngestError::NotDurable(error) => ApiError::unavailable(error),
+        IngestError::Internal(message) => ApiError::internal(message),
+    }
+}
+
+fn signed_operator(state: &AppState, headers: &HeaderMap, op: &str, body: &[u8]) -> Result<OperatorRecord, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let operator = state
+        .pipeline
+        .store()
+        .operator(op)?
+        .ok_or_else(|| ApiError::unauthorized(format!("no signing secret for operator {op:?}")))?;
+    secrets::verify_webhook(
+        &operator.webhook_secret,
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+        body,
+        now_ms() / 1000,
+    )
+    .map_err(|error| ApiError::unauthorized(format!("webhook signature refused: {error}")))?;
+    Ok(operator)
+}
+
+fn outcome_json(outcome: &EventOutcome) -> Value {
+    let record = &outcome.record;
+    let mut answer = json!({
+        "id": record.event.id,
+        "status": outcome.disposition,
+        "attributed_to": record.attributed_to,
+        "commissions": outcome.commissions.iter().map(|c| json!({
+            "id": c.id,
+            "affiliate": c.affiliate,
+            "amount": c.amount,
+            "currency": c.currency,
+            "rule": c.rule,
+            "explanation": c.explanation,
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(failure) = &record.failure {
+        answer["failure"] = json!(failure);
+    }
+    answer
+}
+
+fn event_json(record: &EventRecord, commissions: Vec<Value>) -> Value {
+    let event = &record.event;
+    json!({
+        "id": event.id,
+        "type": event.kind,
+        "customer": event.customer,
+        "occurred_at": format_time(event.occurred_at),
+        "amount": event.amount,
+        "currency": event.currency,
+        "affiliate": event.affiliate,
+        "attributes": event.attributes,
+        "received_at": format_time(record.received_at),
+        "status": record.status,
+        "failure": record.failure,
+        "attempts": record.attempts,
+        "attributed_to": record.attributed_to,
+        "plugin_version": record.evaluation.as_ref().map(|e| e.plugin_version),
+        "referral_chain": record.evaluation.as_ref().map(|e| &e.chain),
+        "fuel_used": record.evaluation.as_ref().map(|e| e.fuel_used),
+        "logs": record.evaluation.as_ref().map(|e| &e.logs),
+        "commissions": commissions,
+    })
+}

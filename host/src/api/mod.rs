@@ -1,0 +1,78 @@
+//! The HTTP API: admin, operator and ingestion routes over one axum router.
+//!
+//! | route | who |
+//! | --- | --- |
+//! | `POST /v1/operators` | admin |
+//! | `POST /v1/operators/{op}/plugins[?activate=true]`, `.../plugins/{n}/activate` | operator, admin |
+//! | `PUT/GET /v1/operators/{op}/affiliates/{aff}` | operator, admin |
+//! | `POST /v1/operators/{op}/events` | operator key or Standard Webhooks signature |
+//! | `GET /postback/{op}?token=...` | the operator's postback token |
+//! | `POST /v1/operators/{op}/events/retry-failed`, `GET .../events/{id}`, `GET .../commissions` | operator, admin |
+
+mod auth;
+mod commissions;
+mod error;
+mod events;
+mod operators;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+pub use error::ApiError;
+
+use crate::pipeline::Pipeline;
+
+pub struct AppState {
+    pub pipeline: Pipeline,
+    pub admin_token_sha256: String,
+    pub limits: BodyLimits,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub events_bytes: usize,
+    pub plugin_bytes: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self { events_bytes: 1 << 20, plugin_bytes: 10 << 20 }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/operators", post(operators::create_operator))
+        .route("/v1/operators/{op}/plugins", post(operators::upload_plugin))
+        .route("/v1/operators/{op}/plugins/{version}/activate", post(operators::activate_plugin))
+        .route("/v1/operators/{op}/affiliates/{affiliate}", put(operators::put_affiliate).get(operators::get_affiliate))
+        .route("/v1/operators/{op}/events", post(events::webhook))
+        .route("/v1/operators/{op}/events/retry-failed", post(events::retry_failed))
+        .route("/v1/operators/{op}/events/{id}", get(events::get_event))
+        .route("/v1/operators/{op}/commissions", get(commissions::list))
+        .route("/postback/{op}", get(events::postback))
+        .fallback(|| async { ApiError::not_found("no such route; see the README for the API") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        })
+        .with_state(state)
+}
+
+/// Reads a body up to `limit` bytes; beyond it, a 413 that says the limit.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is over the limit of {limit} bytes"),
+        )),
+        Err(error) => Err(ApiError::bad_request(format!("reading the body failed: {error}"))),
+    }
+}

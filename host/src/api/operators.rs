@@ -1,0 +1,284 @@
+//! Operators, their plugin versions and their affiliates.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, auth, read_body};
+use crate::event::{FieldError, now_ms};
+use crate::pipeline::MAX_CHAIN_DEPTH;
+use crate::plugins::UploadFailure;
+use crate::secrets::{OperatorCredentials, sha256_hex};
+use crate::store::records::{AffiliateRecord, OperatorRecord};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOperator {
+    id: String,
+    name: String,
+    currency: String,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+}
+
+pub async fn create_operator(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    auth::require_admin(&state, &headers)?;
+    let body = read_body(body, state.limits.events_bytes).await?;
+    let new: NewOperator = parse_json(&body)?;
+    let mut problems = Vec::new();
+    if !valid_operator_id(&new.id) {
+        problems.push(FieldError::new("id", "1 to 64 of a-z, 0-9, - and _, starting with a letter or digit"));
+    }
+    if new.name.trim().is_empty() || new.name.len() > 200 {
+        problems.push(FieldError::new("name", "1 to 200 bytes"));
+    }
+    if iso_currency::Currency::from_code(&new.currency).is_none() {
+        problems.push(FieldError::new("currency", format!("{:?} is not an ISO 4217 code", new.currency)));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::fields("invalid_operator", problems));
+    }
+    let credentials = OperatorCredentials::generate();
+    let operator = OperatorRecord {
+        id: new.id,
+        name: new.name,
+        currency: new.currency,
+        api_key_sha256: sha256_hex(&credentials.api_key),
+        postback_token_sha256: sha256_hex(&credentials.postback_token),
+        webhook_secret: credentials.webhook_secret.clone(),
+        config: new.config,
+        active_plugin: None,
+        created_at: now_ms(),
+    };
+    let store = state.pipeline.store();
+    if !store.create_operator(&operator)? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "operator_exists",
+            format!("operator {:?} exists", operator.id),
+        ));
+    }
+    durable(&state).await?;
+    tracing::info!(operator = %operator.id, "operator created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": operator.id,
+            "name": operator.name,
+            "currency": operator.currency,
+            "api_key": credentials.api_key,
+            "postback_token": credentials.postback_token,
+            "webhook_secret": credentials.webhook_secret,
+        })),
+    ))
+}
+
+pub async fn upload_plugin(
+    State(state): State<Arc<AppState>>,
+    Path(op): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let operator = auth::operator(&state, &headers, &op)?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
+    if content_type != Some("application/wasm") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "upload the component with `Content-Type: application/wasm`",
+        ));
+    }
+    let activate = match query_flag(query.as_deref(), "activate") {
+        Ok(activate) => activate,
+        Err(problem) => return Err(ApiError::field("activate", problem)),
+    };
+    let wasm = read_body(body, state.limits.plugin_bytes).await?;
+    let plugins = state.pipeline.plugins().clone();
+    let operator_id = operator.id.clone();
+    let record = tokio::task::spawn_blocking(move || plugins.upload(&operator_id, &wasm))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|failure| match failure {
+            UploadFailure::Rejected(rejection) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", rejection.to_string())
+            }
+            UploadFailure::Storage(error) => error.into(),
+            UploadFailure::Internal(error) => ApiError::internal(error),
+        })?;
+    if activate {
+        set_active(&state, &operator.id, record.version).await?;
+    }
+    durable(&state).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "version": record.version, "sha256": record.sha256, "contract": record.contract, "active": activate }),
+        ),
+    ))
+}
+
+pub async fn activate_plugin(
+    State(state): State<Arc<AppState>>,
+    Path((op, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let operator = auth::operator(&state, &headers, &op)?;
+    let version: u32 = version
+        .parse()
+        .map_err(|_| ApiError::field("version", format!("{version:?} is not a plugin version number")))?;
+    if state.pipeline.store().plugin(&operator.id, version)?.is_none() {
+        return Err(ApiError::not_found(format!("operator {op:?} has no plugin version {version}")));
+    }
+    set_active(&state, &operator.id, version).await?;
+    durable(&state).await?;
+    Ok(Json(json!({ "active_plugin": version })))
+}
+
+/// Makes `version` the one that evaluates new events. Each event reads the operator once, so
+/// it is evaluated wholly by the old version or wholly by the new.
+async fn set_active(state: &AppState, operator: &str, version: u32) -> Result<(), ApiError> {
+    let plugins = state.pipeline.plugins().clone();
+    let owned = operator.to_owned();
+    // Load it now, so the first event after activation does not pay for it.
+    tokio::task::spawn_blocking(move || plugins.get(&owned, version))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let store = state.pipeline.store();
+    let mut record = store.operator(operator)?.ok_or_else(|| ApiError::not_found("operator vanished"))?;
+    record.active_plugin = Some(version);
+    store.put_operator(&record)?;
+    tracing::info!(operator, version, "plugin activated");
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AffiliateBody {
+    #[serde(default)]
+    parent: Option<String>,
+    #[serde(default)]
+    deal: BTreeMap<String, DealValue>,
+}
+
+/// Deal terms are text to the plugin; numbers are accepted and kept as written.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DealValue {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+pub async fn put_affiliate(
+    State(state): State<Arc<AppState>>,
+    Path((op, affiliate)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let operator = auth::operator(&state, &headers, &op)?;
+    if affiliate.is_empty() || affiliate.chars().count() > 128 || affiliate.chars().any(char::is_control) {
+        return Err(ApiError::field("affiliate", "1 to 128 characters, without control characters"));
+    }
+    let body = read_body(body, state.limits.events_bytes).await?;
+    let request: AffiliateBody = parse_json(&body)?;
+    let store = state.pipeline.store();
+    if let Some(parent) = &request.parent {
+        // Walk up from the new parent: meeting this affiliate would close a loop.
+        let mut depth = 1;
+        let mut cursor = Some(parent.clone());
+        while let Some(id) = cursor {
+            if id == affiliate {
+                return Err(ApiError::field(
+                    "parent",
+                    format!("{parent:?} is {affiliate:?} or below it: that would make a loop"),
+                ));
+            }
+            let record = store.affiliate(&operator.id, &id)?.ok_or_else(|| {
+                ApiError::field("parent", format!("unknown affiliate {id:?}: create the parent first"))
+            })?;
+            depth += 1;
+            if depth > MAX_CHAIN_DEPTH {
+                return Err(ApiError::field(
+                    "parent",
+                    format!("the chain would be deeper than {MAX_CHAIN_DEPTH} levels"),
+                ));
+            }
+            cursor = record.parent;
+        }
+    }
+    let deal = request
+        .deal
+        .into_iter()
+        .map(|(key, value)| match value {
+            DealValue::Text(text) => (key, text),
+            DealValue::Number(number) => (key, number.to_string()),
+        })
+        .collect();
+    let record = AffiliateRecord { id: affiliate, parent: request.parent, deal, updated_at: now_ms() };
+    store.put_affiliate(&operator.id, &record)?;
+    durable(&state).await?;
+    Ok(Json(affiliate_json(&record)))
+}
+
+pub async fn get_affiliate(
+    State(state): State<Arc<AppState>>,
+    Path((op, affiliate)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let operator = auth::operator(&state, &headers, &op)?;
+    let record = state
+        .pipeline
+        .store()
+        .affiliate(&operator.id, &affiliate)?
+        .ok_or_else(|| ApiError::not_found(format!("no affiliate {affiliate:?}")))?;
+    Ok(Json(affiliate_json(&record)))
+}
+
+fn affiliate_json(record: &AffiliateRecord) -> Value {
+    json!({ "id": record.id, "parent": record.parent, "deal": record.deal })
+}
+
+pub(super) async fn durable(state: &AppState) -> Result<(), ApiError> {
+    state.pipeline.make_durable().await.map_err(ApiError::unavailable)
+}
+
+/// Parses a JSON body into `T`, naming the field of any problem.
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(value) => Ok(value),
+        Err(error) if error.inner().is_syntax() || error.inner().is_eof() => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", error.into_inner().to_string()))
+        }
+        Err(error) => {
+            let field = error.path().to_string();
+            Err(ApiError::field(if field == "." { "" } else { &field }, error.into_inner().to_string()))
+        }
+    }
+}
+
+fn query_flag(query: Option<&str>, name: &str) -> Result<bool, String> {
+    let value = form_urlencoded::parse(query.unwrap_or_default().as_bytes()).find(|(key, _)| key == name);
+    match value.as_ref().map(|(_, value)| value.as_ref()) {
+        None | Some("false") => Ok(false),
+        Some("true") | Some("") => Ok(true),
+        Some(other) => Err(format!("{other:?} is not true or false")),
+    }
+}
+
+fn valid_operator_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+}

@@ -1,0 +1,38 @@
+//! One customer's events are evaluated one at a time, in arrival order; different customers'
+//! run concurrently.
+//!
+//! A plugin's per-customer state (first deposit paid, lots so far) is read and written by each
+//! event, so two events of one customer evaluated side by side would race. Locks are striped:
+//! a fixed set of FIFO mutexes indexed by a hash of (operator, customer). Two customers may
+//! share a stripe and wait for each other briefly; in exchange nothing grows with the number of
+//! customers. State shared across customers (an affiliate's tier count) is protected by the
+//! optimistic check at commit instead (see `Store::commit_event`).
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+const STRIPES: usize = 4096;
+
+pub struct CustomerLocks {
+    stripes: Vec<Arc<Mutex<()>>>,
+    hasher: std::hash::RandomState,
+}
+
+impl Default for CustomerLocks {
+    fn default() -> Self {
+        Self {
+            stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+}
+
+impl CustomerLocks {
+    /// Waits for the customer's turn; tokio's mutex is fair, so turns follow arrival order.
+    pub async fn lock(&self, operator: &str, customer: &str) -> OwnedMutexGuard<()> {
+        let stripe = (self.hasher.hash_one((operator, customer)) % STRIPES as u64) as usize;
+        self.stripes[stripe].clone().lock_owned().await
+    }
+}

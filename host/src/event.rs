@@ -1,0 +1,377 @@
+//! Events as they arrive: parsed from a webhook's JSON or a postback's query, checked field by
+//! field, and normalised into the [`StoredEvent`] the ledger keeps.
+//!
+//! Every problem is reported with the field it concerns (and the event's index in a batch), so
+//! an operator's integrator can fix the sender without reading our code. A batch with any bad
+//! event is refused whole, before anything is written.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::store::records::StoredEvent;
+
+pub const MAX_BATCH: usize = 1000;
+const MAX_ID_CHARS: usize = 128;
+const MAX_KIND_CHARS: usize = 64;
+const MAX_AMOUNT_CHARS: usize = 64;
+const MAX_ATTRIBUTES: usize = 64;
+const MAX_ATTRIBUTE_KEY_CHARS: usize = 64;
+const MAX_ATTRIBUTE_VALUE_CHARS: usize = 1024;
+
+/// Query parameters of a postback that are not attributes.
+const POSTBACK_FIELDS: &[&str] = &["token", "id", "type", "customer", "occurred_at", "amount", "currency", "affiliate"];
+
+/// A problem with one field of one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub field: String,
+    pub problem: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self { index: None, field: field.into(), problem: problem.into() }
+    }
+}
+
+/// Why a webhook body was refused.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Not JSON at all: 400.
+    Syntax(String),
+    /// JSON, but not events: 422, with each problem.
+    Fields(Vec<FieldError>),
+}
+
+/// A checked event, ready for the pipeline.
+#[derive(Debug, Clone)]
+pub struct IncomingEvent {
+    pub event: StoredEvent,
+    /// sha256 of the event as sent (before defaults are filled in): a retry matches it even
+    /// when the sender left `occurred_at` to the host.
+    pub content_sha256: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireEvent {
+    id: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    customer: Option<String>,
+    occurred_at: Option<String>,
+    amount: Option<String>,
+    currency: Option<String>,
+    affiliate: Option<String>,
+    #[serde(default)]
+    attributes: BTreeMap<String, WireAttribute>,
+}
+
+/// Attribute values may be JSON strings, numbers or booleans; plugins see them as text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WireAttribute {
+    Text(String),
+    Number(serde_json::Number),
+    Flag(bool),
+}
+
+impl WireAttribute {
+    fn into_text(self) -> String {
+        match self {
+            WireAttribute::Text(text) => text,
+            WireAttribute::Number(number) => number.to_string(),
+            WireAttribute::Flag(flag) => flag.to_string(),
+        }
+    }
+}
+
+/// Parses a webhook body: one event object, or an array of them. Returns the events and
+/// whether the body was an array (the answer has the same shape).
+pub fn parse_webhook(
+    body: &[u8],
+    operator_currency: &str,
+    now_ms: i64,
+) -> Result<(Vec<IncomingEvent>, bool), BodyError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|error| BodyError::Syntax(error.to_string()))?;
+    let (values, is_batch) = match value {
+        serde_json::Value::Array(values) => (values, true),
+        object @ serde_json::Value::Object(_) => (vec![object], false),
+        _ => {
+            return Err(BodyError::Fields(vec![FieldError::new(
+                "",
+                "the body must be an event object or an array of them",
+            )]));
+        }
+    };
+    if is_batch && values.is_empty() {
+        return Err(BodyError::Fields(vec![FieldError::new("", "the batch is empty")]));
+    }
+    if values.len() > MAX_BATCH {
+        return Err(BodyError::Fields(vec![FieldError::new(
+            "",
+            format!("a batch holds at most {MAX_BATCH} events; this one has {}", values.len()),
+        )]));
+    }
+    // Checked per event, so one answer lists every bad event of the batch.
+    let mut events = Vec::with_capacity(values.len());
+    let mut errors = Vec::new();
+    for (index, value) in values.into_iter().enumerate() {
+        let parsed = serde_path_to_error::deserialize::<_, WireEvent>(value)
+            .map_err(|error| {
+                let field = error.path().to_string();
+                vec![FieldError::new(if field == "." { String::new() } else { field }, error.into_inner().to_string())]
+            })
+            .and_then(|wire| check(wire, operator_currency, now_ms));
+        match parsed {
+            Ok(event) => events.push(event),
+            Err(problems) => errors
+                .extend(problems.into_iter().map(|problem| FieldError { index: is_batch.then_some(index), ..problem })),
+        }
+    }
+    if errors.is_empty() { Ok((events, is_batch)) } else { Err(BodyError::Fields(errors)) }
+}
+
+/// Parses a postback query. Returns the event and the `token` it carried (not part of the
+/// event, never stored).
+pub fn parse_postback(
+    query: &str,
+    operator_currency: &str,
+    now_ms: i64,
+) -> Result<(IncomingEvent, Option<String>), Vec<FieldError>> {
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    let mut attributes = BTreeMap::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let target = if POSTBACK_FIELDS.contains(&key.as_ref()) { &mut fields } else { &mut attributes };
+        if target.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(vec![FieldError::new(key, "given more than once")]);
+        }
+    }
+    let token = fields.remove("token");
+    let wire = WireEvent {
+        id: fields.remove("id"),
+        kind: fields.remove("type"),
+        customer: fields.remove("customer"),
+        occurred_at: fields.remove("occurred_at"),
+        amount: fields.remove("amount"),
+        currency: fields.remove("currency"),
+        affiliate: fields.remove("affiliate"),
+        attributes: attributes.into_iter().map(|(k, v)| (k, WireAttribute::Text(v))).collect(),
+    };
+    Ok((check(wire, operator_currency, now_ms)?, token))
+}
+
+/// The canonical form hashed for dedup: what the sender said, with amounts compared by value
+/// and the currency filled in. `occurred_at` stays as sent: the receipt time that fills it
+/// differs on every retry.
+#[derive(Serialize)]
+struct AsSent<'a> {
+    id: &'a str,
+    kind: &'a str,
+    customer: &'a str,
+    occurred_at: Option<i64>,
+    amount: Option<String>,
+    currency: Option<&'a str>,
+    affiliate: Option<&'a str>,
+    attributes: &'a BTreeMap<String, String>,
+}
+
+fn check(wire: WireEvent, operator_currency: &str, now_ms: i64) -> Result<IncomingEvent, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let id = required_text(&mut errors, "id", wire.id, MAX_ID_CHARS);
+    let kind = required_text(&mut errors, "type", wire.kind, MAX_KIND_CHARS);
+    let customer = required_text(&mut errors, "customer", wire.customer, MAX_ID_CHARS);
+    let affiliate =
+        wire.affiliate.and_then(|affiliate| checked_text(&mut errors, "affiliate", affiliate, MAX_ID_CHARS));
+    let occurred_at = wire.occurred_at.and_then(|time| match parse_time(&time) {
+        Ok(ms) => Some(ms),
+        Err(problem) => {
+            errors.push(FieldError::new("occurred_at", problem));
+            None
+        }
+    });
+    let amount = wire.amount.and_then(|amount| match parse_amount(&amount) {
+        Ok(amount) => Some(amount),
+        Err(problem) => {
+            errors.push(FieldError::new("amount", problem));
+            None
+        }
+    });
+    let currency = wire.currency.and_then(|code| {
+        if iso_currency::Currency::from_code(&code).is_some() {
+            Some(code)
+        } else {
+            errors.push(FieldError::new(
+                "currency",
+                format!("{code:?} is not an ISO 4217 currency code (such as USD, EUR)"),
+            ));
+            None
+        }
+    });
+    if wire.attributes.len() > MAX_ATTRIBUTES {
+        errors.push(FieldError::new(
+            "attributes",
+            format!("at most {MAX_ATTRIBUTES} attributes; got {}", wire.attributes.len()),
+        ));
+    }
+    let mut attributes = BTreeMap::new();
+    for (key, value) in wire.attributes {
+        let field = format!("attributes.{key}");
+        if key.is_empty() || key.chars().count() > MAX_ATTRIBUTE_KEY_CHARS || key.chars().any(char::is_control) {
+            errors.push(FieldError::new(
+                &field,
+                format!(
+                    "an attribute name must be 1 to {MAX_ATTRIBUTE_KEY_CHARS} characters, without control characters"
+                ),
+            ));
+            continue;
+        }
+        if let Some(value) = checked_text(&mut errors, &field, value.into_text(), MAX_ATTRIBUTE_VALUE_CHARS) {
+            attributes.insert(key, value);
+        }
+    }
+    let (Some(id), Some(kind), Some(customer), true) = (id, kind, customer, errors.is_empty()) else {
+        return Err(errors);
+    };
+    // An amount without a currency is in the operator's: the same money as one that says so.
+    let currency = currency.or_else(|| amount.map(|_| operator_currency.to_owned()));
+    let as_sent = AsSent {
+        id: &id,
+        kind: &kind,
+        customer: &customer,
+        occurred_at,
+        amount: amount.map(|amount: Decimal| amount.normalize().to_string()),
+        currency: currency.as_deref(),
+        affiliate: affiliate.as_deref(),
+        attributes: &attributes,
+    };
+    let content_sha256 = hex::encode(Sha256::digest(serde_json::to_vec(&as_sent).expect("plain data serializes")));
+    Ok(IncomingEvent {
+        event: StoredEvent {
+            id,
+            kind,
+            customer,
+            occurred_at: occurred_at.unwrap_or(now_ms),
+            amount,
+            currency,
+            affiliate,
+            attributes,
+        },
+        content_sha256,
+    })
+}
+
+fn required_text(errors: &mut Vec<FieldError>, field: &str, value: Option<String>, max_chars: usize) -> Option<String> {
+    match value {
+        Some(value) => checked_text(errors, field, value, max_chars),
+        None => {
+            errors.push(FieldError::new(field, "required"));
+            None
+        }
+    }
+}
+
+/// Non-empty, at most `max_chars`, no control characters (ids become parts of keys and logs).
+fn checked_text(errors: &mut Vec<FieldError>, field: &str, value: String, max_chars: usize) -> Option<String> {
+    let problem = if value.is_empty() && !field.starts_with("attributes.") {
+        Some("must not be empty".to_owned())
+    } else if value.chars().count() > max_chars {
+        Some(format!("at most {max_chars} characters; got {}", value.chars().count()))
+    } else if value.chars().any(char::is_control) {
+        Some("must not contain control characters".to_owned())
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => {
+            errors.push(FieldError::new(field, problem));
+            None
+        }
+        None => Some(value),
+    }
+}
+
+/// A decimal string: digits with an optional sign and fraction, at most 28 fraction digits.
+/// No exponent, no NaN or infinity, no float: money is exact or refused.
+pub fn parse_amount(text: &str) -> Result<Decimal, String> {
+    let shape_ok = !text.is_empty()
+        && text.len() <= MAX_AMOUNT_CHARS
+        && text.strip_prefix('-').unwrap_or(text).chars().all(|c| c.is_ascii_digit() || c == '.')
+        && text.chars().filter(|c| *c == '.').count() <= 1
+        && text.chars().any(|c| c.is_ascii_digit());
+    if !shape_ok {
+        return Err(format!("{text:?} is not a decimal amount such as \"100.00\""));
+    }
+    let amount = Decimal::from_str_exact(text)
+        .map_err(|_| format!("{text:?} does not fit a 96-bit decimal with at most 28 fraction digits"))?;
+    // "-0" and "0" are the same money; keep the scale, drop the sign.
+    Ok(if amount.is_zero() { Decimal::new(0, amount.scale()) } else { amount })
+}
+
+/// RFC 3339 (`2026-11-01T10:00:00Z`) or unix milliseconds, from 1970 on.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    let ms = if !text.is_empty() && text.len() <= 15 && text.chars().all(|c| c.is_ascii_digit()) {
+        text.parse::<i64>().map_err(|error| error.to_string())?
+    } else {
+        let time = OffsetDateTime::parse(text, &Rfc3339)
+            .map_err(|_| format!("{text:?} is not an RFC 3339 time (2026-11-01T10:00:00Z) or unix milliseconds"))?;
+        (time.unix_timestamp_nanos() / 1_000_000) as i64
+    };
+    if ms < 0 {
+        return Err(format!("{text:?} is before 1970"));
+    }
+    Ok(ms)
+}
+
+/// Unix milliseconds as RFC 3339, for answers.
+pub fn format_time(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|time| time.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+pub fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_exact_decimals_or_refused() {
+        assert_eq!(parse_amount("100.00").unwrap().to_string(), "100.00");
+        assert_eq!(parse_amount("-0").unwrap(), Decimal::ZERO);
+        assert!(!parse_amount("-0").unwrap().is_sign_negative());
+        for bad in ["abc", "1e400", "NaN", "inf", "", "1.2.3", "0.00000000000000000000000000001", "+5", " 5", "-"] {
+            assert!(parse_amount(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn times_are_rfc3339_or_unix_milliseconds() {
+        assert_eq!(parse_time("2026-11-01T10:00:00Z").unwrap(), 1_793_527_200_000);
+        assert_eq!(parse_time("1793527200000").unwrap(), 1_793_527_200_000);
+        assert!(parse_time("yesterday").is_err());
+        assert_eq!(format_time(1_793_527_200_000), "2026-11-01T10:00:00Z");
+    }
+
+    #[test]
+    fn a_retry_without_occurred_at_hashes_the_same_at_another_time() {
+        let body = br#"{"id":"t-1","type":"deposit","customer":"c1","amount":"100.0"}"#;
+        let (first, _) = parse_webhook(body, "USD", 1).unwrap();
+        let (again, _) =
+            parse_webhook(br#"{"id":"t-1","type":"deposit","customer":"c1","amount":"100.00"}"#, "USD", 2).unwrap();
+        assert_eq!(first[0].content_sha256, again[0].content_sha256);
+        assert_eq!(first[0].event.currency.as_deref(), Some("USD"));
+    }
+}

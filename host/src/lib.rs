@@ -1,0 +1,16 @@
+//! commission-host: a multi-tenant engine for event-driven affiliate commissions.
+//!
+//! Follow an event from the socket to the store:
+//! [`server`] (hyper) -> [`api`] (routes, auth, JSON errors) -> [`event`] (parse and check) ->
+//! [`pipeline`] (attribute, order per customer, evaluate, commit, flush) -> [`sandbox`] (the
+//! operator's WebAssembly plugin) -> [`store`] (sled, one transaction per event, group flush).
+
+pub mod api;
+pub mod customer_locks;
+pub mod event;
+pub mod pipeline;
+pub mod plugins;
+pub mod sandbox;
+pub mod secrets;
+pub mod server;
+pub mod store;

@@ -1,0 +1,103 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use commission_host::api::{self, AppState, BodyLimits};
+use commission_host::pipeline::Pipeline;
+use commission_host::plugins::PluginRegistry;
+use commission_host::sandbox::{Limits, Sandbox};
+use commission_host::store::Store;
+use commission_host::{secrets, server};
+
+mod demo;
+
+/// Event-driven affiliate commissions, with each operator's rules as a WebAssembly plugin.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API on a sled ledger.
+    Serve {
+        /// Where the ledger lives (created if missing).
+        #[arg(long, default_value = "./data")]
+        data: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Also set up a `demo` operator with the multi-event reference plugin and print
+        /// example calls. Its credentials are issued anew at each start.
+        #[arg(long)]
+        demo: bool,
+        /// The plugin the demo operator runs.
+        #[arg(long, default_value = "target/wasm32-wasip2/plugin/multi_event.wasm")]
+        demo_plugin: PathBuf,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let Cli { command: Command::Serve { data, listen, demo, demo_plugin, log_format } } = Cli::parse();
+    init_tracing(log_format);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(serve(data, listen, demo.then_some(demo_plugin)))
+}
+
+async fn serve(data: PathBuf, listen: SocketAddr, demo_plugin: Option<PathBuf>) -> anyhow::Result<()> {
+    let admin_token = match std::env::var("COMMISSION_HOST_ADMIN_TOKEN") {
+        Ok(token) if token.len() >= 16 => token,
+        Ok(_) => {
+            anyhow::bail!("COMMISSION_HOST_ADMIN_TOKEN must be at least 16 characters; unset it to have one generated")
+        }
+        Err(_) => {
+            let token = secrets::random_text();
+            println!("admin token (set COMMISSION_HOST_ADMIN_TOKEN to choose one): {token}");
+            token
+        }
+    };
+    let store = Arc::new(Store::open(&data).with_context(|| format!("opening the ledger in {}", data.display()))?);
+    let sandbox = Arc::new(Sandbox::new(Limits::default()).context("configuring the wasm sandbox")?);
+    let plugins = Arc::new(PluginRegistry::new(store.clone(), sandbox.clone()));
+    let pipeline = Pipeline::new(store, sandbox, plugins);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen} (is another host running there? choose one with --listen)"))?;
+    let address = listener.local_addr()?;
+    if let Some(plugin) = demo_plugin {
+        demo::set_up(&pipeline, &plugin, address).await?;
+    }
+    let state = Arc::new(AppState {
+        pipeline,
+        admin_token_sha256: secrets::sha256_hex(&admin_token),
+        limits: BodyLimits::default(),
+    });
+    // The first line on stdout after start-up: scripts and tests read the address from it.
+    println!("listening on http://{address}");
+    tracing::info!(%address, data = %data.display(), "serving");
+    server::serve(listener, api::router(state.clone()), server::shutdown_signal()).await;
+    state.pipeline.make_durable().await?;
+    tracing::info!("stopped; the ledger is flushed");
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,cranelift_codegen=warn,wasmtime=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,477 @@
+//! The data path, from a checked event to a durable ledger entry:
+//!
+//! 1. the batch is checked whole (affiliates exist, no id reused with other content);
+//! 2. each event waits for its customer's turn ([`CustomerLocks`]);
+//! 3. it is attributed: the customer's binding, or the affiliate it names, with the chain of
+//!    parents above;
+//! 4. the operator's active plugin evaluates it in the sandbox;
+//! 5. the event, its state writes and its commissions are committed in one transaction;
+//! 6. the answer waits for the group flush that makes it durable.
+//!
+//! Each step is a seam: events could come from a log instead of HTTP, evaluation could run on
+//! another node, the commit could go to another store, without the others changing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::customer_locks::CustomerLocks;
+use crate::event::{FieldError, IncomingEvent, now_ms, parse_amount};
+use crate::plugins::PluginRegistry;
+use crate::sandbox::{
+    MAX_CONCURRENT_INSTANCES, PluginAffiliate, PluginCommission, PluginContext, PluginEvent, PluginInput, Sandbox,
+    StateSource,
+};
+use crate::store::records::{
+    ChainLink, CommissionRecord, CustomerBinding, EvaluationRecord, EventRecord, EventStatus, Failure, FailureKind,
+    LogLine, OperatorRecord, StoredEvent,
+};
+use crate::store::{CommitOutcome, Durability, DurabilityError, EventCommit, Store, StoreError};
+
+/// How far up the referral chain parents are followed.
+pub const MAX_CHAIN_DEPTH: usize = 16;
+/// Commissions one event may produce.
+pub const MAX_COMMISSIONS_PER_EVENT: usize = 100;
+/// Re-evaluations when state shared with other customers changed under an evaluation.
+const MAX_STALE_RETRIES: usize = 16;
+
+#[derive(Clone)]
+pub struct Pipeline {
+    store: Arc<Store>,
+    sandbox: Arc<Sandbox>,
+    plugins: Arc<PluginRegistry>,
+    customer_locks: Arc<CustomerLocks>,
+    evaluation_slots: Arc<Semaphore>,
+    durability: Durability,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    /// Stored now (evaluated, or kept unattributed).
+    Accepted,
+    /// Stored before, with the same content: nothing changed.
+    Duplicate,
+    /// Stored now, but the plugin did not finish; see the failure.
+    Failed,
+    /// The id was taken by other content between the batch check and the commit.
+    Conflict,
+}
+
+pub struct EventOutcome {
+    pub disposition: Disposition,
+    pub record: EventRecord,
+    pub commissions: Vec<CommissionRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("event ids already used with other content: {}", .0.join(", "))]
+    Conflict(Vec<String>),
+    #[error("events refer to unknown records")]
+    Invalid(Vec<FieldError>),
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+    #[error(transparent)]
+    NotDurable(#[from] DurabilityError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What a `retry-failed` run did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RetryReport {
+    pub retried: usize,
+    pub accepted: usize,
+    pub still_failed: usize,
+}
+
+impl Pipeline {
+    pub fn new(store: Arc<Store>, sandbox: Arc<Sandbox>, plugins: Arc<PluginRegistry>) -> Self {
+        Self {
+            durability: store.durability(),
+            store,
+            sandbox,
+            plugins,
+            customer_locks: Arc::new(CustomerLocks::default()),
+            evaluation_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_INSTANCES as usize)),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn plugins(&self) -> &Arc<PluginRegistry> {
+        &self.plugins
+    }
+
+    /// Waits until everything committed so far is on disk.
+    pub async fn make_durable(&self) -> Result<(), DurabilityError> {
+        self.durability.wait().await
+    }
+
+    /// Checks a batch whole, then evaluates and commits its events in order, and answers once
+    /// all of them are durable.
+    pub async fn ingest(
+        &self,
+        operator: &OperatorRecord,
+        events: Vec<IncomingEvent>,
+    ) -> Result<Vec<EventOutcome>, IngestError> {
+        self.check_batch(operator, &events)?;
+        let mut outcomes = Vec::with_capacity(events.len());
+        for incoming in events {
+            outcomes.push(self.process(operator, incoming).await?);
+        }
+        self.durability.wait().await?;
+        Ok(outcomes)
+    }
+
+    fn check_batch(&self, operator: &OperatorRecord, events: &[IncomingEvent]) -> Result<(), IngestError> {
+        let mut invalid = Vec::new();
+        let mut conflicts = Vec::new();
+        let mut seen: HashMap<&str, &str> = HashMap::new();
+        for (index, incoming) in events.iter().enumerate() {
+            let event = &incoming.event;
+            if let Some(affiliate) = &event.affiliate
+                && self.store.affiliate(&operator.id, affiliate)?.is_none()
+            {
+                invalid.push(FieldError {
+                    index: (events.len() > 1).then_some(index),
+                    field: "affiliate".into(),
+                    problem: format!(
+                        "unknown affiliate {affiliate:?}: create it first with PUT /v1/operators/{}/affiliates/{affiliate}",
+                        operator.id
+                    ),
+                });
+            }
+            let earlier = seen.insert(&event.id, &incoming.content_sha256);
+            let stored = self.store.event(&operator.id, &event.id)?;
+            let reused = earlier.is_some_and(|hash| hash != incoming.content_sha256)
+                || stored.is_some_and(|stored| stored.content_sha256 != incoming.content_sha256);
+            if reused {
+                conflicts.push(event.id.clone());
+            }
+        }
+        if !invalid.is_empty() {
+            return Err(IngestError::Invalid(invalid));
+        }
+        if !conflicts.is_empty() {
+            return Err(IngestError::Conflict(conflicts));
+        }
+        Ok(())
+    }
+
+    async fn process(&self, operator: &OperatorRecord, incoming: IncomingEvent) -> Result<EventOutcome, IngestError> {
+        let _turn = self.customer_locks.lock(&operator.id, &incoming.event.customer).await;
+        let _slot = self.evaluation_slots.acquire().await.expect("the semaphore is never closed");
+        let pipeline = self.clone();
+        let operator = operator.clone();
+        tokio::task::spawn_blocking(move || {
+            let seq = pipeline.store.next_sequence()?;
+            pipeline.evaluate_and_commit(&operator, incoming.event, incoming.content_sha256, seq, now_ms(), None)
+        })
+        .await
+        .map_err(|error| IngestError::Internal(format!("evaluation task failed: {error}")))?
+    }
+
+    /// Evaluates the operator's failed events again, oldest first, with its active plugin.
+    pub async fn retry_failed(&self, operator: &OperatorRecord) -> Result<RetryReport, IngestError> {
+        let mut report = RetryReport::default();
+        for id in self.store.failed_event_ids(&operator.id)? {
+            let Some(record) = self.store.event(&operator.id, &id)? else { continue };
+            let _turn = self.customer_locks.lock(&operator.id, &record.event.customer).await;
+            let _slot = self.evaluation_slots.acquire().await.expect("the semaphore is never closed");
+            let pipeline = self.clone();
+            let operator = operator.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                pipeline.evaluate_and_commit(
+                    &operator,
+                    record.event,
+                    record.content_sha256,
+                    record.seq,
+                    record.received_at,
+                    Some(record.attempts),
+                )
+            })
+            .await
+            .map_err(|error| IngestError::Internal(format!("evaluation task failed: {error}")))??;
+            match outcome.disposition {
+                Disposition::Accepted => {
+                    report.retried += 1;
+                    report.accepted += 1;
+                }
+                Disposition::Failed => {
+                    report.retried += 1;
+                    report.still_failed += 1;
+                }
+                // Retried meanwhile by a concurrent call.
+                Disposition::Duplicate | Disposition::Conflict => {}
+            }
+        }
+        self.durability.wait().await?;
+        Ok(report)
+    }
+
+    /// Attributes, evaluates and commits one event, evaluating again if state it read changed
+    /// before the commit. `retry_of` is the attempts count of the failed record being retried.
+    fn evaluate_and_commit(
+        &self,
+        operator: &OperatorRecord,
+        event: StoredEvent,
+        content_sha256: String,
+        seq: u64,
+        received_at: i64,
+        retry_of: Option<u32>,
+    ) -> Result<EventOutcome, IngestError> {
+        for _ in 0..MAX_STALE_RETRIES {
+            if retry_of.is_none()
+                && let Some(existing) = self.store.event(&operator.id, &event.id)?
+            {
+                return self.existing_outcome(&operator.id, existing, &content_sha256);
+            }
+            let binding = self.store.binding(&operator.id, &event.customer)?;
+            let new_binding = match (&binding, &event.affiliate) {
+                (None, Some(affiliate)) => Some(CustomerBinding {
+                    affiliate: affiliate.clone(),
+                    bound_by_event: event.id.clone(),
+                    bound_at: received_at,
+                }),
+                _ => None,
+            };
+            let attributed_to = binding.or(new_binding.clone()).map(|binding| binding.affiliate);
+            let evaluated = match &attributed_to {
+                Some(affiliate) => self.evaluate(operator, &event, affiliate, seq)?,
+                // Kept, paying nothing: there is no one to pay.
+                None => Evaluated::default(),
+            };
+            let record = EventRecord {
+                seq,
+                event: event.clone(),
+                content_sha256: content_sha256.clone(),
+                received_at,
+                status: if evaluated.failure.is_some() { EventStatus::Failed } else { EventStatus::Accepted },
+                failure: evaluated.failure.clone(),
+                attributed_to: attributed_to.clone(),
+                evaluation: evaluated.record.clone(),
+                commission_ids: evaluated.commissions.iter().map(|c| c.id.clone()).collect(),
+                attempts: retry_of.map_or(1, |attempts| attempts + 1),
+            };
+            let commit = EventCommit {
+                operator: &operator.id,
+                record: &record,
+                replaces_failed_attempt: retry_of,
+                new_binding: new_binding.as_ref(),
+                state_reads: &evaluated.state_reads,
+                state_writes: &evaluated.state_writes,
+                commissions: &evaluated.commissions,
+            };
+            match self.store.commit_event(&commit)? {
+                CommitOutcome::Committed => {
+                    if let Some(failure) = &record.failure {
+                        tracing::warn!(operator = %operator.id, event = %event.id, kind = ?failure.kind, reason = %failure.message, "event stored as failed");
+                    }
+                    return Ok(EventOutcome {
+                        disposition: if record.status == EventStatus::Failed {
+                            Disposition::Failed
+                        } else {
+                            Disposition::Accepted
+                        },
+                        commissions: evaluated.commissions,
+                        record,
+                    });
+                }
+                CommitOutcome::Exists(existing) => {
+                    return self.existing_outcome(&operator.id, *existing, &content_sha256);
+                }
+                CommitOutcome::Stale => continue,
+            }
+        }
+        Err(IngestError::Internal(format!(
+            "event {} kept meeting concurrent changes to the state it read; gave up after {MAX_STALE_RETRIES} evaluations",
+            event.id
+        )))
+    }
+
+    fn existing_outcome(
+        &self,
+        operator: &str,
+        existing: EventRecord,
+        content_sha256: &str,
+    ) -> Result<EventOutcome, IngestError> {
+        let disposition =
+            if existing.content_sha256 == content_sha256 { Disposition::Duplicate } else { Disposition::Conflict };
+        let commissions = self.store.commission_records(operator, &existing.commission_ids)?;
+        Ok(EventOutcome { disposition, record: existing, commissions })
+    }
+
+    fn evaluate(
+        &self,
+        operator: &OperatorRecord,
+        event: &StoredEvent,
+        affiliate: &str,
+        seq: u64,
+    ) -> Result<Evaluated, IngestError> {
+        let Some(version) = operator.active_plugin else {
+            return Ok(Evaluated::failed(Failure {
+                kind: FailureKind::NoActivePlugin,
+                message: format!(
+                    "operator {} has no active plugin: upload one with POST /v1/operators/{}/plugins?activate=true, then POST /v1/operators/{}/events/retry-failed",
+                    operator.id, operator.id, operator.id
+                ),
+            }));
+        };
+        let chain = self.referral_chain(&operator.id, affiliate)?;
+        let plugin = self
+            .plugins
+            .get(&operator.id, version)
+            .map_err(|error| IngestError::Internal(format!("loading plugin v{version}: {error:#}")))?;
+        let input = plugin_input(operator, event, &chain);
+        let state: Arc<dyn StateSource> =
+            Arc::new(OperatorState { store: self.store.clone(), operator: operator.id.clone() });
+        let evaluation = self.sandbox.evaluate(&plugin, &input, state);
+        let record = EvaluationRecord {
+            plugin_version: version,
+            chain,
+            logs: evaluation.logs.into_iter().map(|(level, message)| LogLine { level, message }).collect(),
+            fuel_used: evaluation.fuel_used,
+        };
+        let commissions = evaluation
+            .result
+            .and_then(|commissions| checked_commissions(commissions, &record.chain, event, seq, version));
+        Ok(match commissions {
+            Ok(commissions) => Evaluated {
+                failure: None,
+                record: Some(record),
+                commissions,
+                state_reads: evaluation.state_reads,
+                state_writes: evaluation.state_writes,
+            },
+            // A failed evaluation leaves no trace in state: its writes are dropped here.
+            Err(failure) => Evaluated { record: Some(record), ..Evaluated::failed(failure) },
+        })
+    }
+
+    fn referral_chain(&self, operator: &str, affiliate: &str) -> Result<Vec<ChainLink>, IngestError> {
+        let mut chain = Vec::new();
+        let mut visited = HashSet::new();
+        let mut next = Some(affiliate.to_owned());
+        while let Some(id) = next.take() {
+            if chain.len() == MAX_CHAIN_DEPTH || !visited.insert(id.clone()) {
+                break;
+            }
+            let Some(record) = self.store.affiliate(operator, &id)? else { break };
+            next = record.parent;
+            chain.push(ChainLink { affiliate: record.id, deal: record.deal });
+        }
+        if chain.is_empty() {
+            // Bound earlier to an affiliate that no longer resolves: keep the id so the
+            // plugin still knows whom the customer belongs to.
+            chain.push(ChainLink { affiliate: affiliate.to_owned(), deal: BTreeMap::new() });
+        }
+        Ok(chain)
+    }
+}
+
+#[derive(Default)]
+struct Evaluated {
+    failure: Option<Failure>,
+    record: Option<EvaluationRecord>,
+    commissions: Vec<CommissionRecord>,
+    state_reads: BTreeMap<String, Option<Vec<u8>>>,
+    state_writes: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl Evaluated {
+    fn failed(failure: Failure) -> Self {
+        Self { failure: Some(failure), ..Self::default() }
+    }
+}
+
+struct OperatorState {
+    store: Arc<Store>,
+    operator: String,
+}
+
+impl StateSource for OperatorState {
+    fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.store.state_value(&self.operator, key)?)
+    }
+}
+
+fn plugin_input(operator: &OperatorRecord, event: &StoredEvent, chain: &[ChainLink]) -> PluginInput {
+    let pairs = |map: &BTreeMap<String, String>| map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    PluginInput {
+        event: PluginEvent {
+            id: event.id.clone(),
+            kind: event.kind.clone(),
+            customer: event.customer.clone(),
+            occurred_at: event.occurred_at,
+            amount: event.amount.map(|amount| amount.to_string()),
+            currency: event.currency.clone(),
+            attributes: pairs(&event.attributes),
+        },
+        context: PluginContext {
+            operator: operator.id.clone(),
+            operator_currency: operator.currency.clone(),
+            config: pairs(&operator.config),
+            referral_chain: chain
+                .iter()
+                .map(|link| PluginAffiliate { id: link.affiliate.clone(), deal: pairs(&link.deal) })
+                .collect(),
+        },
+    }
+}
+
+/// The plugin's answer is untrusted input like any other: every field is checked before it
+/// becomes a ledger entry.
+fn checked_commissions(
+    commissions: Vec<PluginCommission>,
+    chain: &[ChainLink],
+    event: &StoredEvent,
+    seq: u64,
+    plugin_version: u32,
+) -> Result<Vec<CommissionRecord>, Failure> {
+    let invalid = |message: String| Failure { kind: FailureKind::InvalidResult, message };
+    if commissions.len() > MAX_COMMISSIONS_PER_EVENT {
+        return Err(invalid(format!(
+            "the plugin returned {} commissions; at most {MAX_COMMISSIONS_PER_EVENT} per event",
+            commissions.len()
+        )));
+    }
+    let created_at = now_ms();
+    commissions
+        .into_iter()
+        .enumerate()
+        .map(|(index, commission)| {
+            let at = |problem: String| invalid(format!("commission {index}: {problem}"));
+            if !chain.iter().any(|link| link.affiliate == commission.affiliate) {
+                return Err(at(format!("affiliate {:?} is not in the referral chain", commission.affiliate)));
+            }
+            let amount = parse_amount(&commission.amount).map_err(|problem| at(format!("amount: {problem}")))?;
+            if iso_currency::Currency::from_code(&commission.currency).is_none() {
+                return Err(at(format!("currency {:?} is not an ISO 4217 code", commission.currency)));
+            }
+            if commission.rule.is_empty() || commission.rule.len() > 64 {
+                return Err(at("rule: 1 to 64 bytes".into()));
+            }
+            if commission.explanation.len() > 512 {
+                return Err(at("explanation: at most 512 bytes".into()));
+            }
+            Ok(CommissionRecord {
+                id: CommissionRecord::id_for(seq, index),
+                event_id: event.id.clone(),
+                affiliate: commission.affiliate,
+                customer: event.customer.clone(),
+                amount,
+                currency: commission.currency,
+                rule: commission.rule,
+                explanation: commission.explanation,
+                plugin_version,
+                occurred_at: event.occurred_at,
+                created_at,
+            })
+        })
+        .collect()
+}

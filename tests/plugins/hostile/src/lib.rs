@@ -1,0 +1,58 @@
+//! Misbehaves as the event's `attack` attribute says, so that one built plugin can exercise
+//! every limit of the sandbox. With no attack it pays 1 to the referring affiliate, so a test
+//! can also see it working normally.
+//!
+//! | attack | what it does | the limit it meets |
+//! | --- | --- | --- |
+//! | `loop` | spins forever | fuel |
+//! | `allocate` | grows its memory without bound | the memory cap |
+//! | `recurse` | recurses without bound | the wasm stack |
+//! | `trap` | executes `unreachable` | a trap |
+//! | `fail` | returns an error | none: a rule failure |
+
+use commission_plugin_sdk::prelude::*;
+
+pub struct Hostile;
+
+impl Plugin for Hostile {
+    fn evaluate(event: &Event, context: &Context) -> Result<Vec<Commission>> {
+        match event.attributes.get("attack") {
+            Some("loop") => spin(),
+            Some("allocate") => allocate(),
+            Some("recurse") => Err(Error::new(format!("depth {}", recurse(1)))),
+            Some("trap") => std::process::abort(),
+            Some("fail") => Err(Error::new("rule failed on purpose")),
+            Some(other) => Err(Error::new(format!("unknown attack {other:?}"))),
+            None => {
+                state::add_decimal(&state::customer_key(&event.customer, "events"), Decimal::ONE)?;
+                Ok(vec![context.pay(context.affiliate(), Decimal::ONE).rule("flat").because("flat 1 per event")])
+            }
+        }
+    }
+}
+
+export_plugin!(Hostile);
+
+fn spin() -> ! {
+    let mut counter = 0u64;
+    loop {
+        counter = std::hint::black_box(counter.wrapping_add(1));
+    }
+}
+
+fn allocate() -> ! {
+    // Reserved, not written: it reaches the memory cap long before it runs out of fuel.
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(Vec::with_capacity(1 << 20));
+        std::hint::black_box(&hoard);
+    }
+}
+
+/// Returns only once the depth is past `u64::MAX`: never, in practice.
+fn recurse(depth: u64) -> u64 {
+    if std::hint::black_box(depth) == 0 {
+        return 0;
+    }
+    recurse(depth.wrapping_add(1)) + 1
+}
