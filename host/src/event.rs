@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -71,7 +72,44 @@ struct WireEvent {
     currency: Option<String>,
     affiliate: Option<String>,
     #[serde(default)]
-    attributes: BTreeMap<String, WireAttribute>,
+    attributes: UniqueKeys<WireAttribute>,
+}
+
+/// A JSON object decoded into a map, refusing a key given twice (which JSON allows and
+/// `BTreeMap`'s decoder would resolve silently, keeping the last).
+struct UniqueKeys<V>(BTreeMap<String, V>);
+
+impl<V> Default for UniqueKeys<V> {
+    fn default() -> Self {
+        Self(BTreeMap::new())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueKeys<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<V>(std::marker::PhantomData<V>);
+
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<V> {
+            type Value = UniqueKeys<V>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("an object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut map = BTreeMap::new();
+                while let Some((key, value)) = access.next_entry::<String, V>()? {
+                    if map.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+                    }
+                    map.insert(key, value);
+                }
+                Ok(UniqueKeys(map))
+            }
+        }
+
+        deserializer.deserialize_map(Visitor(std::marker::PhantomData))
+    }
 }
 
 /// Attribute values may be JSON strings, numbers or booleans; plugins see them as text.
@@ -100,11 +138,12 @@ pub fn parse_webhook(
     operator_currency: &str,
     now_ms: i64,
 ) -> Result<(Vec<IncomingEvent>, bool), BodyError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|error| BodyError::Syntax(error.to_string()))?;
-    let (values, is_batch) = match value {
-        serde_json::Value::Array(values) => (values, true),
-        object @ serde_json::Value::Object(_) => (vec![object], false),
+    // Each event stays raw JSON until it is decoded into its struct, which refuses duplicate
+    // keys; a `serde_json::Value` in between would silently keep the last of them.
+    let syntax = |error: serde_json::Error| BodyError::Syntax(error.to_string());
+    let (values, is_batch): (Vec<&RawValue>, bool) = match body.trim_ascii_start().first() {
+        Some(b'[') => (serde_json::from_slice(body).map_err(syntax)?, true),
+        Some(b'{') => (vec![serde_json::from_slice(body).map_err(syntax)?], false),
         _ => {
             return Err(BodyError::Fields(vec![FieldError::new(
                 "",
@@ -125,12 +164,16 @@ pub fn parse_webhook(
     let mut events = Vec::with_capacity(values.len());
     let mut errors = Vec::new();
     for (index, value) in values.into_iter().enumerate() {
-        let parsed = serde_path_to_error::deserialize::<_, WireEvent>(value)
-            .map_err(|error| {
-                let field = error.path().to_string();
-                vec![FieldError::new(if field == "." { String::new() } else { field }, error.into_inner().to_string())]
-            })
-            .and_then(|wire| check(wire, operator_currency, now_ms));
+        let parsed =
+            serde_path_to_error::deserialize::<_, WireEvent>(&mut serde_json::Deserializer::from_str(value.get()))
+                .map_err(|error| {
+                    let field = error.path().to_string();
+                    vec![FieldError::new(
+                        if field == "." { String::new() } else { field },
+                        error.into_inner().to_string(),
+                    )]
+                })
+                .and_then(|wire| check(wire, operator_currency, now_ms));
         match parsed {
             Ok(event) => events.push(event),
             Err(problems) => errors
@@ -164,7 +207,7 @@ pub fn parse_postback(
         amount: fields.remove("amount"),
         currency: fields.remove("currency"),
         affiliate: fields.remove("affiliate"),
-        attributes: attributes.into_iter().map(|(k, v)| (k, WireAttribute::Text(v))).collect(),
+        attributes: UniqueKeys(attributes.into_iter().map(|(k, v)| (k, WireAttribute::Text(v))).collect()),
     };
     Ok((check(wire, operator_currency, now_ms)?, token))
 }
@@ -216,14 +259,15 @@ fn check(wire: WireEvent, operator_currency: &str, now_ms: i64) -> Result<Incomi
             None
         }
     });
-    if wire.attributes.len() > MAX_ATTRIBUTES {
+    let wire_attributes = wire.attributes.0;
+    if wire_attributes.len() > MAX_ATTRIBUTES {
         errors.push(FieldError::new(
             "attributes",
-            format!("at most {MAX_ATTRIBUTES} attributes; got {}", wire.attributes.len()),
+            format!("at most {MAX_ATTRIBUTES} attributes; got {}", wire_attributes.len()),
         ));
     }
     let mut attributes = BTreeMap::new();
-    for (key, value) in wire.attributes {
+    for (key, value) in wire_attributes {
         let field = format!("attributes.{key}");
         if key.is_empty() || key.chars().count() > MAX_ATTRIBUTE_KEY_CHARS || key.chars().any(char::is_control) {
             errors.push(FieldError::new(
@@ -363,6 +407,17 @@ mod tests {
         assert_eq!(parse_time("1793527200000").unwrap(), 1_793_527_200_000);
         assert!(parse_time("yesterday").is_err());
         assert_eq!(format_time(1_793_527_200_000), "2026-11-01T10:00:00Z");
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_not_resolved() {
+        for body in [
+            &br#"{"id":"a","type":"deposit","customer":"c1","amount":"1","amount":"1000"}"#[..],
+            br#"[{"id":"a","type":"x","customer":"c1","attributes":{"lots":"1","lots":"100"}}]"#,
+        ] {
+            let Err(BodyError::Fields(problems)) = parse_webhook(body, "USD", 0) else { panic!("accepted") };
+            assert!(problems[0].problem.contains("duplicate"), "{problems:?}");
+        }
     }
 
     #[test]
