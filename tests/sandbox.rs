@@ -37,6 +37,8 @@ fn a_looping_allocating_recursing_or_trapping_plugin_fails_only_its_event() {
         ("recurse", "stack_overflow", "stack"),
         ("trap", "trap", "trapped"),
         ("fail", "rule_error", "rule failed on purpose"),
+        ("flood", "invalid_result", "at most 100 per event"),
+        ("hoard", "limit_exceeded", "state writes"),
     ];
     for (attack, kind, reason) in attacks {
         let (status, answer) = host.post_events(&evil, &json!({"id": attack, "type": "deposit", "customer": "c1", "affiliate": "aff1", "attributes": {"attack": attack}}));
@@ -48,13 +50,44 @@ fn a_looping_allocating_recursing_or_trapping_plugin_fails_only_its_event() {
         let (_, stored) = host.get(&evil, &format!("/events/{attack}"));
         assert_eq!((stored["status"].as_str(), stored["failure"]["kind"].as_str()), (Some("failed"), Some(kind)));
     }
+    // Many looping events at once fill only the hostile operator's own evaluation slots.
+    let loops: Vec<_> = (0..8)
+        .map(|n| {
+            let host = host.clone();
+            let evil = evil.clone();
+            std::thread::spawn(move || {
+                let (_, answer) = host.post_events(&evil, &json!({"id": format!("loop-{n}"), "type": "x", "customer": format!("l{n}"), "affiliate": "aff1", "attributes": {"attack": "loop"}}));
+                assert_eq!(answer["failure"]["kind"], "out_of_fuel", "{answer}");
+            })
+        })
+        .collect();
     neighbour.join().expect("the other operator was served throughout");
+    loops.into_iter().for_each(|sender| sender.join().unwrap());
+
+    // A plugin that logs without end is cut at the log limit, and its event still succeeds.
+    let chatter = host.accept(&evil, json!({"id": "chatter", "type": "x", "customer": "c2", "affiliate": "aff1", "attributes": {"attack": "chatter"}}));
+    assert_eq!(paid(&chatter), [("aff1".into(), dec("1"))]);
+    let (_, stored) = host.get(&evil, "/events/chatter");
+    let logs = stored["logs"].as_array().unwrap();
+    assert_eq!(logs.len(), 101, "100 lines and a note of the rest");
+    assert_eq!(logs[100]["message"], "9900 more log lines dropped (limit 100)");
 
     // The same plugin, fresh for the next event, behaves: no poisoned instance.
     let calm = host.accept(&evil, json!({"id": "calm", "type": "deposit", "customer": "c1"}));
     assert_eq!(paid(&calm), [("aff1".into(), dec("1"))]);
-    assert_eq!((host.commissions(&evil, "").len(), host.commissions(&acme, "").len()), (1, 40));
+    assert_eq!((host.commissions(&evil, "").len(), host.commissions(&acme, "").len()), (2, 40));
     assert_eq!(host.client.get(host.url("/healthz")).send().unwrap().status(), StatusCode::OK);
+
+    // The platform team sees it in the metrics.
+    let metrics = host.metrics();
+    assert!(
+        metrics.contains(r#"commission_host_plugin_failures_total{operator="evil",kind="out_of_fuel"} 9"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"commission_host_events_total{operator="acme",kind="deposit",status="accepted"} 40"#),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -139,7 +172,7 @@ fn a_restart_loads_plugins_from_the_compiled_cache() {
     let answer = host
         .accept(&acme, json!({"id": "d-1", "type": "deposit", "customer": "c1", "amount": "10", "affiliate": "aff1"}));
     assert_eq!(paid(&answer), [("aff1".into(), dec("10"))]);
-    let log = host.log();
-    assert!(log.contains("plugin loaded from the compiled-artifact cache"), "{log}");
-    assert!(!log.contains("plugin recompiled"), "{log}");
+    let metrics = host.metrics();
+    assert!(metrics.contains(r#"commission_host_plugin_loads_total{source="cache"} 1"#), "{metrics}");
+    assert!(!metrics.contains(r#"source="compiled""#), "nothing compiled again: {metrics}");
 }

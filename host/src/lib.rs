@@ -8,6 +8,7 @@
 pub mod api;
 pub mod customer_locks;
 pub mod event;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugins;
 pub mod sandbox;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use commission_host::api::{self, AppState, BodyLimits};
+use commission_host::metrics::Metrics;
 use commission_host::pipeline::Pipeline;
 use commission_host::plugins::PluginRegistry;
 use commission_host::sandbox::{Limits, Sandbox};
@@ -69,8 +70,9 @@ async fn serve(data: PathBuf, listen: SocketAddr, demo_plugin: Option<PathBuf>) 
     };
     let store = Arc::new(Store::open(&data).with_context(|| format!("opening the ledger in {}", data.display()))?);
     let sandbox = Arc::new(Sandbox::new(Limits::default()).context("configuring the wasm sandbox")?);
-    let plugins = Arc::new(PluginRegistry::new(store.clone(), sandbox.clone()));
-    let pipeline = Pipeline::new(store, sandbox, plugins);
+    let metrics = Arc::new(Metrics::default());
+    let plugins = Arc::new(PluginRegistry::new(store.clone(), sandbox.clone(), metrics.clone()));
+    let pipeline = Pipeline::new(store, sandbox, plugins, metrics);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen} (is another host running there? choose one with --listen)"))?;

@@ -12,12 +12,14 @@
 //! another node, the commit could go to another store, without the others changing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::customer_locks::CustomerLocks;
 use crate::event::{FieldError, IncomingEvent, now_ms, parse_amount};
+use crate::metrics::{FailureLabels, Metrics, OperatorLabels};
 use crate::plugins::PluginRegistry;
 use crate::sandbox::{
     MAX_CONCURRENT_INSTANCES, PluginAffiliate, PluginCommission, PluginContext, PluginEvent, PluginInput, Sandbox,
@@ -35,6 +37,9 @@ pub const MAX_CHAIN_DEPTH: usize = 16;
 pub const MAX_COMMISSIONS_PER_EVENT: usize = 100;
 /// Re-evaluations when state shared with other customers changed under an evaluation.
 const MAX_STALE_RETRIES: usize = 16;
+/// Evaluations one operator may have in the sandbox at once. A hostile or slow plugin fills
+/// its own slots and waits; the other operators' slots stay free.
+pub const EVALUATIONS_PER_OPERATOR: usize = 4;
 
 #[derive(Clone)]
 pub struct Pipeline {
@@ -43,10 +48,12 @@ pub struct Pipeline {
     plugins: Arc<PluginRegistry>,
     customer_locks: Arc<CustomerLocks>,
     evaluation_slots: Arc<Semaphore>,
+    operator_slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     durability: Durability,
+    metrics: Arc<Metrics>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Disposition {
     /// Stored now (evaluated, or kept unattributed).
@@ -57,6 +64,17 @@ pub enum Disposition {
     Failed,
     /// The id was taken by other content between the batch check and the commit.
     Conflict,
+}
+
+impl Disposition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Accepted => "accepted",
+            Disposition::Duplicate => "duplicate",
+            Disposition::Failed => "failed",
+            Disposition::Conflict => "conflict",
+        }
+    }
 }
 
 pub struct EventOutcome {
@@ -88,15 +106,21 @@ pub struct RetryReport {
 }
 
 impl Pipeline {
-    pub fn new(store: Arc<Store>, sandbox: Arc<Sandbox>, plugins: Arc<PluginRegistry>) -> Self {
+    pub fn new(store: Arc<Store>, sandbox: Arc<Sandbox>, plugins: Arc<PluginRegistry>, metrics: Arc<Metrics>) -> Self {
         Self {
-            durability: store.durability(),
+            durability: store.durability(metrics.flush_seconds.clone()),
             store,
             sandbox,
             plugins,
             customer_locks: Arc::new(CustomerLocks::default()),
             evaluation_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_INSTANCES as usize)),
+            operator_slots: Arc::default(),
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -105,6 +129,11 @@ impl Pipeline {
 
     pub fn plugins(&self) -> &Arc<PluginRegistry> {
         &self.plugins
+    }
+
+    /// Whether the ledger can acknowledge events (its last flush succeeded).
+    pub fn is_ready(&self) -> bool {
+        !self.durability.is_failing()
     }
 
     /// Waits until everything committed so far is on disk.
@@ -165,15 +194,30 @@ impl Pipeline {
 
     async fn process(&self, operator: &OperatorRecord, incoming: IncomingEvent) -> Result<EventOutcome, IngestError> {
         let _turn = self.customer_locks.lock(&operator.id, &incoming.event.customer).await;
-        let _slot = self.evaluation_slots.acquire().await.expect("the semaphore is never closed");
+        let _slots = self.evaluation_slots(&operator.id).await;
         let pipeline = self.clone();
         let operator = operator.clone();
-        tokio::task::spawn_blocking(move || {
+        let outcome = tokio::task::spawn_blocking(move || {
             let seq = pipeline.store.next_sequence()?;
             pipeline.evaluate_and_commit(&operator, incoming.event, incoming.content_sha256, seq, now_ms(), None)
         })
         .await
-        .map_err(|error| IngestError::Internal(format!("evaluation task failed: {error}")))?
+        .map_err(|error| IngestError::Internal(format!("evaluation task failed: {error}")))??;
+        Ok(outcome)
+    }
+
+    /// Waits for one of the operator's slots, then one of the sandbox's.
+    async fn evaluation_slots(&self, operator: &str) -> EvaluationSlots {
+        let operator_slots = self
+            .operator_slots
+            .lock()
+            .expect("slots lock")
+            .entry(operator.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(EVALUATIONS_PER_OPERATOR)))
+            .clone();
+        let operator = operator_slots.acquire_owned().await.expect("the semaphore is never closed");
+        let sandbox = self.evaluation_slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        EvaluationSlots::new(self.metrics.clone(), [operator, sandbox])
     }
 
     /// Evaluates the operator's failed events again, oldest first, with its active plugin.
@@ -182,7 +226,7 @@ impl Pipeline {
         for id in self.store.failed_event_ids(&operator.id)? {
             let Some(record) = self.store.event(&operator.id, &id)? else { continue };
             let _turn = self.customer_locks.lock(&operator.id, &record.event.customer).await;
-            let _slot = self.evaluation_slots.acquire().await.expect("the semaphore is never closed");
+            let _slots = self.evaluation_slots(&operator.id).await;
             let pipeline = self.clone();
             let operator = operator.clone();
             let outcome = tokio::task::spawn_blocking(move || {
@@ -214,9 +258,31 @@ impl Pipeline {
         Ok(report)
     }
 
+    /// [`Pipeline::attribute_evaluate_commit`], counted in the metrics.
+    fn evaluate_and_commit(
+        &self,
+        operator: &OperatorRecord,
+        event: StoredEvent,
+        content_sha256: String,
+        seq: u64,
+        received_at: i64,
+        retry_of: Option<u32>,
+    ) -> Result<EventOutcome, IngestError> {
+        let kind = event.kind.clone();
+        let outcome = self.attribute_evaluate_commit(operator, event, content_sha256, seq, received_at, retry_of)?;
+        self.metrics.count_event(&operator.id, &kind, outcome.disposition);
+        if let (Disposition::Failed, Some(failure)) = (outcome.disposition, &outcome.record.failure) {
+            self.metrics
+                .failures
+                .get_or_create(&FailureLabels { operator: operator.id.clone(), kind: failure.kind.as_str() })
+                .inc();
+        }
+        Ok(outcome)
+    }
+
     /// Attributes, evaluates and commits one event, evaluating again if state it read changed
     /// before the commit. `retry_of` is the attempts count of the failed record being retried.
-    fn evaluate_and_commit(
+    fn attribute_evaluate_commit(
         &self,
         operator: &OperatorRecord,
         event: StoredEvent,
@@ -267,7 +333,10 @@ impl Pipeline {
                 state_writes: &evaluated.state_writes,
                 commissions: &evaluated.commissions,
             };
-            match self.store.commit_event(&commit)? {
+            let started = Instant::now();
+            let committed = self.store.commit_event(&commit)?;
+            self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+            match committed {
                 CommitOutcome::Committed => {
                     if let Some(failure) = &record.failure {
                         tracing::warn!(operator = %operator.id, event = %event.id, kind = ?failure.kind, reason = %failure.message, "event stored as failed");
@@ -330,7 +399,11 @@ impl Pipeline {
         let input = plugin_input(operator, event, &chain);
         let state: Arc<dyn StateSource> =
             Arc::new(OperatorState { store: self.store.clone(), operator: operator.id.clone() });
+        let started = Instant::now();
         let evaluation = self.sandbox.evaluate(&plugin, &input, state);
+        let labels = OperatorLabels { operator: operator.id.clone() };
+        self.metrics.evaluation_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+        self.metrics.fuel_used.get_or_create(&labels).observe(evaluation.fuel_used as f64);
         let record = EvaluationRecord {
             plugin_version: version,
             chain,
@@ -371,6 +444,25 @@ impl Pipeline {
             chain.push(ChainLink { affiliate: affiliate.to_owned(), deal: BTreeMap::new() });
         }
         Ok(chain)
+    }
+}
+
+/// An operator's slot and a sandbox slot, held for one evaluation; counted as in flight.
+struct EvaluationSlots {
+    metrics: Arc<Metrics>,
+    _permits: [OwnedSemaphorePermit; 2],
+}
+
+impl EvaluationSlots {
+    fn new(metrics: Arc<Metrics>, permits: [OwnedSemaphorePermit; 2]) -> Self {
+        metrics.evaluations_in_flight.inc();
+        Self { metrics, _permits: permits }
+    }
+}
+
+impl Drop for EvaluationSlots {
+    fn drop(&mut self) {
+        self.metrics.evaluations_in_flight.dec();
     }
 }
 

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
 use crate::event::now_ms;
+use crate::metrics::{LoadLabels, Metrics};
 use crate::sandbox::{LoadedPlugin, Sandbox, UploadError};
 use crate::store::Store;
 use crate::store::records::PluginRecord;
@@ -19,17 +20,19 @@ pub struct PluginRegistry {
     store: Arc<Store>,
     sandbox: Arc<Sandbox>,
     loaded: RwLock<HashMap<(String, u32), Arc<LoadedPlugin>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl PluginRegistry {
-    pub fn new(store: Arc<Store>, sandbox: Arc<Sandbox>) -> Self {
-        Self { store, sandbox, loaded: RwLock::new(HashMap::new()) }
+    pub fn new(store: Arc<Store>, sandbox: Arc<Sandbox>, metrics: Arc<Metrics>) -> Self {
+        Self { store, sandbox, loaded: RwLock::new(HashMap::new()), metrics }
     }
 
     /// Validates, compiles and stores a new version of `operator`'s plugin.
     pub fn upload(&self, operator: &str, wasm: &[u8]) -> Result<PluginRecord, UploadFailure> {
         let sha256 = hex::encode(Sha256::digest(wasm));
         let (contract, artifact) = self.sandbox.compile(wasm)?;
+        self.metrics.plugin_loads.get_or_create(&LoadLabels { source: "compiled" }).inc();
         let artifact_key = self.sandbox.artifact_key(&sha256);
         let record = self.store.add_plugin(operator, wasm, &artifact_key, &artifact, |version| PluginRecord {
             version,
@@ -58,6 +61,7 @@ impl PluginRegistry {
         let artifact_key = self.sandbox.artifact_key(&record.sha256);
         let artifact = match self.store.artifact(&artifact_key)? {
             Some(artifact) => {
+                self.metrics.plugin_loads.get_or_create(&LoadLabels { source: "cache" }).inc();
                 tracing::info!(operator, version, "plugin loaded from the compiled-artifact cache");
                 artifact
             }
@@ -67,6 +71,7 @@ impl PluginRegistry {
                     .plugin_wasm(&record.sha256)?
                     .with_context(|| format!("the component of {operator} v{version} is missing"))?;
                 let (_, artifact) = self.sandbox.compile(&wasm)?;
+                self.metrics.plugin_loads.get_or_create(&LoadLabels { source: "compiled" }).inc();
                 self.store.put_artifact(&artifact_key, &artifact)?;
                 tracing::info!(operator, version, "plugin recompiled for this engine");
                 artifact

@@ -71,6 +71,13 @@ impl Host {
         format!("{}{path}", self.base)
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).bearer_auth(ADMIN_TOKEN).send().expect("metrics");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().unwrap()
+    }
+
     pub fn admin_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         answer(self.client.post(self.url(path)).bearer_auth(ADMIN_TOKEN).json(&body).send())
     }
@@ -190,6 +197,7 @@ impl Drop for Host {
     }
 }
 
+#[derive(Clone)]
 pub struct Operator {
     pub id: String,
     pub api_key: String,

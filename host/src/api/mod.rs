@@ -7,6 +7,8 @@
 //! | `PUT/GET /v1/operators/{op}/affiliates/{aff}` | operator, admin |
 //! | `POST /v1/operators/{op}/events` | operator key or Standard Webhooks signature |
 //! | `GET /postback/{op}?token=...` | the operator's postback token |
+//! | `GET /metrics` | admin |
+//! | `GET /healthz`, `GET /readyz` | none |
 //! | `POST /v1/operators/{op}/events/retry-failed`, `GET .../events/{id}`, `GET .../commissions` | operator, admin |
 
 mod auth;
@@ -19,7 +21,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -48,6 +52,8 @@ impl Default for BodyLimits {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/operators", post(operators::create_operator))
         .route("/v1/operators/{op}/plugins", post(operators::upload_plugin))
         .route("/v1/operators/{op}/plugins/{version}/activate", post(operators::activate_plugin))
@@ -62,6 +68,23 @@ pub fn router(state: Arc<AppState>) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
         })
         .with_state(state)
+}
+
+/// 200 while the ledger can acknowledge events; 503 while its flushes fail (a full or failing
+/// disk), so a load balancer sends traffic elsewhere.
+async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
+    if state.pipeline.is_ready() {
+        Ok("ready")
+    } else {
+        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the ledger's last flush failed"))
+    }
+}
+
+/// Prometheus text format; the admin token guards it (operator ids are in the labels).
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    auth::require_admin(&state, &headers)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.pipeline.metrics().encode())
+        .into_response())
 }
 
 /// Reads a body up to `limit` bytes; beyond it, a 413 that says the limit.

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{Notify, watch};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -34,14 +35,20 @@ struct Flushed {
 }
 
 impl Durability {
-    pub(super) fn start(db: sled::Db) -> Self {
+    pub(super) fn start(db: sled::Db, flush_seconds: Histogram) -> Self {
         let shared = Arc::new(Shared {
             tickets: AtomicU64::new(0),
             wake: Notify::new(),
             flushed: watch::Sender::new(Flushed::default()),
         });
-        tokio::spawn(flush_loop(db, shared.clone()));
+        tokio::spawn(flush_loop(db, shared.clone(), flush_seconds));
         Self { shared }
+    }
+
+    /// Whether the last flush failed: the ledger cannot acknowledge anything until one succeeds.
+    pub fn is_failing(&self) -> bool {
+        let state = self.shared.flushed.borrow();
+        state.failure.as_ref().is_some_and(|(upto, _)| *upto > state.through)
     }
 
     /// Returns once everything this task committed before the call is on disk.
@@ -63,7 +70,7 @@ impl Durability {
     }
 }
 
-async fn flush_loop(db: sled::Db, shared: Arc<Shared>) {
+async fn flush_loop(db: sled::Db, shared: Arc<Shared>, flush_seconds: Histogram) {
     let mut through = 0;
     loop {
         if shared.tickets.load(Ordering::SeqCst) == through {
@@ -71,7 +78,10 @@ async fn flush_loop(db: sled::Db, shared: Arc<Shared>) {
         }
         // Tickets are taken after their commits: a flush that starts now covers them all.
         let target = shared.tickets.load(Ordering::SeqCst);
-        match db.flush_async().await {
+        let started = std::time::Instant::now();
+        let flushed = db.flush_async().await;
+        flush_seconds.observe(started.elapsed().as_secs_f64());
+        match flushed {
             Ok(_) => {
                 through = target;
                 shared.flushed.send_modify(|state| state.through = target);

@@ -119,8 +119,9 @@ impl Store {
         })
     }
 
-    pub fn durability(&self) -> Durability {
-        Durability::start(self.db.clone())
+    /// Starts the group-flush task; each flush's duration is observed in `flush_seconds`.
+    pub fn durability(&self, flush_seconds: prometheus_client::metrics::histogram::Histogram) -> Durability {
+        Durability::start(self.db.clone(), flush_seconds)
     }
 
     /// A new, never reused, increasing sequence number. Taken outside transactions (a gap

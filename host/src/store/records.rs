@@ -95,6 +95,23 @@ pub enum FailureKind {
     LimitExceeded,
 }
 
+impl FailureKind {
+    /// The name used in answers, records and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::NoActivePlugin => "no_active_plugin",
+            FailureKind::OutOfFuel => "out_of_fuel",
+            FailureKind::Timeout => "timeout",
+            FailureKind::OutOfMemory => "out_of_memory",
+            FailureKind::StackOverflow => "stack_overflow",
+            FailureKind::Trap => "trap",
+            FailureKind::RuleError => "rule_error",
+            FailureKind::InvalidResult => "invalid_result",
+            FailureKind::LimitExceeded => "limit_exceeded",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
     pub kind: FailureKind,

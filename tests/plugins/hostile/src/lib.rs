@@ -9,6 +9,9 @@
 //! | `recurse` | recurses without bound | the wasm stack |
 //! | `trap` | executes `unreachable` | a trap |
 //! | `fail` | returns an error | none: a rule failure |
+//! | `flood` | returns 1,000 commissions | commissions per event |
+//! | `hoard` | writes 2 MiB of state | state writes per event |
+//! | `chatter` | logs 10,000 lines, then pays | log lines per event (the event succeeds) |
 
 use commission_plugin_sdk::prelude::*;
 
@@ -22,6 +25,22 @@ impl Plugin for Hostile {
             Some("recurse") => Err(Error::new(format!("depth {}", recurse(1)))),
             Some("trap") => std::process::abort(),
             Some("fail") => Err(Error::new("rule failed on purpose")),
+            Some("flood") => Ok((0..1000)
+                .map(|n| context.pay(context.affiliate(), Decimal::ONE).rule("flood").because(format!("flood {n}")))
+                .collect()),
+            Some("hoard") => {
+                let chunk = vec![7u8; 64 * 1024];
+                for n in 0..32 {
+                    state::set(&format!("hoard:{n}"), &chunk);
+                }
+                Ok(vec![])
+            }
+            Some("chatter") => {
+                for n in 0..10_000 {
+                    info!("chatter line {n}");
+                }
+                Ok(vec![context.pay(context.affiliate(), Decimal::ONE).rule("flat").because("flat 1 after chatter")])
+            }
             Some(other) => Err(Error::new(format!("unknown attack {other:?}"))),
             None => {
                 state::add_decimal(&state::customer_key(&event.customer, "events"), Decimal::ONE)?;
