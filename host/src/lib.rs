@@ -11,6 +11,7 @@ pub mod event;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugins;
+pub mod replay;
 pub mod sandbox;
 pub mod secrets;
 pub mod server;

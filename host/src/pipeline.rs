@@ -198,8 +198,7 @@ impl Pipeline {
         let pipeline = self.clone();
         let operator = operator.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            let seq = pipeline.store.next_sequence()?;
-            pipeline.evaluate_and_commit(&operator, incoming.event, incoming.content_sha256, seq, now_ms(), None)
+            pipeline.evaluate_and_commit(&operator, incoming.event, incoming.content_sha256, now_ms(), None)
         })
         .await
         .map_err(|error| IngestError::Internal(format!("evaluation task failed: {error}")))??;
@@ -234,7 +233,6 @@ impl Pipeline {
                     &operator,
                     record.event,
                     record.content_sha256,
-                    record.seq,
                     record.received_at,
                     Some(record.attempts),
                 )
@@ -264,12 +262,11 @@ impl Pipeline {
         operator: &OperatorRecord,
         event: StoredEvent,
         content_sha256: String,
-        seq: u64,
         received_at: i64,
         retry_of: Option<u32>,
     ) -> Result<EventOutcome, IngestError> {
         let kind = event.kind.clone();
-        let outcome = self.attribute_evaluate_commit(operator, event, content_sha256, seq, received_at, retry_of)?;
+        let outcome = self.attribute_evaluate_commit(operator, event, content_sha256, received_at, retry_of)?;
         self.metrics.count_event(&operator.id, &kind, outcome.disposition);
         if let (Disposition::Failed, Some(failure)) = (outcome.disposition, &outcome.record.failure) {
             self.metrics
@@ -287,7 +284,6 @@ impl Pipeline {
         operator: &OperatorRecord,
         event: StoredEvent,
         content_sha256: String,
-        seq: u64,
         received_at: i64,
         retry_of: Option<u32>,
     ) -> Result<EventOutcome, IngestError> {
@@ -308,12 +304,12 @@ impl Pipeline {
             };
             let attributed_to = binding.or(new_binding.clone()).map(|binding| binding.affiliate);
             let evaluated = match &attributed_to {
-                Some(affiliate) => self.evaluate(operator, &event, affiliate, seq)?,
+                Some(affiliate) => self.evaluate(operator, &event, affiliate)?,
                 // Kept, paying nothing: there is no one to pay.
                 None => Evaluated::default(),
             };
             let record = EventRecord {
-                seq,
+                seq: 0,
                 event: event.clone(),
                 content_sha256: content_sha256.clone(),
                 received_at,
@@ -321,7 +317,7 @@ impl Pipeline {
                 failure: evaluated.failure.clone(),
                 attributed_to: attributed_to.clone(),
                 evaluation: evaluated.record.clone(),
-                commission_ids: evaluated.commissions.iter().map(|c| c.id.clone()).collect(),
+                commission_ids: Vec::new(),
                 attempts: retry_of.map_or(1, |attempts| attempts + 1),
             };
             let commit = EventCommit {
@@ -337,7 +333,7 @@ impl Pipeline {
             let committed = self.store.commit_event(&commit)?;
             self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             match committed {
-                CommitOutcome::Committed => {
+                CommitOutcome::Committed { record, commissions } => {
                     if let Some(failure) = &record.failure {
                         tracing::warn!(operator = %operator.id, event = %event.id, kind = ?failure.kind, reason = %failure.message, "event stored as failed");
                     }
@@ -347,8 +343,8 @@ impl Pipeline {
                         } else {
                             Disposition::Accepted
                         },
-                        commissions: evaluated.commissions,
-                        record,
+                        commissions,
+                        record: *record,
                     });
                 }
                 CommitOutcome::Exists(existing) => {
@@ -380,7 +376,6 @@ impl Pipeline {
         operator: &OperatorRecord,
         event: &StoredEvent,
         affiliate: &str,
-        seq: u64,
     ) -> Result<Evaluated, IngestError> {
         let Some(version) = operator.active_plugin else {
             return Ok(Evaluated::failed(Failure {
@@ -392,13 +387,26 @@ impl Pipeline {
             }));
         };
         let chain = self.referral_chain(&operator.id, affiliate)?;
+        let state: Arc<dyn StateSource> =
+            Arc::new(OperatorState { store: self.store.clone(), operator: operator.id.clone() });
+        self.run_plugin(operator, event, chain, version, state)
+    }
+
+    /// Runs `version` of the operator's plugin on one event, reading state from `state`, and
+    /// checks its answer. The live path and replays share it, so both evaluate alike.
+    pub(crate) fn run_plugin(
+        &self,
+        operator: &OperatorRecord,
+        event: &StoredEvent,
+        chain: Vec<ChainLink>,
+        version: u32,
+        state: Arc<dyn StateSource>,
+    ) -> Result<Evaluated, IngestError> {
         let plugin = self
             .plugins
             .get(&operator.id, version)
             .map_err(|error| IngestError::Internal(format!("loading plugin v{version}: {error:#}")))?;
         let input = plugin_input(operator, event, &chain);
-        let state: Arc<dyn StateSource> =
-            Arc::new(OperatorState { store: self.store.clone(), operator: operator.id.clone() });
         let started = Instant::now();
         let evaluation = self.sandbox.evaluate(&plugin, &input, state);
         let labels = OperatorLabels { operator: operator.id.clone() };
@@ -410,9 +418,8 @@ impl Pipeline {
             logs: evaluation.logs.into_iter().map(|(level, message)| LogLine { level, message }).collect(),
             fuel_used: evaluation.fuel_used,
         };
-        let commissions = evaluation
-            .result
-            .and_then(|commissions| checked_commissions(commissions, &record.chain, event, seq, version));
+        let commissions =
+            evaluation.result.and_then(|commissions| checked_commissions(commissions, &record.chain, event, version));
         Ok(match commissions {
             Ok(commissions) => Evaluated {
                 failure: None,
@@ -426,7 +433,7 @@ impl Pipeline {
         })
     }
 
-    fn referral_chain(&self, operator: &str, affiliate: &str) -> Result<Vec<ChainLink>, IngestError> {
+    pub(crate) fn referral_chain(&self, operator: &str, affiliate: &str) -> Result<Vec<ChainLink>, IngestError> {
         let mut chain = Vec::new();
         let mut visited = HashSet::new();
         let mut next = Some(affiliate.to_owned());
@@ -466,13 +473,15 @@ impl Drop for EvaluationSlots {
     }
 }
 
+/// What evaluating one event produced, before it is committed.
 #[derive(Default)]
-struct Evaluated {
-    failure: Option<Failure>,
-    record: Option<EvaluationRecord>,
-    commissions: Vec<CommissionRecord>,
-    state_reads: BTreeMap<String, Option<Vec<u8>>>,
-    state_writes: BTreeMap<String, Option<Vec<u8>>>,
+pub(crate) struct Evaluated {
+    pub(crate) failure: Option<Failure>,
+    pub(crate) record: Option<EvaluationRecord>,
+    /// Their ids are assigned at commit.
+    pub(crate) commissions: Vec<CommissionRecord>,
+    pub(crate) state_reads: BTreeMap<String, Option<Vec<u8>>>,
+    pub(crate) state_writes: BTreeMap<String, Option<Vec<u8>>>,
 }
 
 impl Evaluated {
@@ -517,12 +526,11 @@ fn plugin_input(operator: &OperatorRecord, event: &StoredEvent, chain: &[ChainLi
 }
 
 /// The plugin's answer is untrusted input like any other: every field is checked before it
-/// becomes a ledger entry.
-fn checked_commissions(
+/// becomes a ledger entry. The commissions it returns have no ids yet; the commit assigns them.
+pub fn checked_commissions(
     commissions: Vec<PluginCommission>,
     chain: &[ChainLink],
     event: &StoredEvent,
-    seq: u64,
     plugin_version: u32,
 ) -> Result<Vec<CommissionRecord>, Failure> {
     let invalid = |message: String| Failure { kind: FailureKind::InvalidResult, message };
@@ -552,7 +560,7 @@ fn checked_commissions(
                 return Err(at("explanation: at most 512 bytes".into()));
             }
             Ok(CommissionRecord {
-                id: CommissionRecord::id_for(seq, index),
+                id: String::new(),
                 event_id: event.id.clone(),
                 affiliate: commission.affiliate,
                 customer: event.customer.clone(),

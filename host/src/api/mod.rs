@@ -10,12 +10,14 @@
 //! | `GET /metrics` | admin |
 //! | `GET /healthz`, `GET /readyz` | none |
 //! | `POST /v1/operators/{op}/events/retry-failed`, `GET .../events/{id}`, `GET .../commissions` | operator, admin |
+//! | `POST /v1/operators/{op}/verify`, `POST .../plugins/{n}/replay` | operator, admin |
 
 mod auth;
 mod commissions;
 mod error;
 mod events;
 mod operators;
+mod replay;
 
 use std::sync::Arc;
 
@@ -25,7 +27,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 
 pub use error::ApiError;
 
@@ -57,6 +59,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/operators", post(operators::create_operator))
         .route("/v1/operators/{op}/plugins", post(operators::upload_plugin))
         .route("/v1/operators/{op}/plugins/{version}/activate", post(operators::activate_plugin))
+        .route("/v1/operators/{op}/plugins/{version}/replay", post(replay::backtest))
+        .route("/v1/operators/{op}/verify", post(replay::verify))
         .route("/v1/operators/{op}/affiliates/{affiliate}", put(operators::put_affiliate).get(operators::get_affiliate))
         .route("/v1/operators/{op}/events", post(events::webhook))
         .route("/v1/operators/{op}/events/retry-failed", post(events::retry_failed))
@@ -88,14 +92,30 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resu
 }
 
 /// Reads a body up to `limit` bytes; beyond it, a 413 that says the limit.
+///
+/// An oversized body is read on (and dropped) for up to 8 MiB more before the answer,
+/// so that a client still sending sees the 413 instead of a connection reset.
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
+    const DRAIN_BYTES: usize = 8 << 20;
+    let mut body = body;
+    let mut collected = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| ApiError::bad_request(format!("reading the body failed: {error}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len();
+        if seen <= limit {
+            collected.extend_from_slice(&data);
+        } else if seen > limit.saturating_add(DRAIN_BYTES) {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("the body is over the limit of {limit} bytes"),
-        )),
-        Err(error) => Err(ApiError::bad_request(format!("reading the body failed: {error}"))),
+        ));
     }
+    Ok(Bytes::from(collected))
 }

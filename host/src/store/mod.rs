@@ -50,6 +50,8 @@ pub struct Store {
     affiliates: Tree,
     customers: Tree,
     events: Tree,
+    /// Per operator, the number of the last committed event: the ledger's order.
+    sequences: Tree,
     event_order: Tree,
     failed_events: Tree,
     state: Tree,
@@ -60,6 +62,7 @@ pub struct Store {
 /// Everything one evaluated event writes, committed together by [`Store::commit_event`].
 pub struct EventCommit<'a> {
     pub operator: &'a str,
+    /// The record to store; its `seq` and `commission_ids` are assigned by the commit.
     pub record: &'a EventRecord,
     /// For a retry: the attempts count of the failed record it replaces. The commit goes
     /// through only if that record is still the one stored.
@@ -69,12 +72,14 @@ pub struct EventCommit<'a> {
     pub state_reads: &'a BTreeMap<String, Option<Vec<u8>>>,
     /// `None` deletes the key.
     pub state_writes: &'a BTreeMap<String, Option<Vec<u8>>>,
+    /// The commissions to store; their ids are assigned by the commit.
     pub commissions: &'a [CommissionRecord],
 }
 
 #[derive(Debug)]
 pub enum CommitOutcome {
-    Committed,
+    /// Stored as the operator's next event in ledger order, with its commissions.
+    Committed { record: Box<EventRecord>, commissions: Vec<CommissionRecord> },
     /// The event id is taken: by this event earlier (a retry) or by another one (a conflict).
     Exists(Box<EventRecord>),
     /// What the evaluation read has changed since: evaluate again.
@@ -110,6 +115,7 @@ impl Store {
             affiliates: tree("affiliates")?,
             customers: tree("customers")?,
             events: tree("events")?,
+            sequences: tree("sequences")?,
             event_order: tree("event_order")?,
             failed_events: tree("failed_events")?,
             state: tree("state")?,
@@ -122,12 +128,6 @@ impl Store {
     /// Starts the group-flush task; each flush's duration is observed in `flush_seconds`.
     pub fn durability(&self, flush_seconds: prometheus_client::metrics::histogram::Histogram) -> Durability {
         Durability::start(self.db.clone(), flush_seconds)
-    }
-
-    /// A new, never reused, increasing sequence number. Taken outside transactions (a gap
-    /// from an aborted commit is harmless).
-    pub fn next_sequence(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
     }
 
     // Operators
@@ -231,36 +231,25 @@ impl Store {
     }
 
     /// Commits one event with everything it caused, or nothing (see [`CommitOutcome`]).
+    ///
+    /// The event's sequence number is taken from the operator's counter inside the
+    /// transaction, so the numbers are the exact order in which events took effect, with no
+    /// gaps: replaying events by number reproduces the state and the ledger.
     pub fn commit_event(&self, commit: &EventCommit<'_>) -> Result<CommitOutcome, StoreError> {
         let operator = commit.operator;
-        let record = commit.record;
-        // Everything is encoded before the transaction: its closure may run several times and
-        // must do nothing but reads and writes.
-        let event_key = keys::text(operator, &record.event.id);
-        let event_value = to_json(record);
-        let sequence_key = keys::sequence(operator, record.seq);
-        let binding =
-            commit.new_binding.map(|binding| (keys::text(operator, &record.event.customer), to_json(binding)));
+        let draft = commit.record;
+        // Keys are made before the transaction; its closure may run several times and must do
+        // nothing but reads, writes and pure computation.
+        let event_key = keys::text(operator, &draft.event.id);
+        let binding = commit.new_binding.map(|binding| (keys::text(operator, &draft.event.customer), to_json(binding)));
         let reads: Vec<(Vec<u8>, &Option<Vec<u8>>)> =
             commit.state_reads.iter().map(|(key, value)| (keys::text(operator, key), value)).collect();
         let writes: Vec<(Vec<u8>, &Option<Vec<u8>>)> =
             commit.state_writes.iter().map(|(key, value)| (keys::text(operator, key), value)).collect();
-        let commissions: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = commit
-            .commissions
-            .iter()
-            .enumerate()
-            .map(|(index, commission)| {
-                let index = index as u16;
-                (
-                    keys::commission(operator, record.seq, index),
-                    keys::commission_by_affiliate(operator, &commission.affiliate, record.seq, index),
-                    to_json(commission),
-                )
-            })
-            .collect();
 
         let trees = (
             &self.events,
+            &self.sequences,
             &self.event_order,
             &self.failed_events,
             &self.customers,
@@ -269,7 +258,7 @@ impl Store {
             &self.commissions_by_affiliate,
         );
         let result = trees.transaction(
-            |(events, event_order, failed_events, customers, state, commissions_tree, by_affiliate)| {
+            |(events, sequences, event_order, failed_events, customers, state, commissions_tree, by_affiliate)| {
                 if let Some(existing) = events.get(&event_key)? {
                     let existing: EventRecord = decode_in_tx(&existing)?;
                     let is_the_failure_we_retry = commit.replaces_failed_attempt == Some(existing.attempts)
@@ -277,6 +266,9 @@ impl Store {
                     if !is_the_failure_we_retry {
                         return abort(Abort::Exists(Box::new(existing)));
                     }
+                    // The retry takes effect now: it moves to the end of the ledger order.
+                    event_order.remove(keys::sequence(operator, existing.seq))?;
+                    failed_events.remove(keys::sequence(operator, existing.seq))?;
                 } else if commit.replaces_failed_attempt.is_some() {
                     return abort(Abort::Stale);
                 }
@@ -297,26 +289,81 @@ impl Store {
                         None => state.remove(key.as_slice())?,
                     };
                 }
-                events.insert(event_key.as_slice(), event_value.as_slice())?;
-                event_order.insert(sequence_key.as_slice(), record.event.id.as_bytes())?;
-                match record.status {
-                    EventStatus::Failed => failed_events.insert(sequence_key.as_slice(), record.event.id.as_bytes())?,
-                    EventStatus::Accepted => failed_events.remove(sequence_key.as_slice())?,
+                let seq = match sequences.get(operator.as_bytes())? {
+                    Some(last) => {
+                        u64::from_be_bytes(last.as_ref().try_into().map_err(|_| {
+                            ConflictableTransactionError::Abort(Abort::Decode("a sequence is not 8 bytes".into()))
+                        })?) + 1
+                    }
+                    None => 1,
                 };
-                for (key, affiliate_key, value) in &commissions {
-                    commissions_tree.insert(key.as_slice(), value.as_slice())?;
-                    by_affiliate.insert(affiliate_key.as_slice(), key.as_slice())?;
+                sequences.insert(operator.as_bytes(), seq.to_be_bytes().as_slice())?;
+                let commissions: Vec<CommissionRecord> = commit
+                    .commissions
+                    .iter()
+                    .enumerate()
+                    .map(|(index, commission)| CommissionRecord {
+                        id: CommissionRecord::id_for(seq, index),
+                        ..commission.clone()
+                    })
+                    .collect();
+                let record = EventRecord {
+                    seq,
+                    commission_ids: commissions.iter().map(|commission| commission.id.clone()).collect(),
+                    ..draft.clone()
+                };
+                let sequence_key = keys::sequence(operator, seq);
+                events.insert(event_key.as_slice(), to_json(&record))?;
+                event_order.insert(sequence_key.as_slice(), record.event.id.as_bytes())?;
+                if record.status == EventStatus::Failed {
+                    failed_events.insert(sequence_key.as_slice(), record.event.id.as_bytes())?;
                 }
-                Ok(())
+                for (index, commission) in commissions.iter().enumerate() {
+                    let key = keys::commission(operator, seq, index as u16);
+                    commissions_tree.insert(key.as_slice(), to_json(commission))?;
+                    by_affiliate.insert(
+                        keys::commission_by_affiliate(operator, &commission.affiliate, seq, index as u16),
+                        key,
+                    )?;
+                }
+                Ok((record, commissions))
             },
         );
         match result {
-            Ok(()) => Ok(CommitOutcome::Committed),
+            Ok((record, commissions)) => Ok(CommitOutcome::Committed { record: Box::new(record), commissions }),
             Err(TransactionError::Abort(Abort::Exists(existing))) => Ok(CommitOutcome::Exists(existing)),
             Err(TransactionError::Abort(Abort::Stale)) => Ok(CommitOutcome::Stale),
             Err(TransactionError::Abort(Abort::Decode(detail))) => Err(StoreError::Decode { tree: "events", detail }),
             Err(TransactionError::Storage(error)) => Err(StoreError::Sled(error)),
         }
+    }
+
+    /// The sequence number of the operator's last committed event (0 before the first).
+    pub fn last_sequence(&self, operator: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .sequences
+            .get(operator.as_bytes())?
+            .and_then(|last| last.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// The ids of the operator's events in ledger order (the order they took effect).
+    pub fn event_ids_in_order(&self, operator: &str) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
+        self.event_order
+            .scan_prefix(keys::operator_prefix(operator))
+            .map(|entry| Ok(String::from_utf8_lossy(&entry?.1).into_owned()))
+    }
+
+    /// Every state key and value of the operator.
+    pub fn state_entries(&self, operator: &str) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        let prefix = keys::operator_prefix(operator);
+        self.state
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((String::from_utf8_lossy(&key[prefix.len()..]).into_owned(), value.to_vec()))
+            })
+            .collect()
     }
 
     // Commissions

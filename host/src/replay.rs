@@ -1,0 +1,251 @@
+//! Replaying an operator's stored events through its plugins, in scratch state, writing nothing.
+//!
+//! Events are replayed in ledger order (the order they took effect, see `Store::commit_event`),
+//! each with the referral chain and deal terms it was evaluated with. Plugins are deterministic,
+//! so this answers two questions exactly:
+//!
+//! - **verify**: does replaying each accepted event through the version that evaluated it give
+//!   the same commissions, and the same final plugin state, as the ledger holds?
+//! - **backtest**: what would plugin version N have paid over a time range, and how does that
+//!   differ from what was paid? Every attributed event goes through N (failed ones included),
+//!   so N's own state builds up as it would have live.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::pipeline::{IngestError, Pipeline};
+use crate::sandbox::StateSource;
+use crate::store::records::{CommissionRecord, EventRecord, EventStatus, Failure, OperatorRecord};
+
+/// The plugin state of a replay: starts empty, takes each successful evaluation's writes.
+#[derive(Default)]
+struct ScratchState(Mutex<BTreeMap<String, Vec<u8>>>);
+
+impl StateSource for ScratchState {
+    fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.0.lock().expect("scratch state lock").get(key).cloned())
+    }
+}
+
+impl ScratchState {
+    fn apply(&self, writes: BTreeMap<String, Option<Vec<u8>>>) {
+        let mut state = self.0.lock().expect("scratch state lock");
+        for (key, value) in writes {
+            match value {
+                Some(value) => state.insert(key, value),
+                None => state.remove(&key),
+            };
+        }
+    }
+}
+
+/// One payout line, as compared between the ledger and a replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Payout {
+    pub affiliate: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub rule: String,
+    pub explanation: String,
+}
+
+impl From<&CommissionRecord> for Payout {
+    fn from(commission: &CommissionRecord) -> Self {
+        Self {
+            affiliate: commission.affiliate.clone(),
+            amount: commission.amount,
+            currency: commission.currency.clone(),
+            rule: commission.rule.clone(),
+            explanation: commission.explanation.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventDifference {
+    pub event_id: String,
+    pub occurred_at: i64,
+    pub paid: Vec<Payout>,
+    pub replayed: Vec<Payout>,
+    /// Why the replay did not finish, if it did not.
+    pub replay_failure: Option<Failure>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    pub events_replayed: usize,
+    pub events_matching: usize,
+    pub differences: Vec<EventDifference>,
+    /// State keys whose replayed value differs from the stored one; `None` when events arrived
+    /// during the verify, so the stored state had moved on and was not compared.
+    pub state_keys_differing: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AffiliateTotal {
+    pub affiliate: String,
+    pub currency: String,
+    pub paid: Decimal,
+    pub would_pay: Decimal,
+    pub difference: Decimal,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BacktestReport {
+    pub version: u32,
+    pub events_compared: usize,
+    pub events_changed: usize,
+    pub affiliates: Vec<AffiliateTotal>,
+    pub changes: Vec<EventDifference>,
+}
+
+/// Which events a replay reports on, by the time they occurred: `from` inclusive, `to` exclusive.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TimeRange {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+impl TimeRange {
+    fn contains(&self, ms: i64) -> bool {
+        self.from.is_none_or(|from| ms >= from) && self.to.is_none_or(|to| ms < to)
+    }
+}
+
+impl Pipeline {
+    /// Replays every accepted event through the version that evaluated it and compares.
+    pub fn verify(&self, operator: &OperatorRecord) -> Result<VerifyReport, IngestError> {
+        let store = self.store();
+        let last_sequence = store.last_sequence(&operator.id)?;
+        let scratch = Arc::new(ScratchState::default());
+        let mut report = VerifyReport {
+            events_replayed: 0,
+            events_matching: 0,
+            differences: Vec::new(),
+            state_keys_differing: None,
+        };
+        for record in self.records_in_order(operator, last_sequence) {
+            let record = record?;
+            let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { continue };
+            let evaluated = self.run_plugin(
+                operator,
+                &record.event,
+                evaluation.chain.clone(),
+                evaluation.plugin_version,
+                scratch.clone(),
+            )?;
+            let paid = self.paid(operator, &record)?;
+            let replayed: Vec<Payout> = evaluated.commissions.iter().map(Payout::from).collect();
+            report.events_replayed += 1;
+            if evaluated.failure.is_none() && paid == replayed {
+                report.events_matching += 1;
+            } else {
+                report.differences.push(EventDifference {
+                    event_id: record.event.id.clone(),
+                    occurred_at: record.event.occurred_at,
+                    paid,
+                    replayed,
+                    replay_failure: evaluated.failure.clone(),
+                });
+            }
+            if evaluated.failure.is_none() {
+                scratch.apply(evaluated.state_writes);
+            }
+        }
+        if store.last_sequence(&operator.id)? == last_sequence {
+            let stored = store.state_entries(&operator.id)?;
+            let replayed = scratch.0.lock().expect("scratch state lock");
+            let keys: std::collections::BTreeSet<&String> = stored.keys().chain(replayed.keys()).collect();
+            report.state_keys_differing =
+                Some(keys.into_iter().filter(|key| stored.get(*key) != replayed.get(*key)).cloned().collect());
+        }
+        Ok(report)
+    }
+
+    /// Replays every attributed event through `version` and compares, for the events that
+    /// occurred in `range`, what it would have paid with what was paid.
+    pub fn backtest(
+        &self,
+        operator: &OperatorRecord,
+        version: u32,
+        range: TimeRange,
+    ) -> Result<BacktestReport, IngestError> {
+        let last_sequence = self.store().last_sequence(&operator.id)?;
+        let scratch = Arc::new(ScratchState::default());
+        let mut totals: BTreeMap<(String, String), (Decimal, Decimal)> = BTreeMap::new();
+        let mut report = BacktestReport {
+            version,
+            events_compared: 0,
+            events_changed: 0,
+            affiliates: Vec::new(),
+            changes: Vec::new(),
+        };
+        for record in self.records_in_order(operator, last_sequence) {
+            let record = record?;
+            let Some(affiliate) = &record.attributed_to else { continue };
+            let chain = match &record.evaluation {
+                Some(evaluation) => evaluation.chain.clone(),
+                None => self.referral_chain(&operator.id, affiliate)?,
+            };
+            let evaluated = self.run_plugin(operator, &record.event, chain, version, scratch.clone())?;
+            let replayed: Vec<Payout> = evaluated.commissions.iter().map(Payout::from).collect();
+            if evaluated.failure.is_none() {
+                scratch.apply(evaluated.state_writes);
+            }
+            if !range.contains(record.event.occurred_at) {
+                continue;
+            }
+            let paid = self.paid(operator, &record)?;
+            for (payouts, is_paid) in [(&paid, true), (&replayed, false)] {
+                for payout in payouts {
+                    let total = totals.entry((payout.affiliate.clone(), payout.currency.clone())).or_default();
+                    if is_paid { total.0 += payout.amount } else { total.1 += payout.amount }
+                }
+            }
+            report.events_compared += 1;
+            if paid != replayed || evaluated.failure.is_some() {
+                report.events_changed += 1;
+                report.changes.push(EventDifference {
+                    event_id: record.event.id.clone(),
+                    occurred_at: record.event.occurred_at,
+                    paid,
+                    replayed,
+                    replay_failure: evaluated.failure,
+                });
+            }
+        }
+        report.affiliates = totals
+            .into_iter()
+            .map(|((affiliate, currency), (paid, would_pay))| AffiliateTotal {
+                affiliate,
+                currency,
+                paid,
+                would_pay,
+                difference: would_pay - paid,
+            })
+            .collect();
+        Ok(report)
+    }
+
+    /// The operator's event records in ledger order, up to `last_sequence`.
+    fn records_in_order<'a>(
+        &'a self,
+        operator: &'a OperatorRecord,
+        last_sequence: u64,
+    ) -> impl Iterator<Item = Result<EventRecord, IngestError>> + 'a {
+        self.store()
+            .event_ids_in_order(&operator.id)
+            .map(move |id| -> Result<Option<EventRecord>, IngestError> {
+                let id = id?;
+                Ok(self.store().event(&operator.id, &id)?.filter(|record| record.seq <= last_sequence))
+            })
+            .filter_map(Result::transpose)
+    }
+
+    fn paid(&self, operator: &OperatorRecord, record: &EventRecord) -> Result<Vec<Payout>, IngestError> {
+        Ok(self.store().commission_records(&operator.id, &record.commission_ids)?.iter().map(Payout::from).collect())
+    }
+}
