@@ -63,3 +63,55 @@ fn events_answered_before_a_sigkill_are_all_there_after_restart() {
     assert_eq!((status, again["status"].as_str()), (StatusCode::OK, Some("duplicate")));
     assert_eq!(host.commissions(&acme, "").len(), customers * 3);
 }
+
+#[test]
+fn sigterm_finishes_what_was_acknowledged_and_exits_cleanly() {
+    let (_dir, data) = data_dir();
+    let host = Arc::new(Host::start(&data));
+    let acme = Arc::new(host.create_operator("acme"));
+    host.install_plugin(&acme, "multi-event");
+    host.put_affiliate(&acme, "aff1", None, json!({}));
+
+    // Senders keep going until the host stops answering; what was answered 200 must survive.
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|sender| {
+            let (host, acme) = (host.clone(), acme.clone());
+            std::thread::spawn(move || {
+                let mut acknowledged = Vec::new();
+                for n in 0.. {
+                    let id = format!("s{sender}-{n}");
+                    let event =
+                        json!({"id": id, "type": "deposit", "customer": id, "amount": "10", "affiliate": "aff1"});
+                    let response = host
+                        .client
+                        .post(host.url("/v1/operators/acme/events"))
+                        .bearer_auth(&acme.api_key)
+                        .json(&event)
+                        .send();
+                    match response {
+                        Ok(response) if response.status() == StatusCode::OK => acknowledged.push(id),
+                        _ => return acknowledged,
+                    }
+                }
+                unreachable!("the loop ends when the host stops answering")
+            })
+        })
+        .collect();
+    while host.commissions(&acme, "").len() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The senders hold clones of the harness; signal the process directly.
+    let pid = host.pid();
+    let sent = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(sent.success());
+    let acknowledged: Vec<String> = senders.into_iter().flat_map(|sender| sender.join().unwrap()).collect();
+    let host = Arc::into_inner(host).expect("senders are done");
+    let log_path = data.with_extension("log");
+    assert!(host.wait_exit(), "exited with an error; log:\n{}", std::fs::read_to_string(log_path).unwrap_or_default());
+
+    let host = Host::start(&data);
+    for id in &acknowledged {
+        assert_eq!(host.get(&acme, &format!("/events/{id}")).0, StatusCode::OK, "{id} was acknowledged, then lost");
+    }
+    assert_eq!(host.commissions(&acme, "").len(), acknowledged.len(), "one commission per acknowledged deposit");
+}

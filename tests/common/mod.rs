@@ -63,6 +63,15 @@ impl Host {
         self.child.wait().expect("reap the host");
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the host to exit (after a signal); returns whether it exited cleanly.
+    pub fn wait_exit(mut self) -> bool {
+        self.child.wait().expect("reap the host").success()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
