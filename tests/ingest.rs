@@ -283,6 +283,11 @@ fn credentials_are_checked_on_every_route_and_never_cross_operators() {
         client.post(host.url("/v1/operators/acme/events/retry-failed")),
         client.post(host.url("/v1/operators/acme/plugins/1/activate")),
         client.post(host.url("/v1/operators/acme/plugins")).header("content-type", "application/wasm").body(vec![0u8]),
+        client.post(host.url("/v1/operators/acme/plugins/1/replay")),
+        client.post(host.url("/v1/operators/acme/verify")),
+        client.put(host.url("/v1/operators/acme/limits")).json(&json!({"fuel": 1})),
+        client.post(host.url("/v1/operators/acme/credentials/api_key/rotate")),
+        client.get(host.url("/metrics")),
     ];
     for request in requests {
         let (status, body) = answer(request.bearer_auth(&globex.api_key).send());

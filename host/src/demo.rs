@@ -33,6 +33,8 @@ pub async fn set_up(pipeline: &Pipeline, plugin: &Path, address: SocketAddr) -> 
         config: BTreeMap::new(),
         active_plugin: None,
         created_at: now_ms(),
+        limits: Default::default(),
+        previous_credentials: Vec::new(),
     });
     operator.api_key_sha256 = sha256_hex(&credentials.api_key);
     operator.postback_token_sha256 = sha256_hex(&credentials.postback_token);
@@ -45,7 +47,11 @@ pub async fn set_up(pipeline: &Pipeline, plugin: &Path, address: SocketAddr) -> 
     };
     if current.is_none() {
         let plugins = pipeline.plugins().clone();
-        let record = tokio::task::spawn_blocking(move || plugins.upload(OPERATOR, &wasm)).await??;
+        let record = tokio::task::spawn_blocking(move || {
+            let prepared = plugins.prepare(OPERATOR, wasm)?;
+            anyhow::Ok(plugins.add(OPERATOR, prepared)?)
+        })
+        .await??;
         operator.active_plugin = Some(record.version);
     }
     store.put_operator(&operator)?;

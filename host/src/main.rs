@@ -80,11 +80,7 @@ async fn serve(data: PathBuf, listen: SocketAddr, demo_plugin: Option<PathBuf>) 
     if let Some(plugin) = demo_plugin {
         demo::set_up(&pipeline, &plugin, address).await?;
     }
-    let state = Arc::new(AppState {
-        pipeline,
-        admin_token_sha256: secrets::sha256_hex(&admin_token),
-        limits: BodyLimits::default(),
-    });
+    let state = Arc::new(AppState::new(pipeline, secrets::sha256_hex(&admin_token), BodyLimits::default()));
     // The first line on stdout after start-up: scripts and tests read the address from it.
     println!("listening on http://{address}");
     tracing::info!(%address, data = %data.display(), "serving");

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -22,19 +22,17 @@ use crate::event::{FieldError, IncomingEvent, now_ms, parse_amount};
 use crate::metrics::{FailureLabels, Metrics, OperatorLabels};
 use crate::plugins::PluginRegistry;
 use crate::sandbox::{
-    MAX_CONCURRENT_INSTANCES, PluginAffiliate, PluginCommission, PluginContext, PluginEvent, PluginInput, Sandbox,
-    StateSource,
+    Limits, MAX_CONCURRENT_INSTANCES, PluginAffiliate, PluginCommission, PluginContext, PluginEvent, PluginInput,
+    Sandbox, StateSource,
 };
 use crate::store::records::{
     ChainLink, CommissionRecord, CustomerBinding, EvaluationRecord, EventRecord, EventStatus, Failure, FailureKind,
-    LogLine, OperatorRecord, StoredEvent,
+    LogLine, OperatorLimits, OperatorRecord, StoredEvent,
 };
 use crate::store::{CommitOutcome, Durability, DurabilityError, EventCommit, Store, StoreError};
 
 /// How far up the referral chain parents are followed.
 pub const MAX_CHAIN_DEPTH: usize = 16;
-/// Commissions one event may produce.
-pub const MAX_COMMISSIONS_PER_EVENT: usize = 100;
 /// Re-evaluations when state shared with other customers changed under an evaluation.
 const MAX_STALE_RETRIES: usize = 16;
 /// Evaluations one operator may have in the sandbox at once. A hostile or slow plugin fills
@@ -125,6 +123,11 @@ impl Pipeline {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The host's default per-event limits.
+    pub fn sandbox_limits(&self) -> Limits {
+        self.sandbox.limits()
     }
 
     pub fn plugins(&self) -> &Arc<PluginRegistry> {
@@ -265,6 +268,8 @@ impl Pipeline {
         received_at: i64,
         retry_of: Option<u32>,
     ) -> Result<EventOutcome, IngestError> {
+        // Every log line of this event's evaluation and commit carries its ids.
+        let _span = tracing::info_span!("event", operator = %operator.id, event = %event.id).entered();
         let kind = event.kind.clone();
         let outcome = self.attribute_evaluate_commit(operator, event, content_sha256, received_at, retry_of)?;
         self.metrics.count_event(&operator.id, &kind, outcome.disposition);
@@ -407,8 +412,9 @@ impl Pipeline {
             .get(&operator.id, version)
             .map_err(|error| IngestError::Internal(format!("loading plugin v{version}: {error:#}")))?;
         let input = plugin_input(operator, event, &chain);
+        let limits = effective_limits(self.sandbox.limits(), &operator.limits);
         let started = Instant::now();
-        let evaluation = self.sandbox.evaluate(&plugin, &input, state);
+        let evaluation = self.sandbox.evaluate(&plugin, &input, state, limits);
         let labels = OperatorLabels { operator: operator.id.clone() };
         self.metrics.evaluation_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
         self.metrics.fuel_used.get_or_create(&labels).observe(evaluation.fuel_used as f64);
@@ -418,8 +424,9 @@ impl Pipeline {
             logs: evaluation.logs.into_iter().map(|(level, message)| LogLine { level, message }).collect(),
             fuel_used: evaluation.fuel_used,
         };
-        let commissions =
-            evaluation.result.and_then(|commissions| checked_commissions(commissions, &record.chain, event, version));
+        let commissions = evaluation.result.and_then(|commissions| {
+            checked_commissions(commissions, &record.chain, event, version, limits.max_commissions)
+        });
         Ok(match commissions {
             Ok(commissions) => Evaluated {
                 failure: None,
@@ -501,6 +508,19 @@ impl StateSource for OperatorState {
     }
 }
 
+/// The host's limits with the operator's overrides (already checked against the ceilings).
+pub fn effective_limits(defaults: Limits, overrides: &OperatorLimits) -> Limits {
+    Limits {
+        fuel: overrides.fuel.unwrap_or(defaults.fuel),
+        timeout: overrides.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
+        memory_bytes: overrides.memory_bytes.unwrap_or(defaults.memory_bytes),
+        max_commissions: overrides.max_commissions.unwrap_or(defaults.max_commissions),
+        max_state_write_bytes: overrides.max_state_write_bytes.unwrap_or(defaults.max_state_write_bytes),
+        max_log_lines: overrides.max_log_lines.unwrap_or(defaults.max_log_lines),
+        ..defaults
+    }
+}
+
 fn plugin_input(operator: &OperatorRecord, event: &StoredEvent, chain: &[ChainLink]) -> PluginInput {
     let pairs = |map: &BTreeMap<String, String>| map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     PluginInput {
@@ -532,11 +552,12 @@ pub fn checked_commissions(
     chain: &[ChainLink],
     event: &StoredEvent,
     plugin_version: u32,
+    max_commissions: usize,
 ) -> Result<Vec<CommissionRecord>, Failure> {
     let invalid = |message: String| Failure { kind: FailureKind::InvalidResult, message };
-    if commissions.len() > MAX_COMMISSIONS_PER_EVENT {
+    if commissions.len() > max_commissions {
         return Err(invalid(format!(
-            "the plugin returned {} commissions; at most {MAX_COMMISSIONS_PER_EVENT} per event",
+            "the plugin returned {} commissions; at most {max_commissions} per event",
             commissions.len()
         )));
     }

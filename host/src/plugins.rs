@@ -12,9 +12,13 @@ use sha2::{Digest, Sha256};
 
 use crate::event::now_ms;
 use crate::metrics::{LoadLabels, Metrics};
-use crate::sandbox::{LoadedPlugin, Sandbox, UploadError};
-use crate::store::Store;
+use crate::sandbox::{
+    LoadedPlugin, PluginAffiliate, PluginContext, PluginEvent, PluginInput, SMOKE_EVENT_KIND, Sandbox, StateSource,
+    UploadError,
+};
+use crate::store::records::FailureKind;
 use crate::store::records::PluginRecord;
+use crate::store::{Store, StoreError};
 
 pub struct PluginRegistry {
     store: Arc<Store>,
@@ -28,23 +32,62 @@ impl PluginRegistry {
         Self { store, sandbox, loaded: RwLock::new(HashMap::new()), metrics }
     }
 
-    /// Validates, compiles and stores a new version of `operator`'s plugin.
-    pub fn upload(&self, operator: &str, wasm: &[u8]) -> Result<PluginRecord, UploadFailure> {
-        let sha256 = hex::encode(Sha256::digest(wasm));
-        let (contract, artifact) = self.sandbox.compile(wasm)?;
+    /// Validates, compiles and smoke-runs a component for `operator`, storing nothing: the
+    /// slow half of an upload, which a caller may abandon.
+    pub fn prepare(&self, operator: &str, wasm: Vec<u8>) -> Result<PreparedPlugin, UploadError> {
+        let (contract, artifact) = self.sandbox.compile(&wasm)?;
         self.metrics.plugin_loads.get_or_create(&LoadLabels { source: "compiled" }).inc();
-        let artifact_key = self.sandbox.artifact_key(&sha256);
-        let record = self.store.add_plugin(operator, wasm, &artifact_key, &artifact, |version| PluginRecord {
-            version,
-            sha256: sha256.clone(),
-            size: wasm.len() as u64,
-            contract: contract.to_owned(),
-            uploaded_at: now_ms(),
+        let plugin = self.sandbox.load(&artifact).map_err(|error| UploadError::Invalid(format!("{error:#}")))?;
+        self.smoke_run(operator, &plugin)?;
+        Ok(PreparedPlugin { sha256: hex::encode(Sha256::digest(&wasm)), wasm, contract, artifact, plugin })
+    }
+
+    /// Stores a prepared component as the operator's next version.
+    pub fn add(&self, operator: &str, prepared: PreparedPlugin) -> Result<PluginRecord, StoreError> {
+        let artifact_key = self.sandbox.artifact_key(&prepared.sha256);
+        let record = self.store.add_plugin(operator, &prepared.wasm, &artifact_key, &prepared.artifact, |version| {
+            PluginRecord {
+                version,
+                sha256: prepared.sha256.clone(),
+                size: prepared.wasm.len() as u64,
+                contract: prepared.contract.to_owned(),
+                uploaded_at: now_ms(),
+            }
         })?;
-        let plugin = self.sandbox.load(record.version, &artifact).map_err(UploadFailure::Internal)?;
-        self.loaded.write().expect("registry lock").insert((operator.to_owned(), record.version), Arc::new(plugin));
-        tracing::info!(operator, version = record.version, sha256 = %record.sha256, contract, "plugin uploaded");
+        self.loaded
+            .write()
+            .expect("registry lock")
+            .insert((operator.to_owned(), record.version), Arc::new(prepared.plugin));
+        tracing::info!(operator, version = record.version, sha256 = %record.sha256, contract = prepared.contract, "plugin uploaded");
         Ok(record)
+    }
+
+    /// Runs the plugin once on a synthetic event, under the default limits, with empty state.
+    /// A trap or an exhausted limit refuses the upload; a rule error does not (rules may refuse
+    /// what they do not know).
+    fn smoke_run(&self, operator: &str, plugin: &LoadedPlugin) -> Result<(), UploadError> {
+        let input = PluginInput {
+            event: PluginEvent {
+                id: "smoke-1".into(),
+                kind: SMOKE_EVENT_KIND.into(),
+                customer: "smoke-customer".into(),
+                occurred_at: 0,
+                amount: None,
+                currency: None,
+                attributes: Vec::new(),
+            },
+            context: PluginContext {
+                operator: operator.to_owned(),
+                operator_currency: "USD".into(),
+                config: Vec::new(),
+                referral_chain: vec![PluginAffiliate { id: "smoke-affiliate".into(), deal: Vec::new() }],
+            },
+        };
+        let evaluation = self.sandbox.evaluate(plugin, &input, Arc::new(EmptyState), self.sandbox.limits());
+        match evaluation.result {
+            Err(failure) if failure.kind != FailureKind::RuleError => Err(UploadError::SmokeRun(failure.message)),
+            _ => Ok(()),
+        }
     }
 
     /// The compiled plugin, from memory, the artifact cache, or (after a wasmtime upgrade) a
@@ -77,18 +120,25 @@ impl PluginRegistry {
                 artifact
             }
         };
-        let plugin = Arc::new(self.sandbox.load(version, &artifact)?);
+        let plugin = Arc::new(self.sandbox.load(&artifact)?);
         self.loaded.write().expect("registry lock").insert(key, plugin.clone());
         Ok(plugin)
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum UploadFailure {
-    #[error(transparent)]
-    Rejected(#[from] UploadError),
-    #[error(transparent)]
-    Storage(#[from] crate::store::StoreError),
-    #[error("{0:#}")]
-    Internal(anyhow::Error),
+/// A component that passed validation, compilation and the smoke run, not yet stored.
+pub struct PreparedPlugin {
+    sha256: String,
+    wasm: Vec<u8>,
+    contract: &'static str,
+    artifact: Vec<u8>,
+    plugin: LoadedPlugin,
+}
+
+struct EmptyState;
+
+impl StateSource for EmptyState {
+    fn get(&self, _key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
 }

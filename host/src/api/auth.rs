@@ -4,11 +4,18 @@
 use axum::http::HeaderMap;
 
 use super::{ApiError, AppState};
+use crate::event::now_ms;
 use crate::secrets;
-use crate::store::records::OperatorRecord;
+use crate::store::records::{CredentialKind, OperatorRecord};
 
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// Whether `presented` is a valid key or token of the operator (current, or rotated out and
+/// still in its grace period), compared in constant time.
+pub fn holds(operator: &OperatorRecord, kind: CredentialKind, presented: &str) -> bool {
+    operator.valid_credentials(kind, now_ms()).any(|sha256| secrets::matches(presented, sha256))
 }
 
 pub fn is_admin(state: &AppState, headers: &HeaderMap) -> bool {
@@ -31,7 +38,7 @@ pub fn operator(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Opera
     let operator = state.pipeline.store().operator(id)?;
     let admin = is_admin(state, headers);
     match operator {
-        Some(operator) if admin || secrets::matches(token, &operator.api_key_sha256) => Ok(operator),
+        Some(operator) if admin || holds(&operator, CredentialKind::ApiKey, token) => Ok(operator),
         None if admin => Err(ApiError::not_found(format!("no operator {id:?}"))),
         _ => Err(ApiError::unauthorized(format!("the bearer token is not an API key of operator {id:?}"))),
     }

@@ -15,6 +15,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     details: Vec<FieldError>,
+    retry_after: Option<std::time::Duration>,
 }
 
 #[derive(Serialize)]
@@ -27,7 +28,12 @@ struct Body<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: Vec::new() }
+        Self { status, code, message: message.into(), details: Vec::new(), retry_after: None }
+    }
+
+    /// 429 with a `Retry-After` header (whole seconds, rounded up).
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Self { retry_after: Some(retry_after), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message) }
     }
 
     /// 422 naming each bad field.
@@ -37,7 +43,7 @@ impl ApiError {
             [one] => format!("{}: {}", one.field, one.problem),
             many => format!("{} problems; see details", many.len()),
         };
-        Self { status: StatusCode::UNPROCESSABLE_ENTITY, code, message, details }
+        Self { status: StatusCode::UNPROCESSABLE_ENTITY, code, message, details, retry_after: None }
     }
 
     pub fn field(field: &str, problem: impl Into<String>) -> Self {
@@ -83,6 +89,11 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body { error: self.code, message: &self.message, details: &self.details };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(retry_after) = self.retry_after {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.max(1).into());
+        }
+        response
     }
 }

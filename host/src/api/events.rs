@@ -9,11 +9,13 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::commissions::commission_json;
+use super::rate_limit::Verdict;
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::{self, BodyError, IncomingEvent, format_time, now_ms};
+use crate::metrics::OperatorLabels;
 use crate::pipeline::{Disposition, EventOutcome, IngestError};
 use crate::secrets;
-use crate::store::records::{EventRecord, OperatorRecord};
+use crate::store::records::{CredentialKind, EventRecord, OperatorRecord};
 
 /// `POST /v1/operators/{op}/events`: one event object, or an array of them.
 pub async fn webhook(
@@ -33,6 +35,7 @@ pub async fn webhook(
             BodyError::Syntax(message) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message),
             BodyError::Fields(problems) => ApiError::fields("invalid_event", problems),
         })?;
+    rate_limit(&state, &operator, events.len())?;
     let outcomes = ingest(&state, &operator, events).await?;
     if is_batch {
         return Ok((StatusCode::OK, Json(json!({ "results": outcomes.iter().map(outcome_json).collect::<Vec<_>>() }))));
@@ -57,10 +60,11 @@ pub async fn postback(
         .pipeline
         .store()
         .operator(&op)?
-        .filter(|operator| secrets::matches(&token, &operator.postback_token_sha256))
+        .filter(|operator| auth::holds(operator, CredentialKind::PostbackToken, &token))
         .ok_or_else(|| ApiError::unauthorized(format!("the token is not the postback token of operator {op:?}")))?;
     let (incoming, _) = event::parse_postback(&query, &operator.currency, now_ms())
         .map_err(|problems| ApiError::fields("invalid_event", problems))?;
+    rate_limit(&state, &operator, 1)?;
     let outcomes = ingest(&state, &operator, vec![incoming]).await?;
     let outcome = &outcomes[0];
     let status = if outcome.disposition == Disposition::Conflict { StatusCode::CONFLICT } else { StatusCode::OK };
@@ -87,6 +91,27 @@ pub async fn get_event(
     let record = store.event(&operator.id, &id)?.ok_or_else(|| ApiError::not_found(format!("no event {id:?}")))?;
     let commissions = store.commission_records(&operator.id, &record.commission_ids)?;
     Ok(Json(event_json(&record, commissions.iter().map(commission_json).collect())))
+}
+
+fn rate_limit(state: &AppState, operator: &OperatorRecord, events: usize) -> Result<(), ApiError> {
+    match state.rate_limits.check(operator, events) {
+        Verdict::Allowed => Ok(()),
+        Verdict::Refused { per_second, retry_after } => {
+            state
+                .pipeline
+                .metrics()
+                .rate_limited
+                .get_or_create(&OperatorLabels { operator: operator.id.clone() })
+                .inc();
+            Err(ApiError::rate_limited(
+                format!(
+                    "operator {:?} may send {per_second} events per second; {events} more now is over it. Nothing was written; retry after the Retry-After seconds",
+                    operator.id
+                ),
+                retry_after,
+            ))
+        }
+    }
 }
 
 async fn ingest(
@@ -121,16 +146,28 @@ fn signed_operator(state: &AppState, headers: &HeaderMap, op: &str, body: &[u8])
         .store()
         .operator(op)?
         .ok_or_else(|| ApiError::unauthorized(format!("no signing secret for operator {op:?}")))?;
-    secrets::verify_webhook(
-        &operator.webhook_secret,
-        header("webhook-id"),
-        header("webhook-timestamp"),
-        header("webhook-signature"),
-        body,
-        now_ms() / 1000,
-    )
-    .map_err(|error| ApiError::unauthorized(format!("webhook signature refused: {error}")))?;
-    Ok(operator)
+    // During a rotation's grace period the sender may still sign with the old secret.
+    let verdicts: Vec<_> = operator
+        .valid_credentials(CredentialKind::WebhookSecret, now_ms())
+        .map(|secret| {
+            secrets::verify_webhook(
+                secret,
+                header("webhook-id"),
+                header("webhook-timestamp"),
+                header("webhook-signature"),
+                body,
+                now_ms() / 1000,
+            )
+        })
+        .collect();
+    match verdicts.iter().find(|verdict| verdict.is_ok()) {
+        Some(_) => Ok(operator),
+        // The current secret's refusal says why.
+        None => Err(ApiError::unauthorized(format!(
+            "webhook signature refused: {}",
+            verdicts[0].as_ref().err().map(ToString::to_string).unwrap_or_default()
+        ))),
+    }
 }
 
 fn outcome_json(outcome: &EventOutcome) -> Value {

@@ -11,12 +11,14 @@
 //! | `GET /healthz`, `GET /readyz` | none |
 //! | `POST /v1/operators/{op}/events/retry-failed`, `GET .../events/{id}`, `GET .../commissions` | operator, admin |
 //! | `POST /v1/operators/{op}/verify`, `POST .../plugins/{n}/replay` | operator, admin |
+//! | `PUT /v1/operators/{op}/limits`, `POST .../credentials/{kind}/rotate` | admin |
 
 mod auth;
 mod commissions;
 mod error;
 mod events;
 mod operators;
+mod rate_limit;
 mod replay;
 
 use std::sync::Arc;
@@ -37,6 +39,13 @@ pub struct AppState {
     pub pipeline: Pipeline,
     pub admin_token_sha256: String,
     pub limits: BodyLimits,
+    pub rate_limits: rate_limit::RateLimits,
+}
+
+impl AppState {
+    pub fn new(pipeline: Pipeline, admin_token_sha256: String, limits: BodyLimits) -> Self {
+        Self { pipeline, admin_token_sha256, limits, rate_limits: Default::default() }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +70,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/operators/{op}/plugins/{version}/activate", post(operators::activate_plugin))
         .route("/v1/operators/{op}/plugins/{version}/replay", post(replay::backtest))
         .route("/v1/operators/{op}/verify", post(replay::verify))
+        .route("/v1/operators/{op}/limits", put(operators::put_limits))
+        .route("/v1/operators/{op}/credentials/{kind}/rotate", post(operators::rotate_credential))
         .route("/v1/operators/{op}/affiliates/{affiliate}", put(operators::put_affiliate).get(operators::get_affiliate))
         .route("/v1/operators/{op}/events", post(events::webhook))
         .route("/v1/operators/{op}/events/retry-failed", post(events::retry_failed))

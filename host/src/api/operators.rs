@@ -11,11 +11,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, auth, read_body};
-use crate::event::{FieldError, now_ms};
-use crate::pipeline::MAX_CHAIN_DEPTH;
-use crate::plugins::UploadFailure;
+use crate::event::{FieldError, format_time, now_ms};
+use crate::pipeline::{MAX_CHAIN_DEPTH, effective_limits};
+use crate::sandbox;
 use crate::secrets::{OperatorCredentials, sha256_hex};
-use crate::store::records::{AffiliateRecord, OperatorRecord};
+use crate::store::records::{AffiliateRecord, CredentialKind, OperatorLimits, OperatorRecord, PreviousCredential};
+
+const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +61,8 @@ pub async fn create_operator(
         config: new.config,
         active_plugin: None,
         created_at: now_ms(),
+        limits: Default::default(),
+        previous_credentials: Vec::new(),
     };
     let store = state.pipeline.store();
     if !store.create_operator(&operator)? {
@@ -106,16 +110,27 @@ pub async fn upload_plugin(
     let wasm = read_body(body, state.limits.plugin_bytes).await?;
     let plugins = state.pipeline.plugins().clone();
     let operator_id = operator.id.clone();
-    let record = tokio::task::spawn_blocking(move || plugins.upload(&operator_id, &wasm))
+    let compiling = tokio::task::spawn_blocking(move || plugins.prepare(&operator_id, wasm.to_vec()));
+    // The compile thread cannot be interrupted; past the limit the upload is refused and the
+    // prepared plugin, whenever it comes, is dropped unstored.
+    let prepared = tokio::time::timeout(COMPILE_TIMEOUT, compiling)
         .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_plugin",
+                format!("compiling the component took longer than {COMPILE_TIMEOUT:?}"),
+            )
+        })?
         .map_err(ApiError::internal)?
-        .map_err(|failure| match failure {
-            UploadFailure::Rejected(rejection) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", rejection.to_string())
-            }
-            UploadFailure::Storage(error) => error.into(),
-            UploadFailure::Internal(error) => ApiError::internal(error),
+        .map_err(|rejection| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", rejection.to_string())
         })?;
+    let plugins = state.pipeline.plugins().clone();
+    let operator_id = operator.id.clone();
+    let record = tokio::task::spawn_blocking(move || plugins.add(&operator_id, prepared))
+        .await
+        .map_err(ApiError::internal)??;
     if activate {
         set_active(&state, &operator.id, record.version).await?;
     }
@@ -281,4 +296,116 @@ fn valid_operator_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && id.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// `PUT /v1/operators/{op}/limits` (admin): overrides of the host's per-event limits and an
+/// events-per-second rate, each checked against what the engine is configured for. A field
+/// left out (or null) keeps the host's default.
+pub async fn put_limits(
+    State(state): State<Arc<AppState>>,
+    Path(op): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    auth::require_admin(&state, &headers)?;
+    let body = read_body(body, state.limits.events_bytes).await?;
+    let limits: OperatorLimits = parse_json(&body)?;
+    let ceilings = sandbox::CEILINGS;
+    let checks = [
+        ("fuel", limits.fuel, ceilings.fuel),
+        ("timeout_ms", limits.timeout_ms, ceilings.timeout.as_millis() as u64),
+        ("memory_bytes", limits.memory_bytes.map(|v| v as u64), ceilings.memory_bytes as u64),
+        ("max_commissions", limits.max_commissions.map(|v| v as u64), ceilings.max_commissions as u64),
+        (
+            "max_state_write_bytes",
+            limits.max_state_write_bytes.map(|v| v as u64),
+            ceilings.max_state_write_bytes as u64,
+        ),
+        ("max_log_lines", limits.max_log_lines.map(|v| v as u64), ceilings.max_log_lines as u64),
+        ("events_per_second", limits.events_per_second.map(u64::from), u64::from(u32::MAX)),
+    ];
+    let problems: Vec<FieldError> = checks
+        .into_iter()
+        .filter_map(|(field, value, ceiling)| match value {
+            Some(value) if value == 0 || value > ceiling => {
+                Some(FieldError::new(field, format!("{value} is out of range: 1 to {ceiling}")))
+            }
+            _ => None,
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(ApiError::fields("invalid_limits", problems));
+    }
+    let store = state.pipeline.store();
+    let mut operator = store.operator(&op)?.ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
+    operator.limits = limits;
+    store.put_operator(&operator)?;
+    durable(&state).await?;
+    let effective = effective_limits(state.pipeline.sandbox_limits(), &limits);
+    tracing::info!(operator = %op, ?limits, "operator limits set");
+    Ok(Json(json!({
+        "fuel": effective.fuel,
+        "timeout_ms": effective.timeout.as_millis() as u64,
+        "memory_bytes": effective.memory_bytes,
+        "max_commissions": effective.max_commissions,
+        "max_state_write_bytes": effective.max_state_write_bytes,
+        "max_log_lines": effective.max_log_lines,
+        "events_per_second": limits.events_per_second,
+    })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    grace_seconds: Option<u64>,
+}
+
+const DEFAULT_GRACE_SECONDS: u64 = 24 * 3600;
+const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
+
+/// `POST /v1/operators/{op}/credentials/{api_key|postback_token|webhook_secret}/rotate`
+/// (admin): issues a new value and keeps the old one valid for a grace period, so the operator
+/// can switch its senders over without downtime.
+pub async fn rotate_credential(
+    State(state): State<Arc<AppState>>,
+    Path((op, kind)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    auth::require_admin(&state, &headers)?;
+    let kind = match kind.as_str() {
+        "api_key" => CredentialKind::ApiKey,
+        "postback_token" => CredentialKind::PostbackToken,
+        "webhook_secret" => CredentialKind::WebhookSecret,
+        other => {
+            return Err(ApiError::field("kind", format!("{other:?}: one of api_key, postback_token, webhook_secret")));
+        }
+    };
+    let body = read_body(body, state.limits.events_bytes).await?;
+    let request: RotateRequest = if body.is_empty() { RotateRequest::default() } else { parse_json(&body)? };
+    let grace = request.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
+    if grace > MAX_GRACE_SECONDS {
+        return Err(ApiError::field("grace_seconds", format!("at most {MAX_GRACE_SECONDS} (30 days)")));
+    }
+    let store = state.pipeline.store();
+    let mut operator = store.operator(&op)?.ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
+    let now = now_ms();
+    let fresh = OperatorCredentials::generate();
+    let (slot, new_value, stored) = match kind {
+        CredentialKind::ApiKey => (&mut operator.api_key_sha256, fresh.api_key.clone(), sha256_hex(&fresh.api_key)),
+        CredentialKind::PostbackToken => {
+            (&mut operator.postback_token_sha256, fresh.postback_token.clone(), sha256_hex(&fresh.postback_token))
+        }
+        CredentialKind::WebhookSecret => {
+            (&mut operator.webhook_secret, fresh.webhook_secret.clone(), fresh.webhook_secret.clone())
+        }
+    };
+    let old = std::mem::replace(slot, stored);
+    let expires_at = now + (grace as i64) * 1000;
+    operator.previous_credentials.retain(|previous| previous.expires_at > now);
+    operator.previous_credentials.push(PreviousCredential { kind, value: old, expires_at });
+    store.put_operator(&operator)?;
+    durable(&state).await?;
+    tracing::info!(operator = %op, ?kind, grace_seconds = grace, "credential rotated");
+    Ok(Json(json!({ "kind": kind, "value": new_value, "previous_valid_until": format_time(expires_at) })))
 }

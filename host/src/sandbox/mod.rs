@@ -40,7 +40,22 @@ pub struct Limits {
     pub max_state_write_bytes: usize,
     pub max_log_lines: usize,
     pub max_log_line_bytes: usize,
+    pub max_commissions: usize,
 }
+
+/// The most any operator's limits may be raised to: what the engine is configured for.
+pub const CEILINGS: Limits = Limits {
+    fuel: 10_000_000_000,
+    timeout: Duration::from_secs(30),
+    memory_bytes: 256 << 20,
+    table_elements: 1_000_000,
+    instances: 32,
+    max_state_key_bytes: 512,
+    max_state_write_bytes: 64 << 20,
+    max_log_lines: 10_000,
+    max_log_line_bytes: 1024,
+    max_commissions: 10_000,
+};
 
 impl Default for Limits {
     fn default() -> Self {
@@ -54,6 +69,7 @@ impl Default for Limits {
             max_state_write_bytes: 1 << 20,
             max_log_lines: 100,
             max_log_line_bytes: 1024,
+            max_commissions: 100,
         }
     }
 }
@@ -76,11 +92,16 @@ pub enum UploadError {
     Invalid(String),
     #[error(transparent)]
     Contract(#[from] ContractError),
+    #[error("the smoke run on a synthetic `{SMOKE_EVENT_KIND}` event failed: {0}")]
+    SmokeRun(String),
 }
+
+/// The kind of the synthetic event every upload is run on. Plugins usually pay nothing for a
+/// kind they do not know; what the smoke run catches is a plugin that cannot run at all.
+pub const SMOKE_EVENT_KIND: &str = "commission-host.smoke";
 
 /// A compiled plugin, ready to instantiate.
 pub struct LoadedPlugin {
-    pub version: u32,
     pre: v0_1_0::PluginPre<PluginHost>,
 }
 
@@ -111,7 +132,7 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new(limits: Limits) -> anyhow::Result<Self> {
-        let engine = build_engine(&limits)?;
+        let engine = build_engine()?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         v0_1_0::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |host| host)?;
@@ -168,10 +189,10 @@ impl Sandbox {
     }
 
     /// Loads an artifact made by [`Sandbox::compile`] on an engine with the same artifact key.
-    pub fn load(&self, version: u32, artifact: &[u8]) -> anyhow::Result<LoadedPlugin> {
+    pub fn load(&self, artifact: &[u8]) -> anyhow::Result<LoadedPlugin> {
         let component = self.deserialize(artifact)?;
         let pre = self.linker.instantiate_pre(&component)?;
-        Ok(LoadedPlugin { version, pre: v0_1_0::PluginPre::new(pre)? })
+        Ok(LoadedPlugin { pre: v0_1_0::PluginPre::new(pre)? })
     }
 
     fn deserialize(&self, artifact: &[u8]) -> anyhow::Result<Component> {
@@ -181,17 +202,22 @@ impl Sandbox {
         Ok(unsafe { Component::deserialize(&self.engine, artifact) }?)
     }
 
-    /// Runs one event through a fresh instance of the plugin.
-    pub fn evaluate(&self, plugin: &LoadedPlugin, input: &PluginInput, state: Arc<dyn StateSource>) -> Evaluation {
-        let host = PluginHost::new(self.limits, state, input.event.occurred_at);
+    /// Runs one event through a fresh instance of the plugin, under `limits` (the host's
+    /// defaults with the operator's overrides).
+    pub fn evaluate(
+        &self,
+        plugin: &LoadedPlugin,
+        input: &PluginInput,
+        state: Arc<dyn StateSource>,
+        limits: Limits,
+    ) -> Evaluation {
+        let host = PluginHost::new(limits, state, input.event.occurred_at);
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| host);
-        let fuel = self.limits.fuel;
+        let fuel = limits.fuel;
         let outcome = store
             .set_fuel(fuel)
-            .map(|()| {
-                store.set_epoch_deadline((self.limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64)
-            })
+            .map(|()| store.set_epoch_deadline((limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64))
             .and_then(|()| plugin.pre.instantiate(&mut store))
             .and_then(|instance| {
                 instance.commission_plugin_rules().call_evaluate(&mut store, &input.event, &input.context)
@@ -200,14 +226,14 @@ impl Sandbox {
         let result = match outcome {
             Ok(Ok(commissions)) => Ok(commissions),
             Ok(Err(message)) => Err(Failure { kind: FailureKind::RuleError, message }),
-            Err(error) => Err(classify(&error, &self.limits)),
+            Err(error) => Err(classify(&error, &limits)),
         };
         let host = store.into_data();
         let mut logs = host.logs;
         if host.logs_dropped > 0 {
             logs.push((
                 "warn".into(),
-                format!("{} more log lines dropped (limit {})", host.logs_dropped, self.limits.max_log_lines),
+                format!("{} more log lines dropped (limit {})", host.logs_dropped, limits.max_log_lines),
             ));
         }
         Evaluation { result, state_reads: host.state.reads, state_writes: host.state.writes, logs, fuel_used }
@@ -236,7 +262,7 @@ fn classify(error: &wasmtime::Error, limits: &Limits) -> Failure {
     Failure { kind, message }
 }
 
-fn build_engine(limits: &Limits) -> anyhow::Result<Engine> {
+fn build_engine() -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
@@ -252,7 +278,7 @@ fn build_engine(limits: &Limits) -> anyhow::Result<Engine> {
         .total_memories(MAX_CONCURRENT_INSTANCES * 2)
         .total_tables(MAX_CONCURRENT_INSTANCES * 8)
         .total_stacks(MAX_CONCURRENT_INSTANCES)
-        .max_memory_size(limits.memory_bytes);
+        .max_memory_size(CEILINGS.memory_bytes);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     match Engine::new(&config) {
         Ok(engine) => Ok(engine),

@@ -27,6 +27,60 @@ pub struct OperatorRecord {
     /// The plugin version that evaluates new events.
     pub active_plugin: Option<u32>,
     pub created_at: i64,
+    /// The admin's overrides of the host's default limits for this operator.
+    #[serde(default)]
+    pub limits: OperatorLimits,
+    /// Credentials replaced by a rotation, still accepted until they expire.
+    #[serde(default)]
+    pub previous_credentials: Vec<PreviousCredential>,
+}
+
+/// Per-operator limits set by the platform admin; `None` keeps the host's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorLimits {
+    pub fuel: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub memory_bytes: Option<usize>,
+    pub max_commissions: Option<usize>,
+    pub max_state_write_bytes: Option<usize>,
+    pub max_log_lines: Option<usize>,
+    /// Events accepted per second (a batch counts each event); beyond, 429.
+    pub events_per_second: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    ApiKey,
+    PostbackToken,
+    WebhookSecret,
+}
+
+/// A rotated-out credential: the sha256 of a key or token, or the webhook secret itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousCredential {
+    pub kind: CredentialKind,
+    pub value: String,
+    pub expires_at: i64,
+}
+
+impl OperatorRecord {
+    /// The values of a credential that are valid now: the current one, then rotated-out ones
+    /// still in their grace period.
+    pub fn valid_credentials(&self, kind: CredentialKind, now_ms: i64) -> impl Iterator<Item = &str> {
+        let current = match kind {
+            CredentialKind::ApiKey => &self.api_key_sha256,
+            CredentialKind::PostbackToken => &self.postback_token_sha256,
+            CredentialKind::WebhookSecret => &self.webhook_secret,
+        };
+        std::iter::once(current.as_str()).chain(
+            self.previous_credentials
+                .iter()
+                .filter(move |previous| previous.kind == kind && previous.expires_at > now_ms)
+                .map(|previous| previous.value.as_str()),
+        )
+    }
 }
 
 /// One uploaded version of an operator's plugin. Immutable; the bytes are kept beside it.
