@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::pipeline::RESERVED_PREFIX;
 use crate::store::records::StoredEvent;
 
 pub const MAX_BATCH: usize = 1000;
@@ -229,8 +230,9 @@ struct AsSent<'a> {
 
 fn check(wire: WireEvent, operator_currency: &str, now_ms: i64) -> Result<IncomingEvent, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let id = required_text(&mut errors, "id", wire.id, MAX_ID_CHARS);
-    let kind = required_text(&mut errors, "type", wire.kind, MAX_KIND_CHARS);
+    let id = required_text(&mut errors, "id", wire.id, MAX_ID_CHARS).filter(|id| not_reserved(&mut errors, "id", id));
+    let kind = required_text(&mut errors, "type", wire.kind, MAX_KIND_CHARS)
+        .filter(|kind| not_reserved(&mut errors, "type", kind));
     let customer = required_text(&mut errors, "customer", wire.customer, MAX_ID_CHARS);
     let affiliate =
         wire.affiliate.and_then(|affiliate| checked_text(&mut errors, "affiliate", affiliate, MAX_ID_CHARS));
@@ -311,6 +313,18 @@ fn check(wire: WireEvent, operator_currency: &str, now_ms: i64) -> Result<Incomi
         },
         content_sha256,
     })
+}
+
+/// Ids and types starting with the host's prefix name the host's own entries (settlements).
+fn not_reserved(errors: &mut Vec<FieldError>, field: &str, value: &str) -> bool {
+    if value.starts_with(RESERVED_PREFIX) {
+        errors.push(FieldError::new(
+            field,
+            format!("values starting with {RESERVED_PREFIX:?} are reserved for the host"),
+        ));
+        return false;
+    }
+    true
 }
 
 fn required_text(errors: &mut Vec<FieldError>, field: &str, value: Option<String>, max_chars: usize) -> Option<String> {

@@ -15,15 +15,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rust_decimal::Decimal;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use sha2::Digest as _;
 
 use crate::customer_locks::CustomerLocks;
 use crate::event::{FieldError, IncomingEvent, now_ms, parse_amount};
 use crate::metrics::{FailureLabels, Metrics, OperatorLabels};
 use crate::plugins::PluginRegistry;
 use crate::sandbox::{
-    Limits, MAX_CONCURRENT_INSTANCES, PluginAffiliate, PluginCommission, PluginContext, PluginEvent, PluginInput,
-    Sandbox, StateSource,
+    Limits, MAX_CONCURRENT_INSTANCES, PluginAffiliate, PluginCommission, PluginCommissionRef, PluginContext,
+    PluginEvent, PluginInput, PluginPeriod, Sandbox, StateSource,
 };
 use crate::store::records::{
     ChainLink, CommissionRecord, CustomerBinding, EvaluationRecord, EventRecord, EventStatus, Failure, FailureKind,
@@ -222,6 +225,34 @@ impl Pipeline {
         EvaluationSlots::new(self.metrics.clone(), [operator, sandbox])
     }
 
+    /// Closes a period: asks the active plugin to settle it for each of the operator's
+    /// affiliates, and commits each settlement as a ledger entry of its own. The entries'
+    /// ids name the period and the affiliate, so closing the period again finds them and
+    /// pays nothing twice.
+    pub async fn close_period(
+        &self,
+        operator: &OperatorRecord,
+        period: &Period,
+    ) -> Result<Vec<EventOutcome>, IngestError> {
+        let mut outcomes = Vec::new();
+        for affiliate in self.store.affiliate_ids(&operator.id)? {
+            let event = StoredEvent {
+                id: format!("{RESERVED_PREFIX}period:{}:{affiliate}", period.id),
+                kind: SETTLEMENT_KIND.to_owned(),
+                customer: String::new(),
+                occurred_at: period.ends_at - 1,
+                amount: None,
+                currency: None,
+                affiliate: Some(affiliate),
+                attributes: [("period".to_owned(), period.id.clone())].into(),
+            };
+            let content_sha256 = hex::encode(sha2::Sha256::digest(event.id.as_bytes()));
+            outcomes.push(self.process(operator, IncomingEvent { event, content_sha256 }).await?);
+        }
+        self.durability.wait().await?;
+        Ok(outcomes)
+    }
+
     /// Evaluates the operator's failed events again, oldest first, with its active plugin.
     pub async fn retry_failed(&self, operator: &OperatorRecord) -> Result<RetryReport, IngestError> {
         let mut report = RetryReport::default();
@@ -298,18 +329,27 @@ impl Pipeline {
             {
                 return self.existing_outcome(&operator.id, existing, &content_sha256);
             }
-            let binding = self.store.binding(&operator.id, &event.customer)?;
-            let new_binding = match (&binding, &event.affiliate) {
-                (None, Some(affiliate)) => Some(CustomerBinding {
-                    affiliate: affiliate.clone(),
-                    bound_by_event: event.id.clone(),
-                    bound_at: received_at,
-                }),
-                _ => None,
+            let settlement = settlement_period(&event);
+            let (attributed_to, new_binding) = match settlement {
+                // A settlement is the affiliate's own: nothing to bind.
+                Some(_) => (event.affiliate.clone(), None),
+                None => {
+                    let binding = self.store.binding(&operator.id, &event.customer)?;
+                    let new_binding = match (&binding, &event.affiliate) {
+                        (None, Some(affiliate)) => Some(CustomerBinding {
+                            affiliate: affiliate.clone(),
+                            bound_by_event: event.id.clone(),
+                            bound_at: received_at,
+                        }),
+                        _ => None,
+                    };
+                    (binding.or(new_binding.clone()).map(|binding| binding.affiliate), new_binding)
+                }
             };
-            let attributed_to = binding.or(new_binding.clone()).map(|binding| binding.affiliate);
             let evaluated = match &attributed_to {
-                Some(affiliate) => self.evaluate(operator, &event, affiliate)?,
+                Some(affiliate) => {
+                    self.not_reversed_twice(operator, self.evaluate(operator, &event, affiliate, settlement.as_ref())?)?
+                }
                 // Kept, paying nothing: there is no one to pay.
                 None => Evaluated::default(),
             };
@@ -364,6 +404,24 @@ impl Pipeline {
         )))
     }
 
+    /// Fails the evaluation if it claws back a commission that was clawed back already.
+    fn not_reversed_twice(&self, operator: &OperatorRecord, evaluated: Evaluated) -> Result<Evaluated, IngestError> {
+        for commission in &evaluated.commissions {
+            if let Some(reversed) = &commission.reverses
+                && self.store.is_reversed(&operator.id, reversed)?
+            {
+                return Ok(Evaluated {
+                    record: evaluated.record,
+                    ..Evaluated::failed(Failure {
+                        kind: FailureKind::InvalidResult,
+                        message: format!("commission {reversed} is reversed already; a commission is clawed back once"),
+                    })
+                });
+            }
+        }
+        Ok(evaluated)
+    }
+
     fn existing_outcome(
         &self,
         operator: &str,
@@ -376,11 +434,14 @@ impl Pipeline {
         Ok(EventOutcome { disposition, record: existing, commissions })
     }
 
+    /// Evaluates an event (or, with `period`, settles the period) for `affiliate` and its
+    /// parents, with the operator's active plugin.
     fn evaluate(
         &self,
         operator: &OperatorRecord,
         event: &StoredEvent,
         affiliate: &str,
+        period: Option<&PluginPeriod>,
     ) -> Result<Evaluated, IngestError> {
         let Some(version) = operator.active_plugin else {
             return Ok(Evaluated::failed(Failure {
@@ -394,17 +455,19 @@ impl Pipeline {
         let chain = self.referral_chain(&operator.id, affiliate)?;
         let state: Arc<dyn StateSource> =
             Arc::new(OperatorState { store: self.store.clone(), operator: operator.id.clone() });
-        self.run_plugin(operator, event, chain, version, state)
+        self.run_plugin(operator, event, chain, version, period, state)
     }
 
-    /// Runs `version` of the operator's plugin on one event, reading state from `state`, and
-    /// checks its answer. The live path and replays share it, so both evaluate alike.
+    /// Runs `version` of the operator's plugin on one event (or its `settle` for `period`),
+    /// reading state from `state`, and checks its answer. The live path and replays share it,
+    /// so both evaluate alike.
     pub(crate) fn run_plugin(
         &self,
         operator: &OperatorRecord,
         event: &StoredEvent,
         chain: Vec<ChainLink>,
         version: u32,
+        period: Option<&PluginPeriod>,
         state: Arc<dyn StateSource>,
     ) -> Result<Evaluated, IngestError> {
         let plugin = self
@@ -414,7 +477,10 @@ impl Pipeline {
         let input = plugin_input(operator, event, &chain);
         let limits = effective_limits(self.sandbox.limits(), &operator.limits);
         let started = Instant::now();
-        let evaluation = self.sandbox.evaluate(&plugin, &input, state, limits);
+        let evaluation = match period {
+            Some(period) => self.sandbox.settle(&plugin, period, &input.context, state, limits),
+            None => self.sandbox.evaluate(&plugin, &input, state, limits),
+        };
         let labels = OperatorLabels { operator: operator.id.clone() };
         self.metrics.evaluation_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
         self.metrics.fuel_used.get_or_create(&labels).observe(evaluation.fuel_used as f64);
@@ -424,8 +490,16 @@ impl Pipeline {
             logs: evaluation.logs.into_iter().map(|(level, message)| LogLine { level, message }).collect(),
             fuel_used: evaluation.fuel_used,
         };
+        let find_reversed = |reference: &PluginCommissionRef, affiliate: &str| {
+            let reversed = self.store.event(&operator.id, &reference.event_id).ok().flatten()?;
+            let commissions = self.store.commission_records(&operator.id, &reversed.commission_ids).ok()?;
+            commissions
+                .into_iter()
+                .find(|c| c.rule == reference.rule && c.affiliate == affiliate)
+                .map(|c| (c.id, c.amount))
+        };
         let commissions = evaluation.result.and_then(|commissions| {
-            checked_commissions(commissions, &record.chain, event, version, limits.max_commissions)
+            checked_commissions(commissions, &record.chain, event, version, limits.max_commissions, &find_reversed)
         });
         Ok(match commissions {
             Ok(commissions) => Evaluated {
@@ -478,6 +552,51 @@ impl Drop for EvaluationSlots {
     fn drop(&mut self) {
         self.metrics.evaluations_in_flight.dec();
     }
+}
+
+/// Ids and types that start with this are the host's own; senders may not use them.
+pub const RESERVED_PREFIX: &str = "commission-host.";
+/// The type of the ledger entry a period's settlement is stored as.
+pub const SETTLEMENT_KIND: &str = "commission-host.settlement";
+
+/// A calendar month, as periods are: `2026-11`, UTC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Period {
+    pub id: String,
+    pub starts_at: i64,
+    pub ends_at: i64,
+}
+
+impl Period {
+    /// Parses `YYYY-MM`.
+    pub fn parse(id: &str) -> Result<Self, String> {
+        let problem = || format!("{id:?} is not a month written YYYY-MM");
+        let (year, month) = id.split_once('-').ok_or_else(problem)?;
+        if year.len() != 4 || month.len() != 2 {
+            return Err(problem());
+        }
+        let year: i32 = year.parse().map_err(|_| problem())?;
+        let month: u8 = month.parse().map_err(|_| problem())?;
+        let month = time::Month::try_from(month).map_err(|_| problem())?;
+        let start = time::Date::from_calendar_date(year, month, 1).map_err(|_| problem())?;
+        let (next_year, next_month) =
+            if month == time::Month::December { (year + 1, time::Month::January) } else { (year, month.next()) };
+        let end = time::Date::from_calendar_date(next_year, next_month, 1).map_err(|_| problem())?;
+        let ms = |date: time::Date| date.midnight().assume_utc().unix_timestamp() * 1000;
+        Ok(Self { id: id.to_owned(), starts_at: ms(start), ends_at: ms(end) })
+    }
+
+    fn to_plugin(&self) -> PluginPeriod {
+        PluginPeriod { id: self.id.clone(), starts_at: self.starts_at, ends_at: self.ends_at }
+    }
+}
+
+/// The period a settlement entry settles; `None` for an ordinary event.
+pub(crate) fn settlement_period(event: &StoredEvent) -> Option<PluginPeriod> {
+    if event.kind != SETTLEMENT_KIND {
+        return None;
+    }
+    event.attributes.get("period").and_then(|id| Period::parse(id).ok()).map(|period| period.to_plugin())
 }
 
 /// What evaluating one event produced, before it is committed.
@@ -545,14 +664,22 @@ fn plugin_input(operator: &OperatorRecord, event: &StoredEvent, chain: &[ChainLi
     }
 }
 
+/// Resolves a reversal's reference, for an affiliate, to the id and amount of the commission.
+pub type FindReversed<'a> = dyn Fn(&PluginCommissionRef, &str) -> Option<(String, Decimal)> + 'a;
+
 /// The plugin's answer is untrusted input like any other: every field is checked before it
 /// becomes a ledger entry. The commissions it returns have no ids yet; the commit assigns them.
+///
+/// A reversal's reference (event id and rule) is resolved by `find_reversed` to the id and
+/// amount of the affiliate's commission it claws back; it must exist, and the reversal must be
+/// negative and no larger than it.
 pub fn checked_commissions(
     commissions: Vec<PluginCommission>,
     chain: &[ChainLink],
     event: &StoredEvent,
     plugin_version: u32,
     max_commissions: usize,
+    find_reversed: &FindReversed<'_>,
 ) -> Result<Vec<CommissionRecord>, Failure> {
     let invalid = |message: String| Failure { kind: FailureKind::InvalidResult, message };
     if commissions.len() > max_commissions {
@@ -580,6 +707,23 @@ pub fn checked_commissions(
             if commission.explanation.len() > 512 {
                 return Err(at("explanation: at most 512 bytes".into()));
             }
+            let reverses = match &commission.reverses {
+                None => None,
+                Some(reference) => {
+                    let Some((id, original)) = find_reversed(reference, &commission.affiliate) else {
+                        return Err(at(format!(
+                            "reverses {}/{}: {} has no such commission",
+                            reference.event_id, reference.rule, commission.affiliate
+                        )));
+                    };
+                    if !amount.is_sign_negative() || -amount > original {
+                        return Err(at(format!(
+                            "a reversal of {original} must be negative and at most {original} in size; got {amount}"
+                        )));
+                    }
+                    Some(id)
+                }
+            };
             Ok(CommissionRecord {
                 id: String::new(),
                 event_id: event.id.clone(),
@@ -592,6 +736,7 @@ pub fn checked_commissions(
                 plugin_version,
                 occurred_at: event.occurred_at,
                 created_at,
+                reverses,
             })
         })
         .collect()

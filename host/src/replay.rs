@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::pipeline::{IngestError, Pipeline};
+use crate::pipeline::{IngestError, Pipeline, settlement_period};
 use crate::sandbox::StateSource;
 use crate::store::records::{CommissionRecord, EventRecord, EventStatus, Failure, OperatorRecord};
 
@@ -135,6 +135,7 @@ impl Pipeline {
                 &record.event,
                 evaluation.chain.clone(),
                 evaluation.plugin_version,
+                settlement_period(&record.event).as_ref(),
                 scratch.clone(),
             )?;
             let paid = self.paid(operator, &record)?;
@@ -190,7 +191,14 @@ impl Pipeline {
                 Some(evaluation) => evaluation.chain.clone(),
                 None => self.referral_chain(&operator.id, affiliate)?,
             };
-            let evaluated = self.run_plugin(operator, &record.event, chain, version, scratch.clone())?;
+            let evaluated = self.run_plugin(
+                operator,
+                &record.event,
+                chain,
+                version,
+                settlement_period(&record.event).as_ref(),
+                scratch.clone(),
+            )?;
             let replayed: Vec<Payout> = evaluated.commissions.iter().map(Payout::from).collect();
             if evaluated.failure.is_none() {
                 scratch.apply(evaluated.state_writes);

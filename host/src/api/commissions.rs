@@ -77,5 +77,6 @@ pub fn commission_json(commission: &CommissionRecord) -> Value {
         "plugin_version": commission.plugin_version,
         "occurred_at": format_time(commission.occurred_at),
         "created_at": format_time(commission.created_at),
+        "reverses": commission.reverses,
     })
 }

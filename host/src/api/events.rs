@@ -13,7 +13,7 @@ use super::rate_limit::Verdict;
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::{self, BodyError, IncomingEvent, format_time, now_ms};
 use crate::metrics::OperatorLabels;
-use crate::pipeline::{Disposition, EventOutcome, IngestError};
+use crate::pipeline::{Disposition, EventOutcome, IngestError, Period};
 use crate::secrets;
 use crate::store::records::{CredentialKind, EventRecord, OperatorRecord};
 
@@ -69,6 +69,29 @@ pub async fn postback(
     let outcome = &outcomes[0];
     let status = if outcome.disposition == Disposition::Conflict { StatusCode::CONFLICT } else { StatusCode::OK };
     Ok((status, Json(outcome_json(outcome))))
+}
+
+/// `POST /v1/operators/{op}/periods/{YYYY-MM}/close`: settles the month for every affiliate.
+pub async fn close_period(
+    State(state): State<Arc<AppState>>,
+    Path((op, period)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let operator = auth::operator(&state, &headers, &op)?;
+    let period = Period::parse(&period).map_err(|problem| ApiError::field("period", problem))?;
+    if period.ends_at > now_ms() {
+        return Err(ApiError::field("period", format!("{} has not ended yet", period.id)));
+    }
+    let outcomes = state.pipeline.close_period(&operator, &period).await.map_err(ingest_error)?;
+    let settlements: Vec<Value> = outcomes
+        .iter()
+        .map(|outcome| {
+            let mut answer = outcome_json(outcome);
+            answer["affiliate"] = json!(outcome.record.attributed_to);
+            answer
+        })
+        .collect();
+    Ok(Json(json!({ "period": period.id, "settlements": settlements })))
 }
 
 pub async fn retry_failed(

@@ -11,6 +11,7 @@
 //! | `GET /healthz`, `GET /readyz` | none |
 //! | `POST /v1/operators/{op}/events/retry-failed`, `GET .../events/{id}`, `GET .../commissions` | operator, admin |
 //! | `POST /v1/operators/{op}/verify`, `POST .../plugins/{n}/replay` | operator, admin |
+//! | `POST /v1/operators/{op}/periods/{YYYY-MM}/close` | operator, admin |
 //! | `PUT /v1/operators/{op}/limits`, `POST .../credentials/{kind}/rotate` | admin |
 
 mod auth;
@@ -75,6 +76,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/operators/{op}/affiliates/{affiliate}", put(operators::put_affiliate).get(operators::get_affiliate))
         .route("/v1/operators/{op}/events", post(events::webhook))
         .route("/v1/operators/{op}/events/retry-failed", post(events::retry_failed))
+        .route("/v1/operators/{op}/periods/{period}/close", post(events::close_period))
         .route("/v1/operators/{op}/events/{id}", get(events::get_event))
         .route("/v1/operators/{op}/commissions", get(commissions::list))
         .route("/postback/{op}", get(events::postback))

@@ -95,6 +95,9 @@ pub async fn upload_plugin(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
+    // Read first: refusing before the body is in makes a client that is still sending see a
+    // reset instead of the refusal.
+    let wasm = read_body(body, state.limits.plugin_bytes).await?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
     if content_type != Some("application/wasm") {
         return Err(ApiError::new(
@@ -107,7 +110,6 @@ pub async fn upload_plugin(
         Ok(activate) => activate,
         Err(problem) => return Err(ApiError::field("activate", problem)),
     };
-    let wasm = read_body(body, state.limits.plugin_bytes).await?;
     let plugins = state.pipeline.plugins().clone();
     let operator_id = operator.id.clone();
     let compiling = tokio::task::spawn_blocking(move || plugins.prepare(&operator_id, wasm.to_vec()));

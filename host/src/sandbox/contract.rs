@@ -16,8 +16,67 @@ pub mod v0_1_0 {
     });
 }
 
+/// `commission:plugin@0.2.0`, the latest: the host's own types are these.
+pub mod v0_2_0 {
+    wasmtime::component::bindgen!({
+        path: "../wit/since_v0.2.0",
+        world: "plugin",
+        imports: { default: trappable },
+    });
+}
+
 /// The contract versions this host loads, newest last.
-pub const SUPPORTED: &[&str] = &["0.1.0"];
+pub const SUPPORTED: &[&str] = &["0.1.0", "0.2.0"];
+
+/// A plugin built against 0.1.0 gets the latest types converted down, and its answers
+/// converted up: the two versions' event, context and commission differ only in what 0.2.0
+/// added.
+mod from_v0_1_0 {
+    use super::v0_1_0::commission::plugin::types as old;
+    use super::v0_2_0::commission::plugin::types as new;
+
+    impl From<&new::Event> for old::Event {
+        fn from(event: &new::Event) -> Self {
+            Self {
+                id: event.id.clone(),
+                kind: event.kind.clone(),
+                customer: event.customer.clone(),
+                occurred_at: event.occurred_at,
+                amount: event.amount.clone(),
+                currency: event.currency.clone(),
+                attributes: event.attributes.clone(),
+            }
+        }
+    }
+
+    impl From<&new::Context> for old::Context {
+        fn from(context: &new::Context) -> Self {
+            Self {
+                operator: context.operator.clone(),
+                operator_currency: context.operator_currency.clone(),
+                config: context.config.clone(),
+                referral_chain: context
+                    .referral_chain
+                    .iter()
+                    .map(|affiliate| old::Affiliate { id: affiliate.id.clone(), deal: affiliate.deal.clone() })
+                    .collect(),
+            }
+        }
+    }
+
+    impl From<old::Commission> for new::Commission {
+        fn from(commission: old::Commission) -> Self {
+            Self {
+                affiliate: commission.affiliate,
+                amount: commission.amount,
+                currency: commission.currency,
+                rule: commission.rule,
+                explanation: commission.explanation,
+                reverses: None,
+            }
+        }
+    }
+}
 
 /// WASI interfaces a plugin may import. A Rust plugin's std imports some of them even when the
 /// plugin never calls them; they are served deterministically and with no authority (see

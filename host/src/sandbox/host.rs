@@ -13,6 +13,7 @@ use wasmtime_wasi::clocks::{HostMonotonicClock, HostWallClock};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::contract::v0_1_0::commission::plugin as v0_1_0;
+use super::contract::v0_2_0::commission::plugin as v0_2_0;
 use super::{Limits, StateSource};
 
 /// A host-side limit a plugin ran into; classified as `limit_exceeded` or `out_of_memory`.
@@ -152,10 +153,10 @@ impl ResourceLimiter for PluginHost {
     }
 }
 
-impl v0_1_0::types::Host for PluginHost {}
-
-impl v0_1_0::state::Host for PluginHost {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+/// What both contract versions' `state` and `log` imports do; the per-version trait impls
+/// below only convert their types.
+impl PluginHost {
+    fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
         self.check_key(&key)?;
         if let Some(written) = self.state.writes.get(&key) {
             return Ok(written.clone());
@@ -168,7 +169,7 @@ impl v0_1_0::state::Host for PluginHost {
         Ok(value)
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+    fn state_set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
         self.check_key(&key)?;
         if value.len() > self.limits.max_state_write_bytes {
             return Err(HostLimit::StateWrites { size: value.len(), limit: self.limits.max_state_write_bytes }.into());
@@ -176,15 +177,12 @@ impl v0_1_0::state::Host for PluginHost {
         Ok(self.record_write(key, Some(value))?)
     }
 
-    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+    fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
         self.check_key(&key)?;
         Ok(self.record_write(key, None)?)
     }
-}
 
-impl v0_1_0::log::Host for PluginHost {
-    fn log(&mut self, level: v0_1_0::log::Level, message: String) -> wasmtime::Result<()> {
-        use v0_1_0::log::Level;
+    fn log_line(&mut self, level: &'static str, message: String) -> wasmtime::Result<()> {
         if self.logs.len() >= self.limits.max_log_lines {
             self.logs_dropped += 1;
             return Ok(());
@@ -198,14 +196,43 @@ impl v0_1_0::log::Host for PluginHost {
             message.truncate(end);
             message.push_str("...");
         }
-        let level = match level {
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
-        };
         tracing::debug!(target: "plugin", level, %message);
         self.logs.push((level.to_owned(), message));
         Ok(())
     }
 }
+
+/// Implements one contract version's imports on [`PluginHost`].
+macro_rules! imports_for {
+    ($version:ident) => {
+        impl $version::types::Host for PluginHost {}
+
+        impl $version::state::Host for PluginHost {
+            fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+                self.state_get(key)
+            }
+            fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+                self.state_set(key, value)
+            }
+            fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+                self.state_delete(key)
+            }
+        }
+
+        impl $version::log::Host for PluginHost {
+            fn log(&mut self, level: $version::log::Level, message: String) -> wasmtime::Result<()> {
+                use $version::log::Level;
+                let level = match level {
+                    Level::Debug => "debug",
+                    Level::Info => "info",
+                    Level::Warn => "warn",
+                    Level::Error => "error",
+                };
+                self.log_line(level, message)
+            }
+        }
+    };
+}
+
+imports_for!(v0_1_0);
+imports_for!(v0_2_0);

@@ -21,7 +21,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 pub use contract::ContractError;
-use contract::v0_1_0;
+use contract::{v0_1_0, v0_2_0};
 use host::{HostLimit, PluginHost};
 
 use crate::store::records::{Failure, FailureKind};
@@ -100,19 +100,28 @@ pub enum UploadError {
 /// kind they do not know; what the smoke run catches is a plugin that cannot run at all.
 pub const SMOKE_EVENT_KIND: &str = "commission-host.smoke";
 
-/// A compiled plugin, ready to instantiate.
-pub struct LoadedPlugin {
-    pre: v0_1_0::PluginPre<PluginHost>,
+/// A compiled plugin, ready to instantiate, built against one of the contract versions.
+pub enum LoadedPlugin {
+    V0_1_0(v0_1_0::PluginPre<PluginHost>),
+    V0_2_0(v0_2_0::PluginPre<PluginHost>),
 }
 
-/// The event and context as the plugin receives them.
+/// The event and context as the plugin receives them (in the latest contract's types).
 pub struct PluginInput {
-    pub event: v0_1_0::commission::plugin::types::Event,
-    pub context: v0_1_0::commission::plugin::types::Context,
+    pub event: PluginEvent,
+    pub context: PluginContext,
 }
 
-pub use v0_1_0::commission::plugin::types::{Affiliate as PluginAffiliate, Event as PluginEvent};
-pub use v0_1_0::commission::plugin::types::{Commission as PluginCommission, Context as PluginContext};
+pub use v0_2_0::commission::plugin::types::{
+    Affiliate as PluginAffiliate, Commission as PluginCommission, CommissionRef as PluginCommissionRef,
+    Context as PluginContext, Event as PluginEvent, Period as PluginPeriod,
+};
+
+/// What a plugin is asked.
+enum Call<'a> {
+    Evaluate(&'a PluginInput),
+    Settle(&'a PluginPeriod, &'a PluginContext),
+}
 
 /// What one evaluation did, whether or not it succeeded.
 pub struct Evaluation {
@@ -136,6 +145,7 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         v0_1_0::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |host| host)?;
+        v0_2_0::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |host| host)?;
         let ticker = engine.weak();
         std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
             while let Some(engine) = ticker.upgrade() {
@@ -191,8 +201,12 @@ impl Sandbox {
     /// Loads an artifact made by [`Sandbox::compile`] on an engine with the same artifact key.
     pub fn load(&self, artifact: &[u8]) -> anyhow::Result<LoadedPlugin> {
         let component = self.deserialize(artifact)?;
+        let contract = contract::check(&self.engine, &component)?;
         let pre = self.linker.instantiate_pre(&component)?;
-        Ok(LoadedPlugin { pre: v0_1_0::PluginPre::new(pre)? })
+        Ok(match contract {
+            "0.1.0" => LoadedPlugin::V0_1_0(v0_1_0::PluginPre::new(pre)?),
+            _ => LoadedPlugin::V0_2_0(v0_2_0::PluginPre::new(pre)?),
+        })
     }
 
     fn deserialize(&self, artifact: &[u8]) -> anyhow::Result<Component> {
@@ -211,17 +225,58 @@ impl Sandbox {
         state: Arc<dyn StateSource>,
         limits: Limits,
     ) -> Evaluation {
-        let host = PluginHost::new(limits, state, input.event.occurred_at);
+        self.call(plugin, Call::Evaluate(input), input.event.occurred_at, state, limits)
+    }
+
+    /// Asks the plugin what the head of `context.referral_chain` earns for `period` as a whole.
+    /// A plugin built against 0.1.0 has no `settle`: it earns nothing, and is not instantiated.
+    pub fn settle(
+        &self,
+        plugin: &LoadedPlugin,
+        period: &PluginPeriod,
+        context: &PluginContext,
+        state: Arc<dyn StateSource>,
+        limits: Limits,
+    ) -> Evaluation {
+        // The period's last instant is the settlement's clock.
+        self.call(plugin, Call::Settle(period, context), period.ends_at - 1, state, limits)
+    }
+
+    fn call(
+        &self,
+        plugin: &LoadedPlugin,
+        call: Call<'_>,
+        clock_ms: i64,
+        state: Arc<dyn StateSource>,
+        limits: Limits,
+    ) -> Evaluation {
+        let host = PluginHost::new(limits, state, clock_ms);
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| host);
         let fuel = limits.fuel;
-        let outcome = store
+        let ready = store
             .set_fuel(fuel)
-            .map(|()| store.set_epoch_deadline((limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64))
-            .and_then(|()| plugin.pre.instantiate(&mut store))
-            .and_then(|instance| {
-                instance.commission_plugin_rules().call_evaluate(&mut store, &input.event, &input.context)
-            });
+            .map(|()| store.set_epoch_deadline((limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64));
+        let outcome = ready.and_then(|()| match (plugin, call) {
+            (LoadedPlugin::V0_2_0(pre), call) => {
+                let rules = pre.instantiate(&mut store)?;
+                let rules = rules.commission_plugin_rules();
+                match call {
+                    Call::Evaluate(input) => rules.call_evaluate(&mut store, &input.event, &input.context),
+                    Call::Settle(period, context) => rules.call_settle(&mut store, period, context),
+                }
+            }
+            (LoadedPlugin::V0_1_0(pre), Call::Evaluate(input)) => {
+                let rules = pre.instantiate(&mut store)?;
+                let answer = rules.commission_plugin_rules().call_evaluate(
+                    &mut store,
+                    &(&input.event).into(),
+                    &(&input.context).into(),
+                )?;
+                Ok(answer.map(|commissions| commissions.into_iter().map(Into::into).collect()))
+            }
+            (LoadedPlugin::V0_1_0(_), Call::Settle(..)) => Ok(Ok(Vec::new())),
+        });
         let fuel_used = fuel - store.get_fuel().unwrap_or(0);
         let result = match outcome {
             Ok(Ok(commissions)) => Ok(commissions),

@@ -57,6 +57,8 @@ pub struct Store {
     state: Tree,
     commissions: Tree,
     commissions_by_affiliate: Tree,
+    /// A reversed commission's key -> the key of the reversal: each is clawed back once.
+    reversals: Tree,
 }
 
 /// Everything one evaluated event writes, committed together by [`Store::commit_event`].
@@ -121,6 +123,7 @@ impl Store {
             state: tree("state")?,
             commissions: tree("commissions")?,
             commissions_by_affiliate: tree("commissions_by_affiliate")?,
+            reversals: tree("reversals")?,
             db,
         })
     }
@@ -208,6 +211,15 @@ impl Store {
         Ok(())
     }
 
+    /// The ids of the operator's affiliates, in order.
+    pub fn affiliate_ids(&self, operator: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = keys::operator_prefix(operator);
+        self.affiliates
+            .scan_prefix(&prefix)
+            .map(|entry| Ok(String::from_utf8_lossy(&entry?.0[prefix.len()..]).into_owned()))
+            .collect()
+    }
+
     pub fn binding(&self, operator: &str, customer: &str) -> Result<Option<CustomerBinding>, StoreError> {
         get_json(&self.customers, "customers", &keys::text(operator, customer))
     }
@@ -256,9 +268,20 @@ impl Store {
             &self.state,
             &self.commissions,
             &self.commissions_by_affiliate,
+            &self.reversals,
         );
         let result = trees.transaction(
-            |(events, sequences, event_order, failed_events, customers, state, commissions_tree, by_affiliate)| {
+            |(
+                events,
+                sequences,
+                event_order,
+                failed_events,
+                customers,
+                state,
+                commissions_tree,
+                by_affiliate,
+                reversals,
+            )| {
                 if let Some(existing) = events.get(&event_key)? {
                     let existing: EventRecord = decode_in_tx(&existing)?;
                     let is_the_failure_we_retry = commit.replaces_failed_attempt == Some(existing.attempts)
@@ -320,6 +343,14 @@ impl Store {
                 }
                 for (index, commission) in commissions.iter().enumerate() {
                     let key = keys::commission(operator, seq, index as u16);
+                    if let Some(reversed) = &commission.reverses {
+                        let reversed = keys::text(operator, reversed);
+                        // Checked before the commit too; here it is a race, settled by evaluating again.
+                        if reversals.get(&reversed)?.is_some() {
+                            return abort(Abort::Stale);
+                        }
+                        reversals.insert(reversed, key.as_slice())?;
+                    }
                     commissions_tree.insert(key.as_slice(), to_json(commission))?;
                     by_affiliate.insert(
                         keys::commission_by_affiliate(operator, &commission.affiliate, seq, index as u16),
@@ -364,6 +395,11 @@ impl Store {
                 Ok((String::from_utf8_lossy(&key[prefix.len()..]).into_owned(), value.to_vec()))
             })
             .collect()
+    }
+
+    /// Whether the commission `id` has been clawed back already.
+    pub fn is_reversed(&self, operator: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self.reversals.contains_key(keys::text(operator, id))?)
     }
 
     // Commissions

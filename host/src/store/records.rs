@@ -224,6 +224,9 @@ pub struct CommissionRecord {
     pub plugin_version: u32,
     pub occurred_at: i64,
     pub created_at: i64,
+    /// The id of the commission this one claws back, for a reversal.
+    #[serde(default)]
+    pub reverses: Option<String>,
 }
 
 impl CommissionRecord {
