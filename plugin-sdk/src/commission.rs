@@ -13,6 +13,16 @@ pub struct Commission {
     pub rule: String,
     /// One human line with the numbers: why this was paid.
     pub explanation: String,
+    /// For a clawback: the commission it reverses.
+    pub reverses: Option<CommissionRef>,
+}
+
+/// Names a commission paid earlier: the event that caused it and its rule (the affiliate is
+/// the reversal's own). The host links a reversal to it, and refuses to reverse it twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommissionRef {
+    pub event_id: String,
+    pub rule: String,
 }
 
 /// A commission missing its rule id and explanation: [`CommissionBuilder::because`] finishes it,
@@ -23,11 +33,18 @@ pub struct CommissionBuilder {
     amount: Decimal,
     currency: String,
     rule: String,
+    reverses: Option<CommissionRef>,
 }
 
 impl CommissionBuilder {
     pub(crate) fn new(affiliate: &str, amount: Decimal, currency: &str) -> Self {
-        Self { affiliate: affiliate.to_owned(), amount, currency: currency.to_owned(), rule: String::new() }
+        Self {
+            affiliate: affiliate.to_owned(),
+            amount,
+            currency: currency.to_owned(),
+            rule: String::new(),
+            reverses: None,
+        }
     }
 
     /// Pays in `currency` instead of the operator's.
@@ -41,6 +58,13 @@ impl CommissionBuilder {
         self
     }
 
+    /// Makes this a clawback of the commission that `event_id` paid this affiliate under
+    /// `rule`; the amount given to [`Context::pay`](crate::Context::pay) must be negative.
+    pub fn reversing(mut self, event_id: &str, rule: &str) -> Self {
+        self.reverses = Some(CommissionRef { event_id: event_id.to_owned(), rule: rule.to_owned() });
+        self
+    }
+
     pub fn because(self, explanation: impl Into<String>) -> Commission {
         Commission {
             affiliate: self.affiliate,
@@ -48,6 +72,7 @@ impl CommissionBuilder {
             currency: self.currency,
             rule: self.rule,
             explanation: explanation.into(),
+            reverses: self.reverses,
         }
     }
 }
@@ -60,6 +85,9 @@ impl From<Commission> for wit::Commission {
             currency: commission.currency,
             rule: commission.rule,
             explanation: commission.explanation,
+            reverses: commission
+                .reverses
+                .map(|reference| wit::CommissionRef { event_id: reference.event_id, rule: reference.rule }),
         }
     }
 }

@@ -45,32 +45,44 @@ mod context;
 mod error;
 mod event;
 pub mod log;
+mod period;
 mod properties;
 pub mod state;
 pub mod testing;
 
-pub use commission::{Commission, CommissionBuilder};
+pub use commission::{Commission, CommissionBuilder, CommissionRef};
 pub use context::{Affiliate, Context};
 pub use error::{Error, Result};
 pub use event::Event;
+pub use period::Period;
 pub use properties::Properties;
-pub use rust_decimal::Decimal;
+pub use rust_decimal::{Decimal, RoundingStrategy};
 
 /// The version of the `commission:plugin` WIT package this SDK builds plugins against.
 /// The host reads it from the component's imports and exports, not from this constant.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// What a plugin author implements: the commissions one event earns.
 ///
 /// There is no `self`: a plugin keeps nothing in memory between events (see the crate docs).
 pub trait Plugin {
+    /// The commissions (or, negative, the clawbacks) one event causes.
     fn evaluate(event: &Event, context: &Context) -> Result<Vec<Commission>>;
+
+    /// What `context.affiliate()` earns for `period` as a whole, when the operator closes it:
+    /// RevShare on the month's net revenue, say, from totals [`state`] kept as events came in.
+    /// Called once per affiliate and period. Pays nothing unless implemented.
+    fn settle(period: &Period, context: &Context) -> Result<Vec<Commission>> {
+        let _ = (period, context);
+        Ok(Vec::new())
+    }
 }
 
 /// Everything a plugin usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        Affiliate, Commission, Context, Decimal, Error, Event, Plugin, Properties, Result, export_plugin, state,
+        Affiliate, Commission, CommissionRef, Context, Decimal, Error, Event, Period, Plugin, Properties, Result,
+        export_plugin, state,
     };
     pub use crate::{debug, error, info, warn};
 }
@@ -95,6 +107,18 @@ macro_rules! export_plugin {
                 > {
                     $crate::__bindings::evaluate_with::<$plugin>(event, context)
                 }
+
+                fn settle(
+                    period: $crate::__bindings::commission::plugin::types::Period,
+                    context: $crate::__bindings::commission::plugin::types::Context,
+                ) -> ::core::result::Result<
+                    $crate::__bindings::__private_std::vec::Vec<
+                        $crate::__bindings::commission::plugin::types::Commission,
+                    >,
+                    $crate::__bindings::__private_std::string::String,
+                > {
+                    $crate::__bindings::settle_with::<$plugin>(period, context)
+                }
             }
 
             // Off wasm the plugin is an ordinary library for native tests: nothing to export.
@@ -108,7 +132,7 @@ macro_rules! export_plugin {
 #[doc(hidden)]
 pub mod __bindings {
     wit_bindgen::generate!({
-        path: "../wit/since_v0.1.0",
+        path: "../wit/since_v0.2.0",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_rules",
@@ -118,7 +142,7 @@ pub mod __bindings {
     pub use std as __private_std;
     pub use wit_bindgen as __wit_bindgen;
 
-    use crate::{Context, Event, Plugin};
+    use crate::{Context, Event, Period, Plugin};
 
     pub fn evaluate_with<P: Plugin>(
         event: commission::plugin::types::Event,
@@ -127,6 +151,16 @@ pub mod __bindings {
         let event = Event::from_wit(event).map_err(|error| error.to_string())?;
         let context = Context::from_wit(context);
         P::evaluate(&event, &context)
+            .map(|commissions| commissions.into_iter().map(Into::into).collect())
+            .map_err(|error| error.to_string())
+    }
+
+    pub fn settle_with<P: Plugin>(
+        period: commission::plugin::types::Period,
+        context: commission::plugin::types::Context,
+    ) -> Result<Vec<commission::plugin::types::Commission>, String> {
+        let period = Period { id: period.id, starts_at: period.starts_at, ends_at: period.ends_at };
+        P::settle(&period, &Context::from_wit(context))
             .map(|commissions| commissions.into_iter().map(Into::into).collect())
             .map_err(|error| error.to_string())
     }

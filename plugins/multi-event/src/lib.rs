@@ -14,6 +14,10 @@
 //! earns that percentage of each commission its child earns, level by level up the chain.
 //!
 //! Trades carry their size as the attribute `lots`.
+//!
+//! A `chargeback` (or `refund`) whose attribute `deposit` names the first deposit claws back
+//! the first-deposit CPA, and each parent's override of it, with entries that reference what
+//! they reverse. The customer's first deposit stays used: a later deposit pays no new CPA.
 
 use commission_plugin_sdk::prelude::*;
 use commission_plugin_sdk::state::customer_key;
@@ -26,6 +30,7 @@ impl Plugin for MultiEvent {
         let direct = match event.kind.as_str() {
             "deposit" => first_deposit(event, context, affiliate)?,
             "trade" => trade(event, context, affiliate)?,
+            "chargeback" | "refund" => claw_back_first_deposit(event, context, affiliate)?,
             _ => vec![],
         };
         let overrides = parent_overrides(&direct, context)?;
@@ -46,6 +51,8 @@ fn first_deposit(event: &Event, context: &Context, affiliate: &Affiliate) -> Res
         return Ok(vec![]);
     }
     let cpa = affiliate.deal.decimal_or("ftd_cpa", Decimal::TEN)?;
+    state::set(&customer_key(&event.customer, "ftd-event"), event.id.as_bytes());
+    state::set_decimal(&customer_key(&event.customer, "ftd-cpa"), cpa);
     let currency = event.currency.as_deref().unwrap_or(&context.operator_currency);
     Ok(vec![
         context
@@ -84,29 +91,52 @@ fn trade(event: &Event, context: &Context, affiliate: &Affiliate) -> Result<Vec<
     Ok(commissions)
 }
 
-/// Each parent with `override_percent` earns that share of what the level below it earned.
+fn claw_back_first_deposit(event: &Event, context: &Context, affiliate: &Affiliate) -> Result<Vec<Commission>> {
+    let deposit = event.attributes.get("deposit").ok_or_else(|| {
+        Error::new(format!("a {} without the attribute `deposit` (the deposit it reverses)", event.kind))
+    })?;
+    let first_deposit = state::get(&customer_key(&event.customer, "ftd-event"));
+    if first_deposit.as_deref() != Some(deposit.as_bytes()) {
+        info!("{} of {deposit}: not the first deposit that paid, nothing to claw back", event.kind);
+        return Ok(vec![]);
+    }
+    let paid = state::decimal(&customer_key(&event.customer, "ftd-cpa"))?;
+    Ok(vec![
+        context
+            .pay(affiliate, -paid)
+            .rule("ftd-cpa-reversal")
+            .reversing(deposit, "ftd-cpa")
+            .because(format!("{} of first deposit {deposit}: CPA {paid} clawed back", event.kind)),
+    ])
+}
+
+/// Each parent with `override_percent` earns that share of what the level below it earned,
+/// and gives back its share of what the level below gives back.
 fn parent_overrides(direct: &[Commission], context: &Context) -> Result<Vec<Commission>> {
     let mut overrides = vec![];
-    let mut below: Vec<(String, Decimal)> =
-        direct.iter().map(|commission| (commission.rule.clone(), commission.amount)).collect();
+    let mut below: Vec<Commission> = direct.to_vec();
     for (level, parent) in context.parents() {
         let Some(percent) = parent.deal.decimal("override_percent")? else {
             break;
         };
         let child = &context.referral_chain[level - 1].id;
+        let rule = format!("override-l{level}");
         below = below
-            .into_iter()
-            .map(|(rule, amount)| {
-                let share = amount * percent / Decimal::ONE_HUNDRED;
-                overrides.push(
-                    context
-                        .pay(parent, share)
-                        .rule(&format!("override-l{level}"))
-                        .because(format!("level {level} override: {percent}% of {amount} earned by {child} ({rule})")),
-                );
-                (rule, share)
+            .iter()
+            .map(|earned| {
+                let share = earned.amount * percent / Decimal::ONE_HUNDRED;
+                let pay = context.pay(parent, share).rule(&rule);
+                let pay = match &earned.reverses {
+                    Some(reversed) => pay.reversing(&reversed.event_id, &rule),
+                    None => pay,
+                };
+                pay.because(format!(
+                    "level {level} override: {percent}% of {} earned by {child} ({})",
+                    earned.amount, earned.rule
+                ))
             })
             .collect();
+        overrides.extend(below.iter().cloned());
     }
     Ok(overrides)
 }
@@ -158,7 +188,7 @@ mod tests {
             ],
         );
         let deposit = Event::new("d1", "deposit", "c1", 0).with_amount(Decimal::from(50), "USD");
-        assert_eq!(run(deposit, &context), [("sub".into(), "40".into()), ("master".into(), "4.0".into())]);
+        assert_eq!(run(deposit, &context), [("sub".into(), "40".into()), ("master".into(), "4".into())]);
     }
 
     #[test]
