@@ -1,0 +1,175 @@
+//! Commission models through the real host, with amounts worked out by hand from the field
+//! guide: RevShare with and without negative carryover over closed months, a hybrid deal,
+//! clawbacks that reference what they reverse, and a plugin built against the old contract.
+
+mod common;
+
+use common::{Host, Operator, amount, answer, data_dir, dec, paid, plugin_wasm};
+use reqwest::StatusCode;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+fn close(host: &Host, operator: &Operator, period: &str) -> (StatusCode, Value) {
+    answer(
+        host.client
+            .post(host.url(&format!("/v1/operators/{}/periods/{period}/close", operator.id)))
+            .bearer_auth(&operator.api_key)
+            .send(),
+    )
+}
+
+/// (affiliate, status, what it paid) of one settlement.
+type Settlement = (String, String, Vec<(String, Decimal)>);
+
+/// What each affiliate's settlement paid, in order.
+fn settled(answer: &Value) -> Vec<Settlement> {
+    answer["settlements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["affiliate"].as_str().unwrap().to_owned(), s["status"].as_str().unwrap().to_owned(), paid(s)))
+        .collect()
+}
+
+fn money(host: &Host, operator: &Operator, id: &str, kind: &str, customer: &str, amount: &str, at: &str) {
+    host.accept(operator, json!({"id": id, "type": kind, "customer": customer, "amount": amount, "occurred_at": at}));
+}
+
+#[test]
+fn revshare_pays_monthly_ngr_with_and_without_negative_carryover() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let casino = host.create_operator("casino");
+    host.install_plugin(&casino, "revshare");
+    host.put_affiliate(&casino, "carry", None, json!({"revshare_percent": "30"}));
+    host.put_affiliate(&casino, "nocarry", None, json!({"revshare_percent": "30", "negative_carryover": "false"}));
+    host.put_affiliate(&casino, "hybrid", None, json!({"revshare_percent": "20", "cpa": "50"}));
+    for (customer, affiliate) in [("p1", "carry"), ("p2", "nocarry"), ("p3", "hybrid")] {
+        let first = host.accept(&casino, json!({"id": format!("{customer}-d"), "type": "deposit", "customer": customer, "amount": "200", "affiliate": affiliate, "occurred_at": "2025-11-01T08:00:00Z"}));
+        let expected = if affiliate == "hybrid" { vec![("hybrid".to_owned(), dec("50"))] } else { vec![] };
+        assert_eq!(paid(&first), expected);
+        // November: bets 10,000, wins 8,000, bonuses 500, fees 100: NGR 1,400.
+        money(&host, &casino, &format!("{customer}-n1"), "wager", customer, "10000", "2025-11-02T10:00:00Z");
+        money(&host, &casino, &format!("{customer}-n2"), "win", customer, "8000", "2025-11-03T10:00:00Z");
+        money(&host, &casino, &format!("{customer}-n3"), "bonus", customer, "500", "2025-11-04T10:00:00Z");
+        money(&host, &casino, &format!("{customer}-n4"), "fee", customer, "100", "2025-11-05T10:00:00Z");
+        // December: a big winner, NGR -2,000. January: NGR +3,000.
+        money(&host, &casino, &format!("{customer}-d1"), "win", customer, "2000", "2025-12-24T10:00:00Z");
+        money(&host, &casino, &format!("{customer}-j1"), "wager", customer, "3000", "2026-01-10T10:00:00Z");
+    }
+
+    let (status, november) = close(&host, &casino, "2025-11");
+    assert_eq!(status, StatusCode::OK, "{november}");
+    // 30% of 1,400 = 420; the hybrid deal's 20% = 280.
+    assert_eq!(
+        settled(&november),
+        [
+            ("carry".into(), "accepted".into(), vec![("carry".into(), dec("420"))]),
+            ("hybrid".into(), "accepted".into(), vec![("hybrid".into(), dec("280"))]),
+            ("nocarry".into(), "accepted".into(), vec![("nocarry".into(), dec("420"))]),
+        ]
+    );
+    let (_, december) = close(&host, &casino, "2025-12");
+    assert!(settled(&december).iter().all(|(_, status, paid)| status == "accepted" && paid.is_empty()), "{december}");
+    let (_, january) = close(&host, &casino, "2026-01");
+    // With carryover: (3,000 - 2,000) x 30% = 300; without: 3,000 x 30% = 900; hybrid 20% of 1,000.
+    assert_eq!(
+        settled(&january).into_iter().map(|(affiliate, _, paid)| (affiliate, paid)).collect::<Vec<_>>(),
+        [
+            ("carry".to_owned(), vec![("carry".to_owned(), dec("300"))]),
+            ("hybrid".to_owned(), vec![("hybrid".to_owned(), dec("200"))]),
+            ("nocarry".to_owned(), vec![("nocarry".to_owned(), dec("900"))]),
+        ]
+    );
+    assert!(
+        january["settlements"][0]["commissions"][0]["explanation"].as_str().unwrap().contains("-2000"),
+        "{january}"
+    );
+
+    // Closing a month again pays nothing twice.
+    let (status, again) = close(&host, &casino, "2026-01");
+    assert_eq!(status, StatusCode::OK);
+    assert!(settled(&again).iter().all(|(_, status, _)| status == "duplicate"), "{again}");
+    assert_eq!(
+        host.totals(&casino),
+        [("carry".to_owned(), dec("720")), ("hybrid".to_owned(), dec("530")), ("nocarry".to_owned(), dec("1320"))]
+            .into()
+    );
+    // A settlement is dated on the period's last instant, so period filters find it.
+    let january_ledger = host.commissions(&casino, "from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z");
+    assert_eq!(january_ledger.len(), 3);
+
+    let (status, body) = close(&host, &casino, "2031-01");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a period that has not ended: {body}");
+    let (status, body) = close(&host, &casino, "2025-13");
+    assert_eq!((status, body["details"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("period")));
+
+    // Settlements replay like events: the whole ledger verifies.
+    let (status, report) =
+        answer(host.client.post(host.url("/v1/operators/casino/verify")).bearer_auth(&casino.api_key).send());
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(report["differences"], json!([]), "{report}");
+    assert_eq!(report["state_keys_differing"], json!([]), "{report}");
+}
+
+#[test]
+fn a_chargeback_claws_back_the_cpa_and_overrides_once_with_references() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let broker = host.create_operator("broker");
+    host.install_plugin(&broker, "multi-event");
+    host.put_affiliate(&broker, "master", None, json!({"override_percent": "10"}));
+    host.put_affiliate(&broker, "aff1", Some("master"), json!({"ftd_cpa": "40"}));
+    host.accept(
+        &broker,
+        json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "500", "affiliate": "aff1"}),
+    );
+
+    let chargeback = host
+        .accept(&broker, json!({"id": "cb1", "type": "chargeback", "customer": "c1", "attributes": {"deposit": "d1"}}));
+    assert_eq!(paid(&chargeback), [("aff1".into(), dec("-40")), ("master".into(), dec("-4"))]);
+    let ledger = host.commissions(&broker, "");
+    let original = |affiliate: &str| {
+        ledger.iter().find(|c| c["event_id"] == "d1" && c["affiliate"] == affiliate).unwrap()["id"].clone()
+    };
+    let reversal =
+        |affiliate: &str| ledger.iter().find(|c| c["event_id"] == "cb1" && c["affiliate"] == affiliate).unwrap();
+    assert_eq!(reversal("aff1")["reverses"], original("aff1"), "the clawback names what it reverses");
+    assert_eq!(reversal("master")["reverses"], original("master"));
+    assert_eq!(amount(&reversal("master")["amount"]), dec("-4"));
+
+    // The same deposit charged back again: refused, nothing clawed twice.
+    let (_, twice) = host.post_events(
+        &broker,
+        &json!({"id": "cb2", "type": "chargeback", "customer": "c1", "attributes": {"deposit": "d1"}}),
+    );
+    assert_eq!(
+        (twice["status"].as_str(), twice["failure"]["kind"].as_str()),
+        (Some("failed"), Some("invalid_result")),
+        "{twice}"
+    );
+    assert!(twice["failure"]["message"].as_str().unwrap().contains("reversed already"));
+    assert_eq!(host.totals(&broker), [("aff1".to_owned(), dec("0")), ("master".to_owned(), dec("0"))].into());
+    // History is not edited: the original commissions are still there, beside their reversals.
+    assert_eq!(host.commissions(&broker, "").len(), 4);
+}
+
+#[test]
+fn a_plugin_built_against_contract_0_1_0_keeps_loading_and_paying() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let old = host.create_operator("old");
+    let (status, uploaded) = host.upload_plugin(&old, &plugin_wasm("legacy-v0_1"), true);
+    assert_eq!(status, StatusCode::CREATED, "{uploaded}");
+    assert_eq!(uploaded["contract"], "0.1.0");
+    host.put_affiliate(&old, "aff1", None, json!({}));
+    let deposit = host.accept(&old, json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "10", "affiliate": "aff1", "occurred_at": "2025-11-02T00:00:00Z"}));
+    assert_eq!(paid(&deposit), [("aff1".into(), dec("3"))]);
+    // 0.1.0 has no settle: closing a period pays nothing and fails nothing.
+    let (status, closed) = close(&host, &old, "2025-11");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(settled(&closed), [("aff1".into(), "accepted".into(), vec![])]);
+    // And the current SDK's plugins say 0.2.0.
+    let (_, current) = host.upload_plugin(&old, &plugin_wasm("multi-event"), false);
+    assert_eq!(current["contract"], "0.2.0");
+}
