@@ -150,8 +150,12 @@ fn a_chargeback_claws_back_the_cpa_and_overrides_once_with_references() {
     );
     assert!(twice["failure"]["message"].as_str().unwrap().contains("reversed already"));
     assert_eq!(host.totals(&broker), [("aff1".to_owned(), dec("0")), ("master".to_owned(), dec("0"))].into());
-    // History is not edited: the original commissions are still there, beside their reversals.
+    // History is not edited: the original commissions are still there, beside their reversals,
+    // and their status says what happened to them.
     assert_eq!(host.commissions(&broker, "").len(), 4);
+    let (_, clawed) = host.get(&broker, &format!("/commissions/{}", original("aff1").as_str().unwrap()));
+    assert_eq!(clawed["status"], "reversed");
+    assert_eq!(clawed["history"][0]["by"], "host");
 }
 
 #[test]
@@ -172,4 +176,98 @@ fn a_plugin_built_against_contract_0_1_0_keeps_loading_and_paying() {
     // And the current SDK's plugins say 0.2.0.
     let (_, current) = host.upload_plugin(&old, &plugin_wasm("multi-event"), false);
     assert_eq!(current["contract"], "0.2.0");
+}
+
+#[test]
+fn amounts_in_other_currencies_are_converted_at_the_operators_rate_and_the_rate_is_kept() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let broker = host.create_operator("broker");
+    host.install_plugin(&broker, "multi-event");
+    host.put_affiliate(&broker, "aff1", None, json!({"ftd_min_deposit": "105"}));
+    let deposit = json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "100.00", "currency": "EUR", "affiliate": "aff1"});
+
+    let (status, refused) = host.post_events(&broker, &deposit);
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["details"][0]["field"], "currency");
+    assert!(refused["message"].as_str().unwrap().contains("fx-rates"), "says the fix: {refused}");
+    assert_eq!(host.get(&broker, "/events/d1").0, StatusCode::NOT_FOUND);
+
+    let set_rates = |rates: Value| {
+        answer(
+            host.client.put(host.url("/v1/operators/broker/fx-rates")).bearer_auth(&broker.api_key).json(&rates).send(),
+        )
+    };
+    let (status, body) = set_rates(json!({"rates": {"EUR": "1.10", "GBP": "-1"}, "source": "ECB"}));
+    assert_eq!((status, body["details"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("rates.GBP")));
+    let (status, _) = set_rates(json!({"rates": {"EUR": "1.10"}, "source": "ECB 2026-11-20"}));
+    assert_eq!(status, StatusCode::OK);
+
+    // 100.00 EUR x 1.10 = 110.00 USD: over the 105 USD minimum, so it is the paying FTD.
+    let accepted = host.accept(&broker, deposit);
+    assert_eq!(paid(&accepted), [("aff1".into(), dec("10"))]);
+    assert_eq!(accepted["commissions"][0]["explanation"], "first deposit: CPA 10 on deposit 110.0000 USD");
+    let (_, event) = host.get(&broker, "/events/d1");
+    assert_eq!((event["amount"].as_str(), event["currency"].as_str()), (Some("100.00"), Some("EUR")), "as sent");
+    assert_eq!(event["fx"]["rate"], "1.10");
+    assert_eq!(event["fx"]["source"], "ECB 2026-11-20");
+    assert_eq!(event["commissions"][0]["fx_rate"], "1.10");
+
+    // A later rate changes nothing already converted; a replay converts as it was.
+    set_rates(json!({"rates": {"EUR": "2"}, "source": "a later day"}));
+    let (_, report) =
+        answer(host.client.post(host.url("/v1/operators/broker/verify")).bearer_auth(&broker.api_key).send());
+    assert_eq!((report["events_matching"].as_u64(), report["differences"].clone()), (Some(1), json!([])), "{report}");
+}
+
+#[test]
+fn commission_statuses_move_with_an_audit_trail_and_respect_the_hold() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.create_operator("acme");
+    host.install_plugin(&acme, "multi-event");
+    host.put_affiliate(&acme, "quick", None, json!({}));
+    host.put_affiliate(&acme, "held", None, json!({"hold_days": "30"}));
+    let quick = host
+        .accept(&acme, json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "50", "affiliate": "quick"}));
+    let held = host
+        .accept(&acme, json!({"id": "d2", "type": "deposit", "customer": "c2", "amount": "50", "affiliate": "held"}));
+    let quick_id = quick["commissions"][0]["id"].as_str().unwrap().to_owned();
+    let held_id = held["commissions"][0]["id"].as_str().unwrap().to_owned();
+    let move_to = |id: &str, status: &str| {
+        answer(
+            host.client
+                .post(host.url(&format!("/v1/operators/acme/commissions/{id}/status")))
+                .bearer_auth(&acme.api_key)
+                .json(&json!({"status": status, "note": format!("to {status}")}))
+                .send(),
+        )
+    };
+
+    assert_eq!(host.commissions(&acme, "status=pending").len(), 2, "every commission starts pending");
+    assert_eq!(move_to(&quick_id, "approved").0, StatusCode::OK);
+    assert_eq!(move_to(&quick_id, "paid").0, StatusCode::OK);
+    let (status, refused) = move_to(&quick_id, "approved");
+    assert_eq!((status, refused["error"].as_str()), (StatusCode::CONFLICT, Some("status_transition")), "{refused}");
+    assert_eq!(refused["message"], format!("{quick_id} is paid; it cannot become approved"));
+
+    let (status, on_hold) = move_to(&held_id, "approved");
+    assert_eq!((status, on_hold["error"].as_str()), (StatusCode::CONFLICT, Some("on_hold")), "{on_hold}");
+    assert_eq!(move_to(&held_id, "rejected").0, StatusCode::OK, "a held commission can still be rejected");
+
+    let (_, audited) = host.get(&acme, &format!("/commissions/{quick_id}"));
+    assert_eq!(audited["status"], "paid");
+    let trail: Vec<(&str, &str, &str)> = audited["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|change| {
+            (change["status"].as_str().unwrap(), change["by"].as_str().unwrap(), change["note"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(trail, [("approved", "operator", "to approved"), ("paid", "operator", "to paid")]);
+    assert_eq!(host.commissions(&acme, "status=paid").len(), 1);
+    assert_eq!(host.commissions(&acme, "status=rejected").len(), 1);
+    assert_eq!(move_to(&quick_id, "reversed").0, StatusCode::CONFLICT, "only the host reverses");
+    assert_eq!(move_to("cm_nope", "paid").0, StatusCode::NOT_FOUND);
 }

@@ -35,6 +35,7 @@ pub async fn set_up(pipeline: &Pipeline, plugin: &Path, address: SocketAddr) -> 
         created_at: now_ms(),
         limits: Default::default(),
         previous_credentials: Vec::new(),
+        fx_rates: Default::default(),
     });
     operator.api_key_sha256 = sha256_hex(&credentials.api_key);
     operator.postback_token_sha256 = sha256_hex(&credentials.postback_token);

@@ -310,6 +310,7 @@ fn check(wire: WireEvent, operator_currency: &str, now_ms: i64) -> Result<Incomi
             currency,
             affiliate,
             attributes,
+            fx: None,
         },
         content_sha256,
     })

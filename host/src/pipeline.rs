@@ -30,7 +30,7 @@ use crate::sandbox::{
 };
 use crate::store::records::{
     ChainLink, CommissionRecord, CustomerBinding, EvaluationRecord, EventRecord, EventStatus, Failure, FailureKind,
-    LogLine, OperatorLimits, OperatorRecord, StoredEvent,
+    FxConversion, LogLine, OperatorLimits, OperatorRecord, StoredEvent,
 };
 use crate::store::{CommitOutcome, Durability, DurabilityError, EventCommit, Store, StoreError};
 
@@ -152,9 +152,9 @@ impl Pipeline {
     pub async fn ingest(
         &self,
         operator: &OperatorRecord,
-        events: Vec<IncomingEvent>,
+        mut events: Vec<IncomingEvent>,
     ) -> Result<Vec<EventOutcome>, IngestError> {
-        self.check_batch(operator, &events)?;
+        self.check_batch(operator, &mut events)?;
         let mut outcomes = Vec::with_capacity(events.len());
         for incoming in events {
             outcomes.push(self.process(operator, incoming).await?);
@@ -163,7 +163,24 @@ impl Pipeline {
         Ok(outcomes)
     }
 
-    fn check_batch(&self, operator: &OperatorRecord, events: &[IncomingEvent]) -> Result<(), IngestError> {
+    /// Refuses the batch if any event is invalid against the stored data (a currency with no
+    /// rate, an unknown affiliate, an id reused); converts the others' amounts.
+    fn check_batch(&self, operator: &OperatorRecord, events: &mut [IncomingEvent]) -> Result<(), IngestError> {
+        let batch = events.len() > 1;
+        let mut invalid = Vec::new();
+        for (index, incoming) in events.iter_mut().enumerate() {
+            match convert(operator, &incoming.event) {
+                Ok(fx) => incoming.event.fx = fx,
+                Err(problem) => invalid.push(FieldError { index: batch.then_some(index), ..problem }),
+            }
+        }
+        if !invalid.is_empty() {
+            return Err(IngestError::Invalid(invalid));
+        }
+        self.check_references(operator, events)
+    }
+
+    fn check_references(&self, operator: &OperatorRecord, events: &[IncomingEvent]) -> Result<(), IngestError> {
         let mut invalid = Vec::new();
         let mut conflicts = Vec::new();
         let mut seen: HashMap<&str, &str> = HashMap::new();
@@ -245,6 +262,7 @@ impl Pipeline {
                 currency: None,
                 affiliate: Some(affiliate),
                 attributes: [("period".to_owned(), period.id.clone())].into(),
+                fx: None,
             };
             let content_sha256 = hex::encode(sha2::Sha256::digest(event.id.as_bytes()));
             outcomes.push(self.process(operator, IncomingEvent { event, content_sha256 }).await?);
@@ -627,6 +645,41 @@ impl StateSource for OperatorState {
     }
 }
 
+/// When a commission may be approved: `hold_days` of its affiliate's deal after it was made.
+fn hold_until(chain: &[ChainLink], affiliate: &str, created_at: i64) -> Option<i64> {
+    let link = chain.iter().find(|link| link.affiliate == affiliate)?;
+    let days: i64 = link.deal.get("hold_days")?.parse().ok()?;
+    Some(created_at + days * 86_400_000)
+}
+
+/// The event's amount in the operator's currency, at the operator's rate, if it is in another.
+fn convert(operator: &OperatorRecord, event: &StoredEvent) -> Result<Option<FxConversion>, FieldError> {
+    let (Some(amount), Some(currency)) = (event.amount, &event.currency) else { return Ok(None) };
+    if *currency == operator.currency {
+        return Ok(None);
+    }
+    let rates = &operator.fx_rates;
+    let Some(rate) = rates.rates.get(currency) else {
+        return Err(FieldError::new(
+            "currency",
+            format!(
+                "operator {} pays in {} and has no rate for {currency}: set one with PUT /v1/operators/{}/fx-rates",
+                operator.id, operator.currency, operator.id
+            ),
+        ));
+    };
+    let converted = amount
+        .checked_mul(*rate)
+        .ok_or_else(|| FieldError::new("amount", format!("{amount} {currency} at {rate} overflows a decimal")))?;
+    Ok(Some(FxConversion {
+        rate: *rate,
+        source: rates.source.clone(),
+        rates_updated_at: rates.updated_at,
+        amount: converted,
+        currency: operator.currency.clone(),
+    }))
+}
+
 /// The host's limits with the operator's overrides (already checked against the ceilings).
 pub fn effective_limits(defaults: Limits, overrides: &OperatorLimits) -> Limits {
     Limits {
@@ -642,14 +695,19 @@ pub fn effective_limits(defaults: Limits, overrides: &OperatorLimits) -> Limits 
 
 fn plugin_input(operator: &OperatorRecord, event: &StoredEvent, chain: &[ChainLink]) -> PluginInput {
     let pairs = |map: &BTreeMap<String, String>| map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    // A converted event reaches the plugin in the operator's currency.
+    let (amount, currency) = match &event.fx {
+        Some(fx) => (Some(fx.amount), Some(fx.currency.clone())),
+        None => (event.amount, event.currency.clone()),
+    };
     PluginInput {
         event: PluginEvent {
             id: event.id.clone(),
             kind: event.kind.clone(),
             customer: event.customer.clone(),
             occurred_at: event.occurred_at,
-            amount: event.amount.map(|amount| amount.to_string()),
-            currency: event.currency.clone(),
+            amount: amount.map(|amount| amount.to_string()),
+            currency,
             attributes: pairs(&event.attributes),
         },
         context: PluginContext {
@@ -724,6 +782,7 @@ pub fn checked_commissions(
                     Some(id)
                 }
             };
+            let hold_until = hold_until(chain, &commission.affiliate, created_at);
             Ok(CommissionRecord {
                 id: String::new(),
                 event_id: event.id.clone(),
@@ -737,6 +796,8 @@ pub fn checked_commissions(
                 occurred_at: event.occurred_at,
                 created_at,
                 reverses,
+                fx_rate: event.fx.as_ref().map(|fx| fx.rate),
+                hold_until,
             })
         })
         .collect()

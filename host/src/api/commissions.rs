@@ -1,18 +1,23 @@
-//! `GET /v1/operators/{op}/commissions?affiliate=&customer=&from=&to=&cursor=&limit=`: the
-//! ledger in order, a page at a time. `from`/`to` bound the time the event occurred (RFC 3339
-//! or unix ms; `from` inclusive, `to` exclusive), which is the time a deal's periods use.
+//! The ledger: `GET /v1/operators/{op}/commissions?affiliate=&customer=&status=&from=&to=&cursor=&limit=`
+//! in order, a page at a time (`from`/`to` bound the time the event occurred, RFC 3339 or unix
+//! ms, `from` inclusive, `to` exclusive: the time a deal's periods use); one commission with its
+//! status history; and the moves of its status (`pending` -> `approved` -> `paid`, or
+//! `rejected`), each kept in an audit trail.
 
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, auth};
-use crate::event::{FieldError, format_time, parse_time};
-use crate::store::records::CommissionRecord;
-use crate::store::{format_cursor, parse_cursor};
+use super::operators::{durable, parse_json};
+use super::{ApiError, AppState, auth, read_body};
+use crate::event::{FieldError, format_time, now_ms, parse_time};
+use crate::store::records::{CommissionRecord, CommissionStatus, StatusChange};
+use crate::store::{StoreError, format_cursor, parse_cursor};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -26,12 +31,19 @@ pub async fn list(
     let operator = auth::operator(&state, &headers, &op)?;
     let (mut affiliate, mut customer, mut from, mut to, mut cursor, mut limit) =
         (None, None, None, None, None, DEFAULT_LIMIT);
+    let mut status = None;
     let mut problems = Vec::new();
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         let value = value.into_owned();
         match key.as_ref() {
             "affiliate" => affiliate = Some(value),
             "customer" => customer = Some(value),
+            "status" => match serde_json::from_value::<CommissionStatus>(json!(value)) {
+                Ok(wanted) => status = Some(wanted),
+                Err(_) => {
+                    problems.push(FieldError::new("status", "one of pending, approved, paid, reversed, rejected"))
+                }
+            },
             "from" | "to" => match parse_time(&value) {
                 Ok(ms) if key == "from" => from = Some(ms),
                 Ok(ms) => to = Some(ms),
@@ -45,23 +57,100 @@ pub async fn list(
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
                 _ => problems.push(FieldError::new("limit", format!("a number from 1 to {MAX_LIMIT}"))),
             },
-            other => problems
-                .push(FieldError::new(other, "unknown parameter; known: affiliate, customer, from, to, cursor, limit")),
+            other => problems.push(FieldError::new(
+                other,
+                "unknown parameter; known: affiliate, customer, status, from, to, cursor, limit",
+            )),
         }
     }
     if !problems.is_empty() {
         return Err(ApiError::fields("invalid_query", problems));
     }
-    let (commissions, next) =
-        state.pipeline.store().commissions(&operator.id, affiliate.as_deref(), cursor, limit, |c| {
-            customer.as_ref().is_none_or(|customer| &c.customer == customer)
-                && from.is_none_or(|from| c.occurred_at >= from)
-                && to.is_none_or(|to| c.occurred_at < to)
-        })?;
-    Ok(Json(json!({
-        "commissions": commissions.iter().map(commission_json).collect::<Vec<_>>(),
-        "next": next.map(format_cursor),
-    })))
+    let store = state.pipeline.store();
+    let (commissions, next) = store.commissions(&operator.id, affiliate.as_deref(), cursor, limit, |c| {
+        customer.as_ref().is_none_or(|customer| &c.customer == customer)
+            && from.is_none_or(|from| c.occurred_at >= from)
+            && to.is_none_or(|to| c.occurred_at < to)
+            && status
+                .is_none_or(|wanted| store.commission_status(&operator.id, &c.id).is_ok_and(|s| s.status == wanted))
+    })?;
+    let listed = commissions
+        .iter()
+        .map(|commission| {
+            let mut listed = commission_json(commission);
+            listed["status"] = json!(store.commission_status(&operator.id, &commission.id)?.status);
+            Ok(listed)
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Json(json!({ "commissions": listed, "next": next.map(format_cursor) })))
+}
+
+/// `GET /v1/operators/{op}/commissions/{id}`: the commission, its status and how it got there.
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Path((op, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let operator = auth::operator(&state, &headers, &op)?;
+    let store = state.pipeline.store();
+    let commission =
+        store.commission(&operator.id, &id)?.ok_or_else(|| ApiError::not_found(format!("no commission {id:?}")))?;
+    let status = store.commission_status(&operator.id, &id)?;
+    let mut answer = commission_json(&commission);
+    answer["status"] = json!(status.status);
+    answer["history"] = json!(status.history);
+    Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusMove {
+    status: CommissionStatus,
+    #[serde(default)]
+    note: String,
+}
+
+/// `POST /v1/operators/{op}/commissions/{id}/status` `{"status": "approved", "note": "..."}`.
+/// A move the commission's current status does not allow, or an approval inside its hold
+/// period, is a 409 that says why; nothing changes.
+pub async fn set_status(
+    State(state): State<Arc<AppState>>,
+    Path((op, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let operator = auth::operator(&state, &headers, &op)?;
+    let body = read_body(body, state.limits.events_bytes).await?;
+    let request: StatusMove = parse_json(&body)?;
+    if request.note.len() > 500 {
+        return Err(ApiError::field("note", "at most 500 bytes"));
+    }
+    let store = state.pipeline.store();
+    let commission =
+        store.commission(&operator.id, &id)?.ok_or_else(|| ApiError::not_found(format!("no commission {id:?}")))?;
+    let now = now_ms();
+    if request.status == CommissionStatus::Approved
+        && let Some(hold_until) = commission.hold_until.filter(|until| *until > now)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "on_hold",
+            format!("{id} is on hold until {} (the deal's hold_days)", format_time(hold_until)),
+        ));
+    }
+    let by = if auth::is_admin(&state, &headers) { "admin" } else { "operator" };
+    let change = StatusChange { status: request.status, at: now, by: by.to_owned(), note: request.note };
+    let (record, moved) =
+        store.change_commission_status(&operator.id, &id, change, |current| current.may_become(request.status))?;
+    if !moved {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "status_transition",
+            format!("{id} is {}; it cannot become {}", record.status.as_str(), request.status.as_str()),
+        ));
+    }
+    durable(&state).await?;
+    Ok(Json(json!({ "id": id, "status": record.status, "history": record.history })))
 }
 
 pub fn commission_json(commission: &CommissionRecord) -> Value {
@@ -78,5 +167,6 @@ pub fn commission_json(commission: &CommissionRecord) -> Value {
         "occurred_at": format_time(commission.occurred_at),
         "created_at": format_time(commission.created_at),
         "reverses": commission.reverses,
+        "fx_rate": commission.fx_rate,
     })
 }

@@ -225,6 +225,7 @@ fn event_json(record: &EventRecord, commissions: Vec<Value>) -> Value {
         "currency": event.currency,
         "affiliate": event.affiliate,
         "attributes": event.attributes,
+        "fx": event.fx,
         "received_at": format_time(record.received_at),
         "status": record.status,
         "failure": record.failure,

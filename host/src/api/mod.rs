@@ -11,7 +11,7 @@
 //! | `GET /healthz`, `GET /readyz` | none |
 //! | `POST /v1/operators/{op}/events/retry-failed`, `GET .../events/{id}`, `GET .../commissions` | operator, admin |
 //! | `POST /v1/operators/{op}/verify`, `POST .../plugins/{n}/replay` | operator, admin |
-//! | `POST /v1/operators/{op}/periods/{YYYY-MM}/close` | operator, admin |
+//! | `POST /v1/operators/{op}/periods/{YYYY-MM}/close`, `PUT .../fx-rates` | operator, admin |
 //! | `PUT /v1/operators/{op}/limits`, `POST .../credentials/{kind}/rotate` | admin |
 
 mod auth;
@@ -72,6 +72,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/operators/{op}/plugins/{version}/replay", post(replay::backtest))
         .route("/v1/operators/{op}/verify", post(replay::verify))
         .route("/v1/operators/{op}/limits", put(operators::put_limits))
+        .route("/v1/operators/{op}/fx-rates", put(operators::put_fx_rates))
         .route("/v1/operators/{op}/credentials/{kind}/rotate", post(operators::rotate_credential))
         .route("/v1/operators/{op}/affiliates/{affiliate}", put(operators::put_affiliate).get(operators::get_affiliate))
         .route("/v1/operators/{op}/events", post(events::webhook))
@@ -79,6 +80,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/operators/{op}/periods/{period}/close", post(events::close_period))
         .route("/v1/operators/{op}/events/{id}", get(events::get_event))
         .route("/v1/operators/{op}/commissions", get(commissions::list))
+        .route("/v1/operators/{op}/commissions/{id}", get(commissions::get))
+        .route("/v1/operators/{op}/commissions/{id}/status", post(commissions::set_status))
         .route("/postback/{op}", get(events::postback))
         .fallback(|| async { ApiError::not_found("no such route; see the README for the API") })
         .method_not_allowed_fallback(|| async {

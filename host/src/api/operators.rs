@@ -7,15 +7,18 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, auth, read_body};
-use crate::event::{FieldError, format_time, now_ms};
+use crate::event::{FieldError, format_time, now_ms, parse_amount};
 use crate::pipeline::{MAX_CHAIN_DEPTH, effective_limits};
 use crate::sandbox;
 use crate::secrets::{OperatorCredentials, sha256_hex};
-use crate::store::records::{AffiliateRecord, CredentialKind, OperatorLimits, OperatorRecord, PreviousCredential};
+use crate::store::records::{
+    AffiliateRecord, CredentialKind, FxRates, OperatorLimits, OperatorRecord, PreviousCredential,
+};
 
 const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -63,6 +66,7 @@ pub async fn create_operator(
         created_at: now_ms(),
         limits: Default::default(),
         previous_credentials: Vec::new(),
+        fx_rates: Default::default(),
     };
     let store = state.pipeline.store();
     if !store.create_operator(&operator)? {
@@ -172,10 +176,11 @@ async fn set_active(state: &AppState, operator: &str, version: u32) -> Result<()
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    let store = state.pipeline.store();
-    let mut record = store.operator(operator)?.ok_or_else(|| ApiError::not_found("operator vanished"))?;
-    record.active_plugin = Some(version);
-    store.put_operator(&record)?;
+    state
+        .pipeline
+        .store()
+        .update_operator(operator, |record| record.active_plugin = Some(version))?
+        .ok_or_else(|| ApiError::not_found("operator vanished"))?;
     tracing::info!(operator, version, "plugin activated");
     Ok(())
 }
@@ -338,10 +343,11 @@ pub async fn put_limits(
     if !problems.is_empty() {
         return Err(ApiError::fields("invalid_limits", problems));
     }
-    let store = state.pipeline.store();
-    let mut operator = store.operator(&op)?.ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
-    operator.limits = limits;
-    store.put_operator(&operator)?;
+    state
+        .pipeline
+        .store()
+        .update_operator(&op, |operator| operator.limits = limits)?
+        .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
     durable(&state).await?;
     let effective = effective_limits(state.pipeline.sandbox_limits(), &limits);
     tracing::info!(operator = %op, ?limits, "operator limits set");
@@ -389,25 +395,87 @@ pub async fn rotate_credential(
     if grace > MAX_GRACE_SECONDS {
         return Err(ApiError::field("grace_seconds", format!("at most {MAX_GRACE_SECONDS} (30 days)")));
     }
-    let store = state.pipeline.store();
-    let mut operator = store.operator(&op)?.ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
     let now = now_ms();
-    let fresh = OperatorCredentials::generate();
-    let (slot, new_value, stored) = match kind {
-        CredentialKind::ApiKey => (&mut operator.api_key_sha256, fresh.api_key.clone(), sha256_hex(&fresh.api_key)),
-        CredentialKind::PostbackToken => {
-            (&mut operator.postback_token_sha256, fresh.postback_token.clone(), sha256_hex(&fresh.postback_token))
-        }
-        CredentialKind::WebhookSecret => {
-            (&mut operator.webhook_secret, fresh.webhook_secret.clone(), fresh.webhook_secret.clone())
-        }
-    };
-    let old = std::mem::replace(slot, stored);
     let expires_at = now + (grace as i64) * 1000;
-    operator.previous_credentials.retain(|previous| previous.expires_at > now);
-    operator.previous_credentials.push(PreviousCredential { kind, value: old, expires_at });
-    store.put_operator(&operator)?;
+    let fresh = OperatorCredentials::generate();
+    let (new_value, stored) = match kind {
+        CredentialKind::ApiKey => (fresh.api_key.clone(), sha256_hex(&fresh.api_key)),
+        CredentialKind::PostbackToken => (fresh.postback_token.clone(), sha256_hex(&fresh.postback_token)),
+        CredentialKind::WebhookSecret => (fresh.webhook_secret.clone(), fresh.webhook_secret.clone()),
+    };
+    state
+        .pipeline
+        .store()
+        .update_operator(&op, |operator| {
+            let slot = match kind {
+                CredentialKind::ApiKey => &mut operator.api_key_sha256,
+                CredentialKind::PostbackToken => &mut operator.postback_token_sha256,
+                CredentialKind::WebhookSecret => &mut operator.webhook_secret,
+            };
+            let old = std::mem::replace(slot, stored.clone());
+            operator.previous_credentials.retain(|previous| previous.expires_at > now);
+            operator.previous_credentials.push(PreviousCredential { kind, value: old, expires_at });
+        })?
+        .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
     durable(&state).await?;
     tracing::info!(operator = %op, ?kind, grace_seconds = grace, "credential rotated");
     Ok(Json(json!({ "kind": kind, "value": new_value, "previous_valid_until": format_time(expires_at) })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FxRatesBody {
+    rates: BTreeMap<String, String>,
+    source: String,
+}
+
+/// `PUT /v1/operators/{op}/fx-rates`: the rates (operator-currency units per unit of each other
+/// currency) events in other currencies are converted at from now on. Replaces the whole set;
+/// events already accepted keep the rate they were converted at.
+pub async fn put_fx_rates(
+    State(state): State<Arc<AppState>>,
+    Path(op): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let operator = auth::operator(&state, &headers, &op)?;
+    let body = read_body(body, state.limits.events_bytes).await?;
+    let request: FxRatesBody = parse_json(&body)?;
+    let mut problems = Vec::new();
+    let mut rates = BTreeMap::new();
+    for (currency, rate) in request.rates {
+        let field = format!("rates.{currency}");
+        if iso_currency::Currency::from_code(&currency).is_none() {
+            problems.push(FieldError::new(field, format!("{currency:?} is not an ISO 4217 code")));
+        } else if currency == operator.currency {
+            problems.push(FieldError::new(field, format!("{currency} is the operator's own currency")));
+        } else {
+            match parse_amount(&rate) {
+                Ok(rate) if rate > Decimal::ZERO => {
+                    rates.insert(currency, rate);
+                }
+                Ok(_) => problems.push(FieldError::new(field, "a rate must be above zero")),
+                Err(problem) => problems.push(FieldError::new(field, problem)),
+            }
+        }
+    }
+    if request.source.trim().is_empty() || request.source.len() > 200 {
+        problems.push(FieldError::new("source", "1 to 200 bytes: where the rates come from"));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::fields("invalid_fx_rates", problems));
+    }
+    let fx_rates = FxRates { rates, source: request.source, updated_at: now_ms() };
+    let operator = state
+        .pipeline
+        .store()
+        .update_operator(&op, |operator| operator.fx_rates = fx_rates.clone())?
+        .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
+    durable(&state).await?;
+    Ok(Json(json!({
+        "currency": operator.currency,
+        "rates": operator.fx_rates.rates,
+        "source": operator.fx_rates.source,
+        "updated_at": format_time(operator.fx_rates.updated_at),
+    })))
 }

@@ -22,7 +22,8 @@ use sled::{Transactional, Tree};
 
 pub use durability::{Durability, DurabilityError};
 use records::{
-    AffiliateRecord, CommissionRecord, CustomerBinding, EventRecord, EventStatus, OperatorRecord, PluginRecord,
+    AffiliateRecord, CommissionRecord, CommissionStatus, CustomerBinding, EventRecord, EventStatus, OperatorRecord,
+    PluginRecord, StatusChange, StatusRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,8 @@ pub struct Store {
     commissions_by_affiliate: Tree,
     /// A reversed commission's key -> the key of the reversal: each is clawed back once.
     reversals: Tree,
+    /// A commission's id -> its status and their history; absent while `pending`.
+    commission_status: Tree,
 }
 
 /// Everything one evaluated event writes, committed together by [`Store::commit_event`].
@@ -124,6 +127,7 @@ impl Store {
             commissions: tree("commissions")?,
             commissions_by_affiliate: tree("commissions_by_affiliate")?,
             reversals: tree("reversals")?,
+            commission_status: tree("commission_status")?,
             db,
         })
     }
@@ -142,6 +146,24 @@ impl Store {
     /// Inserts a new operator; `false` if the id is taken.
     pub fn create_operator(&self, operator: &OperatorRecord) -> Result<bool, StoreError> {
         Ok(self.operators.compare_and_swap(operator.id.as_bytes(), None::<&[u8]>, Some(to_json(operator)))?.is_ok())
+    }
+
+    /// Applies `change` to the stored operator atomically: concurrent updates (an activation
+    /// and a rotation, say) each see the other's result. `change` may run more than once.
+    pub fn update_operator(
+        &self,
+        id: &str,
+        change: impl Fn(&mut OperatorRecord),
+    ) -> Result<Option<OperatorRecord>, StoreError> {
+        loop {
+            let Some(current) = self.operators.get(id.as_bytes())? else { return Ok(None) };
+            let mut operator: OperatorRecord = decode("operators", &current)?;
+            change(&mut operator);
+            let swapped = self.operators.compare_and_swap(id.as_bytes(), Some(current), Some(to_json(&operator)))?;
+            if swapped.is_ok() {
+                return Ok(Some(operator));
+            }
+        }
     }
 
     pub fn put_operator(&self, operator: &OperatorRecord) -> Result<(), StoreError> {
@@ -269,6 +291,7 @@ impl Store {
             &self.commissions,
             &self.commissions_by_affiliate,
             &self.reversals,
+            &self.commission_status,
         );
         let result = trees.transaction(
             |(
@@ -281,6 +304,7 @@ impl Store {
                 commissions_tree,
                 by_affiliate,
                 reversals,
+                statuses,
             )| {
                 if let Some(existing) = events.get(&event_key)? {
                     let existing: EventRecord = decode_in_tx(&existing)?;
@@ -349,7 +373,19 @@ impl Store {
                         if reversals.get(&reversed)?.is_some() {
                             return abort(Abort::Stale);
                         }
-                        reversals.insert(reversed, key.as_slice())?;
+                        reversals.insert(reversed.as_slice(), key.as_slice())?;
+                        let mut status: StatusRecord = match statuses.get(&reversed)? {
+                            Some(bytes) => decode_in_tx(&bytes)?,
+                            None => StatusRecord::default(),
+                        };
+                        status.status = CommissionStatus::Reversed;
+                        status.history.push(StatusChange {
+                            status: CommissionStatus::Reversed,
+                            at: commission.created_at,
+                            by: "host".into(),
+                            note: format!("reversed by {} (event {})", commission.id, commission.event_id),
+                        });
+                        statuses.insert(reversed, to_json(&status))?;
                     }
                     commissions_tree.insert(key.as_slice(), to_json(commission))?;
                     by_affiliate.insert(
@@ -395,6 +431,41 @@ impl Store {
                 Ok((String::from_utf8_lossy(&key[prefix.len()..]).into_owned(), value.to_vec()))
             })
             .collect()
+    }
+
+    pub fn commission_status(&self, operator: &str, id: &str) -> Result<StatusRecord, StoreError> {
+        Ok(get_json(&self.commission_status, "commission_status", &keys::text(operator, id))?.unwrap_or_default())
+    }
+
+    /// Moves a commission's status if `allowed` says the move from its current status may be
+    /// made; atomic against concurrent moves. Returns the record as it is after the attempt,
+    /// and whether the move was made.
+    pub fn change_commission_status(
+        &self,
+        operator: &str,
+        id: &str,
+        change: StatusChange,
+        allowed: impl Fn(CommissionStatus) -> bool,
+    ) -> Result<(StatusRecord, bool), StoreError> {
+        let key = keys::text(operator, id);
+        loop {
+            let current = self.commission_status.get(&key)?;
+            let mut record: StatusRecord =
+                current.as_ref().map(|bytes| decode("commission_status", bytes)).transpose()?.unwrap_or_default();
+            if !allowed(record.status) {
+                return Ok((record, false));
+            }
+            record.status = change.status;
+            record.history.push(change.clone());
+            if self.commission_status.compare_and_swap(&key, current, Some(to_json(&record)))?.is_ok() {
+                return Ok((record, true));
+            }
+        }
+    }
+
+    /// One commission, by id.
+    pub fn commission(&self, operator: &str, id: &str) -> Result<Option<CommissionRecord>, StoreError> {
+        Ok(self.commission_records(operator, &[id.to_owned()])?.pop())
     }
 
     /// Whether the commission `id` has been clawed back already.

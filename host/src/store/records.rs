@@ -33,6 +33,30 @@ pub struct OperatorRecord {
     /// Credentials replaced by a rotation, still accepted until they expire.
     #[serde(default)]
     pub previous_credentials: Vec<PreviousCredential>,
+    /// The operator's exchange rates into its own currency.
+    #[serde(default)]
+    pub fx_rates: FxRates,
+}
+
+/// Units of the operator's currency per unit of each other currency, as the operator set them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FxRates {
+    pub rates: BTreeMap<String, Decimal>,
+    /// Where the rates came from (e.g. `ECB 2026-11-24`), kept on every conversion.
+    pub source: String,
+    pub updated_at: i64,
+}
+
+/// How an event's amount was converted into the operator's currency: fixed when the event was
+/// accepted, so a replay months later converts alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FxConversion {
+    pub rate: Decimal,
+    pub source: String,
+    pub rates_updated_at: i64,
+    /// The amount in the operator's currency: what the plugin is given.
+    pub amount: Decimal,
+    pub currency: String,
 }
 
 /// Per-operator limits set by the platform admin; `None` keeps the host's default.
@@ -123,6 +147,9 @@ pub struct StoredEvent {
     pub currency: Option<String>,
     pub affiliate: Option<String>,
     pub attributes: Properties,
+    /// Set when `currency` is not the operator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fx: Option<FxConversion>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +254,59 @@ pub struct CommissionRecord {
     /// The id of the commission this one claws back, for a reversal.
     #[serde(default)]
     pub reverses: Option<String>,
+    /// The exchange rate the event's amount was converted at, if it was.
+    #[serde(default)]
+    pub fx_rate: Option<Decimal>,
+    /// Not to be approved before this time: the affiliate's deal's `hold_days` after creation.
+    #[serde(default)]
+    pub hold_until: Option<i64>,
+}
+
+/// Where a commission is in its life. Every commission starts `pending`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommissionStatus {
+    #[default]
+    Pending,
+    Approved,
+    Paid,
+    /// Clawed back by a reversal (set by the host when the reversal is committed).
+    Reversed,
+    Rejected,
+}
+
+impl CommissionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommissionStatus::Pending => "pending",
+            CommissionStatus::Approved => "approved",
+            CommissionStatus::Paid => "paid",
+            CommissionStatus::Reversed => "reversed",
+            CommissionStatus::Rejected => "rejected",
+        }
+    }
+
+    /// The moves an operator or admin may make; `reversed` is the host's alone.
+    pub fn may_become(self, next: CommissionStatus) -> bool {
+        use CommissionStatus::*;
+        matches!((self, next), (Pending, Approved) | (Pending, Rejected) | (Approved, Paid) | (Approved, Rejected))
+    }
+}
+
+/// One move of a commission's status: the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub status: CommissionStatus,
+    pub at: i64,
+    /// `admin`, `operator`, or `host`.
+    pub by: String,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub status: CommissionStatus,
+    pub history: Vec<StatusChange>,
 }
 
 impl CommissionRecord {
