@@ -6,13 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use common::{ADMIN_TOKEN, Host, Operator, answer, data_dir, dec, paid, plugin_wasm};
-use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 fn admin(host: &Host, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value) {
     answer(host.client.request(method, host.url(path)).bearer_auth(ADMIN_TOKEN).json(&body).send())
@@ -103,13 +99,6 @@ fn an_operator_over_its_rate_gets_429_and_nothing_is_written() {
     assert!(host.metrics().contains(r#"commission_host_rate_limited_total{operator="acme"} 1"#));
 }
 
-fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
-    let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
-}
-
 #[test]
 fn rotated_credentials_stay_valid_for_their_grace_period_only() {
     let (_dir, data) = data_dir();
@@ -171,7 +160,7 @@ fn rotated_credentials_stay_valid_for_their_grace_period_only() {
                 .post(host.url("/v1/operators/acme/events"))
                 .header("webhook-id", format!("msg_{id}"))
                 .header("webhook-timestamp", now.to_string())
-                .header("webhook-signature", sign(secret, &format!("msg_{id}"), now, &body))
+                .header("webhook-signature", common::sign_webhook(secret, &format!("msg_{id}"), now, &body))
                 .body(body)
                 .send(),
         );

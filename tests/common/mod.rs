@@ -240,6 +240,18 @@ pub fn paid(answer: &Value) -> Vec<(String, Decimal)> {
         .collect()
 }
 
+/// A Standard Webhooks signature header value, computed as the reference libraries do.
+pub fn sign_webhook(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::{Hmac, Mac};
+
+    let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
 /// The bytes of a plugin component built by `cargo build-plugins`.
 pub fn plugin_wasm(name: &str) -> Vec<u8> {
     let target = Path::new(env!("CARGO_BIN_EXE_commission-host")).parent().and_then(Path::parent).expect("target dir");

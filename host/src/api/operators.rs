@@ -155,15 +155,21 @@ pub async fn activate_plugin(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
-    let version: u32 = version
-        .parse()
-        .map_err(|_| ApiError::field("version", format!("{version:?} is not a plugin version number")))?;
-    if state.pipeline.store().plugin(&operator.id, version)?.is_none() {
-        return Err(ApiError::not_found(format!("operator {op:?} has no plugin version {version}")));
-    }
+    let version = existing_version(&state, &operator.id, &version)?;
     set_active(&state, &operator.id, version).await?;
     durable(&state).await?;
     Ok(Json(json!({ "active_plugin": version })))
+}
+
+/// The plugin version named in a path, if the operator has it.
+pub(super) fn existing_version(state: &AppState, operator: &str, version: &str) -> Result<u32, ApiError> {
+    let number: u32 = version
+        .parse()
+        .map_err(|_| ApiError::field("version", format!("{version:?} is not a plugin version number")))?;
+    match state.pipeline.store().plugin(operator, number)? {
+        Some(_) => Ok(number),
+        None => Err(ApiError::not_found(format!("operator {operator:?} has no plugin version {number}"))),
+    }
 }
 
 /// Makes `version` the one that evaluates new events. Each event reads the operator once, so

@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::operators::parse_json;
+use super::operators::{existing_version, parse_json};
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::parse_time;
 use crate::pipeline::IngestError;
@@ -44,12 +44,7 @@ pub async fn backtest(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
-    let version: u32 = version
-        .parse()
-        .map_err(|_| ApiError::field("version", format!("{version:?} is not a plugin version number")))?;
-    if state.pipeline.store().plugin(&operator.id, version)?.is_none() {
-        return Err(ApiError::not_found(format!("operator {op:?} has no plugin version {version}")));
-    }
+    let version = existing_version(&state, &operator.id, &version)?;
     let body = read_body(body, state.limits.events_bytes).await?;
     let request: ReplayRequest = if body.is_empty() { ReplayRequest::default() } else { parse_json(&body)? };
     let time = |field: &str, value: Option<String>| {
