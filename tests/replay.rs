@@ -86,3 +86,54 @@ fn verify_reproduces_the_ledger_and_a_backtest_shows_the_hand_worked_difference(
     );
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[test]
+fn a_shadow_version_runs_beside_the_active_one_and_reports_where_they_disagree() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.create_operator("acme");
+    host.install_plugin(&acme, "multi-event");
+    host.put_affiliate(&acme, "aff1", None, json!({}));
+    host.accept(&acme, json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "100", "affiliate": "aff1"}));
+    host.accept(&acme, json!({"id": "t1", "type": "trade", "customer": "c1", "attributes": {"lots": "4"}}));
+
+    // The candidate (the test plugin paying a flat 1) shadows from the start of the ledger on.
+    let (status, uploaded) = host.upload_plugin(&acme, &plugin_wasm("hostile"), false);
+    assert_eq!(status, StatusCode::CREATED, "{uploaded}");
+    let (status, body) = common::answer(
+        host.client
+            .put(host.url("/v1/operators/acme/shadow"))
+            .bearer_auth(&acme.api_key)
+            .json(&json!({"version": 2}))
+            .send(),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Live traffic is paid by the active version alone, even when the shadow fails on it.
+    let t2 = host.accept(&acme, json!({"id": "t2", "type": "trade", "customer": "c1", "attributes": {"lots": "7"}}));
+    assert_eq!(common::paid(&t2), [("aff1".into(), dec("20"))]);
+    let looping = host.accept(
+        &acme,
+        json!({"id": "t3", "type": "trade", "customer": "c1", "attributes": {"lots": "1", "attack": "loop"}}),
+    );
+    assert_eq!(common::paid(&looping), [], "over 10 lots already paid; the shadow's loop changes nothing live");
+
+    let report = loop {
+        let (status, report) = host.get(&acme, "/plugins/2/shadow-report");
+        assert_eq!(status, StatusCode::OK, "{report}");
+        if report["ledger_entries_followed"] == report["ledger_entries"] && report["ledger_entries"] == 4 {
+            break report;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Paid: d1 10, t1 5, t2 20, t3 0 = 35. The shadow: 1 each for d1, t1, t2; t3 out of fuel.
+    assert_eq!(report["events_differing"], 4, "{report}");
+    let totals = &report["affiliates"][0];
+    assert_eq!(
+        (common::amount(&totals["paid"]), common::amount(&totals["would_pay"]), common::amount(&totals["difference"])),
+        (dec("35"), dec("3"), dec("-32"))
+    );
+    let t3 = report["differences"].as_array().unwrap().iter().find(|d| d["event_id"] == "t3").unwrap();
+    assert_eq!(t3["replay_failure"]["kind"], "out_of_fuel");
+    assert_eq!(host.commissions(&acme, "").len(), 3, "the shadow paid nothing");
+}

@@ -32,6 +32,7 @@ pub async fn set_up(pipeline: &Pipeline, plugin: &Path, address: SocketAddr) -> 
         webhook_secret: String::new(),
         config: BTreeMap::new(),
         active_plugin: None,
+        shadow_plugin: None,
         created_at: now_ms(),
         limits: Default::default(),
         previous_credentials: Vec::new(),

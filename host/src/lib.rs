@@ -15,4 +15,5 @@ pub mod replay;
 pub mod sandbox;
 pub mod secrets;
 pub mod server;
+pub mod shadow;
 pub mod store;

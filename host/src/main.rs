@@ -10,7 +10,7 @@ use commission_host::pipeline::Pipeline;
 use commission_host::plugins::PluginRegistry;
 use commission_host::sandbox::{Limits, Sandbox};
 use commission_host::store::Store;
-use commission_host::{secrets, server};
+use commission_host::{secrets, server, shadow};
 
 mod demo;
 
@@ -73,6 +73,7 @@ async fn serve(data: PathBuf, listen: SocketAddr, demo_plugin: Option<PathBuf>) 
     let metrics = Arc::new(Metrics::default());
     let plugins = Arc::new(PluginRegistry::new(store.clone(), sandbox.clone(), metrics.clone()));
     let pipeline = Pipeline::new(store, sandbox, plugins, metrics);
+    shadow::spawn_follower(pipeline.clone()).context("starting the shadow follower")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen} (is another host running there? choose one with --listen)"))?;

@@ -11,6 +11,7 @@
 //! | `GET /healthz`, `GET /readyz` | none |
 //! | `POST /v1/operators/{op}/events/retry-failed`, `GET .../events/{id}`, `GET .../commissions` | operator, admin |
 //! | `POST /v1/operators/{op}/verify`, `POST .../plugins/{n}/replay` | operator, admin |
+//! | `PUT /v1/operators/{op}/shadow`, `GET .../plugins/{n}/shadow-report` | operator, admin |
 //! | `POST /v1/operators/{op}/periods/{YYYY-MM}/close`, `PUT .../fx-rates` | operator, admin |
 //! | `PUT /v1/operators/{op}/limits`, `POST .../credentials/{kind}/rotate` | admin |
 
@@ -71,6 +72,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/operators/{op}/plugins/{version}/activate", post(operators::activate_plugin))
         .route("/v1/operators/{op}/plugins/{version}/replay", post(replay::backtest))
         .route("/v1/operators/{op}/verify", post(replay::verify))
+        .route("/v1/operators/{op}/shadow", put(replay::set_shadow))
+        .route("/v1/operators/{op}/plugins/{version}/shadow-report", get(replay::shadow_report))
         .route("/v1/operators/{op}/limits", put(operators::put_limits))
         .route("/v1/operators/{op}/fx-rates", put(operators::put_fx_rates))
         .route("/v1/operators/{op}/credentials/{kind}/rotate", post(operators::rotate_credential))

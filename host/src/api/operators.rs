@@ -63,6 +63,7 @@ pub async fn create_operator(
         webhook_secret: credentials.webhook_secret.clone(),
         config: new.config,
         active_plugin: None,
+        shadow_plugin: None,
         created_at: now_ms(),
         limits: Default::default(),
         previous_credentials: Vec::new(),

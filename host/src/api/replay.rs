@@ -1,5 +1,6 @@
-//! `POST /v1/operators/{op}/verify` and `POST /v1/operators/{op}/plugins/{n}/replay`: replays
-//! that write nothing (see `crate::replay`).
+//! Evaluations that pay nothing: `POST /v1/operators/{op}/verify` and
+//! `POST /v1/operators/{op}/plugins/{n}/replay` (see `crate::replay`), and shadow mode,
+//! `PUT /v1/operators/{op}/shadow` and `GET .../plugins/{n}/shadow-report` (see `crate::shadow`).
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::operators::{existing_version, parse_json};
+use super::operators::{durable, existing_version, parse_json};
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::parse_time;
 use crate::pipeline::IngestError;
@@ -53,6 +54,51 @@ pub async fn backtest(
     let range = TimeRange { from: time("from", request.from)?, to: time("to", request.to)? };
     let pipeline = state.pipeline.clone();
     let report = tokio::task::spawn_blocking(move || pipeline.backtest(&operator, version, range))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(replay_error)?;
+    Ok(Json(serde_json::to_value(report).map_err(ApiError::internal)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowRequest {
+    version: Option<u32>,
+}
+
+/// `PUT /v1/operators/{op}/shadow` `{"version": N}` runs version N in shadow mode beside the
+/// active one (from the start of the ledger, then live); `{"version": null}` stops it.
+pub async fn set_shadow(
+    State(state): State<Arc<AppState>>,
+    Path(op): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let operator = auth::operator(&state, &headers, &op)?;
+    let body = read_body(body, state.limits.events_bytes).await?;
+    let request: ShadowRequest = parse_json(&body)?;
+    if let Some(version) = request.version {
+        existing_version(&state, &operator.id, &version.to_string())?;
+    }
+    state
+        .pipeline
+        .store()
+        .update_operator(&operator.id, |record| record.shadow_plugin = request.version)?
+        .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
+    durable(&state).await?;
+    Ok(Json(serde_json::json!({ "shadow_plugin": request.version })))
+}
+
+/// `GET /v1/operators/{op}/plugins/{n}/shadow-report`.
+pub async fn shadow_report(
+    State(state): State<Arc<AppState>>,
+    Path((op, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let operator = auth::operator(&state, &headers, &op)?;
+    let version = existing_version(&state, &operator.id, &version)?;
+    let pipeline = state.pipeline.clone();
+    let report = tokio::task::spawn_blocking(move || pipeline.shadow_report(&operator, version))
         .await
         .map_err(ApiError::internal)?
         .map_err(replay_error)?;

@@ -23,7 +23,7 @@ use sled::{Transactional, Tree};
 pub use durability::{Durability, DurabilityError};
 use records::{
     AffiliateRecord, CommissionRecord, CommissionStatus, CustomerBinding, EventRecord, EventStatus, OperatorRecord,
-    PluginRecord, StatusChange, StatusRecord,
+    PluginRecord, ShadowResult, StatusChange, StatusRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,11 @@ pub struct Store {
     reversals: Tree,
     /// A commission's id -> its status and their history; absent while `pending`.
     commission_status: Tree,
+    /// Shadow mode, per (operator, version): its own plugin state, its results per ledger
+    /// entry, and how far through the ledger it is.
+    shadow_state: Tree,
+    shadow_results: Tree,
+    shadow_progress: Tree,
 }
 
 /// Everything one evaluated event writes, committed together by [`Store::commit_event`].
@@ -128,6 +133,9 @@ impl Store {
             commissions_by_affiliate: tree("commissions_by_affiliate")?,
             reversals: tree("reversals")?,
             commission_status: tree("commission_status")?,
+            shadow_state: tree("shadow_state")?,
+            shadow_results: tree("shadow_results")?,
+            shadow_progress: tree("shadow_progress")?,
             db,
         })
     }
@@ -412,6 +420,78 @@ impl Store {
             .get(operator.as_bytes())?
             .and_then(|last| last.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0))
+    }
+
+    /// The ledger entries after `after`, in order: (sequence number, event id).
+    pub fn events_after(
+        &self,
+        operator: &str,
+        after: u64,
+    ) -> impl Iterator<Item = Result<(u64, String), StoreError>> + '_ {
+        self.event_order
+            .range(keys::sequence(operator, after.saturating_add(1))..keys::sequence(operator, u64::MAX))
+            .map(|entry| {
+                let (key, id) = entry?;
+                let seq =
+                    key.len().checked_sub(8).and_then(|start| key[start..].try_into().ok()).map(u64::from_be_bytes);
+                Ok((seq.unwrap_or_default(), String::from_utf8_lossy(&id).into_owned()))
+            })
+    }
+
+    /// How far shadow `version` of the operator has gone through the ledger (0: not started).
+    pub fn shadow_progress(&self, operator: &str, version: u32) -> Result<u64, StoreError> {
+        Ok(self
+            .shadow_progress
+            .get(keys::plugin(operator, version))?
+            .and_then(|seq| seq.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    pub fn shadow_state_value(&self, operator: &str, version: u32, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = keys::key(operator, &[&version.to_be_bytes(), key.as_bytes()]);
+        Ok(self.shadow_state.get(key)?.map(|value| value.to_vec()))
+    }
+
+    /// Records a shadow result with its state writes and progress, together. Shadow mode has one
+    /// writer per (operator, version), so nothing here can conflict.
+    pub fn commit_shadow(
+        &self,
+        operator: &str,
+        version: u32,
+        result: &ShadowResult,
+        state_writes: &BTreeMap<String, Option<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
+        let progress_key = keys::plugin(operator, version);
+        let result_key = keys::key(operator, &[&version.to_be_bytes(), &result.seq.to_be_bytes()]);
+        let result_value = to_json(result);
+        let writes: Vec<(Vec<u8>, &Option<Vec<u8>>)> = state_writes
+            .iter()
+            .map(|(key, value)| (keys::key(operator, &[&version.to_be_bytes(), key.as_bytes()]), value))
+            .collect();
+        (&self.shadow_state, &self.shadow_results, &self.shadow_progress)
+            .transaction(|(state, results, progress)| {
+                for (key, value) in &writes {
+                    match value {
+                        Some(value) => state.insert(key.as_slice(), value.as_slice())?,
+                        None => state.remove(key.as_slice())?,
+                    };
+                }
+                results.insert(result_key.as_slice(), result_value.as_slice())?;
+                progress.insert(progress_key.as_slice(), result.seq.to_be_bytes().as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|error| match error {
+                TransactionError::Storage(error) => StoreError::Sled(error),
+                TransactionError::Abort(()) => unreachable!("the shadow transaction never aborts"),
+            })
+    }
+
+    /// Every result of shadow `version`, in ledger order.
+    pub fn shadow_results(&self, operator: &str, version: u32) -> Result<Vec<ShadowResult>, StoreError> {
+        self.shadow_results
+            .scan_prefix(keys::key(operator, &[&version.to_be_bytes()]))
+            .map(|entry| decode("shadow_results", &entry?.1))
+            .collect()
     }
 
     /// The ids of the operator's events in ledger order (the order they took effect).

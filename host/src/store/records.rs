@@ -26,6 +26,9 @@ pub struct OperatorRecord {
     pub config: Properties,
     /// The plugin version that evaluates new events.
     pub active_plugin: Option<u32>,
+    /// A candidate version evaluated beside the active one, paying nothing (shadow mode).
+    #[serde(default)]
+    pub shadow_plugin: Option<u32>,
     pub created_at: i64,
     /// The admin's overrides of the host's default limits for this operator.
     #[serde(default)]
@@ -260,6 +263,16 @@ pub struct CommissionRecord {
     /// Not to be approved before this time: the affiliate's deal's `hold_days` after creation.
     #[serde(default)]
     pub hold_until: Option<i64>,
+}
+
+/// What a shadow version said about one ledger entry: recorded apart, never paid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowResult {
+    pub seq: u64,
+    pub event_id: String,
+    pub occurred_at: i64,
+    pub commissions: Vec<CommissionRecord>,
+    pub failure: Option<Failure>,
 }
 
 /// Where a commission is in its life. Every commission starts `pending`.
