@@ -20,7 +20,10 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         let seconds = started.elapsed().as_secs_f64();
-        println!("sled durable writes, flush every {group:>3}: {:>8.0} writes/s ({writes} writes)", writes as f64 / seconds);
+        println!(
+            "sled durable writes, flush every {group:>3}: {:>8.0} writes/s ({writes} writes)",
+            writes as f64 / seconds
+        );
     }
     std::fs::remove_dir_all(&dir)?;
     Ok(())
