@@ -33,6 +33,7 @@ pub async fn set_up(pipeline: &Pipeline, plugin: &Path, address: SocketAddr) -> 
         config: BTreeMap::new(),
         active_plugin: None,
         shadow_plugin: None,
+        dated_activations: Vec::new(),
         created_at: now_ms(),
         limits: Default::default(),
         previous_credentials: Vec::new(),

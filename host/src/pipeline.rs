@@ -29,8 +29,8 @@ use crate::sandbox::{
     PluginEvent, PluginInput, PluginPeriod, Sandbox, StateSource,
 };
 use crate::store::records::{
-    ChainLink, CommissionRecord, CustomerBinding, EvaluationRecord, EventRecord, EventStatus, Failure, FailureKind,
-    FxConversion, LogLine, OperatorLimits, OperatorRecord, StoredEvent,
+    ActivationScope, ChainLink, CommissionRecord, CustomerBinding, EvaluationRecord, EventRecord, EventStatus, Failure,
+    FailureKind, FxConversion, LogLine, OperatorLimits, OperatorRecord, StoredEvent,
 };
 use crate::store::{CommitOutcome, Durability, DurabilityError, EventCommit, Store, StoreError};
 
@@ -348,25 +348,33 @@ impl Pipeline {
                 return self.existing_outcome(&operator.id, existing, &content_sha256);
             }
             let settlement = settlement_period(&event);
-            let (attributed_to, new_binding) = match settlement {
+            let (binding, new_binding) = match settlement {
                 // A settlement is the affiliate's own: nothing to bind.
-                Some(_) => (event.affiliate.clone(), None),
+                Some(_) => (
+                    event.affiliate.clone().map(|affiliate| CustomerBinding {
+                        affiliate,
+                        bound_by_event: event.id.clone(),
+                        bound_at: event.occurred_at,
+                    }),
+                    None,
+                ),
                 None => {
                     let binding = self.store.binding(&operator.id, &event.customer)?;
                     let new_binding = match (&binding, &event.affiliate) {
                         (None, Some(affiliate)) => Some(CustomerBinding {
                             affiliate: affiliate.clone(),
                             bound_by_event: event.id.clone(),
-                            bound_at: received_at,
+                            bound_at: event.occurred_at,
                         }),
                         _ => None,
                     };
-                    (binding.or(new_binding.clone()).map(|binding| binding.affiliate), new_binding)
+                    (binding.or(new_binding.clone()), new_binding)
                 }
             };
-            let evaluated = match &attributed_to {
-                Some(affiliate) => {
-                    self.not_reversed_twice(operator, self.evaluate(operator, &event, affiliate, settlement.as_ref())?)?
+            let attributed_to = binding.as_ref().map(|binding| binding.affiliate.clone());
+            let evaluated = match &binding {
+                Some(binding) => {
+                    self.not_reversed_twice(operator, self.evaluate(operator, &event, binding, settlement.as_ref())?)?
                 }
                 // Kept, paying nothing: there is no one to pay.
                 None => Evaluated::default(),
@@ -452,16 +460,17 @@ impl Pipeline {
         Ok(EventOutcome { disposition, record: existing, commissions })
     }
 
-    /// Evaluates an event (or, with `period`, settles the period) for `affiliate` and its
-    /// parents, with the operator's active plugin.
+    /// Evaluates an event (or, with `period`, settles the period) for the customer's affiliate
+    /// and its parents, with the version that applies to it.
     fn evaluate(
         &self,
         operator: &OperatorRecord,
         event: &StoredEvent,
-        affiliate: &str,
+        binding: &CustomerBinding,
         period: Option<&PluginPeriod>,
     ) -> Result<Evaluated, IngestError> {
-        let Some(version) = operator.active_plugin else {
+        let affiliate = binding.affiliate.as_str();
+        let Some((version, reason)) = version_for(operator, event, binding) else {
             return Ok(Evaluated::failed(Failure {
                 kind: FailureKind::NoActivePlugin,
                 message: format!(
@@ -473,7 +482,14 @@ impl Pipeline {
         let chain = self.referral_chain(&operator.id, affiliate)?;
         let state: Arc<dyn StateSource> =
             Arc::new(OperatorState { store: self.store.clone(), operator: operator.id.clone() });
-        self.run_plugin(operator, event, chain, version, period, state)
+        let mut evaluated = self.run_plugin(operator, event, chain, version, period, state)?;
+        if let Some(record) = &mut evaluated.record {
+            record.version_reason = reason.clone();
+        }
+        for commission in &mut evaluated.commissions {
+            commission.version_reason = reason.clone();
+        }
+        Ok(evaluated)
     }
 
     /// Runs `version` of the operator's plugin on one event (or its `settle` for `period`),
@@ -504,6 +520,7 @@ impl Pipeline {
         self.metrics.fuel_used.get_or_create(&labels).observe(evaluation.fuel_used as f64);
         let record = EvaluationRecord {
             plugin_version: version,
+            version_reason: String::new(),
             chain,
             logs: evaluation.logs.into_iter().map(|(level, message)| LogLine { level, message }).collect(),
             fuel_used: evaluation.fuel_used,
@@ -642,6 +659,40 @@ struct OperatorState {
 impl StateSource for OperatorState {
     fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
         Ok(self.store.state_value(&self.operator, key)?)
+    }
+}
+
+/// The version that evaluates `event` of a customer bound by `binding`, and why: the latest
+/// dated activation that applies, else the operator's active version.
+fn version_for(operator: &OperatorRecord, event: &StoredEvent, binding: &CustomerBinding) -> Option<(u32, String)> {
+    let dated = operator.dated_activations.iter().rev().find(|activation| {
+        activation.affiliate.as_ref().is_none_or(|affiliate| *affiliate == binding.affiliate)
+            && match activation.scope {
+                ActivationScope::Events => event.occurred_at >= activation.effective_from,
+                ActivationScope::NewCustomers => binding.bound_at >= activation.effective_from,
+            }
+    });
+    match dated {
+        Some(activation) => {
+            let whom = match activation.scope {
+                ActivationScope::Events => "events from then on",
+                ActivationScope::NewCustomers => "customers who started from then on",
+            };
+            let affiliate = activation
+                .affiliate
+                .as_ref()
+                .map(|affiliate| format!(", of affiliate {affiliate}"))
+                .unwrap_or_default();
+            Some((
+                activation.version,
+                format!(
+                    "v{}: activated from {} for {whom}{affiliate}",
+                    activation.version,
+                    crate::event::format_time(activation.effective_from)
+                ),
+            ))
+        }
+        None => operator.active_plugin.map(|version| (version, format!("v{version}: the operator's active version"))),
     }
 }
 
@@ -797,6 +848,7 @@ pub fn checked_commissions(
                 created_at,
                 reverses,
                 fx_rate: event.fx.as_ref().map(|fx| fx.rate),
+                version_reason: String::new(),
                 hold_until,
             })
         })

@@ -164,6 +164,7 @@ pub fn commission_json(commission: &CommissionRecord) -> Value {
         "rule": commission.rule,
         "explanation": commission.explanation,
         "plugin_version": commission.plugin_version,
+        "version_reason": commission.version_reason,
         "occurred_at": format_time(commission.occurred_at),
         "created_at": format_time(commission.created_at),
         "reverses": commission.reverses,

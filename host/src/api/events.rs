@@ -232,6 +232,7 @@ fn event_json(record: &EventRecord, commissions: Vec<Value>) -> Value {
         "attempts": record.attempts,
         "attributed_to": record.attributed_to,
         "plugin_version": record.evaluation.as_ref().map(|e| e.plugin_version),
+        "version_reason": record.evaluation.as_ref().map(|e| &e.version_reason),
         "referral_chain": record.evaluation.as_ref().map(|e| &e.chain),
         "fuel_used": record.evaluation.as_ref().map(|e| e.fuel_used),
         "logs": record.evaluation.as_ref().map(|e| &e.logs),

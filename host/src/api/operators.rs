@@ -12,12 +12,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, auth, read_body};
-use crate::event::{FieldError, format_time, now_ms, parse_amount};
+use crate::event::{FieldError, format_time, now_ms, parse_amount, parse_time};
 use crate::pipeline::{MAX_CHAIN_DEPTH, effective_limits};
 use crate::sandbox;
 use crate::secrets::{OperatorCredentials, sha256_hex};
 use crate::store::records::{
-    AffiliateRecord, CredentialKind, FxRates, OperatorLimits, OperatorRecord, PreviousCredential,
+    ActivationScope, AffiliateRecord, CredentialKind, DatedActivation, FxRates, OperatorLimits, OperatorRecord,
+    PreviousCredential,
 };
 
 const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -64,6 +65,7 @@ pub async fn create_operator(
         config: new.config,
         active_plugin: None,
         shadow_plugin: None,
+        dated_activations: Vec::new(),
         created_at: now_ms(),
         limits: Default::default(),
         previous_credentials: Vec::new(),
@@ -150,16 +152,79 @@ pub async fn upload_plugin(
     ))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatedActivationBody {
+    effective_from: String,
+    #[serde(default = "events_scope")]
+    scope: ActivationScope,
+    #[serde(default)]
+    affiliate: Option<String>,
+}
+
+fn events_scope() -> ActivationScope {
+    ActivationScope::Events
+}
+
+/// `POST /v1/operators/{op}/plugins/{n}/activate`: with no body, version `n` evaluates every
+/// new event from now on. With `{"effective_from", "scope"?, "affiliate"?}` it evaluates the
+/// events that occurred from that time (`scope: events`, the default) or the events of
+/// customers who started from then (`new_customers`), for all affiliates or one; a recorded
+/// commission is never changed by it.
 pub async fn activate_plugin(
     State(state): State<Arc<AppState>>,
     Path((op, version)): Path<(String, String)>,
     headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
     let version = existing_version(&state, &operator.id, &version)?;
-    set_active(&state, &operator.id, version).await?;
+    let body = read_body(body, state.limits.events_bytes).await?;
+    if body.is_empty() {
+        set_active(&state, &operator.id, version).await?;
+        durable(&state).await?;
+        return Ok(Json(json!({ "active_plugin": version })));
+    }
+    let request: DatedActivationBody = parse_json(&body)?;
+    let effective_from =
+        parse_time(&request.effective_from).map_err(|problem| ApiError::field("effective_from", problem))?;
+    if let Some(affiliate) = &request.affiliate
+        && state.pipeline.store().affiliate(&operator.id, affiliate)?.is_none()
+    {
+        return Err(ApiError::field("affiliate", format!("unknown affiliate {affiliate:?}")));
+    }
+    let activation = DatedActivation {
+        version,
+        effective_from,
+        scope: request.scope,
+        affiliate: request.affiliate,
+        activated_at: now_ms(),
+    };
+    load(&state, &operator.id, version).await?;
+    state
+        .pipeline
+        .store()
+        .update_operator(&operator.id, |record| record.dated_activations.push(activation.clone()))?
+        .ok_or_else(|| ApiError::not_found("operator vanished"))?;
     durable(&state).await?;
-    Ok(Json(json!({ "active_plugin": version })))
+    tracing::info!(operator = %operator.id, version, ?activation, "plugin activated from a date");
+    Ok(Json(json!({
+        "version": version,
+        "effective_from": format_time(activation.effective_from),
+        "scope": activation.scope,
+        "affiliate": activation.affiliate,
+    })))
+}
+
+/// Loads a version now, so the first event it evaluates does not pay for that.
+async fn load(state: &AppState, operator: &str, version: u32) -> Result<(), ApiError> {
+    let plugins = state.pipeline.plugins().clone();
+    let owned = operator.to_owned();
+    tokio::task::spawn_blocking(move || plugins.get(&owned, version))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(())
 }
 
 /// The plugin version named in a path, if the operator has it.
@@ -176,13 +241,7 @@ pub(super) fn existing_version(state: &AppState, operator: &str, version: &str) 
 /// Makes `version` the one that evaluates new events. Each event reads the operator once, so
 /// it is evaluated wholly by the old version or wholly by the new.
 async fn set_active(state: &AppState, operator: &str, version: u32) -> Result<(), ApiError> {
-    let plugins = state.pipeline.plugins().clone();
-    let owned = operator.to_owned();
-    // Load it now, so the first event after activation does not pay for it.
-    tokio::task::spawn_blocking(move || plugins.get(&owned, version))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    load(state, operator, version).await?;
     state
         .pipeline
         .store()

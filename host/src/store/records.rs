@@ -26,6 +26,10 @@ pub struct OperatorRecord {
     pub config: Properties,
     /// The plugin version that evaluates new events.
     pub active_plugin: Option<u32>,
+    /// Versions activated from a date (and for a scope) rather than at once; the latest that
+    /// applies to an event wins, else `active_plugin`.
+    #[serde(default)]
+    pub dated_activations: Vec<DatedActivation>,
     /// A candidate version evaluated beside the active one, paying nothing (shadow mode).
     #[serde(default)]
     pub shadow_plugin: Option<u32>,
@@ -60,6 +64,27 @@ pub struct FxConversion {
     /// The amount in the operator's currency: what the plugin is given.
     pub amount: Decimal,
     pub currency: String,
+}
+
+/// Which events a dated activation takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationScope {
+    /// Events that occurred at or after `effective_from`.
+    Events,
+    /// Events of customers bound to an affiliate at or after `effective_from`: customers
+    /// already there stay on the version they had.
+    NewCustomers,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatedActivation {
+    pub version: u32,
+    pub effective_from: i64,
+    pub scope: ActivationScope,
+    /// Only this affiliate's customers; all when `None`.
+    pub affiliate: Option<String>,
+    pub activated_at: i64,
 }
 
 /// Per-operator limits set by the platform admin; `None` keeps the host's default.
@@ -134,6 +159,7 @@ pub struct AffiliateRecord {
 pub struct CustomerBinding {
     pub affiliate: String,
     pub bound_by_event: String,
+    /// When the binding event occurred: the customer's start, for dated activations.
     pub bound_at: i64,
 }
 
@@ -218,6 +244,9 @@ pub struct LogLine {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvaluationRecord {
     pub plugin_version: u32,
+    /// Why that version evaluated it (the active version, or which dated activation).
+    #[serde(default)]
+    pub version_reason: String,
     pub chain: Vec<ChainLink>,
     pub logs: Vec<LogLine>,
     pub fuel_used: u64,
@@ -260,6 +289,9 @@ pub struct CommissionRecord {
     /// The exchange rate the event's amount was converted at, if it was.
     #[serde(default)]
     pub fx_rate: Option<Decimal>,
+    /// Why `plugin_version` evaluated the event.
+    #[serde(default)]
+    pub version_reason: String,
     /// Not to be approved before this time: the affiliate's deal's `hold_days` after creation.
     #[serde(default)]
     pub hold_until: Option<i64>,
