@@ -130,9 +130,9 @@ fn upload_refuses_what_is_not_a_well_behaved_component_and_says_why() {
     let host = Host::start(&data);
     let acme = host.create_operator("acme");
 
-    let (status, body) = host.upload_plugin(&acme, &plugin_wasm("networked"), true);
+    let (status, body) = host.upload_plugin(&acme, &plugin_wasm("smuggler"), true);
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("`wasi:sockets/"), "names the import: {body}");
+    assert!(body["message"].as_str().unwrap().contains("`example:exfiltrate/sink`"), "names the import: {body}");
 
     let core_module = b"\0asm\x01\0\0\0";
     let (status, body) = host.upload_plugin(&acme, core_module, true);
@@ -157,6 +157,33 @@ fn upload_refuses_what_is_not_a_well_behaved_component_and_says_why() {
     let (_, answer) = host.post_events(&acme, &json!({"id": "e", "type": "deposit", "customer": "c"}));
     assert_eq!(answer["status"], "accepted", "unattributed: no plugin call: {answer}");
     assert_eq!(host.install_plugin(&acme, "multi-event"), 1);
+}
+
+/// `wasi:sockets` may be imported (every libc-based language does) but not used: the plugin's
+/// connection, to a listener of this test, is refused inside the sandbox and never arrives.
+#[test]
+fn a_plugin_that_opens_a_socket_is_denied_and_nothing_connects() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.create_operator("acme");
+    host.install_plugin(&acme, "networked");
+    host.put_affiliate(&acme, "aff1", None, json!({}));
+
+    let (status, answer) = host.post_events(
+        &acme,
+        &json!({"id": "e-1", "type": "x", "customer": "c1", "affiliate": "aff1", "attributes": {"address": address}}),
+    );
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!((answer["status"].as_str(), answer["failure"]["kind"].as_str()), (Some("failed"), Some("rule_error")));
+    let message = answer["failure"]["message"].as_str().unwrap();
+    assert!(message.contains(&address) && message.contains("denied"), "{answer}");
+    match listener.accept() {
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the plugin reached the listener: {other:?}"),
+    }
 }
 
 #[test]

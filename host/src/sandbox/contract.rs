@@ -80,7 +80,15 @@ mod from_v0_1_0 {
 
 /// WASI interfaces a plugin may import. A Rust plugin's std imports some of them even when the
 /// plugin never calls them; they are served deterministically and with no authority (see
-/// `host.rs`). Sockets, HTTP and anything else are refused at upload.
+/// `host.rs`). HTTP and anything else are refused at upload.
+///
+/// `wasi:sockets` is allowed as an import but denied in use. Every libc-based toolchain
+/// (CPython under componentize-py, C, Go) links its socket functions whether or not the plugin
+/// opens a socket, so refusing the import would refuse plugins in every language but Rust. The
+/// deterministic WASI serves it with TCP, UDP and name lookup all switched off and wasmtime's
+/// default address check (deny every address): creating a socket or resolving a name answers
+/// `access-denied` before any system call, on every run alike. `wasi:http` stays refused: the
+/// host does not link it at all.
 const ALLOWED_WASI: &[&str] = &[
     "wasi:cli/environment",
     "wasi:cli/exit",
@@ -102,13 +110,20 @@ const ALLOWED_WASI: &[&str] = &[
     "wasi:random/insecure-seed",
     "wasi:filesystem/types",
     "wasi:filesystem/preopens",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ContractError {
     #[error(
         "the component imports `{0}`, which plugins may not use: a plugin gets only the \
-         commission:plugin interfaces and deterministic WASI (no network, no files, a stopped clock)"
+         commission:plugin interfaces and deterministic WASI (sockets denied, no files, a stopped clock)"
     )]
     ForbiddenImport(String),
     #[error(

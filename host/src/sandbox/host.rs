@@ -81,7 +81,8 @@ impl PluginHost {
 }
 
 /// WASI with no authority and nothing that varies between runs: no preopened directories, no
-/// environment, no arguments, no sockets, stdin closed, stdout and stderr discarded, the wall
+/// environment, no arguments, sockets denied (TCP, UDP and name lookup switched off, and the
+/// default address check refusing every address), stdin closed, stdout and stderr discarded, the wall
 /// clock stopped at the event's time, the monotonic clock at zero, and randomness from a fixed
 /// seed. A plugin that reads "now" gets the event's time; one that draws random numbers gets
 /// the same ones on every replay.

@@ -1,13 +1,17 @@
-//! Tries to phone home. Using `std::net` makes the component import `wasi:sockets`, so the host
-//! must refuse it at upload, naming that import.
+//! Tries to phone home, to the address in the event's `address` attribute. Using `std::net`
+//! makes the component import `wasi:sockets`; the host accepts the import (every libc-based
+//! language imports it) and denies its use, so the connection is refused inside the sandbox
+//! and nothing reaches the address. Tests point it at a loopback listener of their own.
 
 use commission_plugin_sdk::prelude::*;
 
 pub struct Networked;
 
 impl Plugin for Networked {
-    fn evaluate(_event: &Event, _context: &Context) -> Result<Vec<Commission>> {
-        std::net::TcpStream::connect("198.51.100.1:80").map_err(|error| Error::new(error.to_string()))?;
+    fn evaluate(event: &Event, _context: &Context) -> Result<Vec<Commission>> {
+        let address = event.attributes.get("address").unwrap_or("127.0.0.1:9");
+        std::net::TcpStream::connect(address)
+            .map_err(|error| Error::new(format!("connecting to {address}: {error}")))?;
         Ok(vec![])
     }
 }
