@@ -5,9 +5,11 @@ use crate::__bindings::commission::plugin::types as wit;
 /// A payout decided by the plugin. Built with [`Context::pay`](crate::Context::pay).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Commission {
+    /// Whom it pays: an affiliate of the referral chain.
     pub affiliate: String,
     /// Positive to pay, negative to claw back.
     pub amount: Decimal,
+    /// ISO 4217 code; the operator's unless [`CommissionBuilder::currency`] said otherwise.
     pub currency: String,
     /// A stable id of the rule that paid, e.g. `ftd-cpa`.
     pub rule: String,
@@ -21,7 +23,9 @@ pub struct Commission {
 /// the reversal's own). The host links a reversal to it, and refuses to reverse it twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommissionRef {
+    /// The id of the event that paid it.
     pub event_id: String,
+    /// The rule it was paid under.
     pub rule: String,
 }
 
@@ -53,6 +57,8 @@ impl CommissionBuilder {
         self
     }
 
+    /// The stable id of the rule that pays, e.g. `ftd-cpa`: reports group by it, and reversals
+    /// name it.
     pub fn rule(mut self, rule: &str) -> Self {
         self.rule = rule.to_owned();
         self
@@ -65,6 +71,7 @@ impl CommissionBuilder {
         self
     }
 
+    /// Finishes the commission with one human line saying why it was paid, with the numbers.
     pub fn because(self, explanation: impl Into<String>) -> Commission {
         Commission {
             affiliate: self.affiliate,

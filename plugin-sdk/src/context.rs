@@ -6,11 +6,14 @@ use crate::{CommissionBuilder, Properties};
 /// An affiliate in the referral chain, with its deal terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Affiliate {
+    /// The operator's id of the affiliate.
     pub id: String,
+    /// Its deal terms (`ftd_cpa`, `revshare_percent`, ...), as the operator set them.
     pub deal: Properties,
 }
 
 impl Affiliate {
+    /// An affiliate with these deal terms; for tests and fixtures.
     pub fn new(id: &str, deal: Properties) -> Self {
         Self { id: id.to_owned(), deal }
     }
@@ -19,9 +22,11 @@ impl Affiliate {
 /// Whom an event is evaluated for: the operator and the customer's referral chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Context {
+    /// The operator's id.
     pub operator: String,
     /// ISO 4217 code the operator pays in.
     pub operator_currency: String,
+    /// The operator's own settings, shared by all its affiliates.
     pub config: Properties,
     /// The attributed affiliate first, then its parent, and so on up. Never empty.
     pub referral_chain: Vec<Affiliate>,

@@ -5,9 +5,11 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error(String);
 
+/// What [`crate::Plugin`] methods and the SDK's helpers return.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An error with this message (say which value was wrong, and why).
     pub fn new(message: impl Into<String>) -> Self {
         Self(message.into())
     }

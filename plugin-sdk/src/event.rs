@@ -11,9 +11,11 @@ pub struct Event {
     pub id: String,
     /// `deposit`, `trade`, `registration`, ... (free text: operators invent kinds).
     pub kind: String,
+    /// The operator's id of the customer: what attribution and per-customer state key on.
     pub customer: String,
     /// Unix milliseconds: when it happened. The only clock a plugin has.
     pub occurred_at: i64,
+    /// The money involved, in the operator's currency (the host converts others first).
     pub amount: Option<Decimal>,
     /// ISO 4217 code of `amount`.
     pub currency: Option<String>,
@@ -35,12 +37,14 @@ impl Event {
         }
     }
 
+    /// This event with an amount in `currency`.
     pub fn with_amount(mut self, amount: Decimal, currency: &str) -> Self {
         self.amount = Some(amount);
         self.currency = Some(currency.to_owned());
         self
     }
 
+    /// This event with the attribute `key` set to `value`.
     pub fn with_attribute(mut self, key: &str, value: &str) -> Self {
         self.attributes = self.attributes.iter().chain([(key, value)]).collect::<Properties>();
         self

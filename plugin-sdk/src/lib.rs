@@ -35,7 +35,16 @@
 //!
 //! ## Testing natively
 //! Off wasm, [`state`] and [`log`] are kept in memory per thread, so rule logic runs under a
-//! plain `cargo test`; see [`testing`].
+//! plain `cargo test`; see [`testing`]. Fixture files (events, deal terms, the commissions
+//! expected after each) run natively with [`fixtures::run_file`] and through the built component
+//! with `commission-host plugin test`; see [`fixtures`].
+//!
+//! ## Examples
+//! [`models`] has one small, tested plugin per commission model: CPA, CPL, RevShare, hybrid,
+//! tiered CPA, per-lot (IB) rebates and sub-affiliate overrides. The step-by-step guide from
+//! `commission-host plugin new` to an uploaded plugin is this crate's README.md.
+
+#![warn(missing_docs)]
 
 // Lets the generated bindings name this crate the same way from inside it and from a plugin.
 extern crate self as commission_plugin_sdk;
@@ -44,7 +53,10 @@ mod commission;
 mod context;
 mod error;
 mod event;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fixtures;
 pub mod log;
+pub mod models;
 mod period;
 mod properties;
 pub mod state;

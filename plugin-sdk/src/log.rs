@@ -6,22 +6,31 @@
 /// How much a line matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
+    /// Detail for the author while debugging.
     Debug,
+    /// What the rule decided and why.
     Info,
+    /// Something odd the operator should look at.
     Warn,
+    /// Something wrong.
     Error,
 }
 
+/// Writes one log line; the [`info!`](crate::info) family of macros formats and calls this.
 pub fn log(level: Level, message: &str) {
     backend::log(level, message)
 }
 
+/// Logs a line at [`Level::Debug`], `format!`-style.
 #[macro_export]
 macro_rules! debug { ($($arg:tt)*) => { $crate::log::log($crate::log::Level::Debug, &format!($($arg)*)) }; }
+/// Logs a line at [`Level::Info`], `format!`-style.
 #[macro_export]
 macro_rules! info { ($($arg:tt)*) => { $crate::log::log($crate::log::Level::Info, &format!($($arg)*)) }; }
+/// Logs a line at [`Level::Warn`], `format!`-style.
 #[macro_export]
 macro_rules! warn { ($($arg:tt)*) => { $crate::log::log($crate::log::Level::Warn, &format!($($arg)*)) }; }
+/// Logs a line at [`Level::Error`], `format!`-style.
 #[macro_export]
 macro_rules! error { ($($arg:tt)*) => { $crate::log::log($crate::log::Level::Error, &format!($($arg)*)) }; }
 

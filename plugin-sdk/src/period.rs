@@ -4,8 +4,11 @@ use std::fmt;
 /// next month's first (exclusive).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Period {
+    /// The month, `YYYY-MM`.
     pub id: String,
+    /// Its first instant, in unix milliseconds (inclusive).
     pub starts_at: i64,
+    /// The next month's first instant, in unix milliseconds (exclusive).
     pub ends_at: i64,
 }
 
@@ -17,6 +20,33 @@ impl Period {
         format!("{year:04}-{month:02}")
     }
 
+    /// The period of the month `id`, written `YYYY-MM` (`2026-11`), as the host closes it.
+    ///
+    /// ```
+    /// # use commission_plugin_sdk::Period;
+    /// let november = Period::of_month("2026-11").unwrap();
+    /// assert_eq!((november.starts_at, november.ends_at), (1_793_491_200_000, 1_796_083_200_000));
+    /// ```
+    pub fn of_month(id: &str) -> crate::Result<Self> {
+        let problem = || crate::Error::new(format!("{id:?} is not a month written YYYY-MM"));
+        let (year, month) = id.split_once('-').ok_or_else(problem)?;
+        let digits = |part: &str, len: usize| part.len() == len && part.bytes().all(|b| b.is_ascii_digit());
+        if !digits(year, 4) || !digits(month, 2) {
+            return Err(problem());
+        }
+        let (year, month): (i64, u32) = (year.parse().map_err(|_| problem())?, month.parse().map_err(|_| problem())?);
+        if !(1..=12).contains(&month) {
+            return Err(problem());
+        }
+        let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+        Ok(Self {
+            id: id.to_owned(),
+            starts_at: days_from_civil(year, month, 1) * 86_400_000,
+            ends_at: days_from_civil(next_year, next_month, 1) * 86_400_000,
+        })
+    }
+
+    /// Whether the unix-millisecond instant `ms` falls in this period.
     pub fn contains(&self, ms: i64) -> bool {
         (self.starts_at..self.ends_at).contains(&ms)
     }
@@ -26,6 +56,17 @@ impl fmt::Display for Period {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.id)
     }
+}
+
+/// (year, month, day) to days since 1970-01-01: Howard Hinnant's `days_from_civil`.
+pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let month = i64::from(month);
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 /// Days since 1970-01-01 to (year, month): Howard Hinnant's `civil_from_days`, exact for every

@@ -13,6 +13,7 @@ use crate::{Error, Result};
 pub struct Properties(BTreeMap<String, String>);
 
 impl Properties {
+    /// The text of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(String::as_str)
     }
@@ -27,6 +28,7 @@ impl Properties {
         Ok(self.decimal(key)?.unwrap_or(default))
     }
 
+    /// Every key and value, sorted by key.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }

@@ -22,14 +22,18 @@ pub fn affiliate_key(affiliate: &str, name: &str) -> String {
     format!("affiliate:{affiliate}:{name}")
 }
 
+/// The value under `key`: this event's own write if it made one, else what earlier events
+/// committed.
 pub fn get(key: &str) -> Option<Vec<u8>> {
     backend::get(key)
 }
 
+/// Sets `key`, committed with the event's commissions.
 pub fn set(key: &str, value: &[u8]) {
     backend::set(key, value)
 }
 
+/// Removes `key`, committed with the event's commissions.
 pub fn delete(key: &str) {
     backend::delete(key)
 }
@@ -42,6 +46,7 @@ pub fn decimal(key: &str) -> Result<Decimal> {
     }
 }
 
+/// Stores a decimal under `key`, as text.
 pub fn set_decimal(key: &str, value: Decimal) {
     set(key, value.to_string().as_bytes())
 }
@@ -102,5 +107,14 @@ pub(crate) mod backend {
     }
     pub fn delete(key: &str) {
         STATE.with_borrow_mut(|state| state.remove(key));
+    }
+
+    /// This thread's whole state, to restore after an evaluation the host would not commit.
+    pub(crate) fn snapshot() -> BTreeMap<String, Vec<u8>> {
+        STATE.with_borrow(BTreeMap::clone)
+    }
+
+    pub(crate) fn restore(state: BTreeMap<String, Vec<u8>>) {
+        STATE.set(state);
     }
 }
