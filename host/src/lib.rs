@@ -4,10 +4,14 @@
 //! [`server`] (hyper) -> [`api`] (routes, auth, JSON errors) -> [`event`] (parse and check) ->
 //! [`pipeline`] (attribute, order per customer, evaluate, commit, flush) -> [`sandbox`] (the
 //! operator's WebAssembly plugin) -> [`store`] (sled, one transaction per event, group flush).
+//!
+//! For plugin authors, offline: [`fixtures`] runs fixture files through a component in the same
+//! sandbox, and [`plugins::validate`] is the validation an upload does.
 
 pub mod api;
 pub mod customer_locks;
 pub mod event;
+pub mod fixtures;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugins;

@@ -1,5 +1,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -12,6 +13,7 @@ use commission_host::sandbox::{Limits, Sandbox};
 use commission_host::store::Store;
 use commission_host::{secrets, server, shadow};
 
+mod cli;
 mod demo;
 
 /// Event-driven affiliate commissions, with each operator's rules as a WebAssembly plugin.
@@ -40,6 +42,15 @@ enum Command {
         demo_plugin: PathBuf,
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// The largest plugin component an upload takes, in bytes. Components of languages that
+        /// ship an interpreter are larger than Rust's (a Python plugin is about 18 MiB).
+        #[arg(long, default_value_t = BodyLimits::default().plugin_bytes)]
+        max_plugin_bytes: usize,
+    },
+    /// Write, build, test, check, upload and trace plugins: the plugin author's tools.
+    Plugin {
+        #[command(subcommand)]
+        command: cli::PluginCommand,
     },
 }
 
@@ -49,14 +60,25 @@ enum LogFormat {
     Json,
 }
 
-fn main() -> anyhow::Result<()> {
-    let Cli { command: Command::Serve { data, listen, demo, demo_plugin, log_format } } = Cli::parse();
-    init_tracing(log_format);
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(serve(data, listen, demo.then_some(demo_plugin)))
+fn main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().command {
+        Command::Serve { data, listen, demo, demo_plugin, log_format, max_plugin_bytes } => {
+            init_tracing(log_format);
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let limits = BodyLimits { plugin_bytes: max_plugin_bytes, ..BodyLimits::default() };
+            runtime.block_on(serve(data, listen, demo.then_some(demo_plugin), limits))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin { command } => Ok(cli::run(command)),
+    }
 }
 
-async fn serve(data: PathBuf, listen: SocketAddr, demo_plugin: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(
+    data: PathBuf,
+    listen: SocketAddr,
+    demo_plugin: Option<PathBuf>,
+    body_limits: BodyLimits,
+) -> anyhow::Result<()> {
     let admin_token = match std::env::var("COMMISSION_HOST_ADMIN_TOKEN") {
         Ok(token) if token.len() >= 16 => token,
         Ok(_) => {
@@ -81,7 +103,7 @@ async fn serve(data: PathBuf, listen: SocketAddr, demo_plugin: Option<PathBuf>) 
     if let Some(plugin) = demo_plugin {
         demo::set_up(&pipeline, &plugin, address).await?;
     }
-    let state = Arc::new(AppState::new(pipeline, secrets::sha256_hex(&admin_token), BodyLimits::default()));
+    let state = Arc::new(AppState::new(pipeline, secrets::sha256_hex(&admin_token), body_limits));
     // The first line on stdout after start-up: scripts and tests read the address from it.
     println!("listening on http://{address}");
     tracing::info!(%address, data = %data.display(), "serving");

@@ -35,10 +35,8 @@ impl PluginRegistry {
     /// Validates, compiles and smoke-runs a component for `operator`, storing nothing: the
     /// slow half of an upload, which a caller may abandon.
     pub fn prepare(&self, operator: &str, wasm: Vec<u8>) -> Result<PreparedPlugin, UploadError> {
-        let (contract, artifact) = self.sandbox.compile(&wasm)?;
+        let Validated { contract, artifact, plugin } = validate(&self.sandbox, operator, &wasm)?;
         self.metrics.plugin_loads.get_or_create(&LoadLabels { source: "compiled" }).inc();
-        let plugin = self.sandbox.load(&artifact).map_err(|error| UploadError::Invalid(format!("{error:#}")))?;
-        self.smoke_run(operator, &plugin)?;
         Ok(PreparedPlugin { sha256: hex::encode(Sha256::digest(&wasm)), wasm, contract, artifact, plugin })
     }
 
@@ -60,34 +58,6 @@ impl PluginRegistry {
             .insert((operator.to_owned(), record.version), Arc::new(prepared.plugin));
         tracing::info!(operator, version = record.version, sha256 = %record.sha256, contract = prepared.contract, "plugin uploaded");
         Ok(record)
-    }
-
-    /// Runs the plugin once on a synthetic event, under the default limits, with empty state.
-    /// A trap or an exhausted limit refuses the upload; a rule error does not (rules may refuse
-    /// what they do not know).
-    fn smoke_run(&self, operator: &str, plugin: &LoadedPlugin) -> Result<(), UploadError> {
-        let input = PluginInput {
-            event: PluginEvent {
-                id: "smoke-1".into(),
-                kind: SMOKE_EVENT_KIND.into(),
-                customer: "smoke-customer".into(),
-                occurred_at: 0,
-                amount: None,
-                currency: None,
-                attributes: Vec::new(),
-            },
-            context: PluginContext {
-                operator: operator.to_owned(),
-                operator_currency: "USD".into(),
-                config: Vec::new(),
-                referral_chain: vec![PluginAffiliate { id: "smoke-affiliate".into(), deal: Vec::new() }],
-            },
-        };
-        let evaluation = self.sandbox.evaluate(plugin, &input, Arc::new(EmptyState), self.sandbox.limits());
-        match evaluation.result {
-            Err(failure) if failure.kind != FailureKind::RuleError => Err(UploadError::SmokeRun(failure.message)),
-            _ => Ok(()),
-        }
     }
 
     /// The compiled plugin, from memory, the artifact cache, or (after a wasmtime upgrade) a
@@ -123,6 +93,54 @@ impl PluginRegistry {
         let plugin = Arc::new(self.sandbox.load(&artifact)?);
         self.loaded.write().expect("registry lock").insert(key, plugin.clone());
         Ok(plugin)
+    }
+}
+
+/// What [`validate`] gives for a component that passed.
+pub struct Validated {
+    /// The `commission:plugin` version the component was built against.
+    pub contract: &'static str,
+    /// The compiled artifact, as kept beside an uploaded component.
+    pub artifact: Vec<u8>,
+    /// The component, ready to run.
+    pub plugin: LoadedPlugin,
+}
+
+/// Everything an upload checks, with no store: the component's header, imports and exports
+/// against the contract, its compilation, and one run on a synthetic event. `plugin check` runs
+/// it offline, so an author hears what an upload would say before uploading.
+pub fn validate(sandbox: &Sandbox, operator: &str, wasm: &[u8]) -> Result<Validated, UploadError> {
+    let (contract, artifact) = sandbox.compile(wasm)?;
+    let plugin = sandbox.load(&artifact).map_err(|error| UploadError::Invalid(format!("{error:#}")))?;
+    smoke_run(sandbox, operator, &plugin)?;
+    Ok(Validated { contract, artifact, plugin })
+}
+
+/// Runs the plugin once on a synthetic event, under the default limits, with empty state.
+/// A trap or an exhausted limit refuses the upload; a rule error does not (rules may refuse
+/// what they do not know).
+fn smoke_run(sandbox: &Sandbox, operator: &str, plugin: &LoadedPlugin) -> Result<(), UploadError> {
+    let input = PluginInput {
+        event: PluginEvent {
+            id: "smoke-1".into(),
+            kind: SMOKE_EVENT_KIND.into(),
+            customer: "smoke-customer".into(),
+            occurred_at: 0,
+            amount: None,
+            currency: None,
+            attributes: Vec::new(),
+        },
+        context: PluginContext {
+            operator: operator.to_owned(),
+            operator_currency: "USD".into(),
+            config: Vec::new(),
+            referral_chain: vec![PluginAffiliate { id: "smoke-affiliate".into(), deal: Vec::new() }],
+        },
+    };
+    let evaluation = sandbox.evaluate(plugin, &input, Arc::new(EmptyState), sandbox.limits());
+    match evaluation.result {
+        Err(failure) if failure.kind != FailureKind::RuleError => Err(UploadError::SmokeRun(failure.message)),
+        _ => Ok(()),
     }
 }
 

@@ -27,11 +27,17 @@ pub struct Host {
 impl Host {
     /// Starts the host on `data` and waits until it listens.
     pub fn start(data: &Path) -> Host {
+        Host::start_with(data, &[])
+    }
+
+    /// [`Host::start`] with more `serve` arguments.
+    pub fn start_with(data: &Path, serve_args: &[&str]) -> Host {
         let log = data.with_extension("log");
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("host log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_commission-host"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(serve_args)
             .env("COMMISSION_HOST_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

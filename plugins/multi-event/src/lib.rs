@@ -191,6 +191,15 @@ mod tests {
         assert_eq!(run(deposit, &context), [("sub".into(), "40".into()), ("master".into(), "4".into())]);
     }
 
+    /// The fixtures that `commission-host plugin test` also runs through the built component.
+    #[test]
+    fn fixtures() {
+        commission_plugin_sdk::fixtures::run_file::<MultiEvent>(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/multi-event.ndjson"
+        ));
+    }
+
     #[test]
     fn a_trade_without_lots_is_an_error_that_names_the_attribute() {
         testing::reset();
