@@ -90,6 +90,32 @@ fn a_looping_allocating_recursing_or_trapping_plugin_fails_only_its_event() {
     );
 }
 
+/// Instances are pooled and their memory is reset between events, not unmapped: whatever the
+/// reset, each event must see the component's initial memory, or a replay could pay otherwise.
+#[test]
+fn every_event_starts_from_the_plugins_initial_memory() {
+    let (_dir, data) = data_dir();
+    let host = Arc::new(Host::start(&data));
+    let evil = Arc::new(host.create_operator("evil"));
+    host.install_plugin(&evil, "hostile");
+    host.put_affiliate(&evil, "aff1", None, json!({}));
+
+    let senders: Vec<_> = (0..4)
+        .map(|sender| {
+            let (host, evil) = (host.clone(), evil.clone());
+            std::thread::spawn(move || {
+                for n in 0..25 {
+                    let id = format!("r-{sender}-{n}");
+                    let answer = host.accept(&evil, json!({"id": id, "type": "x", "customer": id, "affiliate": "aff1", "attributes": {"attack": "remember"}}));
+                    assert_eq!(paid(&answer), [("aff1".into(), dec("1"))], "{answer}");
+                }
+            })
+        })
+        .collect();
+    senders.into_iter().for_each(|sender| sender.join().expect("every event saw a clean memory"));
+    assert_eq!(host.commissions(&evil, "").len(), 100);
+}
+
 #[test]
 fn events_failed_for_want_of_a_plugin_are_paid_by_retry_failed() {
     let (_dir, data) = data_dir();

@@ -12,6 +12,9 @@
 //! | `flood` | returns 1,000 commissions | commissions per event |
 //! | `hoard` | writes 2 MiB of state | state writes per event |
 //! | `chatter` | logs 10,000 lines, then pays | log lines per event (the event succeeds) |
+//! | `remember` | looks for what an earlier event left in its statics, then leaves its own | a fresh memory per event |
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use commission_plugin_sdk::prelude::*;
 
@@ -41,6 +44,7 @@ impl Plugin for Hostile {
                 }
                 Ok(vec![context.pay(context.affiliate(), Decimal::ONE).rule("flat").because("flat 1 after chatter")])
             }
+            Some("remember") => remember(context),
             Some(other) => Err(Error::new(format!("unknown attack {other:?}"))),
             None => {
                 state::add_decimal(&state::customer_key(&event.customer, "events"), Decimal::ONE)?;
@@ -74,4 +78,19 @@ fn recurse(depth: u64) -> u64 {
         return 0;
     }
     recurse(depth.wrapping_add(1)) + 1
+}
+
+static CALLS: AtomicU64 = AtomicU64::new(0);
+static SCRATCH: [AtomicU8; 64 * 1024] = [const { AtomicU8::new(0) }; 64 * 1024];
+
+/// Pays 1 only if no earlier event's writes are visible: the call counter and the scratch
+/// area must be as the component's initial memory has them. A host that reused instances, or
+/// reset memory incompletely, would make the same event pay differently on replay.
+fn remember(context: &Context) -> Result<Vec<Commission>> {
+    let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+    let dirty = SCRATCH.iter().filter(|byte| byte.swap(0xAB, Ordering::Relaxed) != 0).count();
+    if calls != 1 || dirty != 0 {
+        return Err(Error::new(format!("memory of an earlier event: call {calls}, {dirty} dirty bytes")));
+    }
+    Ok(vec![context.pay(context.affiliate(), Decimal::ONE).rule("flat").because("flat 1 from a clean memory")])
 }
