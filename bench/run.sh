@@ -48,3 +48,17 @@ echo "-- $CONNECTIONS connections"
 wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/postback.lua "$H" -- "/postback/bench?token=$token" load \
   | grep -E 'Requests/sec|Latency|50%|99%|Non-2xx'
 metrics
+# Webhook batches: one answer per batch, once every event of it is durable. Events/s is the
+# requests/s times the batch size.
+for size in 1 100; do
+  connections=$([ "$size" = 1 ] && echo "$CONNECTIONS" || echo 8)
+  echo "-- webhook batches of $size, $connections connections"
+  wrk -t2 -c"$connections" -d"$DURATION" --latency -s bench/webhook.lua "$H" -- "/v1/operators/bench/events" "$key" "$size" "batch$size" \
+    | grep -E 'Requests/sec|Latency|50%|99%|Non-2xx'
+  metrics
+done
+kill %1; wait %1 2>/dev/null || true
+
+echo "== micro-benchmarks (criterion): the plugin call beside the native rules, the parsers"
+cargo bench -p bench --bench host_parts -- --warm-up-time 1 --measurement-time 5 2>/dev/null | grep -E '^[a-z_]+/|time:|thrpt:'
+
