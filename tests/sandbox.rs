@@ -216,15 +216,23 @@ fn a_plugin_that_opens_a_socket_is_denied_and_nothing_connects() {
 fn a_restart_loads_plugins_from_the_compiled_cache() {
     let (_dir, data) = data_dir();
     let host = Host::start(&data);
-    let acme = host.create_operator("acme");
-    host.install_plugin(&acme, "multi-event");
-    host.put_affiliate(&acme, "aff1", None, json!({}));
+    let operators = ["acme", "globex", "initech"].map(|id| {
+        let operator = host.create_operator(id);
+        host.install_plugin(&operator, "multi-event");
+        host.put_affiliate(&operator, "aff1", None, json!({}));
+        operator
+    });
     host.kill();
 
     let host = Host::start(&data);
-    let answer = host
-        .accept(&acme, json!({"id": "d-1", "type": "deposit", "customer": "c1", "amount": "10", "affiliate": "aff1"}));
-    assert_eq!(paid(&answer), [("aff1".into(), dec("10"))]);
+    for operator in &operators {
+        let answer = host.accept(
+            operator,
+            json!({"id": "d-1", "type": "deposit", "customer": "c1", "amount": "10", "affiliate": "aff1"}),
+        );
+        assert_eq!(paid(&answer), [("aff1".into(), dec("10"))]);
+    }
+    // Three operators with the same component: loaded once, shared.
     let metrics = host.metrics();
     assert!(metrics.contains(r#"commission_host_plugin_loads_total{source="cache"} 1"#), "{metrics}");
     assert!(!metrics.contains(r#"source="compiled""#), "nothing compiled again: {metrics}");

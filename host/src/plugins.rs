@@ -2,7 +2,8 @@
 //!
 //! Upload validates and compiles; the compiled artifact is stored beside the component under a
 //! key that names this engine's compatibility, so a restart (or a thousand operators) loads
-//! artifacts instead of compiling. A version is loaded into memory on first use.
+//! artifacts instead of compiling. A version is loaded into memory on first use, and once per
+//! component: operators running the same reference plugin share one compiled copy of it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -24,12 +25,16 @@ pub struct PluginRegistry {
     store: Arc<Store>,
     sandbox: Arc<Sandbox>,
     loaded: RwLock<HashMap<(String, u32), Arc<LoadedPlugin>>>,
+    /// By artifact key: a component's compiled code is immutable and every event gets a fresh
+    /// instance of it, so operators (and versions) with the same component can share it. On a
+    /// platform where most operators run an unmodified reference plugin this keeps memory flat.
+    shared: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
     metrics: Arc<Metrics>,
 }
 
 impl PluginRegistry {
     pub fn new(store: Arc<Store>, sandbox: Arc<Sandbox>, metrics: Arc<Metrics>) -> Self {
-        Self { store, sandbox, loaded: RwLock::new(HashMap::new()), metrics }
+        Self { store, sandbox, loaded: RwLock::new(HashMap::new()), shared: RwLock::new(HashMap::new()), metrics }
     }
 
     /// Validates, compiles and smoke-runs a component for `operator`, storing nothing: the
@@ -52,10 +57,8 @@ impl PluginRegistry {
                 uploaded_at: now_ms(),
             }
         })?;
-        self.loaded
-            .write()
-            .expect("registry lock")
-            .insert((operator.to_owned(), record.version), Arc::new(prepared.plugin));
+        let plugin = self.share(&artifact_key, || Ok(prepared.plugin)).expect("a prepared plugin needs no loading");
+        self.loaded.write().expect("registry lock").insert((operator.to_owned(), record.version), plugin);
         tracing::info!(operator, version = record.version, sha256 = %record.sha256, contract = prepared.contract, "plugin uploaded");
         Ok(record)
     }
@@ -72,7 +75,28 @@ impl PluginRegistry {
             .plugin(operator, version)?
             .with_context(|| format!("operator {operator} has no plugin version {version}"))?;
         let artifact_key = self.sandbox.artifact_key(&record.sha256);
-        let artifact = match self.store.artifact(&artifact_key)? {
+        let plugin = self.share(&artifact_key, || self.load(operator, version, &record.sha256, &artifact_key))?;
+        self.loaded.write().expect("registry lock").insert(key, plugin.clone());
+        Ok(plugin)
+    }
+
+    /// The component under `artifact_key`, already in memory for some operator, or `load`ed.
+    fn share(
+        &self,
+        artifact_key: &str,
+        load: impl FnOnce() -> anyhow::Result<LoadedPlugin>,
+    ) -> anyhow::Result<Arc<LoadedPlugin>> {
+        if let Some(plugin) = self.shared.read().expect("registry lock").get(artifact_key) {
+            return Ok(plugin.clone());
+        }
+        let plugin = Arc::new(load()?);
+        Ok(self.shared.write().expect("registry lock").entry(artifact_key.to_owned()).or_insert(plugin).clone())
+    }
+
+    /// Loads a component from the artifact cache, or compiles it again (after a wasmtime
+    /// upgrade) and caches the artifact.
+    fn load(&self, operator: &str, version: u32, sha256: &str, artifact_key: &str) -> anyhow::Result<LoadedPlugin> {
+        let artifact = match self.store.artifact(artifact_key)? {
             Some(artifact) => {
                 self.metrics.plugin_loads.get_or_create(&LoadLabels { source: "cache" }).inc();
                 tracing::info!(operator, version, "plugin loaded from the compiled-artifact cache");
@@ -81,18 +105,16 @@ impl PluginRegistry {
             None => {
                 let wasm = self
                     .store
-                    .plugin_wasm(&record.sha256)?
+                    .plugin_wasm(sha256)?
                     .with_context(|| format!("the component of {operator} v{version} is missing"))?;
                 let (_, artifact) = self.sandbox.compile(&wasm)?;
                 self.metrics.plugin_loads.get_or_create(&LoadLabels { source: "compiled" }).inc();
-                self.store.put_artifact(&artifact_key, &artifact)?;
+                self.store.put_artifact(artifact_key, &artifact)?;
                 tracing::info!(operator, version, "plugin recompiled for this engine");
                 artifact
             }
         };
-        let plugin = Arc::new(self.sandbox.load(&artifact)?);
-        self.loaded.write().expect("registry lock").insert(key, plugin.clone());
-        Ok(plugin)
+        self.sandbox.load(&artifact)
     }
 }
 
