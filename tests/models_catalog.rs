@@ -47,12 +47,11 @@ fn with(mut event: Value, more: Value) -> Value {
     event
 }
 
-/// The commissions `event_id` paid, as (affiliate, rule, explanation, event and rule it reverses).
-fn ledger_of(
-    host: &Host,
-    operator: &Operator,
-    event_id: &str,
-) -> Vec<(String, String, String, Option<(String, String)>)> {
+/// A ledger entry: (affiliate, rule, explanation, the event and rule of what it reverses).
+type Entry = (String, String, String, Option<(String, String)>);
+
+/// The commissions `event_id` paid, in order.
+fn ledger_of(host: &Host, operator: &Operator, event_id: &str) -> Vec<Entry> {
     let ledger = host.commissions(operator, "");
     ledger
         .iter()

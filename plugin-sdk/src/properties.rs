@@ -65,6 +65,12 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Properties {
     }
 }
 
+pub(crate) fn parse_decimal(what: &str, value: &str) -> Result<Decimal> {
+    Decimal::from_str_exact(value)
+        .or_else(|_| Decimal::from_str(value))
+        .map_err(|_| Error::new(format!("{what}: {value:?} is not a decimal number")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::Properties;
@@ -80,10 +86,4 @@ mod tests {
         let terms = deal.over(&config);
         assert_eq!((terms.get("cpa"), terms.get("window_days")), (Some("50"), Some("30")));
     }
-}
-
-pub(crate) fn parse_decimal(what: &str, value: &str) -> Result<Decimal> {
-    Decimal::from_str_exact(value)
-        .or_else(|_| Decimal::from_str(value))
-        .map_err(|_| Error::new(format!("{what}: {value:?} is not a decimal number")))
 }
