@@ -84,7 +84,7 @@ impl Plugin for QualifiedCpa {
     fn settle(period: &Period, context: &Context) -> Result<Vec<Commission>> {
         let affiliate = context.affiliate();
         let terms = affiliate.deal.over(&context.config);
-        if terms.get("tier_retroactive") != Some("settle") {
+        if retroactive(&terms)? != "settle" {
             return Ok(vec![]);
         }
         let count = month_count(&affiliate.id, &period.id)?;
@@ -217,7 +217,7 @@ fn qualify(
     state::remember_paid(&event.id, std::slice::from_ref(&cpa));
     let mut paid = vec![cpa];
     let previous = if ordinal > 1 { tier(&tiers, ordinal - 1).1 } else { amount };
-    if !tiers.is_empty() && terms.get("tier_retroactive") == Some("crossing") && amount > previous {
+    if !tiers.is_empty() && retroactive(terms)? == "crossing" && amount > previous {
         let why = format!("customer #{ordinal} of {month} reached the tier at {amount}");
         paid.extend(escalate(context, &month, ordinal - 1, amount, &why)?);
     }
@@ -315,6 +315,14 @@ fn tiers(terms: &Properties) -> Result<Vec<(u64, Decimal)>> {
     }
 }
 
+/// When earlier CPAs are re-rated: `off` (the default), `crossing` or `settle`.
+fn retroactive(terms: &Properties) -> Result<&str> {
+    match terms.get("tier_retroactive").unwrap_or("off") {
+        mode @ ("off" | "crossing" | "settle") => Ok(mode),
+        other => Err(Error::new(format!("tier_retroactive: {other:?} is not off, crossing or settle"))),
+    }
+}
+
 /// The tier of the `ordinal`-th customer: (its first customer, its rate).
 fn tier(tiers: &[(u64, Decimal)], ordinal: u64) -> (u64, Decimal) {
     tiers.iter().rev().find(|(from, _)| *from <= ordinal).copied().unwrap_or((1, Decimal::ZERO))
@@ -346,6 +354,8 @@ mod tests {
         assert!(error.to_string().contains("must start at 1"), "{error}");
         let error = super::tiers(&testing::deal(&[("tiers", "1=100")])).unwrap_err();
         assert!(error.to_string().contains("FROM:RATE"), "{error}");
+        let error = retroactive(&testing::deal(&[("tier_retroactive", "yes")])).unwrap_err();
+        assert_eq!(error.to_string(), "tier_retroactive: \"yes\" is not off, crossing or settle");
     }
 
     #[test]
