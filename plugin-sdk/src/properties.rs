@@ -28,6 +28,31 @@ impl Properties {
         Ok(self.decimal(key)?.unwrap_or(default))
     }
 
+    /// The comma-separated items of `key`, trimmed, empty items dropped; none when absent.
+    /// `countries_deny=US, FR` gives `["US", "FR"]`.
+    pub fn list(&self, key: &str) -> Vec<&str> {
+        self.get(key)
+            .map(|value| value.split(',').map(str::trim).filter(|item| !item.is_empty()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The value of `key` as `true` or `false`, or `default` when absent; anything else is an
+    /// error naming the key.
+    pub fn flag_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(other) => Err(Error::new(format!("{key}: {other:?} is not true or false"))),
+        }
+    }
+
+    /// These terms over `defaults`: a key set here wins, the others come from `defaults`.
+    /// How a deal overrides the operator's config: `deal.over(&context.config)`.
+    pub fn over(&self, defaults: &Properties) -> Properties {
+        Self(defaults.0.iter().chain(&self.0).map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
     /// Every key and value, sorted by key.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
@@ -44,4 +69,21 @@ pub(crate) fn parse_decimal(what: &str, value: &str) -> Result<Decimal> {
     Decimal::from_str_exact(value)
         .or_else(|_| Decimal::from_str(value))
         .map_err(|_| Error::new(format!("{what}: {value:?} is not a decimal number")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Properties;
+
+    #[test]
+    fn lists_flags_and_defaults() {
+        let deal: Properties = [("deny", " US, ,FR "), ("kyc", "true"), ("cpa", "50")].into_iter().collect();
+        let config: Properties = [("cpa", "10"), ("window_days", "30")].into_iter().collect();
+        assert_eq!(deal.list("deny"), ["US", "FR"]);
+        assert!(deal.list("allow").is_empty());
+        assert_eq!((deal.flag_or("kyc", false), deal.flag_or("other", true)), (Ok(true), Ok(true)));
+        assert!(deal.flag_or("cpa", false).unwrap_err().to_string().contains("cpa"));
+        let terms = deal.over(&config);
+        assert_eq!((terms.get("cpa"), terms.get("window_days")), (Some("50"), Some("30")));
+    }
 }
