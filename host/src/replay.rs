@@ -22,7 +22,7 @@ use crate::store::records::{CommissionRecord, EventRecord, EventStatus, Failure,
 
 /// The plugin state of a replay: starts empty, takes each successful evaluation's writes.
 #[derive(Default)]
-struct ScratchState(Mutex<BTreeMap<String, Vec<u8>>>);
+pub(crate) struct ScratchState(Mutex<BTreeMap<String, Vec<u8>>>);
 
 impl StateSource for ScratchState {
     fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
@@ -31,7 +31,15 @@ impl StateSource for ScratchState {
 }
 
 impl ScratchState {
-    fn apply(&self, writes: BTreeMap<String, Option<Vec<u8>>>) {
+    pub(crate) fn value(&self, key: &str) -> Option<Vec<u8>> {
+        self.0.lock().expect("scratch state lock").get(key).cloned()
+    }
+
+    pub(crate) fn into_entries(self) -> BTreeMap<String, Vec<u8>> {
+        self.0.into_inner().expect("scratch state lock")
+    }
+
+    pub(crate) fn apply(&self, writes: BTreeMap<String, Option<Vec<u8>>>) {
         let mut state = self.0.lock().expect("scratch state lock");
         for (key, value) in writes {
             match value {
@@ -43,7 +51,7 @@ impl ScratchState {
 }
 
 /// One payout line, as compared between the ledger and a replay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Payout {
     pub affiliate: String,
     pub amount: Decimal,
@@ -239,7 +247,7 @@ impl Pipeline {
     }
 
     /// The operator's event records in ledger order, up to `last_sequence`.
-    fn records_in_order<'a>(
+    pub(crate) fn records_in_order<'a>(
         &'a self,
         operator: &'a OperatorRecord,
         last_sequence: u64,
