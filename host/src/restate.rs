@@ -82,7 +82,7 @@ pub(crate) fn restated_order(records: Vec<EventRecord>) -> Vec<Entry> {
 /// Totals per (affiliate, rule, currency).
 pub type Totals = BTreeMap<(String, String, String), Decimal>;
 
-fn add_to(totals: &mut Totals, payout: &Payout) {
+pub(crate) fn add_to(totals: &mut Totals, payout: &Payout) {
     *totals.entry((payout.affiliate.clone(), payout.rule.clone(), payout.currency.clone())).or_default() +=
         payout.amount;
 }
