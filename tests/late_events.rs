@@ -72,6 +72,7 @@ fn a_late_event_restates_the_closed_months_through_the_carryover_and_pays_the_di
     let late = json!({"id": "late-dec", "type": "wager", "customer": "p1", "amount": "1500", "occurred_at": "2025-12-20T10:00:00Z"});
     let answer1 = host.accept(&casino, late.clone());
     assert_eq!(paid(&answer1), [("carry".into(), dec("450"))], "{answer1}");
+    assert_eq!(answer1["commissions"][0]["restates"]["period"], "2026-01", "the answer says what it restates");
     let adjustment_id = answer1["commissions"][0]["id"].as_str().unwrap().to_owned();
     let (_, adjustment) = host.get(&casino, &format!("/commissions/{adjustment_id}"));
     assert_eq!(
@@ -192,7 +193,10 @@ fn under_the_refuse_policy_a_late_event_is_refused_naming_occurred_at_and_the_pe
     close(&host, &strict, "2025-11");
 
     let (status, refused) = settings(&host, &strict, json!({"late_events": "sometimes"}));
-    assert_eq!((status, refused["details"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("late_events")));
+    assert_eq!(
+        (status, refused["details"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("late_events"))
+    );
     let (status, set) = settings(&host, &strict, json!({"late_events": "refuse"}));
     assert_eq!((status, set["late_events"].as_str()), (StatusCode::OK, Some("refuse")), "{set}");
 

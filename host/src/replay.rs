@@ -151,7 +151,9 @@ impl Pipeline {
                     for payout in &replayed {
                         add_to(&mut totals, payout);
                     }
-                    let nonzero = |totals: Totals| -> Totals { totals.into_iter().filter(|(_, amount)| !amount.is_zero()).collect() };
+                    let nonzero = |totals: Totals| -> Totals {
+                        totals.into_iter().filter(|(_, amount)| !amount.is_zero()).collect()
+                    };
                     let matching = nonzero(settlement.totals()) == nonzero(totals);
                     (paid, matching)
                 }

@@ -152,7 +152,8 @@ impl Pipeline {
                 scratch.apply(evaluated.state_writes);
             }
         }
-        let scratch = Arc::try_unwrap(scratch).map_err(|_| IngestError::Internal("scratch state still shared".into()))?;
+        let scratch =
+            Arc::try_unwrap(scratch).map_err(|_| IngestError::Internal("scratch state still shared".into()))?;
         Ok(scratch.into_entries())
     }
 
@@ -254,11 +255,8 @@ impl Pipeline {
         }
 
         let live = store.state_entries(&operator.id)?;
-        let mut state_writes: BTreeMap<String, Option<Vec<u8>>> = live
-            .keys()
-            .filter(|key| !state.contains_key(*key))
-            .map(|key| (key.clone(), None))
-            .collect();
+        let mut state_writes: BTreeMap<String, Option<Vec<u8>>> =
+            live.keys().filter(|key| !state.contains_key(*key)).map(|key| (key.clone(), None)).collect();
         for (key, value) in state {
             if live.get(&key) != Some(&value) {
                 state_writes.insert(key, Some(value));
@@ -370,7 +368,11 @@ impl Pipeline {
     }
 
     /// Computes the period's statements as closed and stores each that is not stored yet.
-    pub(crate) fn store_closed_statements(&self, operator: &OperatorRecord, period: &Period) -> Result<(), IngestError> {
+    pub(crate) fn store_closed_statements(
+        &self,
+        operator: &OperatorRecord,
+        period: &Period,
+    ) -> Result<(), IngestError> {
         for (affiliate, statement) in self.period_statements(operator, period, StatementView::AsClosed)? {
             self.store().put_statement(&operator.id, &period.id, &affiliate, &statement)?;
         }

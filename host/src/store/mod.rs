@@ -425,10 +425,18 @@ impl Store {
 
     /// The ids of the operator's settlement entries (`{prefix}{period}:{affiliate}`), in
     /// period then affiliate order; only those of `period` if given.
-    pub fn settlement_ids(&self, operator: &str, prefix: &str, period: Option<&str>) -> Result<Vec<String>, StoreError> {
+    pub fn settlement_ids(
+        &self,
+        operator: &str,
+        prefix: &str,
+        period: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
         let start = keys::text(operator, &format!("{prefix}{}", period.map(|p| format!("{p}:")).unwrap_or_default()));
         let skip = keys::operator_prefix(operator).len();
-        self.events.scan_prefix(start).map(|entry| Ok(String::from_utf8_lossy(&entry?.0[skip..]).into_owned())).collect()
+        self.events
+            .scan_prefix(start)
+            .map(|entry| Ok(String::from_utf8_lossy(&entry?.0[skip..]).into_owned()))
+            .collect()
     }
 
     /// The statement of `affiliate` for `period` as the close computed it, if it was stored.
