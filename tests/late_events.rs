@@ -114,6 +114,47 @@ fn a_late_event_restates_the_closed_months_through_the_carryover_and_pays_the_di
 }
 
 #[test]
+fn a_late_first_deposit_pays_its_cpa_as_usual_and_its_late_wager_adjusts_the_month() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let casino = host.create_operator("casino");
+    host.install_plugin(&casino, "revshare");
+    host.put_affiliate(&casino, "hybrid", None, json!({"revshare_percent": "20", "cpa": "50"}));
+    let deposit = |id: &str, customer: &str, at: &str| {
+        host.accept(
+            &casino,
+            json!({"id": id, "type": "deposit", "customer": customer, "amount": "100", "affiliate": "hybrid", "occurred_at": at}),
+        )
+    };
+    let wager = |id: &str, customer: &str, amount: &str, at: &str| {
+        host.accept(
+            &casino,
+            json!({"id": id, "type": "wager", "customer": customer, "amount": amount, "occurred_at": at}),
+        )
+    };
+    assert_eq!(paid(&deposit("q1-d", "q1", "2025-11-01T08:00:00Z")), [("hybrid".into(), dec("50"))]);
+    wager("q1-w", "q1", "500", "2025-11-02T08:00:00Z");
+    // November NGR 500 at 20%: 100.
+    assert_eq!(paid(&close(&host, &casino, "2025-11")["settlements"][0]), [("hybrid".into(), dec("100"))]);
+
+    // A new customer's first deposit on 20 November, after the close: its CPA is paid as usual;
+    // a deposit is no NGR, so November pays the same and nothing is adjusted.
+    let late_deposit = deposit("q2-d", "q2", "2025-11-20T08:00:00Z");
+    assert_eq!(paid(&late_deposit), [("hybrid".into(), dec("50"))], "{late_deposit}");
+    assert!(late_deposit["commissions"][0].get("restates").is_none());
+
+    // Its wager of 1,000 on 21 November: November NGR 1,500 at 20% = 300, 100 paid, so +200,
+    // dated in December, the month after the latest closed one.
+    let late_wager = wager("q2-w", "q2", "1000", "2025-11-21T08:00:00Z");
+    assert_eq!(paid(&late_wager), [("hybrid".into(), dec("200"))], "{late_wager}");
+    assert_eq!(late_wager["commissions"][0]["restates"]["period"], "2025-11");
+    let (_, adjustment) =
+        host.get(&casino, &format!("/commissions/{}", late_wager["commissions"][0]["id"].as_str().unwrap()));
+    assert_eq!(adjustment["occurred_at"], "2025-12-01T00:00:00Z");
+    assert_eq!(host.totals(&casino), [("hybrid".to_owned(), dec("400"))].into(), "50 + 100 + 50 + 200");
+}
+
+#[test]
 fn the_period_statement_recomputes_to_what_the_close_stored_and_shows_the_late_lines() {
     let (_dir, data) = data_dir();
     let host = Host::start(&data);

@@ -303,7 +303,6 @@ impl Pipeline {
             let record = &entry.record;
             let Some(affiliate) = &record.attributed_to else { return Ok(()) };
             let statement = || AffiliateStatement { affiliate: affiliate.clone(), ..AffiliateStatement::default() };
-            let logs = || record.evaluation.as_ref().map(|_| evaluated_logs(evaluated)).unwrap_or_default();
             match settlement_period(&record.event) {
                 Some(settled) if settled.id == period.id => {
                     let statement = statements.entry(affiliate.clone()).or_insert_with(statement);
@@ -315,7 +314,7 @@ impl Pipeline {
                         plugin_version: record.evaluation.as_ref().map_or(0, |e| e.plugin_version),
                         commissions: evaluated.commissions.iter().map(Payout::from).collect(),
                         failure: evaluated.failure.as_ref().map(|failure| failure.message.clone()),
-                        logs: logs(),
+                        logs: evaluated_logs(evaluated),
                     });
                 }
                 Some(_) => {}
@@ -343,7 +342,7 @@ impl Pipeline {
                         contribution: contribution(&changes),
                         changes,
                         commissions: evaluated.commissions.iter().map(Payout::from).collect(),
-                        logs: logs(),
+                        logs: evaluated_logs(evaluated),
                     });
                 }
                 None => {}
