@@ -11,12 +11,7 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 fn close(host: &Host, operator: &Operator, period: &str) -> Value {
-    let (status, body) = answer(
-        host.client
-            .post(host.url(&format!("/v1/operators/{}/periods/{period}/close", operator.id)))
-            .bearer_auth(&operator.api_key)
-            .send(),
-    );
+    let (status, body) = host.close(operator, period);
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }
@@ -106,9 +101,7 @@ fn a_late_event_restates_the_closed_months_through_the_carryover_and_pays_the_di
     assert_eq!(host.totals(&casino), [("carry".to_owned(), dec("570"))].into());
 
     // The ledger replays to what was paid and to the state the host holds, late events included.
-    let (status, report) =
-        answer(host.client.post(host.url("/v1/operators/casino/verify")).bearer_auth(&casino.api_key).send());
-    assert_eq!(status, StatusCode::OK);
+    let report = host.verify(&casino);
     assert_eq!(report["differences"], json!([]), "{report}");
     assert_eq!(report["state_keys_differing"], json!([]), "{report}");
 }
