@@ -456,3 +456,78 @@ pub struct SettlementLine {
     pub failure: Option<String>,
     pub logs: Vec<LogLine>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::SETTLEMENT_KIND;
+    use crate::store::records::StoredEvent;
+
+    const NOV_2: i64 = 1_762_041_600_000; // 2025-11-02T00:00:00Z
+    const DEC_2: i64 = 1_764_633_600_000; // 2025-12-02T00:00:00Z
+
+    fn record(seq: u64, id: &str, kind: &str, occurred_at: i64, period: Option<&str>) -> EventRecord {
+        EventRecord {
+            seq,
+            event: StoredEvent {
+                id: id.into(),
+                kind: kind.into(),
+                customer: "c1".into(),
+                occurred_at,
+                amount: None,
+                currency: None,
+                affiliate: None,
+                attributes: period.map(|period| ("period".to_owned(), period.to_owned())).into_iter().collect(),
+                fx: None,
+            },
+            content_sha256: String::new(),
+            received_at: 0,
+            status: EventStatus::Accepted,
+            failure: None,
+            attributed_to: Some("aff1".into()),
+            evaluation: None,
+            commission_ids: Vec::new(),
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn late_events_move_before_their_periods_first_settlement_in_arrival_order() {
+        let order = restated_order(vec![
+            record(1, "nov-a", "wager", NOV_2, None),
+            record(2, "settle-nov-aff1", SETTLEMENT_KIND, DEC_2 - 1, Some("2025-11")),
+            record(3, "settle-nov-aff2", SETTLEMENT_KIND, DEC_2 - 1, Some("2025-11")),
+            record(4, "dec-a", "wager", DEC_2, None),
+            record(5, "nov-late-1", "wager", NOV_2, None),
+            record(6, "dec-b", "wager", DEC_2, None),
+            record(7, "nov-late-2", "win", NOV_2 + 1, None),
+        ]);
+        let ids: Vec<(&str, bool)> = order.iter().map(|e| (e.record.event.id.as_str(), e.late)).collect();
+        assert_eq!(
+            ids,
+            [
+                ("nov-a", false),
+                ("nov-late-1", true),
+                ("nov-late-2", true),
+                ("settle-nov-aff1", false),
+                ("settle-nov-aff2", false),
+                ("dec-a", false),
+                ("dec-b", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_contribution_is_the_change_of_the_one_decimal_an_event_changed() {
+        let change = |before: Option<&str>, after: Option<&str>| StateChange {
+            key: "k".into(),
+            before: before.map(Into::into),
+            after: after.map(Into::into),
+        };
+        assert_eq!(contribution(&[change(None, Some("3000"))]), Some(Decimal::from(3000)));
+        assert_eq!(contribution(&[change(Some("3000"), Some("-2000"))]), Some(Decimal::from(-5000)));
+        assert_eq!(contribution(&[]), None);
+        assert_eq!(contribution(&[change(None, Some("yes"))]), None);
+        assert_eq!(contribution(&[change(None, Some("1")), change(None, Some("2"))]), None);
+    }
+}
