@@ -336,6 +336,7 @@ impl Pipeline {
                         event_id: event.id.clone(),
                         kind: event.kind.clone(),
                         occurred_at: format_time(event.occurred_at),
+                        received_at: format_time(record.received_at),
                         amount,
                         currency,
                         late: entry.late,
@@ -429,6 +430,8 @@ pub struct StatementLine {
     /// In the operator's currency (converted at the rate stored with the event).
     pub amount: Option<Decimal>,
     pub currency: Option<String>,
+    /// When the host received it.
+    pub received_at: String,
     /// It arrived after the period was closed.
     pub late: bool,
     /// What the event added to the one running total it changed (NGR, for RevShare).
