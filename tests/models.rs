@@ -9,15 +9,6 @@ use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-fn close(host: &Host, operator: &Operator, period: &str) -> (StatusCode, Value) {
-    answer(
-        host.client
-            .post(host.url(&format!("/v1/operators/{}/periods/{period}/close", operator.id)))
-            .bearer_auth(&operator.api_key)
-            .send(),
-    )
-}
-
 /// (affiliate, status, what it paid) of one settlement.
 type Settlement = (String, String, Vec<(String, Decimal)>);
 
@@ -58,7 +49,7 @@ fn revshare_pays_monthly_ngr_with_and_without_negative_carryover() {
         money(&host, &casino, &format!("{customer}-j1"), "wager", customer, "3000", "2026-01-10T10:00:00Z");
     }
 
-    let (status, november) = close(&host, &casino, "2025-11");
+    let (status, november) = host.close(&casino, "2025-11");
     assert_eq!(status, StatusCode::OK, "{november}");
     // 30% of 1,400 = 420; the hybrid deal's 20% = 280.
     assert_eq!(
@@ -69,9 +60,9 @@ fn revshare_pays_monthly_ngr_with_and_without_negative_carryover() {
             ("nocarry".into(), "accepted".into(), vec![("nocarry".into(), dec("420"))]),
         ]
     );
-    let (_, december) = close(&host, &casino, "2025-12");
+    let (_, december) = host.close(&casino, "2025-12");
     assert!(settled(&december).iter().all(|(_, status, paid)| status == "accepted" && paid.is_empty()), "{december}");
-    let (_, january) = close(&host, &casino, "2026-01");
+    let (_, january) = host.close(&casino, "2026-01");
     // With carryover: (3,000 - 2,000) x 30% = 300; without: 3,000 x 30% = 900; hybrid 20% of 1,000.
     assert_eq!(
         settled(&january).into_iter().map(|(affiliate, _, paid)| (affiliate, paid)).collect::<Vec<_>>(),
@@ -87,7 +78,7 @@ fn revshare_pays_monthly_ngr_with_and_without_negative_carryover() {
     );
 
     // Closing a month again pays nothing twice.
-    let (status, again) = close(&host, &casino, "2026-01");
+    let (status, again) = host.close(&casino, "2026-01");
     assert_eq!(status, StatusCode::OK);
     assert!(settled(&again).iter().all(|(_, status, _)| status == "duplicate"), "{again}");
     assert_eq!(
@@ -99,15 +90,13 @@ fn revshare_pays_monthly_ngr_with_and_without_negative_carryover() {
     let january_ledger = host.commissions(&casino, "from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z");
     assert_eq!(january_ledger.len(), 3);
 
-    let (status, body) = close(&host, &casino, "2031-01");
+    let (status, body) = host.close(&casino, "2031-01");
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a period that has not ended: {body}");
-    let (status, body) = close(&host, &casino, "2025-13");
+    let (status, body) = host.close(&casino, "2025-13");
     assert_eq!((status, body["details"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("period")));
 
     // Settlements replay like events: the whole ledger verifies.
-    let (status, report) =
-        answer(host.client.post(host.url("/v1/operators/casino/verify")).bearer_auth(&casino.api_key).send());
-    assert_eq!(status, StatusCode::OK);
+    let report = host.verify(&casino);
     assert_eq!(report["differences"], json!([]), "{report}");
     assert_eq!(report["state_keys_differing"], json!([]), "{report}");
 }
@@ -170,7 +159,7 @@ fn a_plugin_built_against_contract_0_1_0_keeps_loading_and_paying() {
     let deposit = host.accept(&old, json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "10", "affiliate": "aff1", "occurred_at": "2025-11-02T00:00:00Z"}));
     assert_eq!(paid(&deposit), [("aff1".into(), dec("3"))]);
     // 0.1.0 has no settle: closing a period pays nothing and fails nothing.
-    let (status, closed) = close(&host, &old, "2025-11");
+    let (status, closed) = host.close(&old, "2025-11");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(settled(&closed), [("aff1".into(), "accepted".into(), vec![])]);
     // And the current SDK's plugins say 0.2.0.
@@ -215,8 +204,7 @@ fn amounts_in_other_currencies_are_converted_at_the_operators_rate_and_the_rate_
 
     // A later rate changes nothing already converted; a replay converts as it was.
     set_rates(json!({"rates": {"EUR": "2"}, "source": "a later day"}));
-    let (_, report) =
-        answer(host.client.post(host.url("/v1/operators/broker/verify")).bearer_auth(&broker.api_key).send());
+    let report = host.verify(&broker);
     assert_eq!((report["events_matching"].as_u64(), report["differences"].clone()), (Some(1), json!([])), "{report}");
 }
 

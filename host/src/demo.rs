@@ -38,6 +38,7 @@ pub async fn set_up(pipeline: &Pipeline, plugin: &Path, address: SocketAddr) -> 
         limits: Default::default(),
         previous_credentials: Vec::new(),
         fx_rates: Default::default(),
+        late_events: Default::default(),
     });
     operator.api_key_sha256 = sha256_hex(&credentials.api_key);
     operator.postback_token_sha256 = sha256_hex(&credentials.postback_token);

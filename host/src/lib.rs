@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugins;
 pub mod replay;
+pub mod restate;
 pub mod sandbox;
 pub mod secrets;
 pub mod server;

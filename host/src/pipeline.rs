@@ -24,13 +24,14 @@ use crate::customer_locks::CustomerLocks;
 use crate::event::{FieldError, IncomingEvent, now_ms, parse_amount};
 use crate::metrics::{FailureLabels, Metrics, OperatorLabels};
 use crate::plugins::PluginRegistry;
+use crate::restate::closed_period_of;
 use crate::sandbox::{
     Limits, MAX_CONCURRENT_INSTANCES, PluginAffiliate, PluginCommission, PluginCommissionRef, PluginContext,
     PluginEvent, PluginInput, PluginPeriod, Sandbox, StateSource,
 };
 use crate::store::records::{
     ActivationScope, ChainLink, CommissionRecord, CustomerBinding, EvaluationRecord, EventRecord, EventStatus, Failure,
-    FailureKind, FxConversion, LogLine, OperatorLimits, OperatorRecord, StoredEvent,
+    FailureKind, FxConversion, LateEventPolicy, LogLine, OperatorLimits, OperatorRecord, StoredEvent,
 };
 use crate::store::{CommitOutcome, Durability, DurabilityError, EventCommit, Store, StoreError};
 
@@ -201,9 +202,28 @@ impl Pipeline {
             let earlier = seen.insert(&event.id, &incoming.content_sha256);
             let stored = self.store.event(&operator.id, &event.id)?;
             let reused = earlier.is_some_and(|hash| hash != incoming.content_sha256)
-                || stored.is_some_and(|stored| stored.content_sha256 != incoming.content_sha256);
+                || stored.as_ref().is_some_and(|stored| stored.content_sha256 != incoming.content_sha256);
             if reused {
                 conflicts.push(event.id.clone());
+            }
+            // A retry of an event stored before its period closed is still a retry.
+            if operator.late_events == LateEventPolicy::Refuse
+                && stored.is_none()
+                && let Some(period) = closed_period_of(self, &operator.id, event.occurred_at)?
+            {
+                invalid.push(FieldError {
+                    index: (events.len() > 1).then_some(index),
+                    field: "occurred_at".into(),
+                    problem: format!(
+                        "{} falls in period {}, which operator {} has closed, and the operator refuses late events \
+                         (late_events: refuse); nothing was written. Report it in the open period, or set \
+                         late_events to adjust with PUT /v1/operators/{}/settings",
+                        crate::event::format_time(event.occurred_at),
+                        period.id,
+                        operator.id,
+                        operator.id
+                    ),
+                });
             }
         }
         if !invalid.is_empty() {
@@ -254,7 +274,7 @@ impl Pipeline {
         let mut outcomes = Vec::new();
         for affiliate in self.store.affiliate_ids(&operator.id)? {
             let event = StoredEvent {
-                id: format!("{RESERVED_PREFIX}period:{}:{affiliate}", period.id),
+                id: period.settlement_id(&affiliate),
                 kind: SETTLEMENT_KIND.to_owned(),
                 customer: String::new(),
                 occurred_at: period.ends_at - 1,
@@ -267,6 +287,12 @@ impl Pipeline {
             let content_sha256 = hex::encode(sha2::Sha256::digest(event.id.as_bytes()));
             outcomes.push(self.process(operator, IncomingEvent { event, content_sha256 }).await?);
         }
+        // The statements as this close computed them, kept to compare later recomputations with.
+        let pipeline = self.clone();
+        let (operator, period) = (operator.clone(), period.clone());
+        tokio::task::spawn_blocking(move || pipeline.store_closed_statements(&operator, &period))
+            .await
+            .map_err(|error| IngestError::Internal(format!("statement task failed: {error}")))??;
         self.durability.wait().await?;
         Ok(outcomes)
     }
@@ -391,14 +417,31 @@ impl Pipeline {
                 commission_ids: Vec::new(),
                 attempts: retry_of.map_or(1, |attempts| attempts + 1),
             };
+            // A late event restates the closed periods it changes: adjustments beside its own
+            // commissions, and the plugin state as restated, all in the same commit.
+            let restated = match (&settlement, &binding, &evaluated.failure) {
+                (None, Some(_), None) if closed_period_of(self, &operator.id, event.occurred_at)?.is_some() => {
+                    Some(self.restate(operator, &record)?)
+                }
+                _ => None,
+            };
+            let (commissions, state_writes, expected_last_seq) = match restated {
+                Some(restated) => {
+                    let mut commissions = evaluated.commissions.clone();
+                    commissions.extend(restated.adjustments);
+                    (commissions, restated.state_writes, Some(restated.last_seq))
+                }
+                None => (evaluated.commissions.clone(), evaluated.state_writes.clone(), None),
+            };
             let commit = EventCommit {
                 operator: &operator.id,
                 record: &record,
                 replaces_failed_attempt: retry_of,
                 new_binding: new_binding.as_ref(),
                 state_reads: &evaluated.state_reads,
-                state_writes: &evaluated.state_writes,
-                commissions: &evaluated.commissions,
+                state_writes: &state_writes,
+                commissions: &commissions,
+                expected_last_seq,
             };
             let started = Instant::now();
             let committed = self.store.commit_event(&commit)?;
@@ -593,6 +636,8 @@ impl Drop for EvaluationSlots {
 pub const RESERVED_PREFIX: &str = "commission-host.";
 /// The type of the ledger entry a period's settlement is stored as.
 pub const SETTLEMENT_KIND: &str = "commission-host.settlement";
+/// How a settlement entry's id starts; `{period}:{affiliate}` follows.
+pub const SETTLEMENT_PREFIX: &str = "commission-host.period:";
 
 /// A calendar month, as periods are: `2026-11`, UTC.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -619,6 +664,22 @@ impl Period {
         let end = time::Date::from_calendar_date(next_year, next_month, 1).map_err(|_| problem())?;
         let ms = |date: time::Date| date.midnight().assume_utc().unix_timestamp() * 1000;
         Ok(Self { id: id.to_owned(), starts_at: ms(start), ends_at: ms(end) })
+    }
+
+    /// The month `ms` falls in; `None` for a time outside the calendar's range.
+    pub fn containing(ms: i64) -> Option<Self> {
+        let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+        Self::parse(&format!("{:04}-{:02}", time.year(), u8::from(time.month()))).ok()
+    }
+
+    /// The month after this one.
+    pub fn next(&self) -> Option<Self> {
+        Self::containing(self.ends_at)
+    }
+
+    /// The id of this period's settlement entry for `affiliate`.
+    pub fn settlement_id(&self, affiliate: &str) -> String {
+        format!("{SETTLEMENT_PREFIX}{}:{affiliate}", self.id)
     }
 
     fn to_plugin(&self) -> PluginPeriod {
@@ -850,6 +911,7 @@ pub fn checked_commissions(
                 fx_rate: event.fx.as_ref().map(|fx| fx.rate),
                 version_reason: String::new(),
                 hold_until,
+                restates: None,
             })
         })
         .collect()

@@ -17,12 +17,13 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::pipeline::{IngestError, Pipeline, settlement_period};
+use crate::restate::{Totals, add_to, restated_order};
 use crate::sandbox::StateSource;
-use crate::store::records::{CommissionRecord, EventRecord, EventStatus, Failure, OperatorRecord};
+use crate::store::records::{CommissionRecord, EventRecord, Failure, OperatorRecord};
 
 /// The plugin state of a replay: starts empty, takes each successful evaluation's writes.
 #[derive(Default)]
-struct ScratchState(Mutex<BTreeMap<String, Vec<u8>>>);
+pub(crate) struct ScratchState(Mutex<BTreeMap<String, Vec<u8>>>);
 
 impl StateSource for ScratchState {
     fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
@@ -31,7 +32,15 @@ impl StateSource for ScratchState {
 }
 
 impl ScratchState {
-    fn apply(&self, writes: BTreeMap<String, Option<Vec<u8>>>) {
+    pub(crate) fn value(&self, key: &str) -> Option<Vec<u8>> {
+        self.0.lock().expect("scratch state lock").get(key).cloned()
+    }
+
+    pub(crate) fn into_entries(self) -> BTreeMap<String, Vec<u8>> {
+        self.0.into_inner().expect("scratch state lock")
+    }
+
+    pub(crate) fn apply(&self, writes: BTreeMap<String, Option<Vec<u8>>>) {
         let mut state = self.0.lock().expect("scratch state lock");
         for (key, value) in writes {
             match value {
@@ -43,7 +52,7 @@ impl ScratchState {
 }
 
 /// One payout line, as compared between the ledger and a replay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Payout {
     pub affiliate: String,
     pub amount: Decimal,
@@ -116,32 +125,46 @@ impl TimeRange {
 }
 
 impl Pipeline {
-    /// Replays every accepted event through the version that evaluated it and compares.
+    /// Replays every accepted event through the version that evaluated it, in restated order
+    /// (late events before the settlements of their period, see [`crate::restate`]), and
+    /// compares. A settlement restated by late events is compared, per affiliate, rule and
+    /// currency, with what it paid at the close plus the adjustments made for it since.
     pub fn verify(&self, operator: &OperatorRecord) -> Result<VerifyReport, IngestError> {
         let store = self.store();
         let last_sequence = store.last_sequence(&operator.id)?;
-        let scratch = Arc::new(ScratchState::default());
+        let records: Vec<EventRecord> = self.records_in_order(operator, last_sequence).collect::<Result<_, _>>()?;
+        let entries = restated_order(records);
+        let settlements = self.settlements_paid(operator, &entries)?;
         let mut report = VerifyReport {
             events_replayed: 0,
             events_matching: 0,
             differences: Vec::new(),
             state_keys_differing: None,
         };
-        for record in self.records_in_order(operator, last_sequence) {
-            let record = record?;
-            let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { continue };
-            let evaluated = self.run_plugin(
-                operator,
-                &record.event,
-                evaluation.chain.clone(),
-                evaluation.plugin_version,
-                settlement_period(&record.event).as_ref(),
-                scratch.clone(),
-            )?;
-            let paid = self.paid(operator, &record)?;
+        let replayed_state = self.replay_entries(operator, &entries, |entry, evaluated, _| {
+            let record = &entry.record;
             let replayed: Vec<Payout> = evaluated.commissions.iter().map(Payout::from).collect();
+            let (paid, matching) = match settlements.get(&record.event.id) {
+                Some(settlement) if !settlement.adjustments.is_empty() => {
+                    let paid = settlement.at_close.iter().chain(&settlement.adjustments).map(Payout::from).collect();
+                    let mut totals = Totals::new();
+                    for payout in &replayed {
+                        add_to(&mut totals, payout);
+                    }
+                    let nonzero = |totals: Totals| -> Totals {
+                        totals.into_iter().filter(|(_, amount)| !amount.is_zero()).collect()
+                    };
+                    let matching = nonzero(settlement.totals()) == nonzero(totals);
+                    (paid, matching)
+                }
+                _ => {
+                    let paid = self.paid(operator, record)?;
+                    let matching = paid == replayed;
+                    (paid, matching)
+                }
+            };
             report.events_replayed += 1;
-            if evaluated.failure.is_none() && paid == replayed {
+            if evaluated.failure.is_none() && matching {
                 report.events_matching += 1;
             } else {
                 report.differences.push(EventDifference {
@@ -152,16 +175,13 @@ impl Pipeline {
                     replay_failure: evaluated.failure.clone(),
                 });
             }
-            if evaluated.failure.is_none() {
-                scratch.apply(evaluated.state_writes);
-            }
-        }
+            Ok(())
+        })?;
         if store.last_sequence(&operator.id)? == last_sequence {
             let stored = store.state_entries(&operator.id)?;
-            let replayed = scratch.0.lock().expect("scratch state lock");
-            let keys: std::collections::BTreeSet<&String> = stored.keys().chain(replayed.keys()).collect();
+            let keys: std::collections::BTreeSet<&String> = stored.keys().chain(replayed_state.keys()).collect();
             report.state_keys_differing =
-                Some(keys.into_iter().filter(|key| stored.get(*key) != replayed.get(*key)).cloned().collect());
+                Some(keys.into_iter().filter(|key| stored.get(*key) != replayed_state.get(*key)).cloned().collect());
         }
         Ok(report)
     }
@@ -239,7 +259,7 @@ impl Pipeline {
     }
 
     /// The operator's event records in ledger order, up to `last_sequence`.
-    fn records_in_order<'a>(
+    pub(crate) fn records_in_order<'a>(
         &'a self,
         operator: &'a OperatorRecord,
         last_sequence: u64,
@@ -253,7 +273,15 @@ impl Pipeline {
             .filter_map(Result::transpose)
     }
 
+    /// What the event paid by itself: its commissions, without the adjustments a late event
+    /// made for the periods it restated.
     fn paid(&self, operator: &OperatorRecord, record: &EventRecord) -> Result<Vec<Payout>, IngestError> {
-        Ok(self.store().commission_records(&operator.id, &record.commission_ids)?.iter().map(Payout::from).collect())
+        Ok(self
+            .store()
+            .commission_records(&operator.id, &record.commission_ids)?
+            .iter()
+            .filter(|commission| commission.restates.is_none())
+            .map(Payout::from)
+            .collect())
     }
 }

@@ -122,8 +122,13 @@ impl Pipeline {
             else {
                 continue;
             };
-            let paid: Vec<Payout> =
-                store.commission_records(&operator.id, &record.commission_ids)?.iter().map(Payout::from).collect();
+            // A late event's adjustments are the host's restatement, not the plugin's answer.
+            let paid: Vec<Payout> = store
+                .commission_records(&operator.id, &record.commission_ids)?
+                .iter()
+                .filter(|commission| commission.restates.is_none())
+                .map(Payout::from)
+                .collect();
             let shadow: Vec<Payout> = result.commissions.iter().map(Payout::from).collect();
             for (payouts, is_paid) in [(&paid, true), (&shadow, false)] {
                 for payout in payouts {

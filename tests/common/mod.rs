@@ -175,6 +175,28 @@ impl Host {
         )
     }
 
+    /// Closes a month: `POST /v1/operators/{op}/periods/{period}/close`.
+    pub fn close(&self, operator: &Operator, period: &str) -> (StatusCode, Value) {
+        answer(
+            self.client
+                .post(self.url(&format!("/v1/operators/{}/periods/{period}/close", operator.id)))
+                .bearer_auth(&operator.api_key)
+                .send(),
+        )
+    }
+
+    /// The report of `POST /v1/operators/{op}/verify`, expected to be a 200.
+    pub fn verify(&self, operator: &Operator) -> Value {
+        let (status, report) = answer(
+            self.client
+                .post(self.url(&format!("/v1/operators/{}/verify", operator.id)))
+                .bearer_auth(&operator.api_key)
+                .send(),
+        );
+        assert_eq!(status, StatusCode::OK, "{report}");
+        report
+    }
+
     /// Every commission of the operator, following cursors.
     pub fn commissions(&self, operator: &Operator, filter: &str) -> Vec<Value> {
         let mut all = Vec::new();

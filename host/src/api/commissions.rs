@@ -168,6 +168,7 @@ pub fn commission_json(commission: &CommissionRecord) -> Value {
         "occurred_at": format_time(commission.occurred_at),
         "created_at": format_time(commission.created_at),
         "reverses": commission.reverses,
+        "restates": commission.restates,
         "fx_rate": commission.fx_rate,
     })
 }

@@ -199,14 +199,21 @@ fn outcome_json(outcome: &EventOutcome) -> Value {
         "id": record.event.id,
         "status": outcome.disposition,
         "attributed_to": record.attributed_to,
-        "commissions": outcome.commissions.iter().map(|c| json!({
-            "id": c.id,
-            "affiliate": c.affiliate,
-            "amount": c.amount,
-            "currency": c.currency,
-            "rule": c.rule,
-            "explanation": c.explanation,
-        })).collect::<Vec<_>>(),
+        "commissions": outcome.commissions.iter().map(|c| {
+            let mut commission = json!({
+                "id": c.id,
+                "affiliate": c.affiliate,
+                "amount": c.amount,
+                "currency": c.currency,
+                "rule": c.rule,
+                "explanation": c.explanation,
+            });
+            // A late event's adjustments say which closed period they restate.
+            if let Some(restates) = &c.restates {
+                commission["restates"] = json!(restates);
+            }
+            commission
+        }).collect::<Vec<_>>(),
     });
     if let Some(failure) = &record.failure {
         answer["failure"] = json!(failure);

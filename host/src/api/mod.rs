@@ -13,6 +13,7 @@
 //! | `POST /v1/operators/{op}/verify`, `POST .../plugins/{n}/replay` | operator, admin |
 //! | `PUT /v1/operators/{op}/shadow`, `GET .../plugins/{n}/shadow-report` | operator, admin |
 //! | `POST /v1/operators/{op}/periods/{YYYY-MM}/close`, `PUT .../fx-rates` | operator, admin |
+//! | `GET /v1/operators/{op}/periods/{YYYY-MM}/statement[?affiliate=A]`, `PUT .../settings` | operator, admin |
 //! | `PUT /v1/operators/{op}/limits`, `POST .../credentials/{kind}/rotate` | admin |
 
 mod auth;
@@ -22,6 +23,7 @@ mod events;
 mod operators;
 mod rate_limit;
 mod replay;
+mod statement;
 
 use std::sync::Arc;
 
@@ -76,11 +78,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/operators/{op}/plugins/{version}/shadow-report", get(replay::shadow_report))
         .route("/v1/operators/{op}/limits", put(operators::put_limits))
         .route("/v1/operators/{op}/fx-rates", put(operators::put_fx_rates))
+        .route("/v1/operators/{op}/settings", put(operators::put_settings))
         .route("/v1/operators/{op}/credentials/{kind}/rotate", post(operators::rotate_credential))
         .route("/v1/operators/{op}/affiliates/{affiliate}", put(operators::put_affiliate).get(operators::get_affiliate))
         .route("/v1/operators/{op}/events", post(events::webhook))
         .route("/v1/operators/{op}/events/retry-failed", post(events::retry_failed))
         .route("/v1/operators/{op}/periods/{period}/close", post(events::close_period))
+        .route("/v1/operators/{op}/periods/{period}/statement", get(statement::statement))
         .route("/v1/operators/{op}/events/{id}", get(events::get_event))
         .route("/v1/operators/{op}/commissions", get(commissions::list))
         .route("/v1/operators/{op}/commissions/{id}", get(commissions::get))

@@ -17,8 +17,8 @@ use crate::pipeline::{MAX_CHAIN_DEPTH, effective_limits};
 use crate::sandbox;
 use crate::secrets::{OperatorCredentials, sha256_hex};
 use crate::store::records::{
-    ActivationScope, AffiliateRecord, CredentialKind, DatedActivation, FxRates, OperatorLimits, OperatorRecord,
-    PreviousCredential,
+    ActivationScope, AffiliateRecord, CredentialKind, DatedActivation, FxRates, LateEventPolicy, OperatorLimits,
+    OperatorRecord, PreviousCredential,
 };
 
 const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -70,6 +70,7 @@ pub async fn create_operator(
         limits: Default::default(),
         previous_credentials: Vec::new(),
         fx_rates: Default::default(),
+        late_events: Default::default(),
     };
     let store = state.pipeline.store();
     if !store.create_operator(&operator)? {
@@ -544,4 +545,31 @@ pub async fn put_fx_rates(
         "source": operator.fx_rates.source,
         "updated_at": format_time(operator.fx_rates.updated_at),
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsBody {
+    late_events: LateEventPolicy,
+}
+
+/// `PUT /v1/operators/{op}/settings` `{"late_events": "adjust" | "refuse"}`: how the operator's
+/// events that occurred in a closed period are taken (see [`LateEventPolicy`]).
+pub async fn put_settings(
+    State(state): State<Arc<AppState>>,
+    Path(op): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    auth::operator(&state, &headers, &op)?;
+    let body = read_body(body, state.limits.events_bytes).await?;
+    let request: SettingsBody = parse_json(&body)?;
+    let operator = state
+        .pipeline
+        .store()
+        .update_operator(&op, |operator| operator.late_events = request.late_events)?
+        .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
+    durable(&state).await?;
+    tracing::info!(operator = %operator.id, late_events = ?operator.late_events, "settings changed");
+    Ok(Json(json!({ "late_events": operator.late_events })))
 }

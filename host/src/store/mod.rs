@@ -67,6 +67,8 @@ pub struct Store {
     shadow_state: Tree,
     shadow_results: Tree,
     shadow_progress: Tree,
+    /// (operator, period, affiliate) -> the period statement as its close computed it.
+    statements: Tree,
 }
 
 /// Everything one evaluated event writes, committed together by [`Store::commit_event`].
@@ -84,6 +86,10 @@ pub struct EventCommit<'a> {
     pub state_writes: &'a BTreeMap<String, Option<Vec<u8>>>,
     /// The commissions to store; their ids are assigned by the commit.
     pub commissions: &'a [CommissionRecord],
+    /// For an event computed from a replay of the whole ledger (a late event's restatement):
+    /// the operator's last sequence number the replay saw. The commit goes through only if no
+    /// event was committed since.
+    pub expected_last_seq: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -136,6 +142,7 @@ impl Store {
             shadow_state: tree("shadow_state")?,
             shadow_results: tree("shadow_results")?,
             shadow_progress: tree("shadow_progress")?,
+            statements: tree("statements")?,
             db,
         })
     }
@@ -352,6 +359,9 @@ impl Store {
                     }
                     None => 1,
                 };
+                if commit.expected_last_seq.is_some_and(|expected| expected + 1 != seq) {
+                    return abort(Abort::Stale);
+                }
                 sequences.insert(operator.as_bytes(), seq.to_be_bytes().as_slice())?;
                 let commissions: Vec<CommissionRecord> = commit
                     .commissions
@@ -411,6 +421,46 @@ impl Store {
             Err(TransactionError::Abort(Abort::Decode(detail))) => Err(StoreError::Decode { tree: "events", detail }),
             Err(TransactionError::Storage(error)) => Err(StoreError::Sled(error)),
         }
+    }
+
+    /// The ids of the operator's settlement entries (`{prefix}{period}:{affiliate}`), in
+    /// period then affiliate order; only those of `period` if given.
+    pub fn settlement_ids(
+        &self,
+        operator: &str,
+        prefix: &str,
+        period: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        let start = keys::text(operator, &format!("{prefix}{}", period.map(|p| format!("{p}:")).unwrap_or_default()));
+        let skip = keys::operator_prefix(operator).len();
+        self.events
+            .scan_prefix(start)
+            .map(|entry| Ok(String::from_utf8_lossy(&entry?.0[skip..]).into_owned()))
+            .collect()
+    }
+
+    /// The statement of `affiliate` for `period` as the close computed it, if it was stored.
+    pub fn statement<T: serde::de::DeserializeOwned>(
+        &self,
+        operator: &str,
+        period: &str,
+        affiliate: &str,
+    ) -> Result<Option<T>, StoreError> {
+        get_json(&self.statements, "statements", &keys::key(operator, &[period.as_bytes(), affiliate.as_bytes()]))
+    }
+
+    /// Stores a statement as its close computed it, unless one is stored already: the first
+    /// is kept, so a statement can later be recomputed and compared with it.
+    pub fn put_statement<T: serde::Serialize>(
+        &self,
+        operator: &str,
+        period: &str,
+        affiliate: &str,
+        statement: &T,
+    ) -> Result<(), StoreError> {
+        let key = keys::key(operator, &[period.as_bytes(), affiliate.as_bytes()]);
+        let _ = self.statements.compare_and_swap(key, None::<&[u8]>, Some(to_json(statement)))?;
+        Ok(())
     }
 
     /// The sequence number of the operator's last committed event (0 before the first).

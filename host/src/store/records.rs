@@ -43,6 +43,21 @@ pub struct OperatorRecord {
     /// The operator's exchange rates into its own currency.
     #[serde(default)]
     pub fx_rates: FxRates,
+    /// What happens to an event that occurred in a period already closed.
+    #[serde(default)]
+    pub late_events: LateEventPolicy,
+}
+
+/// What the host does with an event whose time falls in a period the operator has closed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LateEventPolicy {
+    /// Accept it; the closed periods it changes are restated, and the difference is paid as
+    /// adjustments in the open period, each referencing the period it restates.
+    #[default]
+    Adjust,
+    /// Refuse it with a 422 naming `occurred_at` and the closed period; nothing is written.
+    Refuse,
 }
 
 /// Units of the operator's currency per unit of each other currency, as the operator set them.
@@ -295,6 +310,19 @@ pub struct CommissionRecord {
     /// Not to be approved before this time: the affiliate's deal's `hold_days` after creation.
     #[serde(default)]
     pub hold_until: Option<i64>,
+    /// For an adjustment: the closed period's settlement it restates. Set by the host only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restates: Option<Restatement>,
+}
+
+/// What an adjustment restates: a closed period, through one of its settlement entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restatement {
+    /// `YYYY-MM`.
+    pub period: String,
+    /// The id of the settlement entry (`commission-host.period:{period}:{affiliate}`) whose
+    /// payout the adjustment corrects.
+    pub settlement: String,
 }
 
 /// What a shadow version said about one ledger entry: recorded apart, never paid.

@@ -20,7 +20,8 @@
 //!
 //! The month of an event is the UTC month it occurred in. Events of a month that arrive after
 //! the month was closed count towards the month they occurred in, which is settled already:
-//! they are not paid (restating closed months is the host's work, not the plugin's).
+//! the host restates the closed months with them in place (replaying `settle`) and pays the
+//! difference as adjustments; the plugin has nothing to do for it.
 
 use commission_plugin_sdk::prelude::*;
 use commission_plugin_sdk::state::{affiliate_key, customer_key};

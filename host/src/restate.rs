@@ -1,0 +1,536 @@
+//! Late events and period statements.
+//!
+//! A closed period is never edited. An event that occurred in one arrives *late*: it is
+//! evaluated as usual (its own commissions are paid as usual), and the closed periods it changes
+//! are **restated**: the ledger is replayed in scratch state in its *restated order* (below),
+//! each settlement entry's replayed payout is compared, per affiliate, rule and currency, with
+//! what the ledger paid for it (the settlement plus adjustments made before), and the
+//! difference is paid as adjustment entries in the open period, each referencing the
+//! settlement (and so the period) it restates. With negative carryover a late event changes
+//! every later closed month, and all of them are restated at once, so the total difference is
+//! paid once.
+//!
+//! The **restated order** is the ledger order, except that an event that arrived after its
+//! period was closed is moved to just before the period's first settlement entry (after the
+//! period's earlier late events): where it would have been had it come in time.
+//!
+//! The live plugin state is kept equal to the state a replay in restated order ends with: a late
+//! event's commit writes that state (the carryover the restated months leave, say), so the next
+//! close settles on restated figures. The commit goes through only if no other event was
+//! committed since the replay; otherwise the event is evaluated and restated again.
+//!
+//! The **open period** adjustments are dated in is the month after the operator's latest closed
+//! period: it is the next one to be closed and paid, whatever the host's clock says.
+//!
+//! A **period statement** is recomputed from the stored events and the plugin versions that
+//! evaluated and settled them, by the same replay: per affiliate, the state the settlement
+//! carried in and out (the values, before and after, of the keys it wrote), each of the
+//! period's events with the state it changed and its contribution, the settlement, and the log
+//! lines. The statement as the close computed it is stored at the close; the "as closed" view
+//! recomputes it from the ledger up to the close, and must equal it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{format_time, now_ms};
+use crate::pipeline::{Evaluated, IngestError, Period, Pipeline, SETTLEMENT_PREFIX, settlement_period};
+use crate::replay::{Payout, ScratchState};
+use crate::store::records::{CommissionRecord, EventRecord, EventStatus, LogLine, OperatorRecord, Restatement};
+
+/// One ledger entry in restated order.
+pub(crate) struct Entry {
+    pub(crate) record: EventRecord,
+    /// It arrived after its period was closed, and was moved before the period's settlements.
+    pub(crate) late: bool,
+}
+
+/// The values, before an evaluation, of the state keys it wrote.
+pub(crate) type Before = BTreeMap<String, Option<Vec<u8>>>;
+
+/// Sorts ledger records (in ledger order) into restated order (see the module's docs).
+pub(crate) fn restated_order(records: Vec<EventRecord>) -> Vec<Entry> {
+    let mut first_settlement: HashMap<String, u64> = HashMap::new();
+    for record in &records {
+        if let Some(period) = settlement_period(&record.event) {
+            let first = first_settlement.entry(period.id).or_insert(record.seq);
+            *first = (*first).min(record.seq);
+        }
+    }
+    let mut keyed: Vec<((u64, u8, u64), Entry)> = records
+        .into_iter()
+        .map(|record| {
+            let anchor = match settlement_period(&record.event) {
+                Some(_) => None,
+                None => Period::containing(record.event.occurred_at)
+                    .and_then(|period| first_settlement.get(&period.id).copied())
+                    .filter(|first| *first < record.seq),
+            };
+            let key = match anchor {
+                Some(first) => (first, 0, record.seq),
+                None => (record.seq, 1, 0),
+            };
+            (key, Entry { record, late: anchor.is_some() })
+        })
+        .collect();
+    keyed.sort_by_key(|(key, _)| *key);
+    keyed.into_iter().map(|(_, entry)| entry).collect()
+}
+
+/// Totals per (affiliate, rule, currency).
+pub type Totals = BTreeMap<(String, String, String), Decimal>;
+
+pub(crate) fn add_to(totals: &mut Totals, payout: &Payout) {
+    *totals.entry((payout.affiliate.clone(), payout.rule.clone(), payout.currency.clone())).or_default() +=
+        payout.amount;
+}
+
+/// What a late event changes: the adjustments to pay, and the plugin state as restated.
+pub(crate) struct Restated {
+    pub(crate) adjustments: Vec<CommissionRecord>,
+    pub(crate) state_writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// The operator's last sequence number the replay saw.
+    pub(crate) last_seq: u64,
+}
+
+/// What a settlement entry paid: its own commissions, and the adjustments made for it since.
+#[derive(Debug, Default)]
+pub struct SettlementPaid {
+    pub at_close: Vec<CommissionRecord>,
+    pub adjustments: Vec<CommissionRecord>,
+}
+
+impl SettlementPaid {
+    /// The total paid per (affiliate, rule, currency).
+    pub fn totals(&self) -> Totals {
+        let mut totals = Totals::new();
+        for commission in self.at_close.iter().chain(&self.adjustments) {
+            add_to(&mut totals, &Payout::from(commission));
+        }
+        totals
+    }
+}
+
+/// The operator's closed period that `at` falls in, if it is closed.
+pub(crate) fn closed_period_of(
+    pipeline: &Pipeline,
+    operator: &str,
+    at: i64,
+) -> Result<Option<Period>, crate::store::StoreError> {
+    let Some(period) = Period::containing(at) else { return Ok(None) };
+    let closed = !pipeline.store().settlement_ids(operator, SETTLEMENT_PREFIX, Some(&period.id))?.is_empty();
+    Ok(closed.then_some(period))
+}
+
+impl Pipeline {
+    /// Replays `entries` (the accepted, evaluated ones) in scratch state, in order, giving each
+    /// to `visit` with what its replay produced and the values it overwrote; returns the state
+    /// the replay ends with.
+    pub(crate) fn replay_entries(
+        &self,
+        operator: &OperatorRecord,
+        entries: &[Entry],
+        mut visit: impl FnMut(&Entry, &Evaluated, &Before) -> Result<(), IngestError>,
+    ) -> Result<BTreeMap<String, Vec<u8>>, IngestError> {
+        let scratch = Arc::new(ScratchState::default());
+        for entry in entries {
+            let record = &entry.record;
+            let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { continue };
+            let evaluated = self.run_plugin(
+                operator,
+                &record.event,
+                evaluation.chain.clone(),
+                evaluation.plugin_version,
+                settlement_period(&record.event).as_ref(),
+                scratch.clone(),
+            )?;
+            let before: Before = evaluated.state_writes.keys().map(|key| (key.clone(), scratch.value(key))).collect();
+            visit(entry, &evaluated, &before)?;
+            if evaluated.failure.is_none() {
+                scratch.apply(evaluated.state_writes);
+            }
+        }
+        let scratch =
+            Arc::try_unwrap(scratch).map_err(|_| IngestError::Internal("scratch state still shared".into()))?;
+        Ok(scratch.into_entries())
+    }
+
+    /// What each settlement entry among `entries` paid, by settlement id. Adjustments are only
+    /// ever made on late events, so only those are read besides the settlements.
+    pub(crate) fn settlements_paid(
+        &self,
+        operator: &OperatorRecord,
+        entries: &[Entry],
+    ) -> Result<BTreeMap<String, SettlementPaid>, IngestError> {
+        let mut paid: BTreeMap<String, SettlementPaid> = BTreeMap::new();
+        for entry in entries {
+            let is_settlement = settlement_period(&entry.record.event).is_some();
+            if !is_settlement && !entry.late {
+                continue;
+            }
+            let commissions = self.store().commission_records(&operator.id, &entry.record.commission_ids)?;
+            if is_settlement {
+                paid.entry(entry.record.event.id.clone()).or_default().at_close = commissions;
+            } else {
+                for commission in commissions {
+                    if let Some(restates) = &commission.restates {
+                        paid.entry(restates.settlement.clone()).or_default().adjustments.push(commission);
+                    }
+                }
+            }
+        }
+        Ok(paid)
+    }
+
+    /// Restates the closed periods with `draft`, a late event evaluated but not committed, in
+    /// place (see the module's docs).
+    pub(crate) fn restate(&self, operator: &OperatorRecord, draft: &EventRecord) -> Result<Restated, IngestError> {
+        let store = self.store();
+        let last_seq = store.last_sequence(&operator.id)?;
+        let mut records: Vec<EventRecord> = self.records_in_order(operator, last_seq).collect::<Result<_, _>>()?;
+        records.push(EventRecord { seq: last_seq + 1, ..draft.clone() });
+        let entries = restated_order(records);
+        let paid = self.settlements_paid(operator, &entries)?;
+        // Settlement id -> (period, version, replayed totals, replayed explanations).
+        let mut restated: BTreeMap<String, (String, u32, Totals, Vec<String>)> = BTreeMap::new();
+        let state = self.replay_entries(operator, &entries, |entry, evaluated, _| {
+            let (Some(period), Some(evaluation)) = (settlement_period(&entry.record.event), &entry.record.evaluation)
+            else {
+                return Ok(());
+            };
+            if let Some(failure) = &evaluated.failure {
+                // Deterministic plugins do not fail on a replay of what they settled; if one
+                // does, its settlement is left as paid rather than restated on a guess.
+                tracing::warn!(settlement = %entry.record.event.id, reason = %failure.message, "restating a settlement failed; left as paid");
+                return Ok(());
+            }
+            let mut totals = Totals::new();
+            for commission in &evaluated.commissions {
+                add_to(&mut totals, &Payout::from(commission));
+            }
+            let explanations = evaluated.commissions.iter().map(|c| c.explanation.clone()).collect();
+            restated.insert(entry.record.event.id.clone(), (period.id, evaluation.plugin_version, totals, explanations));
+            Ok(())
+        })?;
+
+        let open = self.open_period(operator)?;
+        let now = now_ms();
+        let mut adjustments = Vec::new();
+        for (settlement, (period, version, replayed, explanations)) in restated {
+            let before = paid.get(&settlement).map(SettlementPaid::totals).unwrap_or_default();
+            let keys: std::collections::BTreeSet<_> = before.keys().chain(replayed.keys()).cloned().collect();
+            for key in keys {
+                let was = before.get(&key).copied().unwrap_or_default();
+                let now_pays = replayed.get(&key).copied().unwrap_or_default();
+                let difference = now_pays - was;
+                if difference.is_zero() {
+                    continue;
+                }
+                let (affiliate, rule, currency) = key;
+                let why = if explanations.is_empty() { "nothing to pay".to_owned() } else { explanations.join("; ") };
+                adjustments.push(CommissionRecord {
+                    id: String::new(),
+                    event_id: draft.event.id.clone(),
+                    affiliate,
+                    customer: draft.event.customer.clone(),
+                    amount: difference,
+                    currency: currency.clone(),
+                    rule,
+                    explanation: format!(
+                        "restates {period} after late event {}: {period} now pays {now_pays} {currency} ({why}); {was} paid before",
+                        draft.event.id
+                    ),
+                    plugin_version: version,
+                    occurred_at: open.starts_at,
+                    created_at: now,
+                    reverses: None,
+                    fx_rate: None,
+                    version_reason: format!("v{version}: the version that settled {period}"),
+                    hold_until: None,
+                    restates: Some(Restatement { period: period.clone(), settlement: settlement.clone() }),
+                });
+            }
+        }
+
+        let live = store.state_entries(&operator.id)?;
+        let mut state_writes: BTreeMap<String, Option<Vec<u8>>> =
+            live.keys().filter(|key| !state.contains_key(*key)).map(|key| (key.clone(), None)).collect();
+        for (key, value) in state {
+            if live.get(&key) != Some(&value) {
+                state_writes.insert(key, Some(value));
+            }
+        }
+        Ok(Restated { adjustments, state_writes, last_seq })
+    }
+
+    /// The period adjustments are paid in: the month after the operator's latest closed one.
+    fn open_period(&self, operator: &OperatorRecord) -> Result<Period, IngestError> {
+        let ids = self.store().settlement_ids(&operator.id, SETTLEMENT_PREFIX, None)?;
+        ids.last()
+            .and_then(|id| id.strip_prefix(SETTLEMENT_PREFIX)?.split_once(':'))
+            .and_then(|(period, _)| Period::parse(period).ok()?.next())
+            .ok_or_else(|| IngestError::Internal("restating with no closed period".into()))
+    }
+
+    /// The statements of `period`, per affiliate, from a replay of the ledger: as the close
+    /// computed them (up to the period's last settlement entry), or as restated now.
+    pub fn period_statements(
+        &self,
+        operator: &OperatorRecord,
+        period: &Period,
+        view: StatementView,
+    ) -> Result<BTreeMap<String, AffiliateStatement>, IngestError> {
+        let store = self.store();
+        let settlements = store.settlement_ids(&operator.id, SETTLEMENT_PREFIX, Some(&period.id))?;
+        let upto = match view {
+            StatementView::Restated => store.last_sequence(&operator.id)?,
+            StatementView::AsClosed => {
+                let mut last = 0;
+                for id in &settlements {
+                    if let Some(record) = store.event(&operator.id, id)? {
+                        last = last.max(record.seq);
+                    }
+                }
+                last
+            }
+        };
+        let records: Vec<EventRecord> = self.records_in_order(operator, upto).collect::<Result<_, _>>()?;
+        let entries = restated_order(records);
+        let mut statements: BTreeMap<String, AffiliateStatement> = BTreeMap::new();
+        self.replay_entries(operator, &entries, |entry, evaluated, before| {
+            let record = &entry.record;
+            let Some(affiliate) = &record.attributed_to else { return Ok(()) };
+            let statement = || AffiliateStatement { affiliate: affiliate.clone(), ..AffiliateStatement::default() };
+            match settlement_period(&record.event) {
+                Some(settled) if settled.id == period.id => {
+                    let statement = statements.entry(affiliate.clone()).or_insert_with(statement);
+                    statement.carried_in = before.iter().map(|(key, value)| (key.clone(), text(value))).collect();
+                    statement.carried_out =
+                        evaluated.state_writes.iter().map(|(key, value)| (key.clone(), text(value))).collect();
+                    statement.settlement = Some(SettlementLine {
+                        event_id: record.event.id.clone(),
+                        plugin_version: record.evaluation.as_ref().map_or(0, |e| e.plugin_version),
+                        commissions: evaluated.commissions.iter().map(Payout::from).collect(),
+                        failure: evaluated.failure.as_ref().map(|failure| failure.message.clone()),
+                        logs: evaluated_logs(evaluated),
+                    });
+                }
+                Some(_) => {}
+                None if (period.starts_at..period.ends_at).contains(&record.event.occurred_at) => {
+                    let changes: Vec<StateChange> = before
+                        .iter()
+                        .map(|(key, was)| StateChange {
+                            key: key.clone(),
+                            before: text(was),
+                            after: text(evaluated.state_writes.get(key).unwrap_or(&None)),
+                        })
+                        .collect();
+                    let event = &record.event;
+                    let (amount, currency) = match &event.fx {
+                        Some(fx) => (Some(fx.amount), Some(fx.currency.clone())),
+                        None => (event.amount, event.currency.clone()),
+                    };
+                    statements.entry(affiliate.clone()).or_insert_with(statement).lines.push(StatementLine {
+                        event_id: event.id.clone(),
+                        kind: event.kind.clone(),
+                        occurred_at: format_time(event.occurred_at),
+                        received_at: format_time(record.received_at),
+                        amount,
+                        currency,
+                        late: entry.late,
+                        contribution: contribution(&changes),
+                        changes,
+                        commissions: evaluated.commissions.iter().map(Payout::from).collect(),
+                        logs: evaluated_logs(evaluated),
+                    });
+                }
+                None => {}
+            }
+            Ok(())
+        })?;
+        Ok(statements)
+    }
+
+    /// What each of the period's settlement entries paid, at the close and in adjustments since.
+    pub fn period_paid(
+        &self,
+        operator: &OperatorRecord,
+        period: &Period,
+    ) -> Result<BTreeMap<String, SettlementPaid>, IngestError> {
+        let last_seq = self.store().last_sequence(&operator.id)?;
+        let records: Vec<EventRecord> = self.records_in_order(operator, last_seq).collect::<Result<_, _>>()?;
+        let mut paid = self.settlements_paid(operator, &restated_order(records))?;
+        let prefix = period.settlement_id("");
+        paid.retain(|settlement, _| settlement.starts_with(&prefix));
+        Ok(paid)
+    }
+
+    /// Computes the period's statements as closed and stores each that is not stored yet.
+    pub(crate) fn store_closed_statements(
+        &self,
+        operator: &OperatorRecord,
+        period: &Period,
+    ) -> Result<(), IngestError> {
+        for (affiliate, statement) in self.period_statements(operator, period, StatementView::AsClosed)? {
+            self.store().put_statement(&operator.id, &period.id, &affiliate, &statement)?;
+        }
+        Ok(())
+    }
+}
+
+fn evaluated_logs(evaluated: &Evaluated) -> Vec<LogLine> {
+    evaluated.record.as_ref().map(|record| record.logs.clone()).unwrap_or_default()
+}
+
+fn text(value: &Option<Vec<u8>>) -> Option<String> {
+    value.as_ref().map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// The change of the one decimal state value an event changed: what it contributed to the
+/// running total the plugin keeps (a month's NGR, say). `None` when it changed no value or
+/// several, or values that are not decimals.
+fn contribution(changes: &[StateChange]) -> Option<Decimal> {
+    let [change] = changes else { return None };
+    let decimal = |value: &Option<String>| match value {
+        None => Some(Decimal::ZERO),
+        Some(text) => text.parse::<Decimal>().ok(),
+    };
+    Some(decimal(&change.after)? - decimal(&change.before)?)
+}
+
+/// Which statement to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementView {
+    /// From the ledger up to the period's close: what the close computed.
+    AsClosed,
+    /// From the whole ledger, late events in place.
+    Restated,
+}
+
+/// One affiliate's statement for one period.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AffiliateStatement {
+    pub affiliate: String,
+    /// The settlement's state keys as they were before it: what earlier periods carried in.
+    pub carried_in: BTreeMap<String, Option<String>>,
+    /// The period's events attributed to the affiliate, in the order they count.
+    pub lines: Vec<StatementLine>,
+    pub settlement: Option<SettlementLine>,
+    /// The same keys as the settlement left them: what it carries into the next period.
+    pub carried_out: BTreeMap<String, Option<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatementLine {
+    pub event_id: String,
+    pub kind: String,
+    pub occurred_at: String,
+    /// In the operator's currency (converted at the rate stored with the event).
+    pub amount: Option<Decimal>,
+    pub currency: Option<String>,
+    /// When the host received it.
+    pub received_at: String,
+    /// It arrived after the period was closed.
+    pub late: bool,
+    /// What the event added to the one running total it changed (NGR, for RevShare).
+    pub contribution: Option<Decimal>,
+    /// Every state value the event changed.
+    pub changes: Vec<StateChange>,
+    /// What the event paid by itself (a CPA, say).
+    pub commissions: Vec<Payout>,
+    pub logs: Vec<LogLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub key: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettlementLine {
+    pub event_id: String,
+    pub plugin_version: u32,
+    pub commissions: Vec<Payout>,
+    /// Why the replayed settlement did not finish, if it did not.
+    pub failure: Option<String>,
+    pub logs: Vec<LogLine>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::SETTLEMENT_KIND;
+    use crate::store::records::StoredEvent;
+
+    const NOV_2: i64 = 1_762_041_600_000; // 2025-11-02T00:00:00Z
+    const DEC_2: i64 = 1_764_633_600_000; // 2025-12-02T00:00:00Z
+
+    fn record(seq: u64, id: &str, kind: &str, occurred_at: i64, period: Option<&str>) -> EventRecord {
+        EventRecord {
+            seq,
+            event: StoredEvent {
+                id: id.into(),
+                kind: kind.into(),
+                customer: "c1".into(),
+                occurred_at,
+                amount: None,
+                currency: None,
+                affiliate: None,
+                attributes: period.map(|period| ("period".to_owned(), period.to_owned())).into_iter().collect(),
+                fx: None,
+            },
+            content_sha256: String::new(),
+            received_at: 0,
+            status: EventStatus::Accepted,
+            failure: None,
+            attributed_to: Some("aff1".into()),
+            evaluation: None,
+            commission_ids: Vec::new(),
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn late_events_move_before_their_periods_first_settlement_in_arrival_order() {
+        let order = restated_order(vec![
+            record(1, "nov-a", "wager", NOV_2, None),
+            record(2, "settle-nov-aff1", SETTLEMENT_KIND, DEC_2 - 1, Some("2025-11")),
+            record(3, "settle-nov-aff2", SETTLEMENT_KIND, DEC_2 - 1, Some("2025-11")),
+            record(4, "dec-a", "wager", DEC_2, None),
+            record(5, "nov-late-1", "wager", NOV_2, None),
+            record(6, "dec-b", "wager", DEC_2, None),
+            record(7, "nov-late-2", "win", NOV_2 + 1, None),
+        ]);
+        let ids: Vec<(&str, bool)> = order.iter().map(|e| (e.record.event.id.as_str(), e.late)).collect();
+        assert_eq!(
+            ids,
+            [
+                ("nov-a", false),
+                ("nov-late-1", true),
+                ("nov-late-2", true),
+                ("settle-nov-aff1", false),
+                ("settle-nov-aff2", false),
+                ("dec-a", false),
+                ("dec-b", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_contribution_is_the_change_of_the_one_decimal_an_event_changed() {
+        let change = |before: Option<&str>, after: Option<&str>| StateChange {
+            key: "k".into(),
+            before: before.map(Into::into),
+            after: after.map(Into::into),
+        };
+        assert_eq!(contribution(&[change(None, Some("3000"))]), Some(Decimal::from(3000)));
+        assert_eq!(contribution(&[change(Some("3000"), Some("-2000"))]), Some(Decimal::from(-5000)));
+        assert_eq!(contribution(&[]), None);
+        assert_eq!(contribution(&[change(None, Some("yes"))]), None);
+        assert_eq!(contribution(&[change(None, Some("1")), change(None, Some("2"))]), None);
+    }
+}
