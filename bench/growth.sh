@@ -10,7 +10,7 @@ export COMMISSION_HOST_ADMIN_TOKEN=bench-admin-token-0123456789
 cargo build --release -p commission-host >/dev/null
 cargo build-plugins >/dev/null
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 H=http://127.0.0.1:18082
 target/release/commission-host serve --data "$work/data" --listen 127.0.0.1:18082 >"$work/host.out" 2>"$work/host.err" &
 until grep -q listening "$work/host.out"; do sleep 0.2; done

@@ -10,7 +10,7 @@ export COMMISSION_HOST_ADMIN_TOKEN=bench-admin-token-0123456789
 cargo build --release -p commission-host >/dev/null
 cargo build-plugins >/dev/null
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 H=http://127.0.0.1:18081
 admin=(-H "Authorization: Bearer $COMMISSION_HOST_ADMIN_TOKEN")
 
