@@ -273,3 +273,117 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let data = dir.path().join("data");
     (dir, data)
 }
+
+/// A small seeded generator (SplitMix64): the suites that draw at random print their seed, and
+/// the same seed draws the same run.
+pub struct Rng(u64);
+
+impl Rng {
+    /// The seed from `env` if set (to re-run a failure), else from the clock; printed either way.
+    pub fn from_env(env: &str) -> Rng {
+        let seed = std::env::var(env).ok().and_then(|seed| seed.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
+        println!("{env}={seed} (set it to run this draw again)");
+        Rng(seed)
+    }
+
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `range`.
+    pub fn below(&mut self, range: std::ops::Range<u64>) -> u64 {
+        range.start + self.next_u64() % (range.end - range.start)
+    }
+
+    /// True with probability `percent` in 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(0..100) < percent
+    }
+}
+
+/// The ledger's invariants, checked through the API as an auditor would:
+/// - per affiliate, the sum of its commissions (the affiliate index) equals the sum of the
+///   full ledger's entries for it, and the sum of its entries by status;
+/// - every reversal names a commission of the same affiliate, and is no larger than it;
+/// - every commission's event exists, is accepted and lists the commission;
+/// - no commission is paid twice: one per (event, affiliate, rule).
+///
+/// Returns the ledger in order.
+pub fn check_ledger_invariants(host: &Host, operator: &Operator) -> Vec<Value> {
+    let ledger = host.commissions(operator, "");
+    let by_id: std::collections::HashMap<&str, &Value> =
+        ledger.iter().map(|c| (c["id"].as_str().expect("commission id"), c)).collect();
+    assert_eq!(by_id.len(), ledger.len(), "commission ids are unique");
+
+    let mut paid_for = std::collections::HashSet::new();
+    let mut reversed = std::collections::HashSet::new();
+    for commission in &ledger {
+        let key = (commission["event_id"].clone(), commission["affiliate"].clone(), commission["rule"].clone());
+        assert!(paid_for.insert(key), "paid twice: {commission}");
+        if let Some(target) = commission["reverses"].as_str() {
+            let original =
+                by_id.get(target).unwrap_or_else(|| panic!("reversal of a missing commission: {commission}"));
+            assert_eq!(original["affiliate"], commission["affiliate"], "a reversal is the same affiliate's");
+            assert!(amount(&commission["amount"]).is_sign_negative(), "a reversal is negative: {commission}");
+            assert!(-amount(&commission["amount"]) <= amount(&original["amount"]), "reverses more than paid");
+            assert!(reversed.insert(target.to_owned()), "{target} reversed twice");
+        }
+    }
+    let mut events_seen = std::collections::HashMap::new();
+    for commission in &ledger {
+        let event_id = commission["event_id"].as_str().unwrap().to_owned();
+        let listed = events_seen.entry(event_id.clone()).or_insert_with(|| {
+            let (status, event) = host.get(operator, &format!("/events/{event_id}"));
+            assert_eq!(status, StatusCode::OK, "commission {commission} lacks its event");
+            assert_eq!(event["status"], "accepted", "{event}");
+            event["commissions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        });
+        assert!(listed.iter().any(|id| commission["id"] == id.as_str()), "{event_id} does not list {commission}");
+    }
+
+    let totals = host.totals(operator);
+    for (affiliate, total) in &totals {
+        let indexed: Decimal =
+            host.commissions(operator, &format!("affiliate={affiliate}")).iter().map(|c| amount(&c["amount"])).sum();
+        assert_eq!(indexed, *total, "{affiliate}: the affiliate index and the ledger disagree");
+        let by_status: Decimal = ["pending", "approved", "paid", "reversed", "rejected"]
+            .iter()
+            .flat_map(|status| host.commissions(operator, &format!("affiliate={affiliate}&status={status}")))
+            .map(|c| amount(&c["amount"]))
+            .sum();
+        assert_eq!(by_status, *total, "{affiliate}: the entries by status do not add up to the total");
+    }
+    ledger
+}
+
+/// `POST /v1/operators/{op}/verify` finds no difference: replaying the stored events through
+/// the same plugin versions gives the same commissions and the same plugin state. Returns how
+/// many events it replayed.
+pub fn assert_verifies(host: &Host, operator: &Operator) -> u64 {
+    let (status, report) = answer(
+        host.client
+            .post(host.url(&format!("/v1/operators/{}/verify", operator.id)))
+            .bearer_auth(&operator.api_key)
+            .send(),
+    );
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["differences"], json!([]), "verify found differences");
+    assert_eq!(report["state_keys_differing"], json!([]), "verify found state differences");
+    assert_eq!(report["events_matching"], report["events_replayed"]);
+    report["events_replayed"].as_u64().unwrap()
+}
