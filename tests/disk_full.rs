@@ -1,0 +1,204 @@
+//! The data directory on a full filesystem: a small tmpfs, filled up while the host serves.
+//!
+//! While the disk is full the host acknowledges nothing: events are answered 503 with a JSON
+//! error and `/readyz` says not ready. Nothing is written half-way: once space returns and the
+//! host is back, every refused event is either absent or there whole, with its commissions,
+//! and a retry pays it exactly once.
+//!
+//! Mounting needs root (CI runs as root); elsewhere the test says why it skips.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Host, answer, assert_verifies, check_ledger_invariants, dec};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Enough for sled's log and the plugin, not much more: it fills in a moment.
+const TMPFS_BYTES: u64 = 48 << 20;
+
+/// A tmpfs mounted for the test, unmounted at the end.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Result<Tmpfs, String> {
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={TMPFS_BYTES}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|error| format!("cannot run mount: {error}"))?;
+        if !output.status.success() {
+            return Err(format!("mount -t tmpfs failed: {}", String::from_utf8_lossy(&output.stderr).trim()));
+        }
+        Ok(Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes a file until the filesystem refuses more.
+fn fill(path: &Path) -> u64 {
+    let mut file = std::fs::File::create(path).expect("filler file");
+    let block = vec![0xA5u8; 64 * 1024];
+    let mut written = 0;
+    loop {
+        match file.write(&block) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(error) => {
+                assert_eq!(error.raw_os_error(), Some(28), "ENOSPC expected, got {error}");
+                break;
+            }
+        }
+    }
+    // The last partial pages too.
+    while let Ok(n) = file.write(&block[..512]) {
+        if n == 0 {
+            break;
+        }
+        written += n as u64;
+    }
+    written
+}
+
+/// Starts the host on the full disk and sends one event; returns once the host has exited.
+fn still_full_restart(data: &Path, api_key: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_commission-host"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env("COMMISSION_HOST_ADMIN_TOKEN", common::ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let listening = std::io::BufRead::lines(stdout)
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix("listening on ").map(str::to_owned));
+    if let Some(base) = listening {
+        let client = reqwest::blocking::Client::new();
+        let sent = client
+            .post(format!("{base}/v1/operators/acme/events"))
+            .bearer_auth(api_key)
+            .json(&deposit("still-full"))
+            .send();
+        if let Ok(response) = sent {
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+    }
+    assert!(!child.wait().unwrap().success(), "the host stops with an error on a full disk");
+}
+
+fn deposit(id: &str) -> Value {
+    json!({"id": id, "type": "deposit", "customer": format!("cust-{id}"), "amount": "50", "affiliate": "aff1"})
+}
+
+#[test]
+fn a_full_disk_is_answered_503_writes_nothing_half_way_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    // The mount is the data directory itself, so the host's log (beside it) stays writable.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mount = match Tmpfs::mount(&data) {
+        Ok(mount) => mount,
+        Err(reason) => {
+            println!("SKIPPED: a full disk needs a tmpfs mount: {reason}");
+            return;
+        }
+    };
+    let host = Host::start(&data);
+    let acme = host.create_operator("acme");
+    host.install_plugin(&acme, "multi-event");
+    host.put_affiliate(&acme, "aff1", None, json!({}));
+    for n in 0..5 {
+        host.accept(&acme, deposit(&format!("before-{n}")));
+    }
+
+    let filler = data.join("filler");
+    let filled = fill(&filler);
+
+    // Send until the host refuses: each refusal is a 503 in JSON, and from the first on the
+    // host acknowledges nothing. sled cannot write again after a write error, so the host then
+    // stops with an error of its own accord, for its supervisor to start it again.
+    let mut refused = Vec::new();
+    let mut accepted_while_filling = Vec::new();
+    for n in 0..5000 {
+        let id = format!("full-{n}");
+        let response = host
+            .client
+            .post(host.url("/v1/operators/acme/events"))
+            .bearer_auth(&acme.api_key)
+            .json(&deposit(&id))
+            .send();
+        let Ok(response) = response else {
+            // The host has stopped; this one may or may not have been committed.
+            refused.push(id);
+            break;
+        };
+        let (status, body) = answer(Ok(response));
+        match status {
+            StatusCode::OK => {
+                assert!(refused.is_empty(), "acknowledged {id} after a refusal: {body}");
+                accepted_while_filling.push(id);
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["error"], "storage_unavailable", "{body}");
+                assert!(body["message"].as_str().unwrap().contains("No space left"), "{body}");
+                refused.push(id);
+            }
+            other => panic!("{id}: {other} {body}"),
+        }
+    }
+    assert!(!refused.is_empty(), "the disk never filled up");
+    let log = host.log();
+    assert!(!host.wait_exit(), "the host must stop with an error once its ledger cannot write");
+    assert!(log.contains("No space left on device"), "the log says why:\n{log}");
+    println!(
+        "filled {filled} bytes; {} events accepted in the space left, then {} refused",
+        accepted_while_filling.len(),
+        refused.len()
+    );
+
+    // Started again while the disk is still full, the host acknowledges nothing: it stops at
+    // start-up or at its first write.
+    still_full_restart(&data, &acme.api_key);
+
+    // Space returns; the supervisor starts the host again.
+    std::fs::remove_file(&filler).unwrap();
+    let host = Host::start(&data);
+    // Whatever was refused is absent or there whole, never half: an event with its commission.
+    for id in &refused {
+        let (status, event) = host.get(&acme, &format!("/events/{id}"));
+        match status {
+            StatusCode::NOT_FOUND => {}
+            StatusCode::OK => {
+                assert_eq!(event["status"], "accepted", "{event}");
+                assert_eq!(event["commissions"].as_array().unwrap().len(), 1, "{event}");
+            }
+            other => panic!("{id}: {other} {event}"),
+        }
+    }
+    // The senders retry what was refused: each is paid once.
+    for id in &refused {
+        let (status, body) = host.post_events(&acme, &deposit(id));
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(["accepted", "duplicate"].contains(&body["status"].as_str().unwrap()), "{body}");
+        assert_eq!(body["commissions"].as_array().unwrap().len(), 1, "{body}");
+    }
+    let ledger = check_ledger_invariants(&host, &acme);
+    // 10 per first deposit, one deposit per customer: the 5 before, those accepted while the
+    // disk filled, and those refused then retried.
+    let customers = 5 + accepted_while_filling.len() + refused.len();
+    assert_eq!(ledger.len(), customers);
+    assert_eq!(host.totals(&acme), [("aff1".to_owned(), dec("10") * rust_decimal::Decimal::from(customers))].into());
+    assert_verifies(&host, &acme);
+    drop(host);
+    drop(mount);
+}
