@@ -32,6 +32,11 @@ impl Host {
 
     /// [`Host::start`] with more `serve` arguments.
     pub fn start_with(data: &Path, serve_args: &[&str]) -> Host {
+        Host::start_env(data, serve_args, &[("RUST_LOG", "info")])
+    }
+
+    /// [`Host::start_with`] with environment variables (`RUST_LOG` is `info` unless given).
+    pub fn start_env(data: &Path, serve_args: &[&str], env: &[(&str, &str)]) -> Host {
         let log = data.with_extension("log");
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("host log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_commission-host"))
@@ -40,6 +45,7 @@ impl Host {
             .args(serve_args)
             .env("COMMISSION_HOST_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
