@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Host, Operator, Rng, amount, assert_verifies, check_ledger_invariants, data_dir, dec, sign_webhook};
+use common::{Host, Operator, Rng, assert_verifies, check_ledger_invariants, data_dir, dec, entries, sign_webhook};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -229,19 +229,6 @@ fn worked_by_hand(events: &[Value]) -> (BTreeMap<String, Decimal>, usize) {
         }
     }
     (totals, count)
-}
-
-/// The ledger as comparable entries: (event, affiliate, rule, amount), sorted.
-fn entries(ledger: &[Value]) -> Vec<(String, String, String, Decimal)> {
-    let mut entries: Vec<_> = ledger
-        .iter()
-        .map(|c| {
-            let text = |field: &str| c[field].as_str().unwrap().to_owned();
-            (text("event_id"), text("affiliate"), text("rule"), amount(&c["amount"]))
-        })
-        .collect();
-    entries.sort();
-    entries
 }
 
 #[test]

@@ -393,3 +393,19 @@ pub fn assert_verifies(host: &Host, operator: &Operator) -> u64 {
     assert_eq!(report["events_matching"], report["events_replayed"]);
     report["events_replayed"].as_u64().unwrap()
 }
+
+/// One commission as compared between two ledgers: (event, affiliate, rule, amount).
+pub type Entry = (String, String, String, Decimal);
+
+/// The ledger's commissions as comparable entries, sorted.
+pub fn entries(ledger: &[Value]) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = ledger
+        .iter()
+        .map(|c| {
+            let text = |field: &str| c[field].as_str().unwrap().to_owned();
+            (text("event_id"), text("affiliate"), text("rule"), amount(&c["amount"]))
+        })
+        .collect();
+    entries.sort();
+    entries
+}
