@@ -13,13 +13,6 @@ use common::{Host, Operator, answer, data_dir};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-fn set_up(host: &Host) -> Operator {
-    let acme = host.create_operator("acme");
-    host.install_plugin(&acme, "multi-event");
-    host.put_affiliate(&acme, "aff1", None, json!({}));
-    acme
-}
-
 /// A valid deposit with `field` replaced by `value` (or removed, for `null` on a required field).
 fn with(field: &str, value: Value) -> String {
     let mut event = json!({"id": "bad-1", "type": "deposit", "customer": "c1", "amount": "50", "affiliate": "aff1"});
@@ -68,7 +61,7 @@ fn assert_nothing_written(host: &Host, operator: &Operator) {
 fn every_field_wrong_is_refused_by_name_and_nothing_is_written() {
     let (_dir, data) = data_dir();
     let host = Host::start(&data);
-    let acme = set_up(&host);
+    let acme = host.multi_event_with_aff1("acme");
     let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
 
     // Wrong types, field by field.
@@ -270,7 +263,7 @@ fn every_field_wrong_is_refused_by_name_and_nothing_is_written() {
 fn negative_zero_is_zero() {
     let (_dir, data) = data_dir();
     let host = Host::start(&data);
-    let acme = set_up(&host);
+    let acme = host.multi_event_with_aff1("acme");
     host.accept(
         &acme,
         json!({"id": "z-1", "type": "deposit", "customer": "c1", "amount": "-0.00", "affiliate": "aff1"}),
@@ -289,7 +282,7 @@ fn negative_zero_is_zero() {
 fn oversized_and_slow_headers_and_idle_connections_are_cut_off() {
     let (_dir, data) = data_dir();
     let host = Host::start(&data);
-    let acme = set_up(&host);
+    let acme = host.multi_event_with_aff1("acme");
     let address = host.base.strip_prefix("http://").unwrap().to_owned();
     let rss_before = rss_kib(&host);
 
@@ -309,9 +302,22 @@ fn oversized_and_slow_headers_and_idle_connections_are_cut_off() {
     let limit = open_files_limit();
     let idle = 10_000.min(limit.saturating_sub(200));
     println!("idle connections: {idle} (open files limit {limit})");
-    let connections: Vec<TcpStream> = (0..idle)
-        .map(|n| TcpStream::connect(&address).unwrap_or_else(|error| panic!("connection {n}: {error}")))
-        .collect();
+    let started = std::time::Instant::now();
+    // Opened from several threads, as many clients would.
+    let connections: Vec<TcpStream> = std::thread::scope(|scope| {
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                let address = &address;
+                scope.spawn(move || {
+                    (0..idle / 8)
+                        .map(|n| TcpStream::connect(address).unwrap_or_else(|error| panic!("connection {n}: {error}")))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        openers.into_iter().flat_map(|opener| opener.join().unwrap()).collect()
+    });
+    println!("opened in {:?}", started.elapsed());
     // Slowloris: headers one byte a second are cut off by the header timeout (10 s), long
     // before the 60 bytes are sent.
     let mut slow = TcpStream::connect(&address).unwrap();

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Host, Operator, Rng, assert_verifies, check_ledger_invariants, data_dir, dec, entries, sign_webhook};
+use common::{Host, Operator, Rng, assert_verifies, check_ledger_invariants, data_dir, dec, entries, unix_now};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -89,17 +89,8 @@ fn send(host: &Host, operator: &Operator, event: &Value, way: u64) -> reqwest::R
     match way {
         0 => host.client.post(events).bearer_auth(&operator.api_key).json(event).send(),
         1 => {
-            let body = event.to_string();
             let id = format!("msg-{}", event["id"].as_str().unwrap());
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-            host.client
-                .post(events)
-                .header("webhook-id", &id)
-                .header("webhook-timestamp", now.to_string())
-                .header("webhook-signature", sign_webhook(&operator.webhook_secret, &id, now, &body))
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
+            host.signed_webhook(&operator.id, &operator.webhook_secret, &id, unix_now(), &event.to_string()).send()
         }
         _ => {
             let mut query = form_urlencoded::Serializer::new(String::new());

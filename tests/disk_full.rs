@@ -114,9 +114,7 @@ fn a_full_disk_is_answered_503_writes_nothing_half_way_and_recovers_when_space_r
         }
     };
     let host = Host::start(&data);
-    let acme = host.create_operator("acme");
-    host.install_plugin(&acme, "multi-event");
-    host.put_affiliate(&acme, "aff1", None, json!({}));
+    let acme = host.multi_event_with_aff1("acme");
     for n in 0..5 {
         host.accept(&acme, deposit(&format!("before-{n}")));
     }

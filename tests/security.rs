@@ -4,43 +4,22 @@
 
 mod common;
 
-use common::{ADMIN_TOKEN, Host, Operator, answer, data_dir, dec, paid, plugin_wasm, sign_webhook};
+use common::{ADMIN_TOKEN, Host, answer, data_dir, dec, paid, plugin_wasm, sign_webhook, unix_now};
 use reqwest::StatusCode;
 use reqwest::blocking::RequestBuilder;
 use serde_json::{Value, json};
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
-/// A webhook as a sender signs it, at `timestamp`, with `secret`.
-fn signed(host: &Host, operator: &str, secret: &str, id: &str, timestamp: i64, body: &str) -> RequestBuilder {
-    host.client
-        .post(host.url(&format!("/v1/operators/{operator}/events")))
-        .header("webhook-id", id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", sign_webhook(secret, id, timestamp, body))
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-}
-
-fn set_up(host: &Host) -> Operator {
-    let acme = host.create_operator("acme");
-    host.install_plugin(&acme, "multi-event");
-    host.put_affiliate(&acme, "aff1", None, json!({}));
-    acme
-}
 
 #[test]
 fn webhook_timestamps_outside_the_tolerance_are_refused_and_write_nothing() {
     let (_dir, data) = data_dir();
     let host = Host::start(&data);
-    let acme = set_up(&host);
+    let acme = host.multi_event_with_aff1("acme");
     let body =
         json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "50", "affiliate": "aff1"}).to_string();
     // The tolerance is 5 minutes either way (Standard Webhooks' default).
-    for (timestamp, why) in [(now() - 400, "6 minutes old"), (now() + 400, "6 minutes ahead"), (0, "1970")] {
-        let (status, answer) = answer(signed(&host, "acme", &acme.webhook_secret, "msg_1", timestamp, &body).send());
+    for (timestamp, why) in [(unix_now() - 400, "6 minutes old"), (unix_now() + 400, "6 minutes ahead"), (0, "1970")] {
+        let (status, answer) =
+            answer(host.signed_webhook("acme", &acme.webhook_secret, "msg_1", timestamp, &body).send());
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}: {answer}");
         assert!(answer["message"].as_str().unwrap().contains("tolerance"), "{why}: {answer}");
     }
@@ -59,7 +38,8 @@ fn webhook_timestamps_outside_the_tolerance_are_refused_and_write_nothing() {
     assert_eq!(host.get(&acme, "/events/d1").0, StatusCode::NOT_FOUND, "a refused webhook wrote its event");
 
     // Inside the tolerance, it goes through.
-    let (status, answer) = answer(signed(&host, "acme", &acme.webhook_secret, "msg_1", now() - 200, &body).send());
+    let (status, answer) =
+        answer(host.signed_webhook("acme", &acme.webhook_secret, "msg_1", unix_now() - 200, &body).send());
     assert_eq!((status, answer["status"].as_str()), (StatusCode::OK, Some("accepted")), "{answer}");
 }
 
@@ -71,11 +51,11 @@ fn webhook_timestamps_outside_the_tolerance_are_refused_and_write_nothing() {
 fn a_replayed_signed_webhook_is_a_duplicate_and_pays_nothing_again() {
     let (_dir, data) = data_dir();
     let host = Host::start(&data);
-    let acme = set_up(&host);
+    let acme = host.multi_event_with_aff1("acme");
     let body =
         json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "50", "affiliate": "aff1"}).to_string();
-    let at = now();
-    let first = signed(&host, "acme", &acme.webhook_secret, "msg_1", at, &body);
+    let at = unix_now();
+    let first = host.signed_webhook("acme", &acme.webhook_secret, "msg_1", at, &body);
     let replay = first.try_clone().unwrap();
     let (status, first) = answer(first.send());
     assert_eq!((status, first["status"].as_str()), (StatusCode::OK, Some("accepted")), "{first}");
@@ -84,29 +64,22 @@ fn a_replayed_signed_webhook_is_a_duplicate_and_pays_nothing_again() {
     let (status, again) = answer(replay.send());
     assert_eq!((status, again["status"].as_str()), (StatusCode::OK, Some("duplicate")), "{again}");
     assert_eq!(again["commissions"], first["commissions"], "the answer shows what was paid the first time");
-    let (status, other_id) = answer(signed(&host, "acme", &acme.webhook_secret, "msg_2", at, &body).send());
+    let (status, other_id) = answer(host.signed_webhook("acme", &acme.webhook_secret, "msg_2", at, &body).send());
     assert_eq!((status, other_id["status"].as_str()), (StatusCode::OK, Some("duplicate")), "{other_id}");
     assert_eq!(host.totals(&acme), [("aff1".to_owned(), dec("10"))].into(), "paid once");
 
     // A signature from one operator's secret does not open another's door.
-    let globex = set_up_second(&host);
-    let (status, answer) = answer(signed(&host, "globex", &acme.webhook_secret, "msg_3", at, &body).send());
+    let globex = host.multi_event_with_aff1("globex");
+    let (status, answer) = answer(host.signed_webhook("globex", &acme.webhook_secret, "msg_3", at, &body).send());
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
     assert_eq!(host.commissions(&globex, ""), Vec::<Value>::new());
-}
-
-fn set_up_second(host: &Host) -> Operator {
-    let globex = host.create_operator("globex");
-    host.install_plugin(&globex, "multi-event");
-    host.put_affiliate(&globex, "aff1", None, json!({}));
-    globex
 }
 
 #[test]
 fn the_admin_routes_refuse_everyone_but_the_admin() {
     let (_dir, data) = data_dir();
     let host = Host::start(&data);
-    let acme = set_up(&host);
+    let acme = host.multi_event_with_aff1("acme");
     let wrong_tokens: [(&str, Option<&str>); 4] = [
         ("no token", None),
         ("the operator's key", Some(&acme.api_key)),
@@ -153,7 +126,7 @@ fn the_admin_routes_refuse_everyone_but_the_admin() {
 fn no_key_token_or_secret_reaches_the_log() {
     let (_dir, data) = data_dir();
     let host = Host::start_env(&data, &[], &[("RUST_LOG", "trace")]);
-    let acme = set_up(&host);
+    let acme = host.multi_event_with_aff1("acme");
     let op = |path: &str| host.url(&format!("/v1/operators/acme{path}"));
     let key = acme.api_key.clone();
     let mut secrets = vec![ADMIN_TOKEN.to_owned(), acme.api_key.clone(), acme.postback_token.clone()];
@@ -177,12 +150,12 @@ fn no_key_token_or_secret_reaches_the_log() {
     let deposit = json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "50", "affiliate": "sub", "occurred_at": "2026-10-05T00:00:00Z"});
     host.accept(&acme, deposit);
     let body = json!({"id": "t1", "type": "trade", "customer": "c1", "attributes": {"lots": "11"}}).to_string();
-    expect("signed webhook", signed(&host, "acme", &acme.webhook_secret, "msg_t1", now(), &body), ok);
+    expect("signed webhook", host.signed_webhook("acme", &acme.webhook_secret, "msg_t1", unix_now(), &body), ok);
     let bad = host
         .client
         .post(op("/events"))
         .header("webhook-id", "msg_x")
-        .header("webhook-timestamp", now().to_string())
+        .header("webhook-timestamp", unix_now().to_string())
         .header("webhook-signature", format!("v1,{}", acme.api_key))
         .body(body.clone());
     expect("badly signed webhook", bad, StatusCode::UNAUTHORIZED);

@@ -115,6 +115,14 @@ impl Host {
         }
     }
 
+    /// An operator running the multi-event plugin, with one affiliate, `aff1`, on default terms.
+    pub fn multi_event_with_aff1(&self, id: &str) -> Operator {
+        let operator = self.create_operator(id);
+        self.install_plugin(&operator, "multi-event");
+        self.put_affiliate(&operator, "aff1", None, json!({}));
+        operator
+    }
+
     /// Uploads and activates a plugin built by `cargo build-plugins`.
     pub fn install_plugin(&self, operator: &Operator, plugin: &str) -> u64 {
         let (status, body) = self.upload_plugin(operator, &plugin_wasm(plugin), true);
@@ -161,6 +169,24 @@ impl Host {
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["status"], "accepted", "{body}");
         body
+    }
+
+    /// A webhook as a sender signs it (Standard Webhooks), at `timestamp`, with `secret`.
+    pub fn signed_webhook(
+        &self,
+        operator: &str,
+        secret: &str,
+        id: &str,
+        timestamp: i64,
+        body: &str,
+    ) -> reqwest::blocking::RequestBuilder {
+        self.client
+            .post(self.url(&format!("/v1/operators/{operator}/events")))
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", sign_webhook(secret, id, timestamp, body))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
     }
 
     /// A postback with the operator's token and the given query.
@@ -236,6 +262,11 @@ pub fn answer(response: reqwest::Result<Response>) -> (StatusCode, Value) {
 
 pub fn amount(value: &Value) -> Decimal {
     value.as_str().expect("amounts are decimal strings").parse().expect("a decimal")
+}
+
+/// Unix seconds now, as webhook timestamps are.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 pub fn dec(text: &str) -> Decimal {
