@@ -46,6 +46,13 @@ pub fn postback_query(data: &[u8]) {
     let Ok((incoming, _token)) = parse_postback(query, "USD", NOW_MS) else { return };
     check_event(&incoming);
     let event = &incoming.event;
+    // No byte is lost in decoding: a U+FFFD in the event was sent as one, not made of a byte
+    // that was not UTF-8 (two such ids would be one event).
+    let texts = [&event.id, &event.kind, &event.customer].into_iter().chain(event.attributes.values());
+    if texts.chain(event.attributes.keys()).any(|text| text.contains('\u{FFFD}')) {
+        let sent = query.to_ascii_uppercase();
+        assert!(sent.contains("%EF%BF%BD") || query.contains('\u{FFFD}'), "a byte was replaced: {query:?}");
+    }
     let mut again = form_urlencoded::Serializer::new(String::new());
     again.append_pair("id", &event.id).append_pair("type", &event.kind).append_pair("customer", &event.customer);
     if query_has(query, "occurred_at") {
