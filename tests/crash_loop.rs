@@ -222,6 +222,45 @@ fn worked_by_hand(events: &[Value]) -> (BTreeMap<String, Decimal>, usize) {
     (totals, count)
 }
 
+/// Of the pending commissions, pays every sixth, approves every other third, rejects some more;
+/// returns the ids per status moved to.
+fn move_statuses(host: &Host, operator: &Operator) -> BTreeMap<&'static str, HashSet<String>> {
+    let mut moved: BTreeMap<&'static str, HashSet<String>> = BTreeMap::new();
+    // A clawed-back commission is `reversed` already; only pending ones move.
+    for (n, commission) in host.commissions(operator, "status=pending").iter().enumerate() {
+        let id = commission["id"].as_str().unwrap();
+        let path = format!("/v1/operators/{}/commissions/{id}/status", operator.id);
+        let set = |status: &'static str| {
+            let (code, body) = common::answer(
+                host.client
+                    .post(host.url(&path))
+                    .bearer_auth(&operator.api_key)
+                    .json(&json!({"status": status}))
+                    .send(),
+            );
+            assert_eq!(code, StatusCode::OK, "{body}");
+        };
+        let status = match n {
+            n if n % 6 == 0 => {
+                set("approved");
+                set("paid");
+                "paid"
+            }
+            n if n % 3 == 0 => {
+                set("approved");
+                "approved"
+            }
+            n if n % 9 == 4 => {
+                set("rejected");
+                "rejected"
+            }
+            _ => continue,
+        };
+        moved.entry(status).or_default().insert(id.to_owned());
+    }
+    moved
+}
+
 #[test]
 fn sigkill_at_random_moments_loses_nothing_acknowledged_and_pays_nothing_twice() {
     let cycles: usize = std::env::var("CRASH_LOOP_CYCLES").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
@@ -273,6 +312,18 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged_and_pays_nothing_twice()
         let (status, event) = host.get(&acme, &format!("/events/{id}"));
         assert_eq!(status, StatusCode::OK, "{id} was acknowledged, then lost");
         assert_eq!(event["status"], "accepted", "{event}");
+    }
+    // The operator moves some statuses (approve, pay, reject); a SIGKILL right after keeps them.
+    let moved = move_statuses(&host, &acme);
+    host.kill();
+    let host = Host::start(&data);
+    for (status, ids) in &moved {
+        let listed: HashSet<String> = host
+            .commissions(&acme, &format!("status={status}"))
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(&listed, ids, "{status}");
     }
     let ledger = check_ledger_invariants(&host, &acme);
     let (expected_totals, expected_count) = worked_by_hand(&acknowledged);
