@@ -5,7 +5,8 @@
 //! host is back, every refused event is either absent or there whole, with its commissions,
 //! and a retry pays it exactly once.
 //!
-//! Mounting needs root (CI runs as root); elsewhere the test says why it skips.
+//! Mounting needs root (CI runs as root); elsewhere the test says why it skips. A second test
+//! takes the same path anywhere, with a file-size limit in place of a full disk.
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Host, answer, assert_verifies, check_ledger_invariants, dec};
+use common::{Host, Operator, answer, assert_verifies, check_ledger_invariants, dec};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -100,6 +101,76 @@ fn deposit(id: &str) -> Value {
     json!({"id": id, "type": "deposit", "customer": format!("cust-{id}"), "amount": "50", "affiliate": "aff1"})
 }
 
+/// Sends deposits until the host refuses. Each refusal is a 503 in JSON naming `cause`, and from
+/// the first on the host acknowledges nothing. sled cannot write again after a write error, so
+/// the host then stops with an error of its own accord, for its supervisor to start it again.
+/// Returns the ids acknowledged before the first refusal, and those refused.
+fn send_until_refused(host: Host, acme: &Operator, cause: &str) -> (Vec<String>, Vec<String>) {
+    let mut refused = Vec::new();
+    let mut accepted = Vec::new();
+    for n in 0..5000 {
+        let id = format!("full-{n}");
+        let response = host
+            .client
+            .post(host.url("/v1/operators/acme/events"))
+            .bearer_auth(&acme.api_key)
+            .json(&deposit(&id))
+            .send();
+        let Ok(response) = response else {
+            // The host has stopped; this one may or may not have been committed.
+            refused.push(id);
+            break;
+        };
+        let (status, body) = answer(Ok(response));
+        match status {
+            StatusCode::OK => {
+                assert!(refused.is_empty(), "acknowledged {id} after a refusal: {body}");
+                accepted.push(id);
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["error"], "storage_unavailable", "{body}");
+                assert!(body["message"].as_str().unwrap().contains(cause), "{body}");
+                refused.push(id);
+            }
+            other => panic!("{id}: {other} {body}"),
+        }
+    }
+    assert!(!refused.is_empty(), "the ledger never ran out of room");
+    let log = host.log();
+    assert!(!host.wait_exit(), "the host must stop with an error once its ledger cannot write");
+    assert!(log.contains(cause), "the log says why:\n{log}");
+    (accepted, refused)
+}
+
+/// After space returned and the host started again: whatever was refused is absent or there
+/// whole, never half (an event with its commission); a retry of each pays it once; the ledger
+/// holds 10 per customer (`acknowledged` before, plus the refused), keeps its invariants and
+/// replays exactly.
+fn check_recovered(host: &Host, acme: &Operator, acknowledged: usize, refused: &[String]) {
+    for id in refused {
+        let (status, event) = host.get(acme, &format!("/events/{id}"));
+        match status {
+            StatusCode::NOT_FOUND => {}
+            StatusCode::OK => {
+                assert_eq!(event["status"], "accepted", "{event}");
+                assert_eq!(event["commissions"].as_array().unwrap().len(), 1, "{event}");
+            }
+            other => panic!("{id}: {other} {event}"),
+        }
+    }
+    for id in refused {
+        let (status, body) = host.post_events(acme, &deposit(id));
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(["accepted", "duplicate"].contains(&body["status"].as_str().unwrap()), "{body}");
+        assert_eq!(body["commissions"].as_array().unwrap().len(), 1, "{body}");
+    }
+    let ledger = check_ledger_invariants(host, acme);
+    let customers = acknowledged + refused.len();
+    assert_eq!(ledger.len(), customers);
+    assert_eq!(host.totals(acme), [("aff1".to_owned(), dec("10") * rust_decimal::Decimal::from(customers))].into());
+    assert_verifies(host, acme);
+}
+
 #[test]
 fn a_full_disk_is_answered_503_writes_nothing_half_way_and_recovers_when_space_returns() {
     let dir = tempfile::tempdir().unwrap();
@@ -118,49 +189,13 @@ fn a_full_disk_is_answered_503_writes_nothing_half_way_and_recovers_when_space_r
     for n in 0..5 {
         host.accept(&acme, deposit(&format!("before-{n}")));
     }
-
     let filler = data.join("filler");
     let filled = fill(&filler);
 
-    // Send until the host refuses: each refusal is a 503 in JSON, and from the first on the
-    // host acknowledges nothing. sled cannot write again after a write error, so the host then
-    // stops with an error of its own accord, for its supervisor to start it again.
-    let mut refused = Vec::new();
-    let mut accepted_while_filling = Vec::new();
-    for n in 0..5000 {
-        let id = format!("full-{n}");
-        let response = host
-            .client
-            .post(host.url("/v1/operators/acme/events"))
-            .bearer_auth(&acme.api_key)
-            .json(&deposit(&id))
-            .send();
-        let Ok(response) = response else {
-            // The host has stopped; this one may or may not have been committed.
-            refused.push(id);
-            break;
-        };
-        let (status, body) = answer(Ok(response));
-        match status {
-            StatusCode::OK => {
-                assert!(refused.is_empty(), "acknowledged {id} after a refusal: {body}");
-                accepted_while_filling.push(id);
-            }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                assert_eq!(body["error"], "storage_unavailable", "{body}");
-                assert!(body["message"].as_str().unwrap().contains("No space left"), "{body}");
-                refused.push(id);
-            }
-            other => panic!("{id}: {other} {body}"),
-        }
-    }
-    assert!(!refused.is_empty(), "the disk never filled up");
-    let log = host.log();
-    assert!(!host.wait_exit(), "the host must stop with an error once its ledger cannot write");
-    assert!(log.contains("No space left on device"), "the log says why:\n{log}");
+    let (accepted, refused) = send_until_refused(host, &acme, "No space left on device");
     println!(
         "filled {filled} bytes; {} events accepted in the space left, then {} refused",
-        accepted_while_filling.len(),
+        accepted.len(),
         refused.len()
     );
 
@@ -171,32 +206,32 @@ fn a_full_disk_is_answered_503_writes_nothing_half_way_and_recovers_when_space_r
     // Space returns; the supervisor starts the host again.
     std::fs::remove_file(&filler).unwrap();
     let host = Host::start(&data);
-    // Whatever was refused is absent or there whole, never half: an event with its commission.
-    for id in &refused {
-        let (status, event) = host.get(&acme, &format!("/events/{id}"));
-        match status {
-            StatusCode::NOT_FOUND => {}
-            StatusCode::OK => {
-                assert_eq!(event["status"], "accepted", "{event}");
-                assert_eq!(event["commissions"].as_array().unwrap().len(), 1, "{event}");
-            }
-            other => panic!("{id}: {other} {event}"),
-        }
-    }
-    // The senders retry what was refused: each is paid once.
-    for id in &refused {
-        let (status, body) = host.post_events(&acme, &deposit(id));
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert!(["accepted", "duplicate"].contains(&body["status"].as_str().unwrap()), "{body}");
-        assert_eq!(body["commissions"].as_array().unwrap().len(), 1, "{body}");
-    }
-    let ledger = check_ledger_invariants(&host, &acme);
-    // 10 per first deposit, one deposit per customer: the 5 before, those accepted while the
-    // disk filled, and those refused then retried.
-    let customers = 5 + accepted_while_filling.len() + refused.len();
-    assert_eq!(ledger.len(), customers);
-    assert_eq!(host.totals(&acme), [("aff1".to_owned(), dec("10") * rust_decimal::Decimal::from(customers))].into());
-    assert_verifies(&host, &acme);
+    check_recovered(&host, &acme, 5 + accepted.len(), &refused);
     drop(host);
     drop(mount);
+}
+
+/// The same path without root: a file-size limit (`ulimit -f`, with SIGXFSZ ignored so the write
+/// fails with EFBIG instead of killing the host) just above the ledger's size. Runs everywhere,
+/// beside the tmpfs test, which needs a mount.
+#[test]
+fn a_file_size_limit_is_answered_503_and_recovers_without_it() {
+    let (_dir, data) = common::data_dir();
+    let host = Host::start(&data);
+    let acme = host.multi_event_with_aff1("acme");
+    for n in 0..5 {
+        host.accept(&acme, deposit(&format!("before-{n}")));
+    }
+    host.kill();
+    let largest =
+        std::fs::read_dir(&data).unwrap().map(|entry| entry.unwrap().metadata().unwrap().len()).max().unwrap();
+    // bash counts `ulimit -f` in KiB. sled starts new 512 KiB segments past the end of its file
+    // when it opens; 2 MiB more lets it open and take a few hundred events.
+    let limit_kib = largest / 1024 + 2048;
+    let host = Host::start_after(&data, &format!("trap '' XFSZ; ulimit -f {limit_kib}"));
+    let (accepted, refused) = send_until_refused(host, &acme, "File too large");
+    println!("file size limit {limit_kib} KiB; {} events accepted, then {} refused", accepted.len(), refused.len());
+
+    let host = Host::start(&data);
+    check_recovered(&host, &acme, 5 + accepted.len(), &refused);
 }

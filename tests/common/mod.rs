@@ -37,9 +37,21 @@ impl Host {
 
     /// [`Host::start_with`] with environment variables (`RUST_LOG` is `info` unless given).
     pub fn start_env(data: &Path, serve_args: &[&str], env: &[(&str, &str)]) -> Host {
+        Host::spawn(Command::new(env!("CARGO_BIN_EXE_commission-host")), data, serve_args, env)
+    }
+
+    /// [`Host::start`] by bash after `setup` (such as `ulimit -f 1024`), which the host inherits;
+    /// bash then becomes the host (`exec`), so the pid is the host's.
+    pub fn start_after(data: &Path, setup: &str) -> Host {
+        let mut bash = Command::new("bash");
+        bash.arg("-c").arg(format!("{setup}; exec \"$0\" \"$@\"")).arg(env!("CARGO_BIN_EXE_commission-host"));
+        Host::spawn(bash, data, &[], &[])
+    }
+
+    fn spawn(mut command: Command, data: &Path, serve_args: &[&str], env: &[(&str, &str)]) -> Host {
         let log = data.with_extension("log");
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("host log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_commission-host"))
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(serve_args)
