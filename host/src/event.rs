@@ -193,7 +193,7 @@ pub fn parse_postback(
 ) -> Result<(IncomingEvent, Option<String>), Vec<FieldError>> {
     let mut fields: BTreeMap<String, String> = BTreeMap::new();
     let mut attributes = BTreeMap::new();
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+    for (key, value) in query_pairs(query)? {
         let target = if POSTBACK_FIELDS.contains(&key.as_ref()) { &mut fields } else { &mut attributes };
         if target.insert(key.to_string(), value.to_string()).is_some() {
             return Err(vec![FieldError::new(key, "given more than once")]);
@@ -211,6 +211,30 @@ pub fn parse_postback(
         attributes: UniqueKeys(attributes.into_iter().map(|(k, v)| (k, WireAttribute::Text(v))).collect()),
     };
     Ok((check(wire, operator_currency, now_ms)?, token))
+}
+
+/// The `key=value` pairs of a query, decoded as forms are (`+` is a space, then percent
+/// escapes), refusing any that are not UTF-8 once decoded. `form_urlencoded` would replace such
+/// bytes with U+FFFD, and `id=a%FF` and `id=a%FE` would become the same event id.
+fn query_pairs(query: &str) -> Result<Vec<(String, String)>, Vec<FieldError>> {
+    let decode = |text: &str| {
+        let spaced = text.replace('+', " ");
+        String::from_utf8(percent_encoding::percent_decode_str(&spaced).collect::<Vec<u8>>())
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = decode(key).map_err(|_| {
+                vec![FieldError::new("", format!("the parameter name {key:?} is not UTF-8 once percent-decoded"))]
+            })?;
+            let value = decode(value).map_err(|_| {
+                vec![FieldError::new(key.as_str(), format!("{value:?} is not UTF-8 once percent-decoded"))]
+            })?;
+            Ok((key, value))
+        })
+        .collect()
 }
 
 /// The canonical form hashed for dedup: what the sender said, with amounts compared by value
@@ -422,6 +446,17 @@ mod tests {
         assert_eq!(parse_time("1793527200000").unwrap(), 1_793_527_200_000);
         assert!(parse_time("yesterday").is_err());
         assert_eq!(format_time(1_793_527_200_000), "2026-11-01T10:00:00Z");
+    }
+
+    #[test]
+    fn postback_values_decode_as_forms_and_must_be_utf8() {
+        let (event, token) =
+            parse_postback("token=t&id=a%20b+c&type=deposit&customer=%C3%A9&x=1%2B1", "USD", 0).unwrap();
+        assert_eq!((event.event.id.as_str(), event.event.customer.as_str()), ("a b c", "é"));
+        assert_eq!((event.event.attributes["x"].as_str(), token.as_deref()), ("1+1", Some("t")));
+        let problems = parse_postback("id=a%FF&type=deposit&customer=c", "USD", 0).unwrap_err();
+        assert_eq!(problems[0].field, "id");
+        assert!(parse_postback("a%FE=1&id=a&type=deposit&customer=c", "USD", 0).is_err());
     }
 
     #[test]

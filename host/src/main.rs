@@ -107,7 +107,20 @@ async fn serve(
     // The first line on stdout after start-up: scripts and tests read the address from it.
     println!("listening on http://{address}");
     tracing::info!(%address, data = %data.display(), "serving");
-    server::serve(listener, api::router(state.clone()), server::shutdown_signal()).await;
+    let pipeline = state.pipeline.clone();
+    let stop = async move {
+        tokio::select! {
+            () = server::shutdown_signal() => None,
+            error = pipeline.storage_failed() => Some(error),
+        }
+    };
+    if let Some(error) = server::serve(listener, api::router(state.clone()), stop).await {
+        // Exiting with an error lets the supervisor (systemd, Kubernetes) start the host again;
+        // opening the ledger anew recovers it from its log once the disk can take writes.
+        anyhow::bail!(
+            "{error}; the ledger cannot write again in this process, so the host stops. Start it again once the disk has room"
+        );
+    }
     state.pipeline.make_durable().await?;
     tracing::info!("stopped; the ledger is flushed");
     Ok(())

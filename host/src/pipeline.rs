@@ -143,6 +143,11 @@ impl Pipeline {
         !self.durability.is_failing()
     }
 
+    /// Resolves when the ledger's storage has failed for good (see [`Durability::failed`]).
+    pub async fn storage_failed(&self) -> DurabilityError {
+        self.durability.failed().await
+    }
+
     /// Waits until everything committed so far is on disk.
     pub async fn make_durable(&self) -> Result<(), DurabilityError> {
         self.durability.wait().await

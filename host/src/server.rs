@@ -20,12 +20,13 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()>) {
+/// Serves until `shutdown` resolves, then drains; returns what `shutdown` resolved to.
+pub async fn serve<T>(listener: TcpListener, router: Router, shutdown: impl Future<Output = T>) -> T {
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEADER_BYTES);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
+    let stopped = loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let stream = match accepted {
@@ -46,14 +47,15 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
                     }
                 });
             }
-            () = &mut shutdown => break,
+            stopped = &mut shutdown => break stopped,
         }
-    }
+    };
     drop(listener);
     tracing::info!("shutting down: finishing requests in flight");
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; stopping anyway");
     }
+    stopped
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

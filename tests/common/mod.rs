@@ -32,14 +32,32 @@ impl Host {
 
     /// [`Host::start`] with more `serve` arguments.
     pub fn start_with(data: &Path, serve_args: &[&str]) -> Host {
+        Host::start_env(data, serve_args, &[("RUST_LOG", "info")])
+    }
+
+    /// [`Host::start_with`] with environment variables (`RUST_LOG` is `info` unless given).
+    pub fn start_env(data: &Path, serve_args: &[&str], env: &[(&str, &str)]) -> Host {
+        Host::spawn(Command::new(env!("CARGO_BIN_EXE_commission-host")), data, serve_args, env)
+    }
+
+    /// [`Host::start`] by bash after `setup` (such as `ulimit -f 1024`), which the host inherits;
+    /// bash then becomes the host (`exec`), so the pid is the host's.
+    pub fn start_after(data: &Path, setup: &str) -> Host {
+        let mut bash = Command::new("bash");
+        bash.arg("-c").arg(format!("{setup}; exec \"$0\" \"$@\"")).arg(env!("CARGO_BIN_EXE_commission-host"));
+        Host::spawn(bash, data, &[], &[])
+    }
+
+    fn spawn(mut command: Command, data: &Path, serve_args: &[&str], env: &[(&str, &str)]) -> Host {
         let log = data.with_extension("log");
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("host log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_commission-host"))
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(serve_args)
             .env("COMMISSION_HOST_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -109,6 +127,14 @@ impl Host {
         }
     }
 
+    /// An operator running the multi-event plugin, with one affiliate, `aff1`, on default terms.
+    pub fn multi_event_with_aff1(&self, id: &str) -> Operator {
+        let operator = self.create_operator(id);
+        self.install_plugin(&operator, "multi-event");
+        self.put_affiliate(&operator, "aff1", None, json!({}));
+        operator
+    }
+
     /// Uploads and activates a plugin built by `cargo build-plugins`.
     pub fn install_plugin(&self, operator: &Operator, plugin: &str) -> u64 {
         let (status, body) = self.upload_plugin(operator, &plugin_wasm(plugin), true);
@@ -155,6 +181,24 @@ impl Host {
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["status"], "accepted", "{body}");
         body
+    }
+
+    /// A webhook as a sender signs it (Standard Webhooks), at `timestamp`, with `secret`.
+    pub fn signed_webhook(
+        &self,
+        operator: &str,
+        secret: &str,
+        id: &str,
+        timestamp: i64,
+        body: &str,
+    ) -> reqwest::blocking::RequestBuilder {
+        self.client
+            .post(self.url(&format!("/v1/operators/{operator}/events")))
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", sign_webhook(secret, id, timestamp, body))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
     }
 
     /// A postback with the operator's token and the given query.
@@ -254,6 +298,11 @@ pub fn amount(value: &Value) -> Decimal {
     value.as_str().expect("amounts are decimal strings").parse().expect("a decimal")
 }
 
+/// Unix seconds now, as webhook timestamps are.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
 pub fn dec(text: &str) -> Decimal {
     text.parse().unwrap()
 }
@@ -294,4 +343,134 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
     (dir, data)
+}
+
+/// A small seeded generator (SplitMix64): the suites that draw at random print their seed, and
+/// the same seed draws the same run.
+pub struct Rng(u64);
+
+impl Rng {
+    /// The seed from `env` if set (to re-run a failure), else from the clock; printed either way.
+    pub fn from_env(env: &str) -> Rng {
+        let seed = std::env::var(env).ok().and_then(|seed| seed.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
+        println!("{env}={seed} (set it to run this draw again)");
+        Rng(seed)
+    }
+
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `range`.
+    pub fn below(&mut self, range: std::ops::Range<u64>) -> u64 {
+        range.start + self.next_u64() % (range.end - range.start)
+    }
+
+    /// True with probability `percent` in 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(0..100) < percent
+    }
+}
+
+/// The ledger's invariants, checked through the API as an auditor would:
+/// - per affiliate, the sum of its commissions (the affiliate index) equals the sum of the
+///   full ledger's entries for it, and the sum of its entries by status;
+/// - every reversal names a commission of the same affiliate, and is no larger than it;
+/// - every commission's event exists, is accepted and lists the commission;
+/// - no commission is paid twice: one per (event, affiliate, rule).
+///
+/// Returns the ledger in order.
+pub fn check_ledger_invariants(host: &Host, operator: &Operator) -> Vec<Value> {
+    let ledger = host.commissions(operator, "");
+    let by_id: std::collections::HashMap<&str, &Value> =
+        ledger.iter().map(|c| (c["id"].as_str().expect("commission id"), c)).collect();
+    assert_eq!(by_id.len(), ledger.len(), "commission ids are unique");
+
+    let mut paid_for = std::collections::HashSet::new();
+    let mut reversed = std::collections::HashSet::new();
+    for commission in &ledger {
+        let key = (commission["event_id"].clone(), commission["affiliate"].clone(), commission["rule"].clone());
+        assert!(paid_for.insert(key), "paid twice: {commission}");
+        if let Some(target) = commission["reverses"].as_str() {
+            let original =
+                by_id.get(target).unwrap_or_else(|| panic!("reversal of a missing commission: {commission}"));
+            assert_eq!(original["affiliate"], commission["affiliate"], "a reversal is the same affiliate's");
+            assert!(amount(&commission["amount"]).is_sign_negative(), "a reversal is negative: {commission}");
+            assert!(-amount(&commission["amount"]) <= amount(&original["amount"]), "reverses more than paid");
+            assert!(reversed.insert(target.to_owned()), "{target} reversed twice");
+        }
+    }
+    let mut events_seen = std::collections::HashMap::new();
+    for commission in &ledger {
+        let event_id = commission["event_id"].as_str().unwrap().to_owned();
+        let listed = events_seen.entry(event_id.clone()).or_insert_with(|| {
+            let (status, event) = host.get(operator, &format!("/events/{event_id}"));
+            assert_eq!(status, StatusCode::OK, "commission {commission} lacks its event");
+            assert_eq!(event["status"], "accepted", "{event}");
+            event["commissions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        });
+        assert!(listed.iter().any(|id| commission["id"] == id.as_str()), "{event_id} does not list {commission}");
+    }
+
+    let totals = host.totals(operator);
+    for (affiliate, total) in &totals {
+        let indexed: Decimal =
+            host.commissions(operator, &format!("affiliate={affiliate}")).iter().map(|c| amount(&c["amount"])).sum();
+        assert_eq!(indexed, *total, "{affiliate}: the affiliate index and the ledger disagree");
+        let by_status: Decimal = ["pending", "approved", "paid", "reversed", "rejected"]
+            .iter()
+            .flat_map(|status| host.commissions(operator, &format!("affiliate={affiliate}&status={status}")))
+            .map(|c| amount(&c["amount"]))
+            .sum();
+        assert_eq!(by_status, *total, "{affiliate}: the entries by status do not add up to the total");
+    }
+    ledger
+}
+
+/// `POST /v1/operators/{op}/verify` finds no difference: replaying the stored events through
+/// the same plugin versions gives the same commissions and the same plugin state. Returns how
+/// many events it replayed.
+pub fn assert_verifies(host: &Host, operator: &Operator) -> u64 {
+    let (status, report) = answer(
+        host.client
+            .post(host.url(&format!("/v1/operators/{}/verify", operator.id)))
+            .bearer_auth(&operator.api_key)
+            .send(),
+    );
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["differences"], json!([]), "verify found differences");
+    assert_eq!(report["state_keys_differing"], json!([]), "verify found state differences");
+    assert_eq!(report["events_matching"], report["events_replayed"]);
+    report["events_replayed"].as_u64().unwrap()
+}
+
+/// One commission as compared between two ledgers: (event, affiliate, rule, amount).
+pub type Entry = (String, String, String, Decimal);
+
+/// The ledger's commissions as comparable entries, sorted.
+pub fn entries(ledger: &[Value]) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = ledger
+        .iter()
+        .map(|c| {
+            let text = |field: &str| c[field].as_str().unwrap().to_owned();
+            (text("event_id"), text("affiliate"), text("rule"), amount(&c["amount"]))
+        })
+        .collect();
+    entries.sort();
+    entries
 }

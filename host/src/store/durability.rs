@@ -4,6 +4,11 @@
 //! time. A request that committed its events takes a ticket and waits; one background task
 //! flushes, and each flush covers every ticket taken before it started. Under load, hundreds of
 //! requests share a flush instead of queueing for one each.
+//!
+//! A failed flush is final for this process: sled keeps the first write error and returns it
+//! from every later write and flush, even once the disk has room again. It recovers from its
+//! log when opened anew, so the host stops (see [`Durability::failed`]) and its supervisor
+//! starts it again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +56,16 @@ impl Durability {
         state.failure.as_ref().is_some_and(|(upto, _)| *upto > state.through)
     }
 
+    /// Resolves with the error of the first failed flush. The ledger cannot write again in
+    /// this process after it; the host stops, acknowledging nothing more.
+    pub async fn failed(&self) -> DurabilityError {
+        let mut flushed = self.shared.flushed.subscribe();
+        match flushed.wait_for(|state| state.failure.is_some()).await {
+            Ok(state) => DurabilityError(state.failure.as_ref().map(|(_, error)| error.clone()).unwrap_or_default()),
+            Err(_) => DurabilityError("the flush task has stopped".into()),
+        }
+    }
+
     /// Returns once everything this task committed before the call is on disk.
     pub async fn wait(&self) -> Result<(), DurabilityError> {
         let ticket = self.shared.tickets.fetch_add(1, Ordering::SeqCst) + 1;
@@ -70,24 +85,31 @@ impl Durability {
     }
 }
 
+/// How long the loop waits idle before a flush of its own: a write that failed outside a flush
+/// (a commit that found sled's write error) is noticed within this.
+const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn flush_loop(db: sled::Db, shared: Arc<Shared>, flush_seconds: Histogram) {
     let mut through = 0;
     loop {
         if shared.tickets.load(Ordering::SeqCst) == through {
-            shared.wake.notified().await;
+            let _ = tokio::time::timeout(IDLE_FLUSH, shared.wake.notified()).await;
         }
         // Tickets are taken after their commits: a flush that starts now covers them all.
         let target = shared.tickets.load(Ordering::SeqCst);
         let started = std::time::Instant::now();
         let flushed = db.flush_async().await;
-        flush_seconds.observe(started.elapsed().as_secs_f64());
+        // The metric is of flushes that acknowledge something, not of idle checks.
+        if target != through {
+            flush_seconds.observe(started.elapsed().as_secs_f64());
+        }
         match flushed {
             Ok(_) => {
                 through = target;
                 shared.flushed.send_modify(|state| state.through = target);
             }
             Err(error) => {
-                tracing::error!(%error, "flushing the ledger failed; answering 503 until a flush succeeds");
+                tracing::error!(%error, "flushing the ledger failed; answering 503 and stopping");
                 through = target;
                 shared.flushed.send_modify(|state| state.failure = Some((target, error.to_string())));
             }
