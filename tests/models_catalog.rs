@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Host, Operator, answer, data_dir, dec, paid};
+use common::{Host, Operator, assert_verifies, data_dir, dec, paid};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -67,31 +67,11 @@ fn ledger_of(host: &Host, operator: &Operator, event_id: &str) -> Vec<Entry> {
         .collect()
 }
 
-fn close(host: &Host, operator: &Operator, period: &str) -> Value {
-    let (status, body) = answer(
-        host.client
-            .post(host.url(&format!("/v1/operators/{}/periods/{period}/close", operator.id)))
-            .bearer_auth(&operator.api_key)
-            .send(),
-    );
+/// A month closed with a 200.
+fn closed(host: &Host, operator: &Operator, period: &str) -> Value {
+    let (status, body) = host.close(operator, period);
     assert_eq!(status, StatusCode::OK, "{body}");
     body
-}
-
-/// Replaying the operator's whole ledger through its plugin gives the same commissions.
-fn assert_verifies(host: &Host, operator: &Operator) {
-    let (status, report) = answer(
-        host.client
-            .post(host.url(&format!("/v1/operators/{}/verify", operator.id)))
-            .bearer_auth(&operator.api_key)
-            .send(),
-    );
-    assert_eq!(status, StatusCode::OK, "{report}");
-    assert_eq!(
-        (report["differences"].clone(), report["state_keys_differing"].clone()),
-        (json!([]), json!([])),
-        "{report}"
-    );
 }
 
 fn totals(host: &Host, operator: &Operator, expected: &[(&str, &str)]) {
@@ -259,7 +239,7 @@ fn tiers_rate_by_the_months_qualified_customers_and_escalate_on_crossing_or_at_t
     assert_eq!(ledger_of(&host, &tiers, "c1-cb")[0].3, Some(("c1".into(), "cpa".into())));
 
     // October closes at 3 customers for `atclose`: #1-#2 go from 50 to 75, 2 x 25 = 50.
-    let october = close(&host, &tiers, "2025-10");
+    let october = closed(&host, &tiers, "2025-10");
     let settled: Vec<_> = october["settlements"]
         .as_array()
         .unwrap()
@@ -279,10 +259,10 @@ fn tiers_rate_by_the_months_qualified_customers_and_escalate_on_crossing_or_at_t
         "2025-10 closed with 3 qualified customers, tier from #3 at 75: re-rates CPAs #1 s1 50, #2 s2 50 to 75: +50"
     );
     // Closed twice: nothing twice.
-    let again = close(&host, &tiers, "2025-10");
+    let again = closed(&host, &tiers, "2025-10");
     assert!(again["settlements"].as_array().unwrap().iter().all(|s| s["status"] == "duplicate"), "{again}");
     // November: one customer, still at the first tier: nothing owed.
-    let november = close(&host, &tiers, "2025-11");
+    let november = closed(&host, &tiers, "2025-11");
     assert!(november["settlements"].as_array().unwrap().iter().all(|s| paid(s).is_empty()), "{november}");
 
     // flat: 50+50+75+75+100 = 350; cross: 500 - 100 = 400; atclose: 50+50+75+50 (November) + 50 = 275.
