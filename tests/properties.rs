@@ -3,6 +3,10 @@
 //! barriers) give the same ledger as the same sequence sent one event at a time, and the
 //! multi-event totals match a model of the plugin's rules worked in the test.
 //!
+//! Events are dated in months the case also closes, so many arrive late. The operators take
+//! them as received (`late_events: as_received`): the order of arrival is then the ledger's
+//! order, which is what this test compares. Restating under `adjust` is `tests/late_events.rs`'.
+//!
 //! Each case uses its own customers and affiliates on four long-lived operators: multi-event
 //! and RevShare, each once sent concurrently and once one by one. `PROPTEST_CASES` sets the
 //! number of cases (128 by default).
@@ -279,6 +283,14 @@ fn concurrent_interleavings_give_the_ledger_of_one_by_one() {
     let make = |id: &str, plugin: &str| {
         let operator = host.create_operator(id);
         host.install_plugin(&operator, plugin);
+        let (status, body) = common::answer(
+            host.client
+                .put(host.url(&format!("/v1/operators/{id}/settings")))
+                .bearer_auth(&operator.api_key)
+                .json(&json!({"late_events": "as_received"}))
+                .send(),
+        );
+        assert_eq!(status, StatusCode::OK, "{body}");
         operator
     };
     let operators = Operators {

@@ -410,6 +410,15 @@ impl Pipeline {
                 // Kept, paying nothing: there is no one to pay.
                 None => Evaluated::default(),
             };
+            // Under `adjust`, a late event restates the closed periods it changes: adjustments
+            // beside its own commissions, and the plugin state as restated, all in the same commit.
+            let late = match (&settlement, &binding, &evaluated.failure) {
+                (None, Some(_), None) => {
+                    operator.late_events == LateEventPolicy::Adjust
+                        && closed_period_of(self, &operator.id, event.occurred_at)?.is_some()
+                }
+                _ => false,
+            };
             let record = EventRecord {
                 seq: 0,
                 event: event.clone(),
@@ -421,15 +430,9 @@ impl Pipeline {
                 evaluation: evaluated.record.clone(),
                 commission_ids: Vec::new(),
                 attempts: retry_of.map_or(1, |attempts| attempts + 1),
+                restated: late,
             };
-            // A late event restates the closed periods it changes: adjustments beside its own
-            // commissions, and the plugin state as restated, all in the same commit.
-            let restated = match (&settlement, &binding, &evaluated.failure) {
-                (None, Some(_), None) if closed_period_of(self, &operator.id, event.occurred_at)?.is_some() => {
-                    Some(self.restate(operator, &record)?)
-                }
-                _ => None,
-            };
+            let restated = if late { Some(self.restate(operator, &record)?) } else { None };
             let (commissions, state_writes, expected_last_seq) = match restated {
                 Some(restated) => {
                     let mut commissions = evaluated.commissions.clone();

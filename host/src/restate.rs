@@ -11,8 +11,9 @@
 //! paid once.
 //!
 //! The **restated order** is the ledger order, except that an event that arrived after its
-//! period was closed is moved to just before the period's first settlement entry (after the
-//! period's earlier late events): where it would have been had it come in time.
+//! period was closed, and restated it, is moved to just before the period's first settlement
+//! entry (after the period's earlier late events): where it would have been had it come in
+//! time. Under the `as_received` policy a late event restates nothing and is not moved.
 //!
 //! The live plugin state is kept equal to the state a replay in restated order ends with: a late
 //! event's commit writes that state (the carryover the restated months leave, say), so the next
@@ -64,6 +65,7 @@ pub(crate) fn restated_order(records: Vec<EventRecord>) -> Vec<Entry> {
         .map(|record| {
             let anchor = match settlement_period(&record.event) {
                 Some(_) => None,
+                None if !record.restated => None,
                 None => Period::containing(record.event.occurred_at)
                     .and_then(|period| first_settlement.get(&period.id).copied())
                     .filter(|first| *first < record.seq),
@@ -491,7 +493,13 @@ mod tests {
             evaluation: None,
             commission_ids: Vec::new(),
             attempts: 1,
+            restated: false,
         }
+    }
+
+    /// A record committed as late under the `adjust` policy.
+    fn restating(record: EventRecord) -> EventRecord {
+        EventRecord { restated: true, ..record }
     }
 
     #[test]
@@ -501,9 +509,11 @@ mod tests {
             record(2, "settle-nov-aff1", SETTLEMENT_KIND, DEC_2 - 1, Some("2025-11")),
             record(3, "settle-nov-aff2", SETTLEMENT_KIND, DEC_2 - 1, Some("2025-11")),
             record(4, "dec-a", "wager", DEC_2, None),
-            record(5, "nov-late-1", "wager", NOV_2, None),
+            restating(record(5, "nov-late-1", "wager", NOV_2, None)),
             record(6, "dec-b", "wager", DEC_2, None),
-            record(7, "nov-late-2", "win", NOV_2 + 1, None),
+            restating(record(7, "nov-late-2", "win", NOV_2 + 1, None)),
+            // Late too, but taken as received (the operator's policy then): it stays in place.
+            record(8, "nov-as-received", "wager", NOV_2, None),
         ]);
         let ids: Vec<(&str, bool)> = order.iter().map(|e| (e.record.event.id.as_str(), e.late)).collect();
         assert_eq!(
@@ -516,6 +526,7 @@ mod tests {
                 ("settle-nov-aff2", false),
                 ("dec-a", false),
                 ("dec-b", false),
+                ("nov-as-received", false),
             ]
         );
     }

@@ -553,7 +553,7 @@ pub struct SettingsBody {
     late_events: LateEventPolicy,
 }
 
-/// `PUT /v1/operators/{op}/settings` `{"late_events": "adjust" | "refuse"}`: how the operator's
+/// `PUT /v1/operators/{op}/settings` `{"late_events": "adjust" | "refuse" | "as_received"}`: how the operator's
 /// events that occurred in a closed period are taken (see [`LateEventPolicy`]).
 pub async fn put_settings(
     State(state): State<Arc<AppState>>,

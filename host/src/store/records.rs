@@ -58,6 +58,11 @@ pub enum LateEventPolicy {
     Adjust,
     /// Refuse it with a 422 naming `occurred_at` and the closed period; nothing is written.
     Refuse,
+    /// Evaluate it like any other, in the order it arrived; closed periods stay as they were
+    /// paid. For per-event deals (CPA, milestones, lots), where what was paid follows the order
+    /// events arrived in: restating would replay the customer's history in event-time order,
+    /// and the plugin's state (which deposit was the first) would no longer match what it paid.
+    AsReceived,
 }
 
 /// Units of the operator's currency per unit of each other currency, as the operator set them.
@@ -282,6 +287,10 @@ pub struct EventRecord {
     pub commission_ids: Vec<String>,
     /// How many times it was evaluated (1, plus one per retry of a failed event).
     pub attempts: u32,
+    /// It arrived after its period was closed and restated the closed periods (policy
+    /// `adjust`): replays put it where it would have been had it come in time.
+    #[serde(default)]
+    pub restated: bool,
 }
 
 /// One payout, immutable. A correction is another commission that references it (later models).
