@@ -446,13 +446,7 @@ pub fn check_ledger_invariants(host: &Host, operator: &Operator) -> Vec<Value> {
 /// the same plugin versions gives the same commissions and the same plugin state. Returns how
 /// many events it replayed.
 pub fn assert_verifies(host: &Host, operator: &Operator) -> u64 {
-    let (status, report) = answer(
-        host.client
-            .post(host.url(&format!("/v1/operators/{}/verify", operator.id)))
-            .bearer_auth(&operator.api_key)
-            .send(),
-    );
-    assert_eq!(status, StatusCode::OK, "{report}");
+    let report = host.verify(operator);
     assert_eq!(report["differences"], json!([]), "verify found differences");
     assert_eq!(report["state_keys_differing"], json!([]), "verify found state differences");
     assert_eq!(report["events_matching"], report["events_replayed"]);
