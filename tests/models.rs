@@ -94,6 +94,13 @@ fn revshare_pays_monthly_ngr_with_and_without_negative_carryover() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a period that has not ended: {body}");
     let (status, body) = host.close(&casino, "2025-13");
     assert_eq!((status, body["details"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("period")));
+    // Months close in order: skipping February, or going back before November, is refused.
+    let (status, body) = host.close(&casino, "2026-03");
+    assert_eq!((status, body["details"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("period")));
+    assert!(body["details"][0]["problem"].as_str().unwrap().contains("close 2026-02 first"), "{body}");
+    let (status, body) = host.close(&casino, "2025-10");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["details"][0]["problem"].as_str().unwrap().contains("comes before 2026-01"), "{body}");
 
     // Settlements replay like events: the whole ledger verifies.
     let report = host.verify(&casino);

@@ -276,6 +276,7 @@ impl Pipeline {
         operator: &OperatorRecord,
         period: &Period,
     ) -> Result<Vec<EventOutcome>, IngestError> {
+        self.check_close_order(operator, period)?;
         let mut outcomes = Vec::new();
         for affiliate in self.store.affiliate_ids(&operator.id)? {
             let event = StoredEvent {
@@ -300,6 +301,33 @@ impl Pipeline {
             .map_err(|error| IngestError::Internal(format!("statement task failed: {error}")))??;
         self.durability.wait().await?;
         Ok(outcomes)
+    }
+
+    /// Months close in order, one after the other from the first one closed: a carryover flows
+    /// from each month into the next, so a month closed out of turn would settle on figures that
+    /// are not final, and a month skipped would never settle. Closing a closed month again is
+    /// allowed (it settles affiliates added since, and pays nothing twice).
+    fn check_close_order(&self, operator: &OperatorRecord, period: &Period) -> Result<(), IngestError> {
+        let settlements = self.store.settlement_ids(&operator.id, SETTLEMENT_PREFIX, None)?;
+        let closed: Vec<&str> =
+            settlements.iter().filter_map(|id| id.strip_prefix(SETTLEMENT_PREFIX)?.split(':').next()).collect();
+        let Some(&latest) = closed.last() else { return Ok(()) };
+        if closed.contains(&period.id.as_str()) {
+            return Ok(());
+        }
+        let next = Period::parse(latest)
+            .ok()
+            .and_then(|latest| Period::containing(latest.ends_at))
+            .ok_or_else(|| IngestError::Internal(format!("the closed month {latest:?} is not a month")))?;
+        if period.id == next.id {
+            return Ok(());
+        }
+        let problem = if period.id.as_str() < latest {
+            format!("{} comes before {latest}, which is closed: months close in order", period.id)
+        } else {
+            format!("close {} first: months close in order, and the latest closed is {latest}", next.id)
+        };
+        Err(IngestError::Invalid(vec![FieldError::new("period", problem)]))
     }
 
     /// Evaluates the operator's failed events again, oldest first, with its active plugin.
