@@ -4,6 +4,8 @@
 //! - `plugin_call`: the multi-event plugin in the sandbox (a fresh instance per event, as the
 //!   host runs it, with the deterministic WASI and the fuel and epoch meters), beside the same
 //!   rules called natively;
+//! - `deal_complexity`: the forex-ib plugin on one trade, as the IB tree above the trader grows
+//!   from 1 to 3 to 6 levels, each level with its own groups and overrides;
 //! - `parse`: a postback query and webhook bodies of 1 and 100 events, into checked events.
 //!
 //! Run: `cargo build-plugins && cargo bench -p bench --bench host_parts`.
@@ -28,9 +30,9 @@ impl StateSource for NoState {
     }
 }
 
-fn multi_event_wasm() -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/wasm32-wasip2/plugin/multi_event.wasm");
-    std::fs::read(path).unwrap_or_else(|error| panic!("{path}: {error}; build it first with `cargo build-plugins`"))
+fn plugin_wasm(name: &str) -> Vec<u8> {
+    let path = format!("{}/../target/wasm32-wasip2/plugin/{name}.wasm", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|error| panic!("{path}: {error}; build it first with `cargo build-plugins`"))
 }
 
 fn deposit_input() -> PluginInput {
@@ -55,7 +57,7 @@ fn deposit_input() -> PluginInput {
 
 fn plugin_call(c: &mut Criterion) {
     let sandbox = Sandbox::new(Limits::default()).expect("sandbox");
-    let (_, artifact) = sandbox.compile(&multi_event_wasm()).expect("the plugin compiles");
+    let (_, artifact) = sandbox.compile(&plugin_wasm("multi_event")).expect("the plugin compiles");
     let plugin = sandbox.load(&artifact).expect("the plugin loads");
     let input = deposit_input();
     let state: Arc<dyn StateSource> = Arc::new(NoState);
@@ -77,6 +79,82 @@ fn plugin_call(c: &mut Criterion) {
             assert_eq!(MultiEvent::evaluate(&event, &context).expect("evaluates").len(), 1)
         })
     });
+    group.finish();
+}
+
+/// A trade of 2.5 lots of XAUUSD through an IB tree `levels` deep: the direct IB's deal has
+/// three symbol groups and a spread share, every master above it an override per group.
+fn forex_ib_input(levels: usize) -> PluginInput {
+    let groups =
+        [("group.majors", "EURUSD,GBPUSD,USDJPY"), ("group.metals", "XAUUSD,XAGUSD"), ("group.indices", "US30,NAS100")];
+    let terms = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+    let mut chain = vec![PluginAffiliate {
+        id: "ib0".into(),
+        deal: terms(
+            &[
+                groups.as_slice(),
+                &[
+                    ("per_lot.majors", "7"),
+                    ("per_lot.metals", "10"),
+                    ("per_lot.indices", "2"),
+                    ("spread_share_percent", "20"),
+                ],
+            ]
+            .concat(),
+        ),
+    }];
+    chain.extend((1..levels).map(|level| {
+        PluginAffiliate {
+            id: format!("ib{level}"),
+            deal: terms(
+                &[
+                    groups.as_slice(),
+                    &[
+                        ("override_per_lot.majors", "1"),
+                        ("override_per_lot.metals", "1.5"),
+                        ("override_per_lot", "0.5"),
+                    ],
+                ]
+                .concat(),
+            ),
+        }
+    }));
+    PluginInput {
+        event: PluginEvent {
+            id: "t-1".into(),
+            kind: "trade".into(),
+            customer: "c1".into(),
+            occurred_at: 1_767_225_600_000,
+            amount: None,
+            currency: None,
+            attributes: terms(&[("symbol", "XAUUSD"), ("lots", "2.5"), ("spread", "12.40")]),
+        },
+        context: PluginContext {
+            operator: "bench".into(),
+            operator_currency: "USD".into(),
+            config: Vec::new(),
+            referral_chain: chain,
+        },
+    }
+}
+
+fn deal_complexity(c: &mut Criterion) {
+    let sandbox = Sandbox::new(Limits::default()).expect("sandbox");
+    let (_, artifact) = sandbox.compile(&plugin_wasm("forex_ib")).expect("the plugin compiles");
+    let plugin = sandbox.load(&artifact).expect("the plugin loads");
+    let state: Arc<dyn StateSource> = Arc::new(NoState);
+    let mut group = c.benchmark_group("deal_complexity");
+    for levels in [1, 3, 6] {
+        let input = forex_ib_input(levels);
+        // The direct IB's lot commission and spread share, and one override per master.
+        let paid = 2 + (levels - 1);
+        group.bench_function(format!("forex_ib_{levels}_levels"), |b| {
+            b.iter(|| {
+                let evaluation = sandbox.evaluate(&plugin, &input, state.clone(), sandbox.limits());
+                assert_eq!(evaluation.result.expect("evaluates").len(), paid);
+            })
+        });
+    }
     group.finish();
 }
 
@@ -102,5 +180,5 @@ fn parse(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, plugin_call, parse);
+criterion_group!(benches, plugin_call, deal_complexity, parse);
 criterion_main!(benches);
