@@ -1,7 +1,8 @@
 //! Late events into closed months, through the real host with RevShare built from source:
 //! restated as adjustments in the open month (worked by hand below, negative carryover
 //! included), paid once however often the event is retried, refused under the `refuse`
-//! policy, and explained line by line in the period statement.
+//! policy, taken as received under `as_received` (with multi-event), and explained line by
+//! line in the period statement.
 
 mod common;
 
@@ -101,9 +102,7 @@ fn a_late_event_restates_the_closed_months_through_the_carryover_and_pays_the_di
     assert_eq!(host.totals(&casino), [("carry".to_owned(), dec("570"))].into());
 
     // The ledger replays to what was paid and to the state the host holds, late events included.
-    let report = host.verify(&casino);
-    assert_eq!(report["differences"], json!([]), "{report}");
-    assert_eq!(report["state_keys_differing"], json!([]), "{report}");
+    common::assert_verifies(&host, &casino);
 }
 
 #[test]
@@ -276,4 +275,40 @@ fn settlement(statement: &Value) -> Vec<Decimal> {
 
 fn amounts(list: &Value) -> Vec<Decimal> {
     list.as_array().unwrap().iter().map(|item| amount(&item["amount"])).collect()
+}
+
+/// Per-event deals take late events as received: the order of arrival decides which deposit was
+/// the first, as it decided what was paid. Under `adjust` the late deposit, dated earlier, would
+/// become the first in the restated state, and the chargeback of the deposit the CPA was paid on
+/// would claw nothing back.
+#[test]
+fn under_as_received_a_late_deposit_leaves_the_paid_first_deposit_and_its_clawback_alone() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let broker = host.create_operator("broker");
+    host.install_plugin(&broker, "multi-event");
+    host.put_affiliate(&broker, "aff1", None, json!({"ftd_cpa": "40"}));
+    let (status, set) = settings(&host, &broker, json!({"late_events": "as_received"}));
+    assert_eq!((status, set["late_events"].as_str()), (StatusCode::OK, Some("as_received")), "{set}");
+    close(&host, &broker, "2025-11");
+
+    let december = host.accept(
+        &broker,
+        json!({"id": "dec", "type": "deposit", "customer": "c1", "amount": "100", "affiliate": "aff1", "occurred_at": "2025-12-05T00:00:00Z"}),
+    );
+    assert_eq!(paid(&december), [("aff1".into(), dec("40"))]);
+    // Dated in the closed November, it arrives second: not the first deposit, no adjustment.
+    let late = host.accept(
+        &broker,
+        json!({"id": "nov", "type": "deposit", "customer": "c1", "amount": "100", "occurred_at": "2025-11-20T00:00:00Z"}),
+    );
+    assert_eq!(paid(&late), []);
+    let chargeback = host.accept(
+        &broker,
+        json!({"id": "cb", "type": "chargeback", "customer": "c1", "attributes": {"deposit": "dec"}, "occurred_at": "2025-12-20T00:00:00Z"}),
+    );
+    assert_eq!(paid(&chargeback), [("aff1".into(), dec("-40"))]);
+    assert_eq!(host.totals(&broker), [("aff1".to_owned(), Decimal::ZERO)].into());
+    assert!(host.commissions(&broker, "").iter().all(|c| c["restates"].is_null()), "nothing restated");
+    common::assert_verifies(&host, &broker);
 }
