@@ -122,7 +122,7 @@ pub(crate) fn closed_period_of(
     at: i64,
 ) -> Result<Option<Period>, crate::store::StoreError> {
     let Some(period) = Period::containing(at) else { return Ok(None) };
-    let closed = !pipeline.store().settlement_ids(operator, SETTLEMENT_PREFIX, Some(&period.id))?.is_empty();
+    let closed = pipeline.store().has_settlement(operator, SETTLEMENT_PREFIX, &period.id)?;
     Ok(closed.then_some(period))
 }
 

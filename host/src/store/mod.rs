@@ -431,12 +431,17 @@ impl Store {
         prefix: &str,
         period: Option<&str>,
     ) -> Result<Vec<String>, StoreError> {
-        let start = keys::text(operator, &format!("{prefix}{}", period.map(|p| format!("{p}:")).unwrap_or_default()));
         let skip = keys::operator_prefix(operator).len();
         self.events
-            .scan_prefix(start)
+            .scan_prefix(settlement_key_prefix(operator, prefix, period))
             .map(|entry| Ok(String::from_utf8_lossy(&entry?.0[skip..]).into_owned()))
             .collect()
+    }
+
+    /// Whether `period` has a settlement entry: asked for every event (is it late?), so it
+    /// reads one key, not the period's settlements for every affiliate.
+    pub fn has_settlement(&self, operator: &str, prefix: &str, period: &str) -> Result<bool, StoreError> {
+        Ok(self.events.scan_prefix(settlement_key_prefix(operator, prefix, Some(period))).next().transpose()?.is_some())
     }
 
     /// The statement of `affiliate` for `period` as the close computed it, if it was stored.
@@ -676,6 +681,10 @@ fn parse_commission_id(id: &str) -> Option<LedgerPosition> {
 }
 
 /// Parses a cursor as returned in `next`.
+fn settlement_key_prefix(operator: &str, prefix: &str, period: Option<&str>) -> Vec<u8> {
+    keys::text(operator, &format!("{prefix}{}", period.map(|p| format!("{p}:")).unwrap_or_default()))
+}
+
 pub fn parse_cursor(cursor: &str) -> Option<LedgerPosition> {
     parse_commission_id(cursor)
 }
