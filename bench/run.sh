@@ -41,7 +41,7 @@ for plugin in "${OPERATORS[@]}"; do
 done
 metrics() {
   curl -s $H/metrics -H "Authorization: Bearer $COMMISSION_HOST_ADMIN_TOKEN" \
-    | grep -E '^commission_host_(plugin_evaluation_seconds|ledger_flush_seconds|ledger_commit_seconds)_(sum|count)'
+    | grep -E '^commission_host_(plugin_evaluation_seconds|ledger_flush_seconds|ledger_commit_seconds|ledger_commit_group_seconds|ledger_commit_group_events)_(sum|count)'
 }
 # Each wrk prints its requests/s and percentiles; the run's events/s is the sum over operators
 # (times the batch size for webhooks).
@@ -73,5 +73,5 @@ for size in 1 100; do
 done
 kill %1; wait %1 2>/dev/null || true
 
-echo "== micro-benchmarks (criterion): the plugin call beside the native rules, the parsers"
+echo "== micro-benchmarks (criterion): the plugin call beside the native rules, the parsers, the ledger commit"
 cargo bench -p bench --bench host_parts -- --warm-up-time 1 --measurement-time 5 2>/dev/null | grep -E '^[a-z_]+/|time:|thrpt:'

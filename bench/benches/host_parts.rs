@@ -6,13 +6,18 @@
 //!   rules called natively;
 //! - `deal_complexity`: the forex-ib plugin on one trade, as the IB tree above the trader grows
 //!   from 1 to 3 to 6 levels, each level with its own groups and overrides;
-//! - `parse`: a postback query and webhook bodies of 1 and 100 events, into checked events.
+//! - `parse`: a postback query and webhook bodies of 1 and 100 events, into checked events;
+//! - `ledger_commit`: an event with its binding, two state writes and a commission, committed
+//!   to sled on disk alone in its transaction, and in groups of 16 and 64 as the committer
+//!   groups events that wait together (the flush is measured by `bench/run.sh`).
 //!
 //! Run: `cargo build-plugins && cargo bench -p bench --bench host_parts`.
 
 use std::sync::Arc;
 
 use commission_host::event::{parse_postback, parse_webhook};
+use commission_host::store::records::{CommissionRecord, CustomerBinding, EventRecord, EventStatus, StoredEvent};
+use commission_host::store::{CommitOutcome, EventCommit, Store};
 use commission_host::sandbox::{
     Limits, PluginAffiliate, PluginContext, PluginEvent, PluginInput, Sandbox, StateSource,
 };
@@ -180,5 +185,93 @@ fn parse(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, plugin_call, deal_complexity, parse);
+/// A first deposit as the pipeline commits it: the customer's binding, the plugin's two state
+/// writes, one commission.
+fn first_deposit_commit(n: u64) -> EventCommit {
+    let (id, customer) = (format!("e-{n}"), format!("c-{n}"));
+    let event = StoredEvent {
+        id: id.clone(),
+        kind: "deposit".into(),
+        customer: customer.clone(),
+        occurred_at: 1_767_225_600_000,
+        amount: Some(Decimal::new(100, 0)),
+        currency: Some("USD".into()),
+        affiliate: Some("aff1".into()),
+        attributes: Default::default(),
+        fx: None,
+    };
+    EventCommit {
+        operator: "bench".into(),
+        record: EventRecord {
+            seq: 0,
+            event,
+            content_sha256: format!("{n:064x}"),
+            received_at: 1_767_225_600_000,
+            status: EventStatus::Accepted,
+            failure: None,
+            attributed_to: Some("aff1".into()),
+            evaluation: None,
+            commission_ids: Vec::new(),
+            attempts: 1,
+            restated: false,
+        },
+        replaces_failed_attempt: None,
+        new_binding: Some(CustomerBinding { affiliate: "aff1".into(), bound_by_event: id.clone(), bound_at: 0 }),
+        state_reads: [(format!("customer:{customer}:deposited"), None)].into(),
+        state_writes: [
+            (format!("customer:{customer}:deposited"), Some(b"1".to_vec())),
+            (format!("customer:{customer}:volume"), Some(b"0".to_vec())),
+        ]
+        .into(),
+        commissions: vec![CommissionRecord {
+            id: String::new(),
+            event_id: id,
+            affiliate: "aff1".into(),
+            customer,
+            amount: Decimal::new(10, 0),
+            currency: "USD".into(),
+            rule: "first-deposit".into(),
+            explanation: "first deposit of 100 USD".into(),
+            plugin_version: 1,
+            occurred_at: 1_767_225_600_000,
+            created_at: 1_767_225_600_000,
+            reverses: None,
+            fx_rate: None,
+            version_reason: "active".into(),
+            hold_until: None,
+            restates: None,
+        }],
+        expected_last_seq: None,
+    }
+}
+
+fn ledger_commit(c: &mut Criterion) {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let store = Store::open(directory.path()).expect("sled opens");
+    let mut next = 0u64;
+    let mut group = c.benchmark_group("ledger_commit");
+    for size in [1u64, 16, 64] {
+        group.throughput(Throughput::Elements(size));
+        group.bench_function(format!("events_per_transaction_{size}"), |b| {
+            b.iter_batched(
+                || {
+                    (0..size)
+                        .map(|_| {
+                            next += 1;
+                            first_deposit_commit(next)
+                        })
+                        .collect::<Vec<_>>()
+                },
+                |commits| {
+                    let outcomes = store.commit_events(&commits).expect("the commit is written");
+                    assert!(outcomes.iter().all(|outcome| matches!(outcome, CommitOutcome::Committed { .. })));
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, plugin_call, deal_complexity, parse, ledger_commit);
 criterion_main!(benches);

@@ -6,7 +6,7 @@
 //! a fixed set of FIFO mutexes indexed by a hash of (operator, customer). Two customers may
 //! share a stripe and wait for each other briefly; in exchange nothing grows with the number of
 //! customers. State shared across customers (an affiliate's tier count) is protected by the
-//! optimistic check at commit instead (see `Store::commit_event`).
+//! optimistic check at commit instead (see `Store::commit_events`).
 
 use std::hash::BuildHasher;
 use std::sync::Arc;

@@ -3,12 +3,14 @@
 //! Follow an event from the socket to the store:
 //! [`server`] (hyper) -> [`api`] (routes, auth, JSON errors) -> [`event`] (parse and check) ->
 //! [`pipeline`] (attribute, order per customer, evaluate, commit, flush) -> [`sandbox`] (the
-//! operator's WebAssembly plugin) -> [`store`] (sled, one transaction per event, group flush).
+//! operator's WebAssembly plugin) -> [`committer`] (one sled transaction for every event
+//! waiting) -> [`store`] (sled, group flush).
 //!
 //! For plugin authors, offline: [`fixtures`] runs fixture files through a component in the same
 //! sandbox, and [`plugins::validate`] is the validation an upload does.
 
 pub mod api;
+pub mod committer;
 pub mod customer_locks;
 pub mod event;
 pub mod fixtures;

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub evaluation_seconds: Family<OperatorLabels, Histogram>,
     pub fuel_used: Family<OperatorLabels, Histogram>,
     pub commit_seconds: Histogram,
+    pub commit_group_seconds: Histogram,
+    pub commit_group_events: Histogram,
     pub flush_seconds: Histogram,
     pub evaluations_in_flight: Gauge,
     pub plugin_loads: Family<LoadLabels, Counter>,
@@ -85,7 +87,20 @@ impl Default for Metrics {
         let fuel_used = Family::<OperatorLabels, Histogram>::new_with_constructor(fuel_histogram as fn() -> _);
         registry.register("plugin_fuel_used", "Fuel one evaluation used", fuel_used.clone());
         let commit_seconds = seconds_histogram();
-        registry.register("ledger_commit_seconds", "Time of one event's sled transaction", commit_seconds.clone());
+        registry.register(
+            "ledger_commit_seconds",
+            "Time of one event's commit, waiting for its group's turn included",
+            commit_seconds.clone(),
+        );
+        let commit_group_seconds = seconds_histogram();
+        registry.register(
+            "ledger_commit_group_seconds",
+            "Time of one group commit: one sled transaction for every event waiting",
+            commit_group_seconds.clone(),
+        );
+        // 1 to 256 events, the most one group takes.
+        let commit_group_events = Histogram::new(exponential_buckets(1.0, 2.0, 9));
+        registry.register("ledger_commit_group_events", "Events in one group commit", commit_group_events.clone());
         let flush_seconds = seconds_histogram();
         registry.register(
             "ledger_flush_seconds",
@@ -113,6 +128,8 @@ impl Default for Metrics {
             evaluation_seconds,
             fuel_used,
             commit_seconds,
+            commit_group_seconds,
+            commit_group_events,
             flush_seconds,
             evaluations_in_flight,
             plugin_loads,

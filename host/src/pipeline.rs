@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use sha2::Digest as _;
 
+use crate::committer::{CommitError, CommitMetrics, Committer};
 use crate::customer_locks::CustomerLocks;
 use crate::event::{FieldError, IncomingEvent, now_ms, parse_amount};
 use crate::metrics::{FailureLabels, Metrics, OperatorLabels};
@@ -49,6 +50,7 @@ pub struct Pipeline {
     sandbox: Arc<Sandbox>,
     plugins: Arc<PluginRegistry>,
     customer_locks: Arc<CustomerLocks>,
+    committer: Committer,
     evaluation_slots: Arc<Semaphore>,
     operator_slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     durability: Durability,
@@ -99,6 +101,15 @@ pub enum IngestError {
     Internal(String),
 }
 
+impl From<CommitError> for IngestError {
+    fn from(error: CommitError) -> Self {
+        match error {
+            CommitError::Storage(error) => IngestError::Storage(error),
+            CommitError::Stopped => IngestError::Internal(error.to_string()),
+        }
+    }
+}
+
 /// What a `retry-failed` run did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RetryReport {
@@ -111,6 +122,13 @@ impl Pipeline {
     pub fn new(store: Arc<Store>, sandbox: Arc<Sandbox>, plugins: Arc<PluginRegistry>, metrics: Arc<Metrics>) -> Self {
         Self {
             durability: store.durability(metrics.flush_seconds.clone()),
+            committer: Committer::start(
+                store.clone(),
+                CommitMetrics {
+                    group_seconds: metrics.commit_group_seconds.clone(),
+                    group_events: metrics.commit_group_events.clone(),
+                },
+            ),
             store,
             sandbox,
             plugins,
@@ -463,24 +481,24 @@ impl Pipeline {
             let restated = if late { Some(self.restate(operator, &record)?) } else { None };
             let (commissions, state_writes, expected_last_seq) = match restated {
                 Some(restated) => {
-                    let mut commissions = evaluated.commissions.clone();
+                    let mut commissions = evaluated.commissions;
                     commissions.extend(restated.adjustments);
                     (commissions, restated.state_writes, Some(restated.last_seq))
                 }
-                None => (evaluated.commissions.clone(), evaluated.state_writes.clone(), None),
+                None => (evaluated.commissions, evaluated.state_writes, None),
             };
             let commit = EventCommit {
-                operator: &operator.id,
-                record: &record,
+                operator: operator.id.clone(),
+                record,
                 replaces_failed_attempt: retry_of,
-                new_binding: new_binding.as_ref(),
-                state_reads: &evaluated.state_reads,
-                state_writes: &state_writes,
-                commissions: &commissions,
+                new_binding,
+                state_reads: evaluated.state_reads,
+                state_writes,
+                commissions,
                 expected_last_seq,
             };
             let started = Instant::now();
-            let committed = self.store.commit_event(&commit)?;
+            let committed = self.committer.commit(commit)?;
             self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             match committed {
                 CommitOutcome::Committed { record, commissions } => {

@@ -1,6 +1,6 @@
 //! Replaying an operator's stored events through its plugins, in scratch state, writing nothing.
 //!
-//! Events are replayed in ledger order (the order they took effect, see `Store::commit_event`),
+//! Events are replayed in ledger order (the order they took effect, see `Store::commit_events`),
 //! each with the referral chain and deal terms it was evaluated with. Plugins are deterministic,
 //! so this answers two questions exactly:
 //!

@@ -1,8 +1,10 @@
 //! The ledger on sled: operators, plugins, affiliates, events, plugin state and commissions.
 //!
-//! Each event is committed in one serializable sled transaction over every tree it touches: the
+//! Each event is committed in a serializable sled transaction over every tree it touches: the
 //! dedup entry (the event record itself), the customer's attribution, the plugin's state writes
 //! and the commissions. All or nothing, so an event is applied at most once and never half.
+//! Events waiting together share one transaction ([`Store::commit_events`], driven by the
+//! [`crate::committer`]), each still all or nothing within it.
 //! Nothing is acknowledged until [`Durability`] has flushed it: sled keeps writes in memory
 //! until a flush.
 //!
@@ -18,6 +20,7 @@ use std::ops::Bound;
 use std::path::Path;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::TransactionalTree;
 use sled::{Transactional, Tree};
 
 pub use durability::{Durability, DurabilityError};
@@ -26,7 +29,7 @@ use records::{
     PluginRecord, ShadowResult, StatusChange, StatusRecord,
 };
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error(
         "the data directory {path} is corrupt ({detail}); restore it from a backup, or move it \
@@ -71,21 +74,21 @@ pub struct Store {
     statements: Tree,
 }
 
-/// Everything one evaluated event writes, committed together by [`Store::commit_event`].
-pub struct EventCommit<'a> {
-    pub operator: &'a str,
+/// Everything one evaluated event writes, committed together by [`Store::commit_events`].
+pub struct EventCommit {
+    pub operator: String,
     /// The record to store; its `seq` and `commission_ids` are assigned by the commit.
-    pub record: &'a EventRecord,
+    pub record: EventRecord,
     /// For a retry: the attempts count of the failed record it replaces. The commit goes
     /// through only if that record is still the one stored.
     pub replaces_failed_attempt: Option<u32>,
-    pub new_binding: Option<&'a CustomerBinding>,
+    pub new_binding: Option<CustomerBinding>,
     /// The state values the evaluation read; the commit goes through only if they are unchanged.
-    pub state_reads: &'a BTreeMap<String, Option<Vec<u8>>>,
+    pub state_reads: BTreeMap<String, Option<Vec<u8>>>,
     /// `None` deletes the key.
-    pub state_writes: &'a BTreeMap<String, Option<Vec<u8>>>,
+    pub state_writes: BTreeMap<String, Option<Vec<u8>>>,
     /// The commissions to store; their ids are assigned by the commit.
-    pub commissions: &'a [CommissionRecord],
+    pub commissions: Vec<CommissionRecord>,
     /// For an event computed from a replay of the whole ledger (a late event's restatement):
     /// the operator's last sequence number the replay saw. The commit goes through only if no
     /// event was committed since.
@@ -102,9 +105,156 @@ pub enum CommitOutcome {
     Stale,
 }
 
+/// An [`EventCommit`] with its keys made, so that the transaction (whose closure sled may run
+/// several times, and which holds sled's global lock while it runs) only reads and writes.
+struct PreparedCommit<'a> {
+    commit: &'a EventCommit,
+    event_key: Vec<u8>,
+    binding: Option<(Vec<u8>, Vec<u8>)>,
+    reads: Vec<(Vec<u8>, &'a Option<Vec<u8>>)>,
+    writes: Vec<(Vec<u8>, &'a Option<Vec<u8>>)>,
+    /// For each commission that claws another back, the reversed commission's key.
+    reversed: Vec<Option<Vec<u8>>>,
+}
+
+impl<'a> PreparedCommit<'a> {
+    fn new(commit: &'a EventCommit) -> Self {
+        let operator = commit.operator.as_str();
+        let key = |name: &str| keys::text(operator, name);
+        Self {
+            commit,
+            event_key: key(&commit.record.event.id),
+            binding: commit.new_binding.as_ref().map(|binding| (key(&commit.record.event.customer), to_json(binding))),
+            reads: commit.state_reads.iter().map(|(name, value)| (key(name), value)).collect(),
+            writes: commit.state_writes.iter().map(|(name, value)| (key(name), value)).collect(),
+            reversed: commit.commissions.iter().map(|commission| commission.reverses.as_deref().map(key)).collect(),
+        }
+    }
+}
+
+/// The trees an event commit touches, as one transaction sees them.
+struct LedgerTx<'t> {
+    events: &'t TransactionalTree,
+    sequences: &'t TransactionalTree,
+    event_order: &'t TransactionalTree,
+    failed_events: &'t TransactionalTree,
+    customers: &'t TransactionalTree,
+    state: &'t TransactionalTree,
+    commissions: &'t TransactionalTree,
+    by_affiliate: &'t TransactionalTree,
+    reversals: &'t TransactionalTree,
+    statuses: &'t TransactionalTree,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<Abort>>;
+
+impl LedgerTx<'_> {
+    /// Applies one commit, or nothing of it: every check comes before the first write, so a
+    /// commit that is `Exists` or `Stale` leaves the transaction as it found it, and the
+    /// other commits of the group go on.
+    fn apply(&self, prepared: &PreparedCommit<'_>) -> TxResult<CommitOutcome> {
+        let commit = prepared.commit;
+        let operator = commit.operator.as_str();
+        let retried = match self.events.get(&prepared.event_key)? {
+            Some(existing) => {
+                let existing: EventRecord = decode_in_tx(&existing)?;
+                let is_the_failure_we_retry = commit.replaces_failed_attempt == Some(existing.attempts)
+                    && existing.status == EventStatus::Failed;
+                if !is_the_failure_we_retry {
+                    return Ok(CommitOutcome::Exists(Box::new(existing)));
+                }
+                Some(existing.seq)
+            }
+            None if commit.replaces_failed_attempt.is_some() => return Ok(CommitOutcome::Stale),
+            None => None,
+        };
+        if let Some((key, _)) = &prepared.binding
+            && self.customers.get(key)?.is_some()
+        {
+            return Ok(CommitOutcome::Stale);
+        }
+        for (key, expected) in &prepared.reads {
+            if self.state.get(key)?.as_deref() != expected.as_deref() {
+                return Ok(CommitOutcome::Stale);
+            }
+        }
+        let seq = match self.sequences.get(operator.as_bytes())? {
+            Some(last) => {
+                u64::from_be_bytes(last.as_ref().try_into().map_err(|_| {
+                    ConflictableTransactionError::Abort(Abort::Decode("a sequence is not 8 bytes".into()))
+                })?) + 1
+            }
+            None => 1,
+        };
+        if commit.expected_last_seq.is_some_and(|expected| expected + 1 != seq) {
+            return Ok(CommitOutcome::Stale);
+        }
+        // Checked before the commit too; here it is a race, settled by evaluating again.
+        let reversed: Vec<&Vec<u8>> = prepared.reversed.iter().flatten().collect();
+        for (index, key) in reversed.iter().enumerate() {
+            if reversed[..index].contains(key) || self.reversals.get(key)?.is_some() {
+                return Ok(CommitOutcome::Stale);
+            }
+        }
+
+        if let Some(earlier_seq) = retried {
+            // The retry takes effect now: it moves to the end of the ledger order.
+            self.event_order.remove(keys::sequence(operator, earlier_seq))?;
+            self.failed_events.remove(keys::sequence(operator, earlier_seq))?;
+        }
+        if let Some((key, value)) = &prepared.binding {
+            self.customers.insert(key.as_slice(), value.as_slice())?;
+        }
+        for (key, value) in &prepared.writes {
+            match value {
+                Some(value) => self.state.insert(key.as_slice(), value.as_slice())?,
+                None => self.state.remove(key.as_slice())?,
+            };
+        }
+        self.sequences.insert(operator.as_bytes(), seq.to_be_bytes().as_slice())?;
+        let commissions: Vec<CommissionRecord> = commit
+            .commissions
+            .iter()
+            .enumerate()
+            .map(|(index, commission)| CommissionRecord { id: CommissionRecord::id_for(seq, index), ..commission.clone() })
+            .collect();
+        let record = EventRecord {
+            seq,
+            commission_ids: commissions.iter().map(|commission| commission.id.clone()).collect(),
+            ..commit.record.clone()
+        };
+        let sequence_key = keys::sequence(operator, seq);
+        self.events.insert(prepared.event_key.as_slice(), to_json(&record))?;
+        self.event_order.insert(sequence_key.as_slice(), record.event.id.as_bytes())?;
+        if record.status == EventStatus::Failed {
+            self.failed_events.insert(sequence_key.as_slice(), record.event.id.as_bytes())?;
+        }
+        for ((index, commission), reversed) in commissions.iter().enumerate().zip(&prepared.reversed) {
+            let key = keys::commission(operator, seq, index as u16);
+            if let Some(reversed) = reversed {
+                self.reversals.insert(reversed.as_slice(), key.as_slice())?;
+                let mut status: StatusRecord = match self.statuses.get(reversed)? {
+                    Some(bytes) => decode_in_tx(&bytes)?,
+                    None => StatusRecord::default(),
+                };
+                status.status = CommissionStatus::Reversed;
+                status.history.push(StatusChange {
+                    status: CommissionStatus::Reversed,
+                    at: commission.created_at,
+                    by: "host".into(),
+                    note: format!("reversed by {} (event {})", commission.id, commission.event_id),
+                });
+                self.statuses.insert(reversed.as_slice(), to_json(&status))?;
+            }
+            self.commissions.insert(key.as_slice(), to_json(commission))?;
+            self.by_affiliate
+                .insert(keys::commission_by_affiliate(operator, &commission.affiliate, seq, index as u16), key)?;
+        }
+        Ok(CommitOutcome::Committed { record: Box::new(record), commissions })
+    }
+}
+
 enum Abort {
-    Exists(Box<EventRecord>),
-    Stale,
     Decode(String),
 }
 
@@ -279,23 +429,15 @@ impl Store {
         Ok(self.state.get(keys::text(operator, key))?.map(|value| value.to_vec()))
     }
 
-    /// Commits one event with everything it caused, or nothing (see [`CommitOutcome`]).
+    /// Commits a group of events in one transaction, each with everything it caused or with
+    /// nothing (see [`CommitOutcome`]), in the order given: a later commit sees the earlier
+    /// ones' writes, as if each had its own transaction.
     ///
-    /// The event's sequence number is taken from the operator's counter inside the
+    /// An event's sequence number is taken from the operator's counter inside the
     /// transaction, so the numbers are the exact order in which events took effect, with no
     /// gaps: replaying events by number reproduces the state and the ledger.
-    pub fn commit_event(&self, commit: &EventCommit<'_>) -> Result<CommitOutcome, StoreError> {
-        let operator = commit.operator;
-        let draft = commit.record;
-        // Keys are made before the transaction; its closure may run several times and must do
-        // nothing but reads, writes and pure computation.
-        let event_key = keys::text(operator, &draft.event.id);
-        let binding = commit.new_binding.map(|binding| (keys::text(operator, &draft.event.customer), to_json(binding)));
-        let reads: Vec<(Vec<u8>, &Option<Vec<u8>>)> =
-            commit.state_reads.iter().map(|(key, value)| (keys::text(operator, key), value)).collect();
-        let writes: Vec<(Vec<u8>, &Option<Vec<u8>>)> =
-            commit.state_writes.iter().map(|(key, value)| (keys::text(operator, key), value)).collect();
-
+    pub fn commit_events(&self, group: &[EventCommit]) -> Result<Vec<CommitOutcome>, StoreError> {
+        let prepared: Vec<PreparedCommit<'_>> = group.iter().map(PreparedCommit::new).collect();
         let trees = (
             &self.events,
             &self.sequences,
@@ -316,111 +458,30 @@ impl Store {
                 failed_events,
                 customers,
                 state,
-                commissions_tree,
+                commissions,
                 by_affiliate,
                 reversals,
                 statuses,
             )| {
-                if let Some(existing) = events.get(&event_key)? {
-                    let existing: EventRecord = decode_in_tx(&existing)?;
-                    let is_the_failure_we_retry = commit.replaces_failed_attempt == Some(existing.attempts)
-                        && existing.status == EventStatus::Failed;
-                    if !is_the_failure_we_retry {
-                        return abort(Abort::Exists(Box::new(existing)));
-                    }
-                    // The retry takes effect now: it moves to the end of the ledger order.
-                    event_order.remove(keys::sequence(operator, existing.seq))?;
-                    failed_events.remove(keys::sequence(operator, existing.seq))?;
-                } else if commit.replaces_failed_attempt.is_some() {
-                    return abort(Abort::Stale);
-                }
-                if let Some((key, value)) = &binding {
-                    if customers.get(key)?.is_some() {
-                        return abort(Abort::Stale);
-                    }
-                    customers.insert(key.as_slice(), value.as_slice())?;
-                }
-                for (key, expected) in &reads {
-                    if state.get(key)?.as_deref() != expected.as_deref() {
-                        return abort(Abort::Stale);
-                    }
-                }
-                for (key, value) in &writes {
-                    match value {
-                        Some(value) => state.insert(key.as_slice(), value.as_slice())?,
-                        None => state.remove(key.as_slice())?,
-                    };
-                }
-                let seq = match sequences.get(operator.as_bytes())? {
-                    Some(last) => {
-                        u64::from_be_bytes(last.as_ref().try_into().map_err(|_| {
-                            ConflictableTransactionError::Abort(Abort::Decode("a sequence is not 8 bytes".into()))
-                        })?) + 1
-                    }
-                    None => 1,
+                let tx = LedgerTx {
+                    events,
+                    sequences,
+                    event_order,
+                    failed_events,
+                    customers,
+                    state,
+                    commissions,
+                    by_affiliate,
+                    reversals,
+                    statuses,
                 };
-                if commit.expected_last_seq.is_some_and(|expected| expected + 1 != seq) {
-                    return abort(Abort::Stale);
-                }
-                sequences.insert(operator.as_bytes(), seq.to_be_bytes().as_slice())?;
-                let commissions: Vec<CommissionRecord> = commit
-                    .commissions
-                    .iter()
-                    .enumerate()
-                    .map(|(index, commission)| CommissionRecord {
-                        id: CommissionRecord::id_for(seq, index),
-                        ..commission.clone()
-                    })
-                    .collect();
-                let record = EventRecord {
-                    seq,
-                    commission_ids: commissions.iter().map(|commission| commission.id.clone()).collect(),
-                    ..draft.clone()
-                };
-                let sequence_key = keys::sequence(operator, seq);
-                events.insert(event_key.as_slice(), to_json(&record))?;
-                event_order.insert(sequence_key.as_slice(), record.event.id.as_bytes())?;
-                if record.status == EventStatus::Failed {
-                    failed_events.insert(sequence_key.as_slice(), record.event.id.as_bytes())?;
-                }
-                for (index, commission) in commissions.iter().enumerate() {
-                    let key = keys::commission(operator, seq, index as u16);
-                    if let Some(reversed) = &commission.reverses {
-                        let reversed = keys::text(operator, reversed);
-                        // Checked before the commit too; here it is a race, settled by evaluating again.
-                        if reversals.get(&reversed)?.is_some() {
-                            return abort(Abort::Stale);
-                        }
-                        reversals.insert(reversed.as_slice(), key.as_slice())?;
-                        let mut status: StatusRecord = match statuses.get(&reversed)? {
-                            Some(bytes) => decode_in_tx(&bytes)?,
-                            None => StatusRecord::default(),
-                        };
-                        status.status = CommissionStatus::Reversed;
-                        status.history.push(StatusChange {
-                            status: CommissionStatus::Reversed,
-                            at: commission.created_at,
-                            by: "host".into(),
-                            note: format!("reversed by {} (event {})", commission.id, commission.event_id),
-                        });
-                        statuses.insert(reversed, to_json(&status))?;
-                    }
-                    commissions_tree.insert(key.as_slice(), to_json(commission))?;
-                    by_affiliate.insert(
-                        keys::commission_by_affiliate(operator, &commission.affiliate, seq, index as u16),
-                        key,
-                    )?;
-                }
-                Ok((record, commissions))
+                prepared.iter().map(|commit| tx.apply(commit)).collect::<TxResult<Vec<_>>>()
             },
         );
-        match result {
-            Ok((record, commissions)) => Ok(CommitOutcome::Committed { record: Box::new(record), commissions }),
-            Err(TransactionError::Abort(Abort::Exists(existing))) => Ok(CommitOutcome::Exists(existing)),
-            Err(TransactionError::Abort(Abort::Stale)) => Ok(CommitOutcome::Stale),
-            Err(TransactionError::Abort(Abort::Decode(detail))) => Err(StoreError::Decode { tree: "events", detail }),
-            Err(TransactionError::Storage(error)) => Err(StoreError::Sled(error)),
-        }
+        result.map_err(|error| match error {
+            TransactionError::Abort(Abort::Decode(detail)) => StoreError::Decode { tree: "events", detail },
+            TransactionError::Storage(error) => StoreError::Sled(error),
+        })
     }
 
     /// The ids of the operator's settlement entries (`{prefix}{period}:{affiliate}`), in
@@ -691,10 +752,6 @@ pub fn parse_cursor(cursor: &str) -> Option<LedgerPosition> {
 
 pub fn format_cursor(position: LedgerPosition) -> String {
     CommissionRecord::id_for(position.0, position.1 as usize)
-}
-
-fn abort<T>(reason: Abort) -> Result<T, ConflictableTransactionError<Abort>> {
-    Err(ConflictableTransactionError::Abort(reason))
 }
 
 fn decode_in_tx<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ConflictableTransactionError<Abort>> {
