@@ -37,7 +37,7 @@ fn settings(host: &Host, operator: &Operator, body: Value) -> (StatusCode, Value
 fn three_closed_months(host: &Host) -> Operator {
     let casino = host.create_operator("casino");
     host.install_plugin(&casino, "revshare");
-    host.put_affiliate(&casino, "carry", None, json!({"revshare_percent": "30"}));
+    host.put_affiliate(&casino, "carry", None, json!({"revshare_percent": "30", "hold_days": "30"}));
     host.accept(
         &casino,
         json!({"id": "p1-d", "type": "deposit", "customer": "p1", "amount": "200", "affiliate": "carry", "occurred_at": "2025-11-01T08:00:00Z"}),
@@ -79,6 +79,17 @@ fn a_late_event_restates_the_closed_months_through_the_carryover_and_pays_the_di
     assert_eq!(adjustment["occurred_at"], "2026-02-01T00:00:00Z", "dated in the open month");
     assert_eq!(adjustment["rule"], "revshare");
     assert_eq!(adjustment["event_id"], "late-dec");
+    // Held for the deal's 30 days like any of the affiliate's commissions: not approvable yet.
+    let time = |field: &str| commission_host::event::parse_time(adjustment[field].as_str().unwrap()).unwrap();
+    assert_eq!(time("hold_until") - time("created_at"), 30 * 86_400_000, "{adjustment}");
+    let (status, refused) = answer(
+        host.client
+            .post(host.url(&format!("/v1/operators/casino/commissions/{adjustment_id}/status")))
+            .bearer_auth(&casino.api_key)
+            .json(&json!({"status": "approved", "note": "paying February"}))
+            .send(),
+    );
+    assert_eq!((status, refused["error"].as_str()), (StatusCode::CONFLICT, Some("on_hold")), "{refused}");
     // November and December were restated too, and changed nothing that was paid.
     assert_eq!(host.totals(&casino), [("carry".to_owned(), dec("1170"))].into(), "420 + 0 + 300 + 450");
 

@@ -32,7 +32,7 @@ use crate::sandbox::{
 };
 use crate::store::records::{
     ActivationScope, ChainLink, CommissionRecord, CustomerBinding, EvaluationRecord, EventRecord, EventStatus, Failure,
-    FailureKind, FxConversion, LateEventPolicy, LogLine, OperatorLimits, OperatorRecord, StoredEvent,
+    FailureKind, FxConversion, LateEventPolicy, LogLine, OperatorLimits, OperatorRecord, Properties, StoredEvent,
 };
 use crate::store::{CommitOutcome, Durability, DurabilityError, EventCommit, Store, StoreError};
 
@@ -811,10 +811,10 @@ fn version_for(operator: &OperatorRecord, event: &StoredEvent, binding: &Custome
     }
 }
 
-/// When a commission may be approved: `hold_days` of its affiliate's deal after it was made.
-fn hold_until(chain: &[ChainLink], affiliate: &str, created_at: i64) -> Option<i64> {
-    let link = chain.iter().find(|link| link.affiliate == affiliate)?;
-    let days: i64 = link.deal.get("hold_days")?.parse().ok()?;
+/// When a commission made at `created_at` may be approved: its affiliate's `deal` says how many
+/// days it is held (`hold_days`), the time for chargebacks and fraud checks to come in.
+pub(crate) fn hold_until(deal: &Properties, created_at: i64) -> Option<i64> {
+    let days: i64 = deal.get("hold_days")?.parse().ok()?;
     Some(created_at + days * 86_400_000)
 }
 
@@ -948,7 +948,10 @@ pub fn checked_commissions(
                     Some(id)
                 }
             };
-            let hold_until = hold_until(chain, &commission.affiliate, created_at);
+            let hold_until = chain
+                .iter()
+                .find(|link| link.affiliate == commission.affiliate)
+                .and_then(|link| hold_until(&link.deal, created_at));
             Ok(CommissionRecord {
                 id: String::new(),
                 event_id: event.id.clone(),

@@ -37,7 +37,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{format_time, now_ms};
-use crate::pipeline::{Evaluated, IngestError, Period, Pipeline, SETTLEMENT_PREFIX, settlement_period};
+use crate::pipeline::{Evaluated, IngestError, Period, Pipeline, SETTLEMENT_PREFIX, hold_until, settlement_period};
 use crate::replay::{Payout, ScratchState};
 use crate::store::records::{CommissionRecord, EventRecord, EventStatus, LogLine, OperatorRecord, Restatement};
 
@@ -231,6 +231,8 @@ impl Pipeline {
                     continue;
                 }
                 let (affiliate, rule, currency) = key;
+                // Held like any commission of the affiliate's: a late event is no more final.
+                let held = store.affiliate(&operator.id, &affiliate)?.and_then(|record| hold_until(&record.deal, now));
                 let why = if explanations.is_empty() { "nothing to pay".to_owned() } else { explanations.join("; ") };
                 adjustments.push(CommissionRecord {
                     id: String::new(),
@@ -250,7 +252,7 @@ impl Pipeline {
                     reverses: None,
                     fx_rate: None,
                     version_reason: format!("v{version}: the version that settled {period}"),
-                    hold_until: None,
+                    hold_until: held,
                     restates: Some(Restatement { period: period.clone(), settlement: settlement.clone() }),
                 });
             }

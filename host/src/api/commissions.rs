@@ -167,6 +167,7 @@ pub fn commission_json(commission: &CommissionRecord) -> Value {
         "version_reason": commission.version_reason,
         "occurred_at": format_time(commission.occurred_at),
         "created_at": format_time(commission.created_at),
+        "hold_until": commission.hold_until.map(format_time),
         "reverses": commission.reverses,
         "restates": commission.restates,
         "fx_rate": commission.fx_rate,
