@@ -16,11 +16,11 @@
 use std::sync::Arc;
 
 use commission_host::event::{parse_postback, parse_webhook};
-use commission_host::store::records::{CommissionRecord, CustomerBinding, EventRecord, EventStatus, StoredEvent};
-use commission_host::store::{CommitOutcome, EventCommit, Store};
 use commission_host::sandbox::{
     Limits, PluginAffiliate, PluginContext, PluginEvent, PluginInput, Sandbox, StateSource,
 };
+use commission_host::store::records::{CommissionRecord, CustomerBinding, EventRecord, EventStatus, StoredEvent};
+use commission_host::store::{CommitOutcome, EventCommit, Store};
 use commission_plugin_sdk::{Affiliate, Decimal, Event, Plugin, Properties, testing};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use multi_event::MultiEvent;

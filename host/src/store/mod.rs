@@ -19,8 +19,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::transaction::TransactionalTree;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
 
 pub use durability::{Durability, DurabilityError};
@@ -158,8 +157,8 @@ impl LedgerTx<'_> {
         let retried = match self.events.get(&prepared.event_key)? {
             Some(existing) => {
                 let existing: EventRecord = decode_in_tx(&existing)?;
-                let is_the_failure_we_retry = commit.replaces_failed_attempt == Some(existing.attempts)
-                    && existing.status == EventStatus::Failed;
+                let is_the_failure_we_retry =
+                    commit.replaces_failed_attempt == Some(existing.attempts) && existing.status == EventStatus::Failed;
                 if !is_the_failure_we_retry {
                     return Ok(CommitOutcome::Exists(Box::new(existing)));
                 }
@@ -216,7 +215,10 @@ impl LedgerTx<'_> {
             .commissions
             .iter()
             .enumerate()
-            .map(|(index, commission)| CommissionRecord { id: CommissionRecord::id_for(seq, index), ..commission.clone() })
+            .map(|(index, commission)| CommissionRecord {
+                id: CommissionRecord::id_for(seq, index),
+                ..commission.clone()
+            })
             .collect();
         let record = EventRecord {
             seq,
@@ -772,4 +774,79 @@ fn get_json<T: serde::de::DeserializeOwned>(
     key: &[u8],
 ) -> Result<Option<T>, StoreError> {
     tree.get(key)?.map(|bytes| decode(name, &bytes)).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::records::StoredEvent;
+
+    /// A deposit of `customer` that read `read` as absent and writes it; no commissions.
+    fn deposit(id: &str, customer: &str, read: &str) -> EventCommit {
+        EventCommit {
+            operator: "op".into(),
+            record: EventRecord {
+                seq: 0,
+                event: StoredEvent {
+                    id: id.into(),
+                    kind: "deposit".into(),
+                    customer: customer.into(),
+                    occurred_at: 0,
+                    amount: None,
+                    currency: None,
+                    affiliate: Some("aff".into()),
+                    attributes: Default::default(),
+                    fx: None,
+                },
+                content_sha256: id.into(),
+                received_at: 0,
+                status: EventStatus::Accepted,
+                failure: None,
+                attributed_to: Some("aff".into()),
+                evaluation: None,
+                commission_ids: Vec::new(),
+                attempts: 1,
+                restated: false,
+            },
+            replaces_failed_attempt: None,
+            new_binding: Some(CustomerBinding { affiliate: "aff".into(), bound_by_event: id.into(), bound_at: 0 }),
+            state_reads: [(read.to_owned(), None)].into(),
+            state_writes: [(read.to_owned(), Some(id.as_bytes().to_vec()))].into(),
+            commissions: Vec::new(),
+            expected_last_seq: None,
+        }
+    }
+
+    #[test]
+    fn a_group_commits_each_event_or_nothing_of_it_and_the_others_go_on() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(directory.path()).expect("sled opens");
+        let group = [
+            deposit("e1", "c1", "affiliate:aff:count"),
+            // Read the key before e1 wrote it: stale once e1 is in, so none of it is written.
+            deposit("e2", "c2", "affiliate:aff:count"),
+            // The same id as e1, committed just before it in the same group: a retry.
+            deposit("e1", "c1", "customer:c1"),
+            deposit("e3", "c3", "customer:c3"),
+        ];
+        let outcomes = store.commit_events(&group).expect("the group is written");
+
+        let seqs: Vec<Option<u64>> = outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                CommitOutcome::Committed { record, .. } => Some(record.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, [Some(1), None, None, Some(2)], "sequence numbers stay dense: {outcomes:?}");
+        assert!(matches!(outcomes[1], CommitOutcome::Stale));
+        assert!(matches!(&outcomes[2], CommitOutcome::Exists(existing) if existing.seq == 1));
+
+        assert_eq!(store.event("op", "e2").unwrap().map(|record| record.seq), None);
+        assert_eq!(store.binding("op", "c2").unwrap(), None, "the stale commit bound nobody");
+        assert_eq!(store.state_value("op", "affiliate:aff:count").unwrap().as_deref(), Some(&b"e1"[..]));
+        assert_eq!(store.state_value("op", "customer:c1").unwrap(), None, "the retry wrote nothing");
+        assert_eq!(store.state_value("op", "customer:c3").unwrap().as_deref(), Some(&b"e3"[..]));
+        assert_eq!(store.last_sequence("op").unwrap(), 2);
+    }
 }
