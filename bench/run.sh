@@ -55,6 +55,13 @@ load() { # name threads connections script args...
 echo "-- postbacks, 1 connection, multi-event"
 load serial 1 1 bench/postback.lua "/postback/multi-event?token=${TOKEN[multi-event]}" serial
 metrics
+# About half the peak below: one connection per operator. Its p99 is the latency target's.
+echo "-- postbacks, 3 connections, one per operator"
+for plugin in "${OPERATORS[@]}"; do
+  load "half-$plugin" 1 1 bench/postback.lua "/postback/$plugin?token=${TOKEN[$plugin]}" half &
+done
+wait $(jobs -p | tail -3)
+metrics
 echo "-- postbacks, $CONNECTIONS connections over the three operators"
 for plugin in "${OPERATORS[@]}"; do
   load "postback-$plugin" 1 $((CONNECTIONS / 3)) bench/postback.lua "/postback/$plugin?token=${TOKEN[$plugin]}" load &
