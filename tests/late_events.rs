@@ -323,3 +323,40 @@ fn under_as_received_a_late_deposit_leaves_the_paid_first_deposit_and_its_clawba
     assert!(host.commissions(&broker, "").iter().all(|c| c["restates"].is_null()), "nothing restated");
     common::assert_verifies(&host, &broker);
 }
+
+#[test]
+fn an_uplines_statement_lists_the_sub_affiliates_events_that_paid_it_an_override() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let network = host.create_operator("network");
+    host.install_plugin(&network, "multi-event");
+    host.put_affiliate(&network, "master", None, json!({"override_percent": "10"}));
+    host.put_affiliate(&network, "sub", Some("master"), json!({"ftd_cpa": "40"}));
+    // A first deposit through the sub-affiliate: 40 to it, 10 % of that (4) to its master.
+    let deposit = host.accept(
+        &network,
+        json!({"id": "ftd-1", "type": "deposit", "customer": "k1", "amount": "100", "affiliate": "sub", "occurred_at": "2025-11-03T09:00:00Z"}),
+    );
+    assert_eq!(paid(&deposit), [("sub".into(), dec("40")), ("master".into(), dec("4"))], "{deposit}");
+    close(&host, &network, "2025-11");
+
+    let (status, body) = host.get(&network, "/periods/2025-11/statement?affiliate=master");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let master = &body["affiliates"][0];
+    assert_eq!(master["stored_at_close"], "matches", "{master}");
+    let line = &master["as_closed"]["lines"][0];
+    assert_eq!((line["event_id"].as_str(), line["through"].as_str()), (Some("ftd-1"), Some("sub")), "{master}");
+    let payouts: Vec<(&str, Decimal)> = line["commissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|payout| (payout["affiliate"].as_str().unwrap(), amount(&payout["amount"])))
+        .collect();
+    assert_eq!(payouts, [("sub", dec("40")), ("master", dec("4"))], "the override beside what it is a share of");
+
+    // The sub-affiliate's own statement has the line as its own, with no `through`.
+    let (_, body) = host.get(&network, "/periods/2025-11/statement?affiliate=sub");
+    let line = &body["affiliates"][0]["as_closed"]["lines"][0];
+    assert_eq!(line["event_id"], "ftd-1");
+    assert!(line.get("through").is_none(), "{line}");
+}

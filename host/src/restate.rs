@@ -27,7 +27,8 @@
 //! evaluated and settled them, by the same replay: per affiliate, the state the settlement
 //! carried in and out (the values, before and after, of the keys it wrote), each of the
 //! period's events with the state it changed and its contribution, the settlement, and the log
-//! lines. The statement as the close computed it is stored at the close; the "as closed" view
+//! lines. An upline's statement also lists the events of affiliates below it that paid it an
+//! override, each naming the affiliate it came `through`. The statement as the close computed it is stored at the close; the "as closed" view
 //! recomputes it from the ledger up to the close, and must equal it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -336,7 +337,7 @@ impl Pipeline {
                         Some(fx) => (Some(fx.amount), Some(fx.currency.clone())),
                         None => (event.amount, event.currency.clone()),
                     };
-                    statements.entry(affiliate.clone()).or_insert_with(statement).lines.push(StatementLine {
+                    let line = StatementLine {
                         event_id: event.id.clone(),
                         kind: event.kind.clone(),
                         occurred_at: format_time(event.occurred_at),
@@ -344,11 +345,30 @@ impl Pipeline {
                         amount,
                         currency,
                         late: entry.late,
+                        through: None,
                         contribution: contribution(&changes),
                         changes,
                         commissions: evaluated.commissions.iter().map(Payout::from).collect(),
                         logs: evaluated_logs(evaluated),
-                    });
+                    };
+                    // An upline the event paid (an override) sees it on its own statement too:
+                    // what it needs to check the override against the sub-affiliate's activity.
+                    let uplines: std::collections::BTreeSet<&String> = evaluated
+                        .commissions
+                        .iter()
+                        .map(|commission| &commission.affiliate)
+                        .filter(|paid| *paid != affiliate)
+                        .collect();
+                    for upline in uplines {
+                        let statement =
+                            AffiliateStatement { affiliate: upline.clone(), ..AffiliateStatement::default() };
+                        statements
+                            .entry(upline.clone())
+                            .or_insert(statement)
+                            .lines
+                            .push(StatementLine { through: Some(affiliate.clone()), ..line.clone() });
+                    }
+                    statements.entry(affiliate.clone()).or_insert_with(statement).lines.push(line);
                 }
                 None => {}
             }
@@ -438,6 +458,10 @@ pub struct StatementLine {
     pub received_at: String,
     /// It arrived after the period was closed.
     pub late: bool,
+    /// On an upline's statement: the affiliate below it the event is attributed to. The line is
+    /// here because the event paid this affiliate (an override).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<String>,
     /// What the event added to the one running total it changed (NGR, for RevShare).
     pub contribution: Option<Decimal>,
     /// Every state value the event changed.
