@@ -11,11 +11,13 @@
 //! This is the seam where events are committed: the evaluations ahead of it do not know
 //! whether their commit went alone or with others.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Instant;
 
 use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::watch;
 
 use crate::store::{CommitOutcome, EventCommit, Store, StoreError};
 
@@ -41,6 +43,9 @@ struct Request {
 #[derive(Clone)]
 pub struct Committer {
     requests: mpsc::Sender<Request>,
+    /// Set, with the reason, if the thread stopped while handles remained: a bug (a panic), after
+    /// which nothing can commit in this process.
+    stopped: watch::Receiver<Option<String>>,
 }
 
 /// What the committer reports about its groups.
@@ -54,11 +59,35 @@ pub struct CommitMetrics {
 impl Committer {
     pub fn start(store: Arc<Store>, metrics: CommitMetrics) -> Self {
         let (requests, queue) = mpsc::channel();
+        let (stop, stopped) = watch::channel(None);
         std::thread::Builder::new()
             .name("ledger-committer".into())
-            .spawn(move || commit_loop(&store, &queue, &metrics))
+            .spawn(move || {
+                // The requests of the group in hand are dropped with the unwinding, so their
+                // callers learn the committer stopped; nothing of the group was acknowledged.
+                if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| commit_loop(&store, &queue, &metrics)))
+                {
+                    let reason = panic
+                        .downcast_ref::<&str>()
+                        .map(|text| text.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    tracing::error!(%reason, "the committer thread panicked");
+                    stop.send_replace(Some(reason));
+                }
+            })
             .expect("the committer thread starts");
-        Self { requests }
+        Self { requests, stopped }
+    }
+
+    /// Resolves if the committer thread has stopped for good, with why.
+    pub async fn stopped(&self) -> String {
+        let mut stopped = self.stopped.clone();
+        match stopped.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The thread ended without saying why: only a panic that unwound past the report.
+            Err(_) => "the committer thread ended".into(),
+        }
     }
 
     /// Commits one event, with whatever else is waiting; blocks until its transaction is done

@@ -117,9 +117,7 @@ async fn serve(
     if let Some(error) = server::serve(listener, api::router(state.clone()), stop).await {
         // Exiting with an error lets the supervisor (systemd, Kubernetes) start the host again;
         // opening the ledger anew recovers it from its log once the disk can take writes.
-        anyhow::bail!(
-            "{error}; the ledger cannot write again in this process, so the host stops. Start it again once the disk has room"
-        );
+        anyhow::bail!("the ledger cannot write again in this process, so the host stops: {error}");
     }
     state.pipeline.make_durable().await?;
     tracing::info!("stopped; the ledger is flushed");

@@ -110,6 +110,15 @@ impl From<CommitError> for IngestError {
     }
 }
 
+/// Why the ledger cannot take writes again in this process.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageFailure {
+    #[error("{0}; start the host again once the disk has room")]
+    Flush(DurabilityError),
+    #[error("the ledger's committer stopped ({0}); start the host again")]
+    Committer(String),
+}
+
 /// What a `retry-failed` run did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RetryReport {
@@ -161,9 +170,14 @@ impl Pipeline {
         !self.durability.is_failing()
     }
 
-    /// Resolves when the ledger's storage has failed for good (see [`Durability::failed`]).
-    pub async fn storage_failed(&self) -> DurabilityError {
-        self.durability.failed().await
+    /// Resolves when the ledger cannot take writes again in this process: a flush failed (see
+    /// [`Durability::failed`]), or the committer stopped. The host stops; its supervisor starts
+    /// it again, and opening the ledger anew recovers it.
+    pub async fn storage_failed(&self) -> StorageFailure {
+        tokio::select! {
+            error = self.durability.failed() => StorageFailure::Flush(error),
+            reason = self.committer.stopped() => StorageFailure::Committer(reason),
+        }
     }
 
     /// Waits until everything committed so far is on disk.
