@@ -1,6 +1,7 @@
 //! The commission models of the catalogue, each a reference plugin built from source and run
 //! through the real host: CPA on qualification rules, tiers with retroactive escalation,
-//! sequential milestones, Forex IB with a three-level tree, prop-trading challenges. Every
+//! RevShare tiered by the month's first deposits, sequential milestones, Forex IB with a
+//! three-level tree, prop-trading challenges. Every
 //! amount below is worked out by hand in the comments beside it.
 
 mod common;
@@ -455,6 +456,60 @@ fn prop_challenges_pay_purchase_phases_and_funding_once_each_and_a_refund_revers
     // 34.90 + 15 + 15 + 60 + 14.90 - 14.90 = 124.90.
     totals(&host, &prop, &[("pa", "124.90")]);
     assert_verifies(&host, &prop);
+}
+
+#[test]
+fn tiered_revshare_follows_the_months_first_deposits_and_a_late_one_restates_the_tier() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    // 25% with up to 2 new depositing customers in the month, 30% with 3 or 4, 35% from 5.
+    let casino = operator(&host, "tiered", "revshare", json!({}));
+    host.put_affiliate(&casino, "st", None, json!({"revshare_tiers": "0:25,3:30,5:35"}));
+    let deposit = |id: &str, customer: &str, at: &str| {
+        with(event(id, "deposit", customer, at), json!({"amount": "100", "affiliate": "st"}))
+    };
+    let wager = |id: &str, customer: &str, amount: &str, at: &str| {
+        with(event(id, "wager", customer, at), json!({"amount": amount}))
+    };
+    play(
+        &host,
+        &casino,
+        &[
+            (deposit("n1", "k1", "2025-11-02T10:00:00Z"), &[]),
+            (deposit("n2", "k2", "2025-11-03T10:00:00Z"), &[]),
+            // k1's second deposit is not a new depositing customer.
+            (deposit("n1b", "k1", "2025-11-04T10:00:00Z"), &[]),
+            (wager("nw", "k1", "2000", "2025-11-05T10:00:00Z"), &[]),
+        ],
+    );
+    // Two FTDs: 25% of NGR 2,000 = 500.
+    let november = closed(&host, &casino, "2025-11");
+    assert_eq!(paid(&november["settlements"][0]), [("st".into(), dec("500"))], "{november}");
+    let explanation = ledger_of(&host, &casino, "commission-host.period:2025-11:st")[0].2.clone();
+    assert!(explanation.contains("RevShare 25% (tier from 0 FTDs: 2 this month)"), "{explanation}");
+
+    // A third customer's first deposit on 20 November, after the close: November had 3 FTDs,
+    // so 30% of 2,000 = 600; 500 was paid, so +100, in December, referencing November.
+    let late = host.accept(&casino, deposit("n3", "k3", "2025-11-20T10:00:00Z"));
+    assert_eq!(paid(&late), [("st".into(), dec("100"))], "{late}");
+    assert_eq!(late["commissions"][0]["restates"]["period"], "2025-11");
+    assert!(late["commissions"][0]["explanation"].as_str().unwrap().contains("30% (tier from 3 FTDs: 3 this month)"));
+
+    // December counts its own first deposits only: k3 counted in November, k4 and k5 here: 25%.
+    play(
+        &host,
+        &casino,
+        &[
+            (deposit("d4", "k4", "2025-12-02T10:00:00Z"), &[]),
+            (deposit("d5", "k5", "2025-12-03T10:00:00Z"), &[]),
+            (deposit("d3", "k3", "2025-12-04T10:00:00Z"), &[]),
+            (wager("dw", "k4", "1000", "2025-12-05T10:00:00Z"), &[]),
+        ],
+    );
+    let december = closed(&host, &casino, "2025-12");
+    assert_eq!(paid(&december["settlements"][0]), [("st".into(), dec("250"))], "{december}");
+    totals(&host, &casino, &[("st", "850")]);
+    assert_verifies(&host, &casino);
 }
 
 /// Each plugin's fixture file passes through its built component, as an author runs it.

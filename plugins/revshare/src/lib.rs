@@ -15,8 +15,15 @@
 //! | deal term | default | meaning |
 //! | --- | --- | --- |
 //! | `revshare_percent` | 30 | share of the month's NGR |
+//! | `revshare_tiers` | none | `FROM:PERCENT,...`, e.g. `0:25,6:30,16:35`: the share depends on the month's new depositing customers (below) |
 //! | `negative_carryover` | true | a negative month is carried into the next ones until earned back |
 //! | `cpa` | none | hybrid: paid on a customer's first deposit |
+//!
+//! With `revshare_tiers`, the month's share is that of the highest tier whose FROM is at most the
+//! number of the affiliate's customers who made their first deposit in that month (FTDs), and
+//! it applies to the whole month: `0:25,6:30,16:35` pays 25% with up to 5 FTDs, 30% with 6 to
+//! 15, 35% with 16 or more. The first tier starts at 0. A customer counts once, in the month of
+//! its first deposit.
 //!
 //! The month of an event is the UTC month it occurred in. Events of a month that arrive after
 //! the month was closed count towards the month they occurred in, which is settled already:
@@ -34,7 +41,10 @@ impl Plugin for RevShare {
         let sign = match event.kind.as_str() {
             "wager" | "bet" => Decimal::ONE,
             "win" | "bonus" | "fee" => Decimal::NEGATIVE_ONE,
-            "deposit" => return hybrid_cpa(event, context, affiliate),
+            "deposit" => {
+                count_first_deposit(event, affiliate)?;
+                return hybrid_cpa(event, context, affiliate);
+            }
             _ => return Ok(vec![]),
         };
         let amount = event.amount.ok_or_else(|| Error::new(format!("a {} without an amount", event.kind)))?;
@@ -46,7 +56,7 @@ impl Plugin for RevShare {
 
     fn settle(period: &Period, context: &Context) -> Result<Vec<Commission>> {
         let affiliate = context.affiliate();
-        let percent = affiliate.deal.decimal_or("revshare_percent", Decimal::from(30))?;
+        let (percent, tier_note) = percent(period, affiliate)?;
         let carry_negative = match affiliate.deal.get("negative_carryover").unwrap_or("true") {
             "true" => true,
             "false" => false,
@@ -71,12 +81,53 @@ impl Plugin for RevShare {
             context
                 .pay(affiliate, share)
                 .rule("revshare")
-                .because(format!("RevShare {percent}% of {period} NGR {ngr}{carried_note}: {share}")),
+                .because(format!("RevShare {percent}%{tier_note} of {period} NGR {ngr}{carried_note}: {share}")),
         ])
     }
 }
 
 export_plugin!(RevShare);
+
+/// Counts the customer's first deposit in its month, for `revshare_tiers`.
+fn count_first_deposit(event: &Event, affiliate: &Affiliate) -> Result<()> {
+    if state::claim(&customer_key(&event.customer, "first-deposit")) {
+        let month = Period::month_of(event.occurred_at);
+        state::add_decimal(&affiliate_key(&affiliate.id, &format!("ftds:{month}")), Decimal::ONE)?;
+    }
+    Ok(())
+}
+
+/// The month's share, and what chose it when a tier did.
+fn percent(period: &Period, affiliate: &Affiliate) -> Result<(Decimal, String)> {
+    let tiers = tiers(&affiliate.deal)?;
+    if tiers.is_empty() {
+        return Ok((affiliate.deal.decimal_or("revshare_percent", Decimal::from(30))?, String::new()));
+    }
+    let ftds = state::decimal(&affiliate_key(&affiliate.id, &format!("ftds:{period}")))?;
+    let (from, percent) =
+        tiers.iter().rev().find(|(from, _)| Decimal::from(*from) <= ftds).copied().unwrap_or(tiers[0]);
+    Ok((percent, format!(" (tier from {from} FTDs: {ftds} this month)")))
+}
+
+/// `revshare_tiers`, sorted by FROM; empty if the deal has none.
+fn tiers(deal: &Properties) -> Result<Vec<(u64, Decimal)>> {
+    let mut tiers = deal
+        .list("revshare_tiers")
+        .into_iter()
+        .map(|tier| {
+            let problem = || Error::new(format!("revshare_tiers: {tier:?} is not FROM:PERCENT, e.g. 6:30"));
+            let (from, percent) = tier.split_once(':').ok_or_else(problem)?;
+            Ok((from.trim().parse::<u64>().map_err(|_| problem())?, percent.trim().parse().map_err(|_| problem())?))
+        })
+        .collect::<Result<Vec<(u64, Decimal)>>>()?;
+    tiers.sort();
+    match tiers.first() {
+        Some((0, _)) | None => Ok(tiers),
+        Some((from, _)) => {
+            Err(Error::new(format!("revshare_tiers: the first tier starts at {from}; it must start at 0")))
+        }
+    }
+}
 
 fn hybrid_cpa(event: &Event, context: &Context, affiliate: &Affiliate) -> Result<Vec<Commission>> {
     let Some(cpa) = affiliate.deal.decimal("cpa")? else { return Ok(vec![]) };
@@ -108,6 +159,43 @@ mod tests {
 
     fn settled(period: &Period, context: &Context) -> Vec<String> {
         RevShare::settle(period, context).unwrap().into_iter().map(|c| c.amount.to_string()).collect()
+    }
+
+    fn deposit(customer: &str, at: i64, context: &Context) {
+        let event =
+            Event::new(&format!("{customer}-d{at}"), "deposit", customer, at).with_amount(Decimal::from(50), "USD");
+        assert_eq!(RevShare::evaluate(&event, context).unwrap(), vec![]);
+    }
+
+    /// 0:25,3:30,5:35 on a month's NGR of 1,000: the share follows the month's first deposits,
+    /// a customer's later deposits do not count, and neither does a first deposit in another month.
+    #[test]
+    fn tiers_follow_the_months_first_deposits() {
+        for (customers, expected) in [(2, "250.00"), (3, "300.00"), (4, "300.00"), (5, "350.00"), (7, "350.00")] {
+            testing::reset();
+            let deal: Properties = [("revshare_tiers", "5:35, 0:25,3:30")].into_iter().collect();
+            let context = testing::context("acme", "USD", [Affiliate::new("aff1", deal)]);
+            deposit("october", NOV_2025 - 1, &context);
+            for n in 0..customers {
+                deposit(&format!("c{n}"), NOV_2025 + 10, &context);
+                deposit(&format!("c{n}"), NOV_2025 + 20, &context);
+            }
+            money("wager", 1_000, NOV_2025 + 30, &context);
+            let paid = RevShare::settle(&month("2025-11", NOV_2025, DEC_2025), &context).unwrap();
+            assert_eq!(paid[0].amount.to_string(), expected, "{customers} FTDs: {}", paid[0].explanation);
+            assert!(paid[0].explanation.contains(&format!("{customers} this month")), "{}", paid[0].explanation);
+        }
+    }
+
+    #[test]
+    fn tiers_must_start_at_zero_and_parse() {
+        for (tiers, problem) in [("3:30,5:35", "must start at 0"), ("0:25,x:30", "is not FROM:PERCENT")] {
+            testing::reset();
+            let deal: Properties = [("revshare_tiers", tiers)].into_iter().collect();
+            let context = testing::context("acme", "USD", [Affiliate::new("aff1", deal)]);
+            let error = RevShare::settle(&month("2025-11", NOV_2025, DEC_2025), &context).unwrap_err();
+            assert!(error.to_string().contains(problem), "{tiers}: {error}");
+        }
     }
 
     /// The field guide's months: 1,400 -> 420; -2,000 -> 0 carried; 3,000 -> 300 (900 without).
