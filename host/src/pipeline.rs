@@ -5,7 +5,8 @@
 //! 3. it is attributed: the customer's binding, or the affiliate it names, with the chain of
 //!    parents above;
 //! 4. the operator's active plugin evaluates it in the sandbox;
-//! 5. the event, its state writes and its commissions are committed in one transaction;
+//! 5. the event, its state writes and its commissions are committed together, all or nothing,
+//!    in one transaction with the other events waiting ([`Committer`]);
 //! 6. the answer waits for the group flush that makes it durable.
 //!
 //! Each step is a seam: events could come from a log instead of HTTP, evaluation could run on
