@@ -154,6 +154,54 @@ fn the_same_postback_sent_50_times_at_once_pays_once() {
     );
 }
 
+/// Forty customers' first deposits at once, through one affiliate on CPA tiers: every
+/// evaluation reads and writes the affiliate's count of the month, so commits grouped together
+/// find it changed under them and are evaluated again. Each customer is still paid once, at the
+/// rate of its place in the count: 10 at 100, then 30 at 150.
+#[test]
+fn concurrent_commits_on_shared_state_count_every_customer_once() {
+    let (_dir, data) = data_dir();
+    let host = Arc::new(Host::start(&data));
+    let casino = Arc::new(host.create_operator("casino"));
+    host.install_plugin(&casino, "cpa");
+    host.put_affiliate(&casino, "tiered", None, json!({"tiers": "1:100,11:150"}));
+
+    let senders: Vec<_> = (0..40)
+        .map(|n| {
+            let (host, casino) = (host.clone(), casino.clone());
+            std::thread::spawn(move || {
+                host.post_events(
+                    &casino,
+                    &json!({"id": format!("ftd-{n}"), "type": "deposit", "customer": format!("k{n}"), "amount": "50",
+                            "affiliate": "tiered", "occurred_at": "2025-11-10T12:00:00Z"}),
+                )
+            })
+        })
+        .collect();
+    for sender in senders {
+        let (status, body) = sender.join().unwrap();
+        assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("accepted")), "{body}");
+    }
+    let mut rates: Vec<_> = host.commissions(&casino, "").iter().map(|c| amount(&c["amount"])).collect();
+    rates.sort();
+    assert_eq!(rates, [vec![dec("100"); 10], vec![dec("150"); 30]].concat());
+    common::assert_verifies(&host, &casino);
+
+    // The committer's metrics count every commit it was given: the forty, and any that found the
+    // count changed and came back evaluated again.
+    let metrics = host.metrics();
+    let reading = |name: &str| -> f64 {
+        let line =
+            metrics.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("{name} in\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (commits, groups) = (
+        reading("commission_host_ledger_commit_group_events_sum "),
+        reading("commission_host_ledger_commit_group_events_count "),
+    );
+    assert!(commits >= 40.0 && (1.0..=commits).contains(&groups), "{commits} commits in {groups} groups");
+}
+
 #[test]
 fn an_id_reused_with_other_content_is_409_and_changes_nothing() {
     let (_dir, data) = data_dir();
