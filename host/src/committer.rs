@@ -5,8 +5,8 @@
 //! run one at a time (about 280 us each under load, most of it waiting) and made plugin state
 //! reads wait behind them. One thread commits instead: it takes every commit that is waiting,
 //! applies them in one transaction ([`Store::commit_events`]), and answers each. Under load,
-//! the lock is taken once per group instead of once per event; alone, an event pays one
-//! hand-off between threads.
+//! the lock is taken once per group instead of once per event; alone, an event pays two
+//! hand-offs between threads (the request and the answer).
 //!
 //! This is the seam where events are committed: the evaluations ahead of it do not know
 //! whether their commit went alone or with others.
@@ -64,7 +64,8 @@ impl Committer {
             .name("ledger-committer".into())
             .spawn(move || {
                 // The requests of the group in hand are dropped with the unwinding, so their
-                // callers learn the committer stopped; nothing of the group was acknowledged.
+                // callers learn the committer stopped: whatever of the group was written, none of
+                // it was acknowledged, and the host stops before anything else can commit.
                 if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| commit_loop(&store, &queue, &metrics)))
                 {
                     let reason = panic
@@ -122,13 +123,14 @@ fn commit_loop(store: &Store, queue: &mpsc::Receiver<Request>, metrics: &CommitM
     }
 }
 
-/// One transaction for the group; if it fails, nothing of it was written, and each commit is
-/// tried alone, so that one unreadable record fails its own event and not its neighbours'.
+/// One transaction for the group. If a stored record in it cannot be read, the transaction is
+/// aborted, nothing of it written, and each commit is tried alone, so that the unreadable record
+/// fails its own event and not its neighbours'. A storage error fails the whole group: sled may
+/// have applied part of it in memory, and trying again alone would find it half there.
 fn commit_group(store: &Store, commits: &[EventCommit]) -> Vec<Result<CommitOutcome, StoreError>> {
     match store.commit_events(commits) {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-        Err(error) if commits.len() == 1 => vec![Err(error)],
-        Err(error) => {
+        Err(error @ StoreError::Decode { .. }) if commits.len() > 1 => {
             tracing::warn!(%error, events = commits.len(), "a group commit failed; committing its events one by one");
             commits
                 .iter()
@@ -137,6 +139,10 @@ fn commit_group(store: &Store, commits: &[EventCommit]) -> Vec<Result<CommitOutc
                     Ok(outcomes.pop().expect("one outcome per commit"))
                 })
                 .collect()
+        }
+        Err(error) => {
+            tracing::error!(%error, events = commits.len(), "a group commit failed");
+            commits.iter().map(|_| Err(error.clone())).collect()
         }
     }
 }
