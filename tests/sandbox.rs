@@ -75,6 +75,14 @@ fn a_looping_allocating_recursing_or_trapping_plugin_fails_only_its_event() {
     // The same plugin, fresh for the next event, behaves: no poisoned instance.
     let calm = host.accept(&evil, json!({"id": "calm", "type": "deposit", "customer": "c1"}));
     assert_eq!(paid(&calm), [("aff1".into(), dec("1"))]);
+    // Clawing the same commission back twice in one answer is refused at once, not retried.
+    let (_, twice) = host.post_events(&evil, &json!({"id": "twice", "type": "chargeback", "customer": "c1", "attributes": {"attack": "clawback-twice", "of": "calm"}}));
+    assert_eq!(
+        (twice["status"].as_str(), twice["failure"]["kind"].as_str()),
+        (Some("failed"), Some("invalid_result")),
+        "{twice}"
+    );
+    assert!(twice["failure"]["message"].as_str().unwrap().contains("which an earlier one reverses already"), "{twice}");
     assert_eq!((host.commissions(&evil, "").len(), host.commissions(&acme, "").len()), (2, 40));
     assert_eq!(host.client.get(host.url("/healthz")).send().unwrap().status(), StatusCode::OK);
 

@@ -80,8 +80,11 @@ impl<'a> ComponentEvaluator<'a> {
         let answer =
             evaluation.result.clone().map_err(|failure| format!("{}: {}", failure.kind.as_str(), failure.message));
         // Reversals are checked against the fixture's own ledger by the SDK's runner; here every
-        // reference resolves, so that the rest of the answer gets the pipeline's checks.
-        let resolve_all = |_: &crate::sandbox::PluginCommissionRef, _: &str| Some((String::new(), Decimal::MAX));
+        // reference resolves, each to an id of its own, so that the rest of the answer gets the
+        // pipeline's checks (a commission reversed twice in one answer among them).
+        let resolve_all = |reference: &crate::sandbox::PluginCommissionRef, affiliate: &str| {
+            Some((format!("{}/{}/{affiliate}", reference.event_id, reference.rule), Decimal::MAX))
+        };
         let outcome = evaluation.result.and_then(|commissions| {
             let references: Vec<Option<CommissionRef>> = commissions
                 .iter()

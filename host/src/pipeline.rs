@@ -928,7 +928,7 @@ pub fn checked_commissions(
         )));
     }
     let created_at = now_ms();
-    commissions
+    let commissions: Vec<CommissionRecord> = commissions
         .into_iter()
         .enumerate()
         .map(|(index, commission)| {
@@ -986,5 +986,15 @@ pub fn checked_commissions(
                 restates: None,
             })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    // Each commission is clawed back once: a result reversing one twice could never commit.
+    let mut reversed = HashSet::new();
+    for (index, commission) in commissions.iter().enumerate() {
+        if let Some(id) = &commission.reverses
+            && !reversed.insert(id)
+        {
+            return Err(invalid(format!("commission {index}: reverses {id}, which an earlier one reverses already")));
+        }
+    }
+    Ok(commissions)
 }

@@ -13,6 +13,7 @@
 //! | `hoard` | writes 2 MiB of state | state writes per event |
 //! | `chatter` | logs 10,000 lines, then pays | log lines per event (the event succeeds) |
 //! | `remember` | looks for what an earlier event left in its statics, then leaves its own | a fresh memory per event |
+//! | `clawback-twice` | reverses the `flat` commission of the event named by `of` twice in one result | each commission is clawed back once |
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
@@ -45,6 +46,18 @@ impl Plugin for Hostile {
                 Ok(vec![context.pay(context.affiliate(), Decimal::ONE).rule("flat").because("flat 1 after chatter")])
             }
             Some("remember") => remember(context),
+            Some("clawback-twice") => {
+                let event_id = event.attributes.get("of").unwrap_or_default();
+                Ok((0..2)
+                    .map(|_| {
+                        context
+                            .pay(context.affiliate(), Decimal::NEGATIVE_ONE)
+                            .rule("flat-clawback")
+                            .reversing(event_id, "flat")
+                            .because(format!("claws back {event_id} again"))
+                    })
+                    .collect())
+            }
             Some(other) => Err(Error::new(format!("unknown attack {other:?}"))),
             None => {
                 state::add_decimal(&state::customer_key(&event.customer, "events"), Decimal::ONE)?;
