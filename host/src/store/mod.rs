@@ -104,8 +104,9 @@ pub enum CommitOutcome {
     Stale,
 }
 
-/// An [`EventCommit`] with its keys made, so that the transaction (whose closure sled may run
-/// several times, and which holds sled's global lock while it runs) only reads and writes.
+/// An [`EventCommit`] with its keys made before the transaction, which holds sled's global lock
+/// while it runs: what is left in it is the reads, the writes, and encoding what depends on the
+/// sequence number the transaction assigns.
 struct PreparedCommit<'a> {
     commit: &'a EventCommit,
     event_key: Vec<u8>,
@@ -150,7 +151,8 @@ type TxResult<T> = Result<T, ConflictableTransactionError<Abort>>;
 impl LedgerTx<'_> {
     /// Applies one commit, or nothing of it: every check comes before the first write, so a
     /// commit that is `Exists` or `Stale` leaves the transaction as it found it, and the
-    /// other commits of the group go on.
+    /// other commits of the group go on. A stored record that cannot be decoded aborts the whole
+    /// transaction instead (see the committer, which then commits the group's events alone).
     fn apply(&self, prepared: &PreparedCommit<'_>) -> TxResult<CommitOutcome> {
         let commit = prepared.commit;
         let operator = commit.operator.as_str();
@@ -825,7 +827,7 @@ mod tests {
             deposit("e1", "c1", "affiliate:aff:count"),
             // Read the key before e1 wrote it: stale once e1 is in, so none of it is written.
             deposit("e2", "c2", "affiliate:aff:count"),
-            // The same id as e1, committed just before it in the same group: a retry.
+            // The same id as e1, committed just before it in the same group: a sender's re-send.
             deposit("e1", "c1", "customer:c1"),
             deposit("e3", "c3", "customer:c3"),
         ];
@@ -848,5 +850,86 @@ mod tests {
         assert_eq!(store.state_value("op", "customer:c1").unwrap(), None, "the retry wrote nothing");
         assert_eq!(store.state_value("op", "customer:c3").unwrap().as_deref(), Some(&b"e3"[..]));
         assert_eq!(store.last_sequence("op").unwrap(), 2);
+    }
+
+    fn committed(outcome: &CommitOutcome) -> &EventRecord {
+        match outcome {
+            CommitOutcome::Committed { record, .. } => record,
+            other => panic!("not committed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_event_retried_in_a_group_moves_to_the_end_of_the_ledger_order() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(directory.path()).expect("sled opens");
+        let mut failed = deposit("f1", "c1", "customer:c1");
+        failed.record.status = EventStatus::Failed;
+        failed.state_writes.clear();
+        assert_eq!(committed(&store.commit_events(&[failed]).unwrap()[0]).seq, 1);
+        assert_eq!(store.failed_event_ids("op").unwrap(), ["f1"]);
+
+        let mut retry = deposit("f1", "c1", "customer:c1");
+        retry.record.attempts = 2;
+        retry.replaces_failed_attempt = Some(1);
+        // The customer is bound already, by the failed attempt.
+        retry.new_binding = None;
+        let mut late_retry = deposit("f1", "c1", "customer:c1");
+        late_retry.replaces_failed_attempt = Some(1);
+        late_retry.new_binding = None;
+        let outcomes = store.commit_events(&[deposit("e2", "c2", "customer:c2"), retry, late_retry]).unwrap();
+
+        assert_eq!(committed(&outcomes[0]).seq, 2);
+        assert_eq!((committed(&outcomes[1]).seq, committed(&outcomes[1]).attempts), (3, 2));
+        // A second retry of the same attempt, in the same group, finds it retried already.
+        assert!(matches!(&outcomes[2], CommitOutcome::Exists(existing) if existing.seq == 3), "{outcomes:?}");
+        let order: Vec<String> = store.event_ids_in_order("op").collect::<Result<_, _>>().unwrap();
+        assert_eq!(order, ["e2", "f1"], "the failed attempt's place in the order is gone");
+        assert!(store.failed_event_ids("op").unwrap().is_empty());
+        assert_eq!(store.state_value("op", "customer:c1").unwrap().as_deref(), Some(&b"f1"[..]));
+    }
+
+    #[test]
+    fn two_events_of_a_group_clawing_back_one_commission_reverse_it_once() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(directory.path()).expect("sled opens");
+        let mut paid = deposit("d1", "c1", "customer:c1");
+        let commission = CommissionRecord {
+            id: String::new(),
+            event_id: "d1".into(),
+            affiliate: "aff".into(),
+            customer: "c1".into(),
+            amount: rust_decimal::Decimal::TEN,
+            currency: "USD".into(),
+            rule: "cpa".into(),
+            explanation: "cpa".into(),
+            plugin_version: 1,
+            occurred_at: 0,
+            created_at: 0,
+            reverses: None,
+            fx_rate: None,
+            version_reason: String::new(),
+            hold_until: None,
+            restates: None,
+        };
+        paid.commissions = vec![commission.clone()];
+        let cpa = committed(&store.commit_events(&[paid]).unwrap()[0]).commission_ids[0].clone();
+
+        let chargeback = |id: &str| {
+            let mut event = deposit(id, "c1", &format!("customer:c1:{id}"));
+            event.new_binding = None;
+            event.commissions = vec![CommissionRecord {
+                amount: -rust_decimal::Decimal::TEN,
+                reverses: Some(cpa.clone()),
+                ..commission.clone()
+            }];
+            event
+        };
+        let outcomes = store.commit_events(&[chargeback("cb1"), chargeback("cb2")]).unwrap();
+        let reversal = committed(&outcomes[0]).commission_ids[0].clone();
+        assert!(matches!(outcomes[1], CommitOutcome::Stale), "{outcomes:?}");
+        assert!(store.is_reversed("op", &cpa).unwrap());
+        assert_eq!(store.commission_status("op", &cpa).unwrap().history.len(), 1, "reversed once, by {reversal}");
+        assert_eq!(store.event("op", "cb2").unwrap().map(|record| record.seq), None);
     }
 }
