@@ -36,6 +36,28 @@ impl Properties {
             .unwrap_or_default()
     }
 
+    /// The tiers of `key`, `FROM:VALUE` items such as `tiers=1:100,11:150,26:200`, sorted by
+    /// FROM; none when absent. The lowest FROM must be `first` (1 for "the first customer",
+    /// 0 for "no customers yet"), so that every count falls in a tier.
+    pub fn tiers(&self, key: &str, first: u64) -> Result<Vec<(u64, Decimal)>> {
+        let mut tiers = self
+            .list(key)
+            .into_iter()
+            .map(|tier| {
+                let problem = || Error::new(format!("{key}: {tier:?} is not FROM:VALUE, e.g. {}:150", first + 10));
+                let (from, value) = tier.split_once(':').ok_or_else(problem)?;
+                Ok((from.trim().parse::<u64>().map_err(|_| problem())?, value.trim().parse().map_err(|_| problem())?))
+            })
+            .collect::<Result<Vec<(u64, Decimal)>>>()?;
+        tiers.sort();
+        match tiers.first() {
+            Some((from, _)) if *from != first => {
+                Err(Error::new(format!("{key}: the first tier starts at {from}; it must start at {first}")))
+            }
+            _ => Ok(tiers),
+        }
+    }
+
     /// The value of `key` as `true` or `false`, or `default` when absent; anything else is an
     /// error naming the key.
     pub fn flag_or(&self, key: &str, default: bool) -> Result<bool> {
@@ -73,7 +95,28 @@ pub(crate) fn parse_decimal(what: &str, value: &str) -> Result<Decimal> {
 
 #[cfg(test)]
 mod tests {
+    use rust_decimal::Decimal;
+
     use super::Properties;
+
+    #[test]
+    fn tiers_sort_and_start_where_told() {
+        let deal: Properties = [("tiers", "11:150, 1:100,26:200"), ("from_zero", "5:35,0:25")].into_iter().collect();
+        let amounts = |tiers: Vec<(u64, Decimal)>| {
+            tiers.into_iter().map(|(from, value)| (from, value.to_string())).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            amounts(deal.tiers("tiers", 1).unwrap()),
+            [(1, "100".into()), (11, "150".into()), (26, "200".into())]
+        );
+        assert_eq!(amounts(deal.tiers("from_zero", 0).unwrap()), [(0, "25".into()), (5, "35".into())]);
+        assert!(deal.tiers("absent", 1).unwrap().is_empty());
+        let error = deal.tiers("from_zero", 1).unwrap_err().to_string();
+        assert!(error.contains("from_zero: the first tier starts at 0; it must start at 1"), "{error}");
+        let bad: Properties = [("tiers", "1=100")].into_iter().collect();
+        let error = bad.tiers("tiers", 1).unwrap_err().to_string();
+        assert!(error.contains(r#"tiers: "1=100" is not FROM:VALUE, e.g. 11:150"#), "{error}");
+    }
 
     #[test]
     fn lists_flags_and_defaults() {

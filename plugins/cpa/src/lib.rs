@@ -299,20 +299,7 @@ fn chargeback(event: &Event, context: &Context) -> Result<Vec<Commission>> {
 
 /// `tiers=1:100,11:150,26:200` as (from the Nth customer, rate), ascending; empty when absent.
 fn tiers(terms: &Properties) -> Result<Vec<(u64, Decimal)>> {
-    let mut tiers = terms
-        .list("tiers")
-        .into_iter()
-        .map(|tier| {
-            let problem = || Error::new(format!("tiers: {tier:?} is not FROM:RATE, e.g. 11:150"));
-            let (from, rate) = tier.split_once(':').ok_or_else(problem)?;
-            Ok((from.trim().parse::<u64>().map_err(|_| problem())?, rate.trim().parse().map_err(|_| problem())?))
-        })
-        .collect::<Result<Vec<(u64, Decimal)>>>()?;
-    tiers.sort();
-    match tiers.first() {
-        Some((1, _)) | None => Ok(tiers),
-        Some((from, _)) => Err(Error::new(format!("tiers: the first tier starts at {from}; it must start at 1"))),
-    }
+    terms.tiers("tiers", 1)
 }
 
 /// When earlier CPAs are re-rated: `off` (the default), `crossing` or `settle`.
@@ -353,7 +340,7 @@ mod tests {
         let error = super::tiers(&testing::deal(&[("tiers", "5:100")])).unwrap_err();
         assert!(error.to_string().contains("must start at 1"), "{error}");
         let error = super::tiers(&testing::deal(&[("tiers", "1=100")])).unwrap_err();
-        assert!(error.to_string().contains("FROM:RATE"), "{error}");
+        assert!(error.to_string().contains("FROM:VALUE"), "{error}");
         let error = retroactive(&testing::deal(&[("tier_retroactive", "yes")])).unwrap_err();
         assert_eq!(error.to_string(), "tier_retroactive: \"yes\" is not off, crossing or settle");
     }

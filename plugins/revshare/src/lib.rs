@@ -99,7 +99,7 @@ fn count_first_deposit(event: &Event, affiliate: &Affiliate) -> Result<()> {
 
 /// The month's share, and what chose it when a tier did.
 fn percent(period: &Period, affiliate: &Affiliate) -> Result<(Decimal, String)> {
-    let tiers = tiers(&affiliate.deal)?;
+    let tiers = affiliate.deal.tiers("revshare_tiers", 0)?;
     if tiers.is_empty() {
         return Ok((affiliate.deal.decimal_or("revshare_percent", Decimal::from(30))?, String::new()));
     }
@@ -107,26 +107,6 @@ fn percent(period: &Period, affiliate: &Affiliate) -> Result<(Decimal, String)> 
     let (from, percent) =
         tiers.iter().rev().find(|(from, _)| Decimal::from(*from) <= ftds).copied().unwrap_or(tiers[0]);
     Ok((percent, format!(" (tier from {from} FTDs: {ftds} this month)")))
-}
-
-/// `revshare_tiers`, sorted by FROM; empty if the deal has none.
-fn tiers(deal: &Properties) -> Result<Vec<(u64, Decimal)>> {
-    let mut tiers = deal
-        .list("revshare_tiers")
-        .into_iter()
-        .map(|tier| {
-            let problem = || Error::new(format!("revshare_tiers: {tier:?} is not FROM:PERCENT, e.g. 6:30"));
-            let (from, percent) = tier.split_once(':').ok_or_else(problem)?;
-            Ok((from.trim().parse::<u64>().map_err(|_| problem())?, percent.trim().parse().map_err(|_| problem())?))
-        })
-        .collect::<Result<Vec<(u64, Decimal)>>>()?;
-    tiers.sort();
-    match tiers.first() {
-        Some((0, _)) | None => Ok(tiers),
-        Some((from, _)) => {
-            Err(Error::new(format!("revshare_tiers: the first tier starts at {from}; it must start at 0")))
-        }
-    }
 }
 
 fn hybrid_cpa(event: &Event, context: &Context, affiliate: &Affiliate) -> Result<Vec<Commission>> {
@@ -189,7 +169,7 @@ mod tests {
 
     #[test]
     fn tiers_must_start_at_zero_and_parse() {
-        for (tiers, problem) in [("3:30,5:35", "must start at 0"), ("0:25,x:30", "is not FROM:PERCENT")] {
+        for (tiers, problem) in [("3:30,5:35", "must start at 0"), ("0:25,x:30", "is not FROM:VALUE")] {
             testing::reset();
             let deal: Properties = [("revshare_tiers", tiers)].into_iter().collect();
             let context = testing::context("acme", "USD", [Affiliate::new("aff1", deal)]);
