@@ -28,8 +28,9 @@
 //! carried in and out (the values, before and after, of the keys it wrote), each of the
 //! period's events with the state it changed and its contribution, the settlement, and the log
 //! lines. An upline's statement also lists the events of affiliates below it that paid it an
-//! override, each naming the affiliate it came `through`. The statement as the close computed it is stored at the close; the "as closed" view
-//! recomputes it from the ledger up to the close, and must equal it.
+//! override, each naming the affiliate it came `through`. The statement as the close computed
+//! it is stored at the close; the "as closed" view recomputes it from the ledger up to the
+//! close, and must equal it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -307,10 +308,10 @@ impl Pipeline {
         self.replay_entries(operator, &entries, |entry, evaluated, before| {
             let record = &entry.record;
             let Some(affiliate) = &record.attributed_to else { return Ok(()) };
-            let statement = || AffiliateStatement { affiliate: affiliate.clone(), ..AffiliateStatement::default() };
+            let statement = |of: &String| AffiliateStatement { affiliate: of.clone(), ..AffiliateStatement::default() };
             match settlement_period(&record.event) {
                 Some(settled) if settled.id == period.id => {
-                    let statement = statements.entry(affiliate.clone()).or_insert_with(statement);
+                    let statement = statements.entry(affiliate.clone()).or_insert_with(|| statement(affiliate));
                     statement.carried_in = before.iter().map(|(key, value)| (key.clone(), text(value))).collect();
                     statement.carried_out =
                         evaluated.state_writes.iter().map(|(key, value)| (key.clone(), text(value))).collect();
@@ -360,15 +361,13 @@ impl Pipeline {
                         .filter(|paid| *paid != affiliate)
                         .collect();
                     for upline in uplines {
-                        let statement =
-                            AffiliateStatement { affiliate: upline.clone(), ..AffiliateStatement::default() };
                         statements
                             .entry(upline.clone())
-                            .or_insert(statement)
+                            .or_insert_with(|| statement(upline))
                             .lines
                             .push(StatementLine { through: Some(affiliate.clone()), ..line.clone() });
                     }
-                    statements.entry(affiliate.clone()).or_insert_with(statement).lines.push(line);
+                    statements.entry(affiliate.clone()).or_insert_with(|| statement(affiliate)).lines.push(line);
                 }
                 None => {}
             }
