@@ -19,11 +19,11 @@ use std::time::Instant;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::watch;
 
-use crate::store::{CommitOutcome, EventCommit, Store, StoreError};
+use crate::store::{CommitOutcome, EventCommit, HeldBack, Store, StoreError};
 
 /// The most commits one transaction takes: bounds how long sled's lock is held at once, and so
 /// how long state reads wait behind a group.
-const MAX_GROUP: usize = 256;
+pub const MAX_GROUP: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -33,9 +33,11 @@ pub enum CommitError {
     Stopped,
 }
 
+/// Commits that go into one transaction in the order given: one event, or a batch's events
+/// evaluated together.
 struct Request {
-    commit: EventCommit,
-    answer: mpsc::SyncSender<Result<CommitOutcome, StoreError>>,
+    commits: Vec<EventCommit>,
+    answer: mpsc::SyncSender<Vec<Result<CommitOutcome, StoreError>>>,
 }
 
 /// The handle evaluations commit through; clones share the one committer thread, which ends
@@ -94,31 +96,45 @@ impl Committer {
     /// Commits one event, with whatever else is waiting; blocks until its transaction is done
     /// (not flushed: see [`crate::store::Durability`]). Call it from a blocking thread.
     pub fn commit(&self, commit: EventCommit) -> Result<CommitOutcome, CommitError> {
+        let mut outcomes = self.commit_in_order(vec![commit])?;
+        Ok(outcomes.pop().expect("one outcome per commit")?)
+    }
+
+    /// Commits events in the order given, in one transaction (with whatever else is waiting),
+    /// and answers each. Within it, once one of a customer's events is not committed, the
+    /// customer's later events are not either ([`Store::commit_events`]).
+    pub fn commit_in_order(
+        &self,
+        commits: Vec<EventCommit>,
+    ) -> Result<Vec<Result<CommitOutcome, StoreError>>, CommitError> {
         let (answer, answered) = mpsc::sync_channel(1);
-        self.requests.send(Request { commit, answer }).map_err(|_| CommitError::Stopped)?;
-        Ok(answered.recv().map_err(|_| CommitError::Stopped)??)
+        self.requests.send(Request { commits, answer }).map_err(|_| CommitError::Stopped)?;
+        answered.recv().map_err(|_| CommitError::Stopped)
     }
 }
 
 fn commit_loop(store: &Store, queue: &mpsc::Receiver<Request>, metrics: &CommitMetrics) {
-    let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
+    let mut commits: Vec<EventCommit> = Vec::with_capacity(MAX_GROUP);
+    let mut answers = Vec::new();
     // Blocks only while nothing is waiting; ends when every handle is gone.
     while let Ok(first) = queue.recv() {
-        group.push(first);
-        while group.len() < MAX_GROUP
-            && let Ok(next) = queue.try_recv()
-        {
-            group.push(next);
+        let mut next = Some(first);
+        // A request is never split: a batch's events stay in one transaction, in their order.
+        while let Some(request) = next.take() {
+            answers.push((request.answer, request.commits.len()));
+            commits.extend(request.commits);
+            if commits.len() < MAX_GROUP {
+                next = queue.try_recv().ok();
+            }
         }
-        let (commits, answers): (Vec<EventCommit>, Vec<_>) =
-            group.drain(..).map(|request| (request.commit, request.answer)).unzip();
         let started = Instant::now();
-        let outcomes = commit_group(store, &commits);
+        let mut outcomes = commit_group(store, &commits).into_iter();
         metrics.group_seconds.observe(started.elapsed().as_secs_f64());
         metrics.group_events.observe(commits.len() as f64);
-        for (answer, outcome) in answers.into_iter().zip(outcomes) {
+        commits.clear();
+        for (answer, count) in answers.drain(..) {
             // A caller that gave up waiting has nothing to be told.
-            let _ = answer.send(outcome);
+            let _ = answer.send(outcomes.by_ref().take(count).collect());
         }
     }
 }
@@ -132,11 +148,18 @@ fn commit_group(store: &Store, commits: &[EventCommit]) -> Vec<Result<CommitOutc
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(error @ StoreError::Decode { .. }) if commits.len() > 1 => {
             tracing::warn!(%error, events = commits.len(), "a group commit failed; committing its events one by one");
+            let mut held_back = HeldBack::default();
             commits
                 .iter()
                 .map(|commit| {
-                    let mut outcomes = store.commit_events(std::slice::from_ref(commit))?;
-                    Ok(outcomes.pop().expect("one outcome per commit"))
+                    if held_back.holds(commit) {
+                        return Ok(CommitOutcome::Stale);
+                    }
+                    let outcome = store
+                        .commit_events(std::slice::from_ref(commit))
+                        .map(|mut outcomes| outcomes.pop().expect("one outcome per commit"));
+                    held_back.note(commit, outcome.as_ref().ok());
+                    outcome
                 })
                 .collect()
         }

@@ -8,6 +8,7 @@
 //! customers. State shared across customers (an affiliate's tier count) is protected by the
 //! optimistic check at commit instead (see `Store::commit_events`).
 
+use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -32,7 +33,25 @@ impl Default for CustomerLocks {
 impl CustomerLocks {
     /// Waits for the customer's turn; tokio's mutex is fair, so turns follow arrival order.
     pub async fn lock(&self, operator: &str, customer: &str) -> OwnedMutexGuard<()> {
-        let stripe = (self.hasher.hash_one((operator, customer)) % STRIPES as u64) as usize;
-        self.stripes[stripe].clone().lock_owned().await
+        self.stripes[self.stripe(operator, customer)].clone().lock_owned().await
+    }
+
+    /// Waits for the turns of several customers at once, as a batch evaluated in one go needs.
+    /// Stripes are taken in index order, so two batches never wait for each other in a circle.
+    pub async fn lock_all<'a>(
+        &self,
+        operator: &str,
+        customers: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<OwnedMutexGuard<()>> {
+        let stripes: BTreeSet<usize> = customers.into_iter().map(|customer| self.stripe(operator, customer)).collect();
+        let mut turns = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            turns.push(self.stripes[stripe].clone().lock_owned().await);
+        }
+        turns
+    }
+
+    fn stripe(&self, operator: &str, customer: &str) -> usize {
+        (self.hasher.hash_one((operator, customer)) % STRIPES as u64) as usize
     }
 }

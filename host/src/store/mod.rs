@@ -104,6 +104,24 @@ pub enum CommitOutcome {
     Stale,
 }
 
+/// The customers whose events a group holds back: one of their events in it was not committed,
+/// so the ones after it, evaluated as if it were, must not be either.
+#[derive(Default)]
+pub struct HeldBack<'a>(std::collections::HashSet<(&'a str, &'a str)>);
+
+impl<'a> HeldBack<'a> {
+    pub fn holds(&self, commit: &'a EventCommit) -> bool {
+        self.0.contains(&(commit.operator.as_str(), commit.record.event.customer.as_str()))
+    }
+
+    /// Notes what became of `commit` (`None`: it failed).
+    pub fn note(&mut self, commit: &'a EventCommit, outcome: Option<&CommitOutcome>) {
+        if !matches!(outcome, Some(CommitOutcome::Committed { .. })) {
+            self.0.insert((commit.operator.as_str(), commit.record.event.customer.as_str()));
+        }
+    }
+}
+
 /// An [`EventCommit`] with its keys made before the transaction, which holds sled's global lock
 /// while it runs: what is left in it is the reads, the writes, and encoding what depends on the
 /// sequence number the transaction assigns.
@@ -437,6 +455,10 @@ impl Store {
     /// nothing (see [`CommitOutcome`]), in the order given: a later commit sees the earlier
     /// ones' writes, as if each had its own transaction.
     ///
+    /// A customer's events keep their order: once one of them is not committed (`Exists`,
+    /// `Stale`), its later events in the group are `Stale` too, since they were evaluated after
+    /// it (a batch evaluates its events before committing them; see the pipeline's `batch`).
+    ///
     /// An event's sequence number is taken from the operator's counter inside the
     /// transaction, so the numbers are the exact order in which events took effect, with no
     /// gaps: replaying events by number reproduces the state and the ledger.
@@ -479,7 +501,18 @@ impl Store {
                     reversals,
                     statuses,
                 };
-                prepared.iter().map(|commit| tx.apply(commit)).collect::<TxResult<Vec<_>>>()
+                let mut held_back = HeldBack::default();
+                prepared
+                    .iter()
+                    .map(|commit| {
+                        if held_back.holds(commit.commit) {
+                            return Ok(CommitOutcome::Stale);
+                        }
+                        let outcome = tx.apply(commit)?;
+                        held_back.note(commit.commit, Some(&outcome));
+                        Ok(outcome)
+                    })
+                    .collect::<TxResult<Vec<_>>>()
             },
         );
         result.map_err(|error| match error {
@@ -850,6 +883,25 @@ mod tests {
         assert_eq!(store.state_value("op", "customer:c1").unwrap(), None, "the retry wrote nothing");
         assert_eq!(store.state_value("op", "customer:c3").unwrap().as_deref(), Some(&b"e3"[..]));
         assert_eq!(store.last_sequence("op").unwrap(), 2);
+    }
+
+    #[test]
+    fn a_customers_events_after_one_that_did_not_commit_are_held_back_with_it() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(directory.path()).expect("sled opens");
+        store.commit_events(&[deposit("e0", "c0", "affiliate:aff:count")]).unwrap();
+        // As a batch evaluates them: e2 read nothing, and found c1 bound by e1, still pending.
+        let mut second = deposit("e2", "c1", "customer:c1");
+        second.state_reads.clear();
+        second.new_binding = None;
+        let group = [deposit("e1", "c1", "affiliate:aff:count"), second, deposit("e3", "c3", "customer:c3")];
+        let outcomes = store.commit_events(&group).unwrap();
+
+        assert!(matches!(outcomes[0], CommitOutcome::Stale), "e1 read the count before e0: {outcomes:?}");
+        assert!(matches!(outcomes[1], CommitOutcome::Stale), "e2 comes after e1 or not at all: {outcomes:?}");
+        assert_eq!(committed(&outcomes[2]).seq, 2, "another customer's event goes on");
+        assert_eq!(store.event("op", "e2").unwrap().map(|record| record.seq), None);
+        assert_eq!(store.binding("op", "c1").unwrap(), None);
     }
 
     fn committed(outcome: &CommitOutcome) -> &EventRecord {

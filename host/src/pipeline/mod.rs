@@ -1,7 +1,8 @@
 //! The data path, from a checked event to a durable ledger entry:
 //!
 //! 1. the batch is checked whole (affiliates exist, no id reused with other content);
-//! 2. each event waits for its customer's turn ([`CustomerLocks`]);
+//! 2. each event waits for its customer's turn ([`CustomerLocks`]); a batch waits for all its
+//!    customers' turns and is evaluated in one go ([`batch`]);
 //! 3. it is attributed: the customer's binding, or the affiliate it names, with the chain of
 //!    parents above;
 //! 4. the operator's active plugin evaluates it in the sandbox;
@@ -11,6 +12,10 @@
 //!
 //! Each step is a seam: events could come from a log instead of HTTP, evaluation could run on
 //! another node, the commit could go to another store, without the others changing.
+
+mod batch;
+
+use batch::PendingWrites;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -194,10 +199,10 @@ impl Pipeline {
         mut events: Vec<IncomingEvent>,
     ) -> Result<Vec<EventOutcome>, IngestError> {
         self.check_batch(operator, &mut events)?;
-        let mut outcomes = Vec::with_capacity(events.len());
-        for incoming in events {
-            outcomes.push(self.process(operator, incoming).await?);
-        }
+        let outcomes = match <[IncomingEvent; 1]>::try_from(events) {
+            Ok([incoming]) => vec![self.process(operator, incoming).await?],
+            Err(events) => self.process_batch(operator, events).await?,
+        };
         self.durability.wait().await?;
         Ok(outcomes)
     }
@@ -411,16 +416,20 @@ impl Pipeline {
     ) -> Result<EventOutcome, IngestError> {
         // Every log line of this event's evaluation and commit carries its ids.
         let _span = tracing::info_span!("event", operator = %operator.id, event = %event.id).entered();
-        let kind = event.kind.clone();
         let outcome = self.attribute_evaluate_commit(operator, event, content_sha256, received_at, retry_of)?;
-        self.metrics.count_event(&operator.id, &kind, outcome.disposition);
+        Ok(self.counted(&operator.id, outcome))
+    }
+
+    /// Counts an event's outcome in the metrics.
+    fn counted(&self, operator: &str, outcome: EventOutcome) -> EventOutcome {
+        self.metrics.count_event(operator, &outcome.record.event.kind, outcome.disposition);
         if let (Disposition::Failed, Some(failure)) = (outcome.disposition, &outcome.record.failure) {
             self.metrics
                 .failures
-                .get_or_create(&FailureLabels { operator: operator.id.clone(), kind: failure.kind.as_str() })
+                .get_or_create(&FailureLabels { operator: operator.to_owned(), kind: failure.kind.as_str() })
                 .inc();
         }
-        Ok(outcome)
+        outcome
     }
 
     /// Attributes, evaluates and commits one event, evaluating again if state it read changed
@@ -434,112 +443,147 @@ impl Pipeline {
         retry_of: Option<u32>,
     ) -> Result<EventOutcome, IngestError> {
         for _ in 0..MAX_STALE_RETRIES {
-            if retry_of.is_none()
-                && let Some(existing) = self.store.event(&operator.id, &event.id)?
-            {
-                return self.existing_outcome(&operator.id, existing, &content_sha256);
-            }
-            let settlement = settlement_period(&event);
-            let (binding, new_binding) = match settlement {
-                // A settlement is the affiliate's own: nothing to bind.
-                Some(_) => (
-                    event.affiliate.clone().map(|affiliate| CustomerBinding {
-                        affiliate,
-                        bound_by_event: event.id.clone(),
-                        bound_at: event.occurred_at,
-                    }),
-                    None,
-                ),
-                None => {
-                    let binding = self.store.binding(&operator.id, &event.customer)?;
-                    let new_binding = match (&binding, &event.affiliate) {
-                        (None, Some(affiliate)) => Some(CustomerBinding {
-                            affiliate: affiliate.clone(),
-                            bound_by_event: event.id.clone(),
-                            bound_at: event.occurred_at,
-                        }),
-                        _ => None,
-                    };
-                    (binding.or(new_binding.clone()), new_binding)
-                }
-            };
-            let attributed_to = binding.as_ref().map(|binding| binding.affiliate.clone());
-            let evaluated = match &binding {
-                Some(binding) => {
-                    self.not_reversed_twice(operator, self.evaluate(operator, &event, binding, settlement.as_ref())?)?
-                }
-                // Kept, paying nothing: there is no one to pay.
-                None => Evaluated::default(),
-            };
-            // Under `adjust`, a late event restates the closed periods it changes: adjustments
-            // beside its own commissions, and the plugin state as restated, all in the same commit.
-            let late = match (&settlement, &binding, &evaluated.failure) {
-                (None, Some(_), None) => {
-                    operator.late_events == LateEventPolicy::Adjust
-                        && closed_period_of(self, &operator.id, event.occurred_at)?.is_some()
-                }
-                _ => false,
-            };
-            let record = EventRecord {
-                seq: 0,
-                event: event.clone(),
-                content_sha256: content_sha256.clone(),
-                received_at,
-                status: if evaluated.failure.is_some() { EventStatus::Failed } else { EventStatus::Accepted },
-                failure: evaluated.failure.clone(),
-                attributed_to: attributed_to.clone(),
-                evaluation: evaluated.record.clone(),
-                commission_ids: Vec::new(),
-                attempts: retry_of.map_or(1, |attempts| attempts + 1),
-                restated: late,
-            };
-            let restated = if late { Some(self.restate(operator, &record)?) } else { None };
-            let (commissions, state_writes, expected_last_seq) = match restated {
-                Some(restated) => {
-                    let mut commissions = evaluated.commissions;
-                    commissions.extend(restated.adjustments);
-                    (commissions, restated.state_writes, Some(restated.last_seq))
-                }
-                None => (evaluated.commissions, evaluated.state_writes, None),
-            };
-            let commit = EventCommit {
-                operator: operator.id.clone(),
-                record,
-                replaces_failed_attempt: retry_of,
-                new_binding,
-                state_reads: evaluated.state_reads,
-                state_writes,
-                commissions,
-                expected_last_seq,
+            let commit = match self.prepare(operator, &event, &content_sha256, received_at, retry_of, None)? {
+                Prepared::Stored(outcome) => return Ok(outcome),
+                Prepared::Ready(commit) => commit,
             };
             let started = Instant::now();
             let committed = self.committer.commit(commit)?;
             self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-            match committed {
-                CommitOutcome::Committed { record, commissions } => {
-                    if let Some(failure) = &record.failure {
-                        tracing::warn!(operator = %operator.id, event = %event.id, kind = ?failure.kind, reason = %failure.message, "event stored as failed");
-                    }
-                    return Ok(EventOutcome {
-                        disposition: if record.status == EventStatus::Failed {
-                            Disposition::Failed
-                        } else {
-                            Disposition::Accepted
-                        },
-                        commissions,
-                        record: *record,
-                    });
-                }
-                CommitOutcome::Exists(existing) => {
-                    return self.existing_outcome(&operator.id, *existing, &content_sha256);
-                }
-                CommitOutcome::Stale => continue,
+            if let Some(outcome) = self.committed_outcome(&operator.id, committed, &content_sha256)? {
+                return Ok(outcome);
             }
         }
         Err(IngestError::Internal(format!(
             "event {} kept meeting concurrent changes to the state it read; gave up after {MAX_STALE_RETRIES} evaluations",
             event.id
         )))
+    }
+
+    /// Attributes and evaluates one event against the committed ledger, or, with `pending`,
+    /// against the ledger as a batch's evaluated events will leave it (see [`batch`]).
+    fn prepare(
+        &self,
+        operator: &OperatorRecord,
+        event: &StoredEvent,
+        content_sha256: &str,
+        received_at: i64,
+        retry_of: Option<u32>,
+        pending: Option<&Arc<PendingWrites>>,
+    ) -> Result<Prepared, IngestError> {
+        if retry_of.is_none()
+            && let Some(existing) = self.store.event(&operator.id, &event.id)?
+        {
+            return Ok(Prepared::Stored(self.existing_outcome(&operator.id, existing, content_sha256)?));
+        }
+        let settlement = settlement_period(event);
+        let (binding, new_binding) = match settlement {
+            // A settlement is the affiliate's own: nothing to bind.
+            Some(_) => (
+                event.affiliate.clone().map(|affiliate| CustomerBinding {
+                    affiliate,
+                    bound_by_event: event.id.clone(),
+                    bound_at: event.occurred_at,
+                }),
+                None,
+            ),
+            None => {
+                let binding = match pending.and_then(|pending| pending.binding(&event.customer)) {
+                    Some(binding) => Some(binding),
+                    None => self.store.binding(&operator.id, &event.customer)?,
+                };
+                let new_binding = match (&binding, &event.affiliate) {
+                    (None, Some(affiliate)) => Some(CustomerBinding {
+                        affiliate: affiliate.clone(),
+                        bound_by_event: event.id.clone(),
+                        bound_at: event.occurred_at,
+                    }),
+                    _ => None,
+                };
+                (binding.or(new_binding.clone()), new_binding)
+            }
+        };
+        let attributed_to = binding.as_ref().map(|binding| binding.affiliate.clone());
+        let evaluated = match &binding {
+            Some(binding) => {
+                let state: Arc<dyn StateSource> = match pending {
+                    Some(pending) => pending.clone(),
+                    None => Arc::new(OperatorState { store: self.store.clone(), operator: operator.id.clone() }),
+                };
+                self.not_reversed_twice(operator, self.evaluate(operator, event, binding, settlement.as_ref(), state)?)?
+            }
+            // Kept, paying nothing: there is no one to pay.
+            None => Evaluated::default(),
+        };
+        // Under `adjust`, a late event restates the closed periods it changes: adjustments
+        // beside its own commissions, and the plugin state as restated, all in the same commit.
+        let late = match (&settlement, &binding, &evaluated.failure) {
+            (None, Some(_), None) => {
+                operator.late_events == LateEventPolicy::Adjust
+                    && closed_period_of(self, &operator.id, event.occurred_at)?.is_some()
+            }
+            _ => false,
+        };
+        let record = EventRecord {
+            seq: 0,
+            event: event.clone(),
+            content_sha256: content_sha256.to_owned(),
+            received_at,
+            status: if evaluated.failure.is_some() { EventStatus::Failed } else { EventStatus::Accepted },
+            failure: evaluated.failure.clone(),
+            attributed_to,
+            evaluation: evaluated.record.clone(),
+            commission_ids: Vec::new(),
+            attempts: retry_of.map_or(1, |attempts| attempts + 1),
+            restated: late,
+        };
+        let restated = if late { Some(self.restate(operator, &record)?) } else { None };
+        let (commissions, state_writes, expected_last_seq) = match restated {
+            Some(restated) => {
+                let mut commissions = evaluated.commissions;
+                commissions.extend(restated.adjustments);
+                (commissions, restated.state_writes, Some(restated.last_seq))
+            }
+            None => (evaluated.commissions, evaluated.state_writes, None),
+        };
+        Ok(Prepared::Ready(EventCommit {
+            operator: operator.id.clone(),
+            record,
+            replaces_failed_attempt: retry_of,
+            new_binding,
+            state_reads: evaluated.state_reads,
+            state_writes,
+            commissions,
+            expected_last_seq,
+        }))
+    }
+
+    /// What the commit of an event answers its sender; `None` if it is stale and must be
+    /// evaluated again.
+    fn committed_outcome(
+        &self,
+        operator: &str,
+        committed: CommitOutcome,
+        content_sha256: &str,
+    ) -> Result<Option<EventOutcome>, IngestError> {
+        Ok(match committed {
+            CommitOutcome::Committed { record, commissions } => {
+                if let Some(failure) = &record.failure {
+                    tracing::warn!(operator, event = %record.event.id, kind = ?failure.kind, reason = %failure.message, "event stored as failed");
+                }
+                Some(EventOutcome {
+                    disposition: if record.status == EventStatus::Failed {
+                        Disposition::Failed
+                    } else {
+                        Disposition::Accepted
+                    },
+                    commissions,
+                    record: *record,
+                })
+            }
+            CommitOutcome::Exists(existing) => Some(self.existing_outcome(operator, *existing, content_sha256)?),
+            CommitOutcome::Stale => None,
+        })
     }
 
     /// Fails the evaluation if it claws back a commission that was clawed back already.
@@ -580,6 +624,7 @@ impl Pipeline {
         event: &StoredEvent,
         binding: &CustomerBinding,
         period: Option<&PluginPeriod>,
+        state: Arc<dyn StateSource>,
     ) -> Result<Evaluated, IngestError> {
         let affiliate = binding.affiliate.as_str();
         let Some((version, reason)) = version_for(operator, event, binding) else {
@@ -592,8 +637,6 @@ impl Pipeline {
             }));
         };
         let chain = self.referral_chain(&operator.id, affiliate)?;
-        let state: Arc<dyn StateSource> =
-            Arc::new(OperatorState { store: self.store.clone(), operator: operator.id.clone() });
         let mut evaluated = self.run_plugin(operator, event, chain, version, period, state)?;
         if let Some(record) = &mut evaluated.record {
             record.version_reason = reason.clone();
@@ -762,6 +805,12 @@ pub(crate) fn settlement_period(event: &StoredEvent) -> Option<PluginPeriod> {
         return None;
     }
     event.attributes.get("period").and_then(|id| Period::parse(id).ok()).map(|period| period.to_plugin())
+}
+
+/// An event ready to commit, or the outcome of finding it stored already.
+enum Prepared {
+    Stored(EventOutcome),
+    Ready(EventCommit),
 }
 
 /// What evaluating one event produced, before it is committed.
