@@ -64,6 +64,7 @@ pub struct Metrics {
     pub evaluations_in_flight: Gauge,
     pub plugin_loads: Family<LoadLabels, Counter>,
     pub rate_limited: Family<OperatorLabels, Counter>,
+    pub evaluations_alone: Family<OperatorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -121,6 +122,13 @@ impl Default for Metrics {
         );
         let rate_limited = Family::default();
         registry.register("rate_limited", "Requests refused with 429, by operator", rate_limited.clone());
+        let evaluations_alone = Family::default();
+        registry.register(
+            "evaluations_alone",
+            "Events whose reads of shared state kept changing before their commit, evaluated again \
+             with the operator's other evaluations held back: a hot state key",
+            evaluations_alone.clone(),
+        );
         Self {
             registry,
             events,
@@ -134,6 +142,7 @@ impl Default for Metrics {
             evaluations_in_flight,
             plugin_loads,
             rate_limited,
+            evaluations_alone,
         }
     }
 }

@@ -10,8 +10,10 @@
 //! Nothing here is trusted to be right by construction: each event's commit still checks the
 //! state it read, and a customer's events after one that did not commit are held back with it
 //! ([`crate::store::Store::commit_events`]). Those are evaluated again one by one, as if they
-//! had arrived alone. Three kinds of event are not evaluated over pending writes, and go the
-//! one-by-one way after the events before them commit:
+//! had arrived alone; if one keeps going stale, it and every event after it wait until the
+//! batch's turn beside the operator's other evaluations is over, and go alone
+//! ([`Pipeline::evaluate_in_turn`]). Three kinds of event are not evaluated over pending writes,
+//! and go the one-by-one way after the events before them commit:
 //! - an id that repeats one earlier in the batch (it is a duplicate once the first commits);
 //! - an event that may fall in a closed period: its restatement replays the committed ledger;
 //! - an evaluation refused as an invalid result: a reversal can only name a commission that is
@@ -21,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{EventOutcome, IngestError, Pipeline, Prepared};
+use super::{ATTEMPTS_WITH_OTHERS, EventOutcome, IngestError, Pipeline, Prepared, Turn};
 use crate::committer::MAX_GROUP;
 use crate::event::{IncomingEvent, now_ms};
 use crate::restate::closed_period_of;
@@ -101,6 +103,26 @@ impl Group {
     }
 }
 
+/// Where a batch stands as its events are evaluated.
+struct Progress {
+    /// By place in the batch.
+    outcomes: Vec<Option<EventOutcome>>,
+    /// Events to evaluate alone once the batch lets the operator's other evaluations go, in
+    /// order: from the first whose reads kept going stale beside the others, every event after.
+    alone: Vec<(usize, StoredEvent, String)>,
+}
+
+impl Progress {
+    /// Places the outcome of an event evaluated one by one, or, if it kept going stale (or an
+    /// earlier one did), keeps it for later.
+    fn settle(&mut self, place: usize, event: StoredEvent, content_sha256: String, outcome: Option<EventOutcome>) {
+        match outcome {
+            Some(outcome) if self.alone.is_empty() => self.outcomes[place] = Some(outcome),
+            _ => self.alone.push((place, event, content_sha256)),
+        }
+    }
+}
+
 impl Pipeline {
     /// Evaluates and commits a batch's events in order, as [`Pipeline::process`] does one.
     pub(super) async fn process_batch(
@@ -112,30 +134,42 @@ impl Pipeline {
             .customer_locks
             .lock_all(&operator.id, events.iter().map(|incoming| incoming.event.customer.as_str()))
             .await;
-        let _slots = self.evaluation_slots(&operator.id).await;
-        let pipeline = self.clone();
-        let operator = operator.clone();
-        tokio::task::spawn_blocking(move || pipeline.evaluate_batch(&operator, events))
-            .await
-            .map_err(|error| IngestError::Internal(format!("evaluation task failed: {error}")))?
+        let slots = self.evaluation_slots(&operator.id, Turn::WithOthers).await;
+        let (pipeline, batch_operator) = (self.clone(), operator.clone());
+        let received_at = now_ms();
+        let progress =
+            tokio::task::spawn_blocking(move || pipeline.evaluate_batch(&batch_operator, events, received_at))
+                .await
+                .map_err(|error| IngestError::Internal(format!("evaluation task failed: {error}")))??;
+        drop(slots);
+        let Progress { mut outcomes, alone } = progress;
+        // Still in the customers' turns, so nothing of theirs comes between.
+        for (place, event, content_sha256) in alone {
+            outcomes[place] = Some(self.evaluate_in_turn(operator, event, content_sha256, received_at, None).await?);
+        }
+        Ok(outcomes.into_iter().map(|outcome| outcome.expect("every event of the batch has an outcome")).collect())
     }
 
     fn evaluate_batch(
         &self,
         operator: &OperatorRecord,
         events: Vec<IncomingEvent>,
-    ) -> Result<Vec<EventOutcome>, IngestError> {
-        let received_at = now_ms();
-        let mut outcomes: Vec<Option<EventOutcome>> = Vec::new();
-        outcomes.resize_with(events.len(), || None);
+        received_at: i64,
+    ) -> Result<Progress, IngestError> {
+        let mut progress = Progress { outcomes: Vec::new(), alone: Vec::new() };
+        progress.outcomes.resize_with(events.len(), || None);
         let mut group = Group::new(self.store.clone(), &operator.id);
         for (place, IncomingEvent { event, content_sha256 }) in events.into_iter().enumerate() {
-            let alone = group.pending.has_event(&event.id)
+            if !progress.alone.is_empty() {
+                progress.alone.push((place, event, content_sha256));
+                continue;
+            }
+            let one_by_one = group.pending.has_event(&event.id)
                 || (operator.late_events == LateEventPolicy::Adjust
                     && closed_period_of(self, &operator.id, event.occurred_at)?.is_some());
-            if alone {
-                self.commit_group(operator, received_at, &mut group, &mut outcomes)?;
-                outcomes[place] = Some(self.evaluate_and_commit(operator, event, content_sha256, received_at, None)?);
+            if one_by_one {
+                self.commit_group(operator, received_at, &mut group, &mut progress)?;
+                self.one_by_one(operator, received_at, place, event, content_sha256, &mut progress)?;
                 continue;
             }
             let prepared = {
@@ -143,35 +177,61 @@ impl Pipeline {
                 self.prepare(operator, &event, &content_sha256, received_at, None, Some(&group.pending))?
             };
             match prepared {
-                Prepared::Stored(outcome) => outcomes[place] = Some(self.counted(&operator.id, outcome)),
+                Prepared::Stored(outcome) => progress.outcomes[place] = Some(self.counted(&operator.id, outcome)),
                 Prepared::Ready(commit)
                     if !group.commits.is_empty()
                         && commit.record.failure.as_ref().is_some_and(|f| f.kind == FailureKind::InvalidResult) =>
                 {
-                    self.commit_group(operator, received_at, &mut group, &mut outcomes)?;
-                    outcomes[place] =
-                        Some(self.evaluate_and_commit(operator, event, content_sha256, received_at, None)?);
+                    self.commit_group(operator, received_at, &mut group, &mut progress)?;
+                    self.one_by_one(operator, received_at, place, event, content_sha256, &mut progress)?;
                 }
                 Prepared::Ready(commit) => {
                     group.push(place, event, content_sha256, commit);
                     if group.commits.len() == MAX_GROUP {
-                        self.commit_group(operator, received_at, &mut group, &mut outcomes)?;
+                        self.commit_group(operator, received_at, &mut group, &mut progress)?;
                     }
                 }
             }
         }
-        self.commit_group(operator, received_at, &mut group, &mut outcomes)?;
-        Ok(outcomes.into_iter().map(|outcome| outcome.expect("every event of the batch has an outcome")).collect())
+        self.commit_group(operator, received_at, &mut group, &mut progress)?;
+        Ok(progress)
+    }
+
+    /// Evaluates and commits an event of the batch as if it had come alone, beside the
+    /// operator's other evaluations (the batch holds its turn with them).
+    fn one_by_one(
+        &self,
+        operator: &OperatorRecord,
+        received_at: i64,
+        place: usize,
+        event: StoredEvent,
+        content_sha256: String,
+        progress: &mut Progress,
+    ) -> Result<(), IngestError> {
+        if !progress.alone.is_empty() {
+            progress.alone.push((place, event, content_sha256));
+            return Ok(());
+        }
+        let outcome = self.evaluate_and_commit(
+            operator,
+            event.clone(),
+            content_sha256.clone(),
+            received_at,
+            None,
+            ATTEMPTS_WITH_OTHERS,
+        )?;
+        progress.settle(place, event, content_sha256, outcome);
+        Ok(())
     }
 
     /// Commits the group's events, in order, and starts an empty group. An event that did not
-    /// commit (stale, or held back behind one of its customer's) is evaluated again alone.
+    /// commit (stale, or held back behind one of its customer's) is evaluated again one by one.
     fn commit_group(
         &self,
         operator: &OperatorRecord,
         received_at: i64,
         group: &mut Group,
-        outcomes: &mut [Option<EventOutcome>],
+        progress: &mut Progress,
     ) -> Result<(), IngestError> {
         if group.commits.is_empty() {
             return Ok(());
@@ -181,11 +241,10 @@ impl Pipeline {
         let committed = self.committer.commit_in_order(commits)?;
         self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
         for ((place, event, content_sha256), committed) in events.into_iter().zip(committed) {
-            let outcome = match self.committed_outcome(&operator.id, committed?, &content_sha256)? {
-                Some(outcome) => self.counted(&operator.id, outcome),
-                None => self.evaluate_and_commit(operator, event, content_sha256, received_at, None)?,
-            };
-            outcomes[place] = Some(outcome);
+            match self.committed_outcome(&operator.id, committed?, &content_sha256)? {
+                Some(outcome) => progress.outcomes[place] = Some(self.counted(&operator.id, outcome)),
+                None => self.one_by_one(operator, received_at, place, event, content_sha256, progress)?,
+            }
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock, Semaphore};
 
 use sha2::Digest as _;
 
@@ -44,10 +44,12 @@ use crate::store::{CommitOutcome, Durability, DurabilityError, EventCommit, Stor
 
 /// How far up the referral chain parents are followed.
 pub const MAX_CHAIN_DEPTH: usize = 16;
-/// Re-evaluations when state shared with other customers changed under an evaluation.
+/// Evaluations of an event beside the operator's others, when state shared with other customers
+/// keeps changing under it; after these it goes alone ([`Pipeline::evaluate_in_turn`]).
+const ATTEMPTS_WITH_OTHERS: usize = 4;
+/// Evaluations of an event alone: one should do, as nothing else of the operator commits then.
 const MAX_STALE_RETRIES: usize = 16;
-/// Evaluations one operator may have in the sandbox at once. A hostile or slow plugin fills
-/// its own slots and waits; the other operators' slots stay free.
+/// Evaluations one operator may have in the sandbox at once (see [`OperatorGate`]).
 pub const EVALUATIONS_PER_OPERATOR: usize = 4;
 
 #[derive(Clone)]
@@ -58,7 +60,7 @@ pub struct Pipeline {
     customer_locks: Arc<CustomerLocks>,
     committer: Committer,
     evaluation_slots: Arc<Semaphore>,
-    operator_slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    operator_gates: Arc<Mutex<HashMap<String, OperatorGate>>>,
     durability: Durability,
     metrics: Arc<Metrics>,
 }
@@ -149,7 +151,7 @@ impl Pipeline {
             plugins,
             customer_locks: Arc::new(CustomerLocks::default()),
             evaluation_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_INSTANCES as usize)),
-            operator_slots: Arc::default(),
+            operator_gates: Arc::default(),
             metrics,
         }
     }
@@ -280,29 +282,65 @@ impl Pipeline {
 
     async fn process(&self, operator: &OperatorRecord, incoming: IncomingEvent) -> Result<EventOutcome, IngestError> {
         let _turn = self.customer_locks.lock(&operator.id, &incoming.event.customer).await;
-        let _slots = self.evaluation_slots(&operator.id).await;
-        let pipeline = self.clone();
-        let operator = operator.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            pipeline.evaluate_and_commit(&operator, incoming.event, incoming.content_sha256, now_ms(), None)
-        })
-        .await
-        .map_err(|error| IngestError::Internal(format!("evaluation task failed: {error}")))??;
-        Ok(outcome)
+        self.evaluate_in_turn(operator, incoming.event, incoming.content_sha256, now_ms(), None).await
     }
 
-    /// Waits for one of the operator's slots, then one of the sandbox's.
-    async fn evaluation_slots(&self, operator: &str) -> EvaluationSlots {
-        let operator_slots = self
-            .operator_slots
-            .lock()
-            .expect("slots lock")
-            .entry(operator.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(EVALUATIONS_PER_OPERATOR)))
-            .clone();
-        let operator = operator_slots.acquire_owned().await.expect("the semaphore is never closed");
+    /// Evaluates and commits one event, in its customer's turn. Beside the operator's other
+    /// evaluations first; if what it read keeps changing before its commit (a hot key of state
+    /// shared by many customers, under load), then alone: it waits for the operator's evaluations
+    /// in flight to commit and holds the others back until it has, so it cannot be stale again.
+    async fn evaluate_in_turn(
+        &self,
+        operator: &OperatorRecord,
+        event: StoredEvent,
+        content_sha256: String,
+        received_at: i64,
+        retry_of: Option<u32>,
+    ) -> Result<EventOutcome, IngestError> {
+        for (turn, attempts) in [(Turn::WithOthers, ATTEMPTS_WITH_OTHERS), (Turn::Alone, MAX_STALE_RETRIES)] {
+            let _slots = self.evaluation_slots(&operator.id, turn).await;
+            let (pipeline, evaluated_operator) = (self.clone(), operator.clone());
+            let (event, content_sha256) = (event.clone(), content_sha256.clone());
+            let outcome = tokio::task::spawn_blocking(move || {
+                pipeline.evaluate_and_commit(
+                    &evaluated_operator,
+                    event,
+                    content_sha256,
+                    received_at,
+                    retry_of,
+                    attempts,
+                )
+            })
+            .await
+            .map_err(|error| IngestError::Internal(format!("evaluation task failed: {error}")))??;
+            match outcome {
+                Some(outcome) => return Ok(outcome),
+                None if turn == Turn::WithOthers => {
+                    self.metrics
+                        .evaluations_alone
+                        .get_or_create(&OperatorLabels { operator: operator.id.clone() })
+                        .inc();
+                }
+                None => {}
+            }
+        }
+        Err(IngestError::Internal(format!(
+            "event {} kept meeting changes to the state it read, even evaluated alone; gave up after {MAX_STALE_RETRIES} evaluations",
+            event.id
+        )))
+    }
+
+    /// Waits for the operator's commit turn (shared, or alone), then one of its sandbox slots,
+    /// then one of the sandbox's.
+    async fn evaluation_slots(&self, operator: &str, turn: Turn) -> EvaluationSlots {
+        let gate = self.operator_gates.lock().expect("gates lock").entry(operator.to_owned()).or_default().clone();
+        let (shared, alone) = match turn {
+            Turn::WithOthers => (Some(gate.commits.read_owned().await), None),
+            Turn::Alone => (None, Some(gate.commits.write_owned().await)),
+        };
+        let operator = gate.slots.acquire_owned().await.expect("the semaphore is never closed");
         let sandbox = self.evaluation_slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        EvaluationSlots::new(self.metrics.clone(), [operator, sandbox])
+        EvaluationSlots::new(self.metrics.clone(), [operator, sandbox], shared, alone)
     }
 
     /// Closes a period: asks the active plugin to settle it for each of the operator's
@@ -374,20 +412,15 @@ impl Pipeline {
         for id in self.store.failed_event_ids(&operator.id)? {
             let Some(record) = self.store.event(&operator.id, &id)? else { continue };
             let _turn = self.customer_locks.lock(&operator.id, &record.event.customer).await;
-            let _slots = self.evaluation_slots(&operator.id).await;
-            let pipeline = self.clone();
-            let operator = operator.clone();
-            let outcome = tokio::task::spawn_blocking(move || {
-                pipeline.evaluate_and_commit(
-                    &operator,
+            let outcome = self
+                .evaluate_in_turn(
+                    operator,
                     record.event,
                     record.content_sha256,
                     record.received_at,
                     Some(record.attempts),
                 )
-            })
-            .await
-            .map_err(|error| IngestError::Internal(format!("evaluation task failed: {error}")))??;
+                .await?;
             match outcome.disposition {
                 Disposition::Accepted => {
                     report.retried += 1;
@@ -413,11 +446,13 @@ impl Pipeline {
         content_sha256: String,
         received_at: i64,
         retry_of: Option<u32>,
-    ) -> Result<EventOutcome, IngestError> {
+        attempts: usize,
+    ) -> Result<Option<EventOutcome>, IngestError> {
         // Every log line of this event's evaluation and commit carries its ids.
         let _span = tracing::info_span!("event", operator = %operator.id, event = %event.id).entered();
-        let outcome = self.attribute_evaluate_commit(operator, event, content_sha256, received_at, retry_of)?;
-        Ok(self.counted(&operator.id, outcome))
+        let outcome =
+            self.attribute_evaluate_commit(operator, event, content_sha256, received_at, retry_of, attempts)?;
+        Ok(outcome.map(|outcome| self.counted(&operator.id, outcome)))
     }
 
     /// Counts an event's outcome in the metrics.
@@ -433,7 +468,8 @@ impl Pipeline {
     }
 
     /// Attributes, evaluates and commits one event, evaluating again if state it read changed
-    /// before the commit. `retry_of` is the attempts count of the failed record being retried.
+    /// before the commit, up to `attempts` times; `None` if it was stale every time.
+    /// `retry_of` is the attempts count of the failed record being retried.
     fn attribute_evaluate_commit(
         &self,
         operator: &OperatorRecord,
@@ -441,23 +477,21 @@ impl Pipeline {
         content_sha256: String,
         received_at: i64,
         retry_of: Option<u32>,
-    ) -> Result<EventOutcome, IngestError> {
-        for _ in 0..MAX_STALE_RETRIES {
+        attempts: usize,
+    ) -> Result<Option<EventOutcome>, IngestError> {
+        for _ in 0..attempts {
             let commit = match self.prepare(operator, &event, &content_sha256, received_at, retry_of, None)? {
-                Prepared::Stored(outcome) => return Ok(outcome),
+                Prepared::Stored(outcome) => return Ok(Some(outcome)),
                 Prepared::Ready(commit) => commit,
             };
             let started = Instant::now();
             let committed = self.committer.commit(commit)?;
             self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             if let Some(outcome) = self.committed_outcome(&operator.id, committed, &content_sha256)? {
-                return Ok(outcome);
+                return Ok(Some(outcome));
             }
         }
-        Err(IngestError::Internal(format!(
-            "event {} kept meeting concurrent changes to the state it read; gave up after {MAX_STALE_RETRIES} evaluations",
-            event.id
-        )))
+        Ok(None)
     }
 
     /// Attributes and evaluates one event against the committed ledger, or, with `pending`,
@@ -725,16 +759,49 @@ impl Pipeline {
     }
 }
 
-/// An operator's slot and a sandbox slot, held for one evaluation; counted as in flight.
+/// What each operator's evaluations share.
+#[derive(Clone)]
+struct OperatorGate {
+    /// Its evaluations in the sandbox at once. A hostile or slow plugin fills its own slots and
+    /// waits; the other operators' slots stay free.
+    slots: Arc<Semaphore>,
+    /// Held shared by each evaluation from its first read to its commit, and alone by an event
+    /// whose reads kept going stale: tokio's lock is fair, so that event waits for the
+    /// evaluations in flight, and the ones after it wait for it.
+    commits: Arc<RwLock<()>>,
+}
+
+impl Default for OperatorGate {
+    fn default() -> Self {
+        Self { slots: Arc::new(Semaphore::new(EVALUATIONS_PER_OPERATOR)), commits: Arc::default() }
+    }
+}
+
+/// How an evaluation commits: beside the operator's others, or with them held back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    WithOthers,
+    Alone,
+}
+
+/// An operator's commit turn, its slot and a sandbox slot, held for one evaluation and its
+/// commit; counted as in flight.
 struct EvaluationSlots {
     metrics: Arc<Metrics>,
     _permits: [OwnedSemaphorePermit; 2],
+    _shared: Option<OwnedRwLockReadGuard<()>>,
+    _alone: Option<OwnedRwLockWriteGuard<()>>,
 }
 
 impl EvaluationSlots {
-    fn new(metrics: Arc<Metrics>, permits: [OwnedSemaphorePermit; 2]) -> Self {
+    fn new(
+        metrics: Arc<Metrics>,
+        permits: [OwnedSemaphorePermit; 2],
+        shared: Option<OwnedRwLockReadGuard<()>>,
+        alone: Option<OwnedRwLockWriteGuard<()>>,
+    ) -> Self {
         metrics.evaluations_in_flight.inc();
-        Self { metrics, _permits: permits }
+        Self { metrics, _permits: permits, _shared: shared, _alone: alone }
     }
 }
 

@@ -13,6 +13,7 @@
 //! | `hoard` | writes 2 MiB of state | state writes per event |
 //! | `chatter` | logs 10,000 lines, then pays | log lines per event (the event succeeds) |
 //! | `remember` | looks for what an earlier event left in its statics, then leaves its own | a fresh memory per event |
+//! | `contend` | works `spin` rounds, then counts the event in one key every customer shares, and pays 1 | the commit's check of state shared across customers |
 //! | `clawback-twice` | reverses the `flat` commission of the event named by `of` twice in one result | each commission is clawed back once |
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -46,6 +47,20 @@ impl Plugin for Hostile {
                 Ok(vec![context.pay(context.affiliate(), Decimal::ONE).rule("flat").because("flat 1 after chatter")])
             }
             Some("remember") => remember(context),
+            Some("contend") => {
+                let rounds: u64 = event.attributes.get("spin").and_then(|rounds| rounds.parse().ok()).unwrap_or(0);
+                let mut counter = 0u64;
+                for round in 0..rounds {
+                    counter = std::hint::black_box(counter.wrapping_add(round));
+                }
+                state::add_decimal("contended", Decimal::ONE)?;
+                Ok(vec![
+                    context
+                        .pay(context.affiliate(), Decimal::ONE)
+                        .rule("flat")
+                        .because("flat 1, counted in a shared key"),
+                ])
+            }
             Some("clawback-twice") => {
                 let event_id = event.attributes.get("of").unwrap_or_default();
                 Ok((0..2)
