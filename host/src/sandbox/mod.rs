@@ -234,6 +234,32 @@ impl Sandbox {
         self.call(plugin, Call::Evaluate(input), input.event.occurred_at, state, limits)
     }
 
+    /// Runs several events through one instance, one after the other, as a host that reused
+    /// instances would: what the host does not do, because the plugin's memory would then carry
+    /// from one event to the next and results would depend on which events shared an instance.
+    /// It is here to be measured beside [`Sandbox::evaluate`] (the `plugin_call` benchmark), so
+    /// that the price of a fresh instance per event stays known. The instance keeps the first
+    /// event's clock and one meter of fuel for all of them.
+    pub fn evaluate_on_one_instance(
+        &self,
+        plugin: &LoadedPlugin,
+        inputs: &[PluginInput],
+        state: Arc<dyn StateSource>,
+        limits: Limits,
+    ) -> anyhow::Result<Vec<Result<Vec<PluginCommission>, String>>> {
+        let LoadedPlugin::V0_2_0(pre) = plugin else {
+            anyhow::bail!("measured for the latest contract only");
+        };
+        let clock_ms = inputs.first().map_or(0, |input| input.event.occurred_at);
+        let mut store = Store::new(&self.engine, PluginHost::new(limits, state, clock_ms));
+        store.limiter(|host| host);
+        store.set_fuel(limits.fuel)?;
+        store.set_epoch_deadline((limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
+        let instance = pre.instantiate(&mut store)?;
+        let rules = instance.commission_plugin_rules();
+        inputs.iter().map(|input| Ok(rules.call_evaluate(&mut store, &input.event, &input.context)?)).collect()
+    }
+
     /// Asks the plugin what the head of `context.referral_chain` earns for `period` as a whole.
     /// A plugin built against 0.1.0 has no `settle`: it earns nothing, and is not instantiated.
     pub fn settle(
