@@ -438,23 +438,6 @@ impl Pipeline {
         Ok(report)
     }
 
-    /// [`Pipeline::attribute_evaluate_commit`], counted in the metrics.
-    fn evaluate_and_commit(
-        &self,
-        operator: &OperatorRecord,
-        event: StoredEvent,
-        content_sha256: String,
-        received_at: i64,
-        retry_of: Option<u32>,
-        attempts: usize,
-    ) -> Result<Option<EventOutcome>, IngestError> {
-        // Every log line of this event's evaluation and commit carries its ids.
-        let _span = tracing::info_span!("event", operator = %operator.id, event = %event.id).entered();
-        let outcome =
-            self.attribute_evaluate_commit(operator, event, content_sha256, received_at, retry_of, attempts)?;
-        Ok(outcome.map(|outcome| self.counted(&operator.id, outcome)))
-    }
-
     /// Counts an event's outcome in the metrics.
     fn counted(&self, operator: &str, outcome: EventOutcome) -> EventOutcome {
         self.metrics.count_event(operator, &outcome.record.event.kind, outcome.disposition);
@@ -468,9 +451,10 @@ impl Pipeline {
     }
 
     /// Attributes, evaluates and commits one event, evaluating again if state it read changed
-    /// before the commit, up to `attempts` times; `None` if it was stale every time.
-    /// `retry_of` is the attempts count of the failed record being retried.
-    fn attribute_evaluate_commit(
+    /// before the commit, up to `attempts` times; `None` if it was stale every time. The outcome
+    /// is counted in the metrics. `retry_of` is the attempts count of the failed record being
+    /// retried.
+    fn evaluate_and_commit(
         &self,
         operator: &OperatorRecord,
         event: StoredEvent,
@@ -479,16 +463,18 @@ impl Pipeline {
         retry_of: Option<u32>,
         attempts: usize,
     ) -> Result<Option<EventOutcome>, IngestError> {
+        // Every log line of this event's evaluation and commit carries its ids.
+        let _span = tracing::info_span!("event", operator = %operator.id, event = %event.id).entered();
         for _ in 0..attempts {
             let commit = match self.prepare(operator, &event, &content_sha256, received_at, retry_of, None)? {
-                Prepared::Stored(outcome) => return Ok(Some(outcome)),
+                Prepared::Stored(outcome) => return Ok(Some(self.counted(&operator.id, outcome))),
                 Prepared::Ready(commit) => commit,
             };
             let started = Instant::now();
             let committed = self.committer.commit(commit)?;
             self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             if let Some(outcome) = self.committed_outcome(&operator.id, committed, &content_sha256)? {
-                return Ok(Some(outcome));
+                return Ok(Some(self.counted(&operator.id, outcome)));
             }
         }
         Ok(None)
