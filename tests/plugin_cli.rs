@@ -186,6 +186,24 @@ fn check_gives_the_verdict_of_an_upload_offline() {
     assert!(stderr(&output).contains("core wasm module, not a component"), "{}", stderr(&output));
 }
 
+/// `plugin check x.wasm | head -1`: a reader that goes away ends the command quietly, as it
+/// ends `cat`, with no panic or backtrace (issue 17).
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    // `true` exits at once, so the pipe is closed before `check` writes its verdict.
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(r#""$0" plugin check "$1" | true; exit "${PIPESTATUS[0]}""#)
+        .arg(env!("CARGO_BIN_EXE_commission-host"))
+        .arg(component("multi_event"))
+        .output()
+        .unwrap();
+    let stderr = stderr(&output);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+    // Ended by SIGPIPE, as Unix tools are: the shell reports 128 + 13.
+    assert_eq!(output.status.code(), Some(141), "{stderr}");
+}
+
 #[test]
 fn trace_shows_the_logs_state_commissions_and_fuel_of_one_event() {
     // A deposit below the minimum: the plugin says why in its log, and pays nothing.

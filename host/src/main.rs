@@ -69,7 +69,21 @@ fn main() -> anyhow::Result<ExitCode> {
             runtime.block_on(serve(data, listen, demo.then_some(demo_plugin), limits))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugin { command } => Ok(cli::run(command)),
+        Command::Plugin { command } => {
+            end_quietly_on_a_closed_stdout();
+            Ok(cli::run(command))
+        }
+    }
+}
+
+/// A command-line tool whose reader goes away (`plugin check x.wasm | head -1`) should end
+/// quietly, as `cat` does, not panic in `println!` with a broken-pipe backtrace. Rust ignores
+/// SIGPIPE so that a write returns an error; the author's tools take the Unix default back.
+/// `serve` keeps ignoring it: a client that hangs up must not stop the host.
+fn end_quietly_on_a_closed_stdout() {
+    // SAFETY: called before any other thread starts; SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
