@@ -301,6 +301,12 @@ fn under_as_received_a_late_deposit_leaves_the_paid_first_deposit_and_its_clawba
     host.put_affiliate(&broker, "aff1", None, json!({"ftd_cpa": "40"}));
     let (status, set) = settings(&host, &broker, json!({"late_events": "as_received"}));
     assert_eq!((status, set["late_events"].as_str()), (StatusCode::OK, Some("as_received")), "{set}");
+    // The operator's history starts in November: a month before anything of its own cannot be
+    // closed. A registration of no one's, paying nothing.
+    host.accept(
+        &broker,
+        json!({"id": "start", "type": "registration", "customer": "c0", "occurred_at": "2025-11-01T00:00:00Z"}),
+    );
     close(&host, &broker, "2025-11");
 
     let december = host.accept(

@@ -127,19 +127,23 @@ fn send(host: &Host, operator: &Operator, events: &[Value]) {
 }
 
 /// Closes `month` (again, if closed: that settles the affiliates added since), after the
-/// months before it the operator never closed, since the host closes months in order.
+/// months before it the operator never closed, since the host closes months in order. Before a
+/// month closes for the first time, the month before it is closed again: it must be settled for
+/// every affiliate, and this case's were added since it closed.
 fn close(host: &Host, operator: &Operator, month: &'static str) {
-    static CLOSED: std::sync::Mutex<Vec<(String, &str)>> = std::sync::Mutex::new(Vec::new());
-    let mut closed = CLOSED.lock().unwrap();
+    static LATEST: std::sync::Mutex<BTreeMap<String, &str>> = std::sync::Mutex::new(BTreeMap::new());
+    let mut latest = LATEST.lock().unwrap();
+    let closed_up_to = latest.get(&operator.id).copied();
     for earlier in MONTHS.iter().take_while(|earlier| **earlier <= month) {
-        let done = closed.contains(&(operator.id.clone(), *earlier));
-        if *earlier == month || !done {
+        let new = closed_up_to.is_none_or(|latest| *earlier > latest);
+        let before_a_new_one = closed_up_to == Some(*earlier) && month > *earlier;
+        if *earlier == month || new || before_a_new_one {
             let (status, answer) = host.close(operator, earlier);
             assert_eq!(status, StatusCode::OK, "{answer}");
         }
-        if !done {
-            closed.push((operator.id.clone(), earlier));
-        }
+    }
+    if closed_up_to.is_none_or(|latest| month > latest) {
+        latest.insert(operator.id.clone(), month);
     }
 }
 
@@ -298,6 +302,11 @@ fn concurrent_interleavings_give_the_ledger_of_one_by_one() {
                 .send(),
         );
         assert_eq!(status, StatusCode::OK, "{body}");
+        // The operator's history starts in the first month the cases close (a month before
+        // anything of the operator's cannot be closed): an event of no one's, paying nothing.
+        let start =
+            json!({"id": "start", "type": "registration", "customer": "nobody", "occurred_at": "2025-10-01T00:00:00Z"});
+        assert_eq!(host.post_events(&operator, &start).0, StatusCode::OK);
         operator
     };
     let operators = Operators {

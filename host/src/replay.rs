@@ -17,7 +17,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::pipeline::{IngestError, Pipeline, settlement_period};
-use crate::restate::{Totals, add_to, restated_order};
+use crate::restate::{Totals, add_to, first_settlements, missed_by_settlement, restated_order};
 use crate::sandbox::StateSource;
 use crate::store::records::{CommissionRecord, EventRecord, Failure, OperatorRecord};
 
@@ -81,6 +81,9 @@ pub struct EventDifference {
     pub replayed: Vec<Payout>,
     /// Why the replay did not finish, if it did not.
     pub replay_failure: Option<Failure>,
+    /// What else is wrong with the event: its period's settlement missed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -128,11 +131,14 @@ impl Pipeline {
     /// Replays every accepted event through the version that evaluated it, in restated order
     /// (late events before the settlements of their period, see [`crate::restate`]), and
     /// compares. A settlement restated by late events is compared, per affiliate, rule and
-    /// currency, with what it paid at the close plus the adjustments made for it since.
+    /// currency, with what it paid at the close plus the adjustments made for it since. An
+    /// event committed after its period's settlement, neither restated nor taken as received,
+    /// is reported too: the settlement missed it.
     pub fn verify(&self, operator: &OperatorRecord) -> Result<VerifyReport, IngestError> {
         let store = self.store();
         let last_sequence = store.last_sequence(&operator.id)?;
         let records: Vec<EventRecord> = self.records_in_order(operator, last_sequence).collect::<Result<_, _>>()?;
+        let first_settlement = first_settlements(&records);
         let entries = restated_order(records);
         let settlements = self.settlements_paid(operator, &entries)?;
         let mut report = VerifyReport {
@@ -164,7 +170,8 @@ impl Pipeline {
                 }
             };
             report.events_replayed += 1;
-            if evaluated.failure.is_none() && matching {
+            let problem = missed_by_settlement(&first_settlement, record);
+            if evaluated.failure.is_none() && matching && problem.is_none() {
                 report.events_matching += 1;
             } else {
                 report.differences.push(EventDifference {
@@ -173,6 +180,7 @@ impl Pipeline {
                     paid,
                     replayed,
                     replay_failure: evaluated.failure.clone(),
+                    problem,
                 });
             }
             Ok(())
@@ -242,6 +250,7 @@ impl Pipeline {
                     paid,
                     replayed,
                     replay_failure: evaluated.failure,
+                    problem: None,
                 });
             }
         }

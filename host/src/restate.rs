@@ -53,15 +53,39 @@ pub(crate) struct Entry {
 /// The values, before an evaluation, of the state keys it wrote.
 pub(crate) type Before = BTreeMap<String, Option<Vec<u8>>>;
 
-/// Sorts ledger records (in ledger order) into restated order (see the module's docs).
-pub(crate) fn restated_order(records: Vec<EventRecord>) -> Vec<Entry> {
+/// The sequence number of each settled period's first settlement entry, by period id.
+pub(crate) fn first_settlements<'a>(records: impl IntoIterator<Item = &'a EventRecord>) -> HashMap<String, u64> {
     let mut first_settlement: HashMap<String, u64> = HashMap::new();
-    for record in &records {
+    for record in records {
         if let Some(period) = settlement_period(&record.event) {
             let first = first_settlement.entry(period.id).or_insert(record.seq);
             *first = (*first).min(record.seq);
         }
     }
+    first_settlement
+}
+
+/// Why the settlements of its period missed `record`, if they did: it occurred in a period
+/// whose first settlement committed before it, and it was neither restated nor taken as
+/// received. The ordering of closes with events makes this impossible; `verify` reports it.
+pub(crate) fn missed_by_settlement(first_settlement: &HashMap<String, u64>, record: &EventRecord) -> Option<String> {
+    if record.restated || record.taken_as_received || settlement_period(&record.event).is_some() {
+        return None;
+    }
+    let period = Period::containing(record.event.occurred_at)?;
+    let settled = *first_settlement.get(&period.id)?;
+    (settled < record.seq).then(|| {
+        format!(
+            "occurred in {}, and was committed after the period's settlement (ledger entry {settled}) without being \
+             restated: the settlement did not count it",
+            period.id
+        )
+    })
+}
+
+/// Sorts ledger records (in ledger order) into restated order (see the module's docs).
+pub(crate) fn restated_order(records: Vec<EventRecord>) -> Vec<Entry> {
+    let first_settlement = first_settlements(&records);
     let mut keyed: Vec<((u64, u8, u64), Entry)> = records
         .into_iter()
         .map(|record| {
@@ -117,15 +141,25 @@ impl SettlementPaid {
     }
 }
 
-/// The operator's closed period that `at` falls in, if it is closed.
+/// The period `at` falls in, if it is closed: months close in order, so every month up to the
+/// operator's latest closed one is closed, settled or not (a month before the first one closed
+/// had no event when it was closed, and never will be settled).
 pub(crate) fn closed_period_of(
     pipeline: &Pipeline,
     operator: &str,
     at: i64,
 ) -> Result<Option<Period>, crate::store::StoreError> {
     let Some(period) = Period::containing(at) else { return Ok(None) };
-    let closed = pipeline.store().has_settlement(operator, SETTLEMENT_PREFIX, &period.id)?;
-    Ok(closed.then_some(period))
+    Ok(latest_closed(pipeline.store(), operator)?.filter(|latest| period.id <= *latest).map(|_| period))
+}
+
+/// The id (`YYYY-MM`) of the operator's latest closed month.
+pub(crate) fn latest_closed(
+    store: &crate::store::Store,
+    operator: &str,
+) -> Result<Option<String>, crate::store::StoreError> {
+    let latest = store.latest_settlement_id(operator, SETTLEMENT_PREFIX)?;
+    Ok(latest.and_then(|id| Some(id.strip_prefix(SETTLEMENT_PREFIX)?.split(':').next()?.to_owned())))
 }
 
 impl Pipeline {
@@ -273,10 +307,8 @@ impl Pipeline {
 
     /// The period adjustments are paid in: the month after the operator's latest closed one.
     fn open_period(&self, operator: &OperatorRecord) -> Result<Period, IngestError> {
-        let ids = self.store().settlement_ids(&operator.id, SETTLEMENT_PREFIX, None)?;
-        ids.last()
-            .and_then(|id| id.strip_prefix(SETTLEMENT_PREFIX)?.split_once(':'))
-            .and_then(|(period, _)| Period::parse(period).ok()?.next())
+        latest_closed(self.store(), &operator.id)?
+            .and_then(|period| Period::parse(&period).ok()?.next())
             .ok_or_else(|| IngestError::Internal("restating with no closed period".into()))
     }
 
@@ -519,6 +551,7 @@ mod tests {
             commission_ids: Vec::new(),
             attempts: 1,
             restated: false,
+            taken_as_received: false,
         }
     }
 
@@ -554,6 +587,29 @@ mod tests {
                 ("nov-as-received", false),
             ]
         );
+    }
+
+    /// What `verify` reports: an event of a settled month committed after its settlement,
+    /// neither restated nor taken as received (an event that raced the close, before closes
+    /// were ordered with events).
+    #[test]
+    fn an_event_committed_after_its_months_settlement_unrestated_was_missed_by_it() {
+        let records = [
+            record(1, "nov-a", "wager", NOV_2, None),
+            record(2, "settle-nov-aff1", SETTLEMENT_KIND, DEC_2 - 1, Some("2025-11")),
+            record(3, "nov-raced", "wager", NOV_2, None),
+            restating(record(4, "nov-late", "wager", NOV_2, None)),
+            EventRecord { taken_as_received: true, ..record(5, "nov-as-received", "wager", NOV_2, None) },
+            record(6, "dec-a", "wager", DEC_2, None),
+        ];
+        let first = first_settlements(&records);
+        let missed: Vec<&str> = records
+            .iter()
+            .filter(|record| missed_by_settlement(&first, record).is_some())
+            .map(|record| record.event.id.as_str())
+            .collect();
+        assert_eq!(missed, ["nov-raced"]);
+        assert!(missed_by_settlement(&first, &records[2]).unwrap().contains("2025-11"));
     }
 
     #[test]

@@ -143,6 +143,7 @@ impl Pipeline {
                     paid,
                     replayed: shadow,
                     replay_failure: result.failure.clone(),
+                    problem: None,
                 });
             }
         }

@@ -165,7 +165,7 @@ impl Pipeline {
                 continue;
             }
             let one_by_one = group.pending.has_event(&event.id)
-                || (operator.late_events == LateEventPolicy::Adjust
+                || (operator.late_events != LateEventPolicy::AsReceived
                     && closed_period_of(self, &operator.id, event.occurred_at)?.is_some());
             if one_by_one {
                 self.commit_group(operator, received_at, &mut group, &mut progress)?;

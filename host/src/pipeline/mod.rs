@@ -14,6 +14,7 @@
 //! another node, the commit could go to another store, without the others changing.
 
 mod batch;
+mod close;
 
 use batch::PendingWrites;
 
@@ -23,8 +24,6 @@ use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock, Semaphore};
-
-use sha2::Digest as _;
 
 use crate::committer::{CommitError, CommitMetrics, Committer};
 use crate::customer_locks::CustomerLocks;
@@ -200,11 +199,14 @@ impl Pipeline {
         operator: &OperatorRecord,
         mut events: Vec<IncomingEvent>,
     ) -> Result<Vec<EventOutcome>, IngestError> {
+        // From the closed-period check to the commit: a close waits for it (see [`close`]).
+        let order = self.gate(&operator.id).order.read_owned().await;
         self.check_batch(operator, &mut events)?;
         let outcomes = match <[IncomingEvent; 1]>::try_from(events) {
             Ok([incoming]) => vec![self.process(operator, incoming).await?],
             Err(events) => self.process_batch(operator, events).await?,
         };
+        drop(order);
         self.durability.wait().await?;
         Ok(outcomes)
     }
@@ -330,10 +332,14 @@ impl Pipeline {
         )))
     }
 
+    fn gate(&self, operator: &str) -> OperatorGate {
+        self.operator_gates.lock().expect("gates lock").entry(operator.to_owned()).or_default().clone()
+    }
+
     /// Waits for the operator's commit turn (shared, or alone), then one of its sandbox slots,
     /// then one of the sandbox's.
     async fn evaluation_slots(&self, operator: &str, turn: Turn) -> EvaluationSlots {
-        let gate = self.operator_gates.lock().expect("gates lock").entry(operator.to_owned()).or_default().clone();
+        let gate = self.gate(operator);
         let (shared, alone) = match turn {
             Turn::WithOthers => (Some(gate.commits.read_owned().await), None),
             Turn::Alone => (None, Some(gate.commits.write_owned().await)),
@@ -343,73 +349,11 @@ impl Pipeline {
         EvaluationSlots::new(self.metrics.clone(), [operator, sandbox], shared, alone)
     }
 
-    /// Closes a period: asks the active plugin to settle it for each of the operator's
-    /// affiliates, and commits each settlement as a ledger entry of its own. The entries'
-    /// ids name the period and the affiliate, so closing the period again finds them and
-    /// pays nothing twice.
-    pub async fn close_period(
-        &self,
-        operator: &OperatorRecord,
-        period: &Period,
-    ) -> Result<Vec<EventOutcome>, IngestError> {
-        self.check_close_order(operator, period)?;
-        let mut outcomes = Vec::new();
-        for affiliate in self.store.affiliate_ids(&operator.id)? {
-            let event = StoredEvent {
-                id: period.settlement_id(&affiliate),
-                kind: SETTLEMENT_KIND.to_owned(),
-                customer: String::new(),
-                occurred_at: period.ends_at - 1,
-                amount: None,
-                currency: None,
-                affiliate: Some(affiliate),
-                attributes: [("period".to_owned(), period.id.clone())].into(),
-                fx: None,
-            };
-            let content_sha256 = hex::encode(sha2::Sha256::digest(event.id.as_bytes()));
-            outcomes.push(self.process(operator, IncomingEvent { event, content_sha256 }).await?);
-        }
-        // The statements as this close computed them, kept to compare later recomputations with.
-        let pipeline = self.clone();
-        let (operator, period) = (operator.clone(), period.clone());
-        tokio::task::spawn_blocking(move || pipeline.store_closed_statements(&operator, &period))
-            .await
-            .map_err(|error| IngestError::Internal(format!("statement task failed: {error}")))??;
-        self.durability.wait().await?;
-        Ok(outcomes)
-    }
-
-    /// Months close in order, one after the other from the first one closed: a carryover flows
-    /// from each month into the next, so a month closed out of turn would settle on figures that
-    /// are not final, and a month skipped would never settle. Closing a closed month again is
-    /// allowed (it settles affiliates added since, and pays nothing twice).
-    fn check_close_order(&self, operator: &OperatorRecord, period: &Period) -> Result<(), IngestError> {
-        let settlements = self.store.settlement_ids(&operator.id, SETTLEMENT_PREFIX, None)?;
-        let closed: Vec<&str> =
-            settlements.iter().filter_map(|id| id.strip_prefix(SETTLEMENT_PREFIX)?.split(':').next()).collect();
-        let Some(&latest) = closed.last() else { return Ok(()) };
-        if closed.contains(&period.id.as_str()) {
-            return Ok(());
-        }
-        let next = Period::parse(latest)
-            .ok()
-            .and_then(|latest| Period::containing(latest.ends_at))
-            .ok_or_else(|| IngestError::Internal(format!("the closed month {latest:?} is not a month")))?;
-        if period.id == next.id {
-            return Ok(());
-        }
-        let problem = if period.id.as_str() < latest {
-            format!("{} comes before {latest}, which is closed: months close in order", period.id)
-        } else {
-            format!("close {} first: months close in order, and the latest closed is {latest}", next.id)
-        };
-        Err(IngestError::Invalid(vec![FieldError::new("period", problem)]))
-    }
-
     /// Evaluates the operator's failed events again, oldest first, with its active plugin.
     pub async fn retry_failed(&self, operator: &OperatorRecord) -> Result<RetryReport, IngestError> {
         let mut report = RetryReport::default();
         for id in self.store.failed_event_ids(&operator.id)? {
+            let _order = self.gate(&operator.id).order.read_owned().await;
             let Some(record) = self.store.event(&operator.id, &id)? else { continue };
             let _turn = self.customer_locks.lock(&operator.id, &record.event.customer).await;
             let outcome = self
@@ -537,13 +481,13 @@ impl Pipeline {
         };
         // Under `adjust`, a late event restates the closed periods it changes: adjustments
         // beside its own commissions, and the plugin state as restated, all in the same commit.
-        let late = match (&settlement, &binding, &evaluated.failure) {
-            (None, Some(_), None) => {
-                operator.late_events == LateEventPolicy::Adjust
-                    && closed_period_of(self, &operator.id, event.occurred_at)?.is_some()
-            }
+        // So does, under `refuse`, a failed event received before its period closed and retried
+        // after (new late events were refused before evaluation, under the ordering lock).
+        let closed = match (&settlement, &binding, &evaluated.failure) {
+            (None, Some(_), None) => closed_period_of(self, &operator.id, event.occurred_at)?.is_some(),
             _ => false,
         };
+        let late = closed && operator.late_events != LateEventPolicy::AsReceived;
         let record = EventRecord {
             seq: 0,
             event: event.clone(),
@@ -556,6 +500,7 @@ impl Pipeline {
             commission_ids: Vec::new(),
             attempts: retry_of.map_or(1, |attempts| attempts + 1),
             restated: late,
+            taken_as_received: closed && !late,
         };
         let restated = if late { Some(self.restate(operator, &record)?) } else { None };
         let (commissions, state_writes, expected_last_seq) = match restated {
@@ -755,11 +700,20 @@ struct OperatorGate {
     /// whose reads kept going stale: tokio's lock is fair, so that event waits for the
     /// evaluations in flight, and the ones after it wait for it.
     commits: Arc<RwLock<()>>,
+    /// Orders closes with events: held shared by each ingest and retry from its closed-period
+    /// check through its commit, alone by a close (see [`close`]). Taken before the customers'
+    /// turns and `commits`, and once per task: tokio's lock is fair, so a task taking it again
+    /// while a close waits would wait for itself.
+    order: Arc<RwLock<()>>,
 }
 
 impl Default for OperatorGate {
     fn default() -> Self {
-        Self { slots: Arc::new(Semaphore::new(EVALUATIONS_PER_OPERATOR)), commits: Arc::default() }
+        Self {
+            slots: Arc::new(Semaphore::new(EVALUATIONS_PER_OPERATOR)),
+            commits: Arc::default(),
+            order: Arc::default(),
+        }
     }
 }
 

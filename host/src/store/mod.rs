@@ -536,10 +536,27 @@ impl Store {
             .collect()
     }
 
-    /// Whether `period` has a settlement entry: asked for every event (is it late?), so it
-    /// reads one key, not the period's settlements for every affiliate.
-    pub fn has_settlement(&self, operator: &str, prefix: &str, period: &str) -> Result<bool, StoreError> {
-        Ok(self.events.scan_prefix(settlement_key_prefix(operator, prefix, Some(period))).next().transpose()?.is_some())
+    /// The id of the operator's last settlement entry, of its latest closed period: the ids
+    /// (`{prefix}YYYY-MM:affiliate`) sort by period. One key read, asked for every event.
+    pub fn latest_settlement_id(&self, operator: &str, prefix: &str) -> Result<Option<String>, StoreError> {
+        let skip = keys::operator_prefix(operator).len();
+        let last = self.events.scan_prefix(settlement_key_prefix(operator, prefix, None)).next_back().transpose()?;
+        Ok(last.map(|(key, _)| String::from_utf8_lossy(&key[skip..]).into_owned()))
+    }
+
+    /// The operator's event that occurred first, the host's own entries (ids starting with
+    /// `reserved`) aside: (when it occurred, its id). Reads every event: asked once, at the
+    /// operator's first close.
+    pub fn earliest_event(&self, operator: &str, reserved: &str) -> Result<Option<(i64, String)>, StoreError> {
+        let mut earliest: Option<(i64, String)> = None;
+        for entry in self.events.scan_prefix(keys::operator_prefix(operator)) {
+            let record: EventRecord = decode("events", &entry?.1)?;
+            let event = record.event;
+            if !event.id.starts_with(reserved) && earliest.as_ref().is_none_or(|(at, _)| event.occurred_at < *at) {
+                earliest = Some((event.occurred_at, event.id));
+            }
+        }
+        Ok(earliest)
     }
 
     /// The statement of `affiliate` for `period` as the close computed it, if it was stored.
@@ -842,6 +859,7 @@ mod tests {
                 commission_ids: Vec::new(),
                 attempts: 1,
                 restated: false,
+                taken_as_received: false,
             },
             replaces_failed_attempt: None,
             new_binding: Some(CustomerBinding { affiliate: "aff".into(), bound_by_event: id.into(), bound_at: 0 }),

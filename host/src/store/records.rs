@@ -291,6 +291,11 @@ pub struct EventRecord {
     /// `adjust`): replays put it where it would have been had it come in time.
     #[serde(default)]
     pub restated: bool,
+    /// It occurred in a closed period and was taken as received (policy `as_received`): the
+    /// closed periods stay as they were paid. `verify` reports an event committed after its
+    /// period's settlement that is neither this nor `restated`: the settlement missed it.
+    #[serde(default)]
+    pub taken_as_received: bool,
 }
 
 /// One payout, immutable. A correction is another commission that references it (later models).
