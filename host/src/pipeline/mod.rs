@@ -31,7 +31,8 @@ use crate::customer_locks::CustomerLocks;
 use crate::event::{FieldError, IncomingEvent, now_ms, parse_amount};
 use crate::metrics::{FailureLabels, Metrics, OperatorLabels};
 use crate::plugins::PluginRegistry;
-use crate::restate::closed_period_of;
+use crate::replay::AmountOverflow;
+use crate::restate::{RestateError, closed_period_of};
 use crate::sandbox::{
     Limits, MAX_CONCURRENT_INSTANCES, PluginAffiliate, PluginCommission, PluginCommissionRef, PluginContext,
     PluginEvent, PluginInput, PluginPeriod, Sandbox, StateSource,
@@ -105,6 +106,9 @@ pub enum IngestError {
     Storage(#[from] StoreError),
     #[error(transparent)]
     NotDurable(#[from] DurabilityError),
+    /// A report's total (a backtest's, a statement's) does not fit a decimal.
+    #[error(transparent)]
+    Overflow(#[from] AmountOverflow),
     #[error("{0}")]
     Internal(String),
 }
@@ -343,6 +347,19 @@ impl Pipeline {
         EvaluationSlots::new(self.metrics.clone(), [operator, sandbox], shared, alone)
     }
 
+    /// One of the operator's sandbox slots, then one of the sandbox's, for work off the live
+    /// path that runs plugins: a verify, a statement, a backtest, a shadow, an upload's smoke
+    /// run. It runs one instance at a time and holds the slots throughout, so however many run
+    /// at once, the instances in use stay within the pool's bound
+    /// ([`MAX_CONCURRENT_INSTANCES`]) and live events never find the pool exhausted. It takes
+    /// no commit turn: it commits nothing, and holds no operator's events back.
+    pub async fn replay_slots(&self, operator: &str) -> EvaluationSlots {
+        let gate = self.operator_gates.lock().expect("gates lock").entry(operator.to_owned()).or_default().clone();
+        let operator = gate.slots.acquire_owned().await.expect("the semaphore is never closed");
+        let sandbox = self.evaluation_slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        EvaluationSlots::new(self.metrics.clone(), [operator, sandbox], None, None)
+    }
+
     /// Closes a period: asks the active plugin to settle it for each of the operator's
     /// affiliates, and commits each settlement as a ledger entry of its own. The entries'
     /// ids name the period and the affiliate, so closing the period again finds them and
@@ -370,11 +387,15 @@ impl Pipeline {
             outcomes.push(self.process(operator, IncomingEvent { event, content_sha256 }).await?);
         }
         // The statements as this close computed them, kept to compare later recomputations with.
+        let slots = self.replay_slots(&operator.id).await;
         let pipeline = self.clone();
         let (operator, period) = (operator.clone(), period.clone());
-        tokio::task::spawn_blocking(move || pipeline.store_closed_statements(&operator, &period))
-            .await
-            .map_err(|error| IngestError::Internal(format!("statement task failed: {error}")))??;
+        tokio::task::spawn_blocking(move || {
+            let _slots = slots;
+            pipeline.store_closed_statements(&operator, &period)
+        })
+        .await
+        .map_err(|error| IngestError::Internal(format!("statement task failed: {error}")))??;
         self.durability.wait().await?;
         Ok(outcomes)
     }
@@ -544,7 +565,7 @@ impl Pipeline {
             }
             _ => false,
         };
-        let record = EventRecord {
+        let mut record = EventRecord {
             seq: 0,
             event: event.clone(),
             content_sha256: content_sha256.to_owned(),
@@ -557,7 +578,31 @@ impl Pipeline {
             attempts: retry_of.map_or(1, |attempts| attempts + 1),
             restated: late,
         };
-        let restated = if late { Some(self.restate(operator, &record)?) } else { None };
+        let restated = if late {
+            match self.restate(operator, &record) {
+                Ok(restated) => Some(restated),
+                Err(RestateError::Ingest(error)) => return Err(error),
+                // Stored as failed, like an evaluation that did not finish: kept, paying and
+                // writing nothing, for `retry-failed` once the cause is fixed.
+                Err(RestateError::Failed(failure)) => {
+                    record.status = EventStatus::Failed;
+                    record.failure = Some(failure);
+                    record.restated = false;
+                    return Ok(Prepared::Ready(EventCommit {
+                        operator: operator.id.clone(),
+                        record,
+                        replaces_failed_attempt: retry_of,
+                        new_binding,
+                        state_reads: evaluated.state_reads,
+                        state_writes: BTreeMap::new(),
+                        commissions: Vec::new(),
+                        expected_last_seq: None,
+                    }));
+                }
+            }
+        } else {
+            None
+        };
         let (commissions, state_writes, expected_last_seq) = match restated {
             Some(restated) => {
                 let mut commissions = evaluated.commissions;
@@ -657,7 +702,7 @@ impl Pipeline {
             }));
         };
         let chain = self.referral_chain(&operator.id, affiliate)?;
-        let mut evaluated = self.run_plugin(operator, event, chain, version, period, state)?;
+        let mut evaluated = self.run_plugin(operator, event, chain, version, period, state, Run::Live)?;
         if let Some(record) = &mut evaluated.record {
             record.version_reason = reason.clone();
         }
@@ -670,6 +715,9 @@ impl Pipeline {
     /// Runs `version` of the operator's plugin on one event (or its `settle` for `period`),
     /// reading state from `state`, and checks its answer. The live path and replays share it,
     /// so both evaluate alike.
+    // One call site per kind of run (live, restatement, verify, backtest, shadow) passes exactly
+    // these; a struct for them would only be built to be taken apart here.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run_plugin(
         &self,
         operator: &OperatorRecord,
@@ -678,13 +726,17 @@ impl Pipeline {
         version: u32,
         period: Option<&PluginPeriod>,
         state: Arc<dyn StateSource>,
+        run: Run,
     ) -> Result<Evaluated, IngestError> {
         let plugin = self
             .plugins
             .get(&operator.id, version)
             .map_err(|error| IngestError::Internal(format!("loading plugin v{version}: {error:#}")))?;
         let input = plugin_input(operator, event, &chain);
-        let limits = effective_limits(self.sandbox.limits(), &operator.limits);
+        let limits = match run {
+            Run::Live => effective_limits(self.sandbox.limits(), &operator.limits),
+            Run::Replay => effective_limits(self.sandbox.limits(), &operator.limits).without_deadline(),
+        };
         let started = Instant::now();
         let evaluation = match period {
             Some(period) => self.sandbox.settle(&plugin, period, &input.context, state, limits),
@@ -763,6 +815,15 @@ impl Default for OperatorGate {
     }
 }
 
+/// Whether an evaluation is live (an event arriving) or a replay of the ledger (a restatement,
+/// verify, a statement, a backtest, a shadow): a replay runs without the wall-clock deadline
+/// (see [`Limits::without_deadline`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Run {
+    Live,
+    Replay,
+}
+
 /// How an evaluation commits: beside the operator's others, or with them held back.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Turn {
@@ -770,9 +831,9 @@ enum Turn {
     Alone,
 }
 
-/// An operator's commit turn, its slot and a sandbox slot, held for one evaluation and its
-/// commit; counted as in flight.
-struct EvaluationSlots {
+/// An operator's slot and a sandbox slot (and, live, its commit turn), held for one evaluation
+/// and its commit, or for a replay; counted as in flight.
+pub struct EvaluationSlots {
     metrics: Arc<Metrics>,
     _permits: [OwnedSemaphorePermit; 2],
     _shared: Option<OwnedRwLockReadGuard<()>>,
