@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::pipeline::{IngestError, Pipeline, settlement_period};
+use crate::pipeline::{IngestError, Pipeline, Run, settlement_period};
 use crate::restate::{Totals, add_to, first_settlements, missed_by_settlement, restated_order};
 use crate::sandbox::StateSource;
 use crate::store::records::{CommissionRecord, EventRecord, Failure, OperatorRecord};
@@ -94,6 +94,10 @@ pub struct VerifyReport {
     /// State keys whose replayed value differs from the stored one; `None` when events arrived
     /// during the verify, so the stored state had moved on and was not compared.
     pub state_keys_differing: Option<Vec<String>>,
+    /// Every accepted event replayed to the end. `false` when a replay failed (a limit lowered
+    /// since, say: see the differences' `replay_failure`): the ledger could not be reproduced,
+    /// and the replayed state compared is one the live ledger never had.
+    pub complete: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,6 +107,60 @@ pub struct AffiliateTotal {
     pub paid: Decimal,
     pub would_pay: Decimal,
     pub difference: Decimal,
+}
+
+/// A sum of amounts that does not fit a decimal (about 7.9e28): no total is reported rather than
+/// a wrong one.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the {what} overflows a decimal (the largest is about 7.9e28): adding {amount} to {total}")]
+pub struct AmountOverflow {
+    pub what: String,
+    pub total: Decimal,
+    pub amount: Decimal,
+}
+
+/// Adds `amount` to `total`, or says which total (`what`) would overflow.
+pub(crate) fn checked_add(
+    total: &mut Decimal,
+    amount: Decimal,
+    what: impl FnOnce() -> String,
+) -> Result<(), AmountOverflow> {
+    *total = total.checked_add(amount).ok_or_else(|| AmountOverflow { what: what(), total: *total, amount })?;
+    Ok(())
+}
+
+/// What was paid and what a replay would pay, per (affiliate, currency): backtests and shadows.
+#[derive(Default)]
+pub(crate) struct AffiliateTotals(BTreeMap<(String, String), (Decimal, Decimal)>);
+
+impl AffiliateTotals {
+    pub(crate) fn add(&mut self, paid: &[Payout], would_pay: &[Payout]) -> Result<(), AmountOverflow> {
+        for (payouts, is_paid) in [(paid, true), (would_pay, false)] {
+            for payout in payouts {
+                let total = self.0.entry((payout.affiliate.clone(), payout.currency.clone())).or_default();
+                let (total, side) =
+                    if is_paid { (&mut total.0, "paid") } else { (&mut total.1, "the replay would pay") };
+                checked_add(total, payout.amount, || {
+                    format!("total {side} to {} in {}", payout.affiliate, payout.currency)
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn into_rows(self) -> Result<Vec<AffiliateTotal>, AmountOverflow> {
+        self.0
+            .into_iter()
+            .map(|((affiliate, currency), (paid, would_pay))| {
+                let difference = would_pay.checked_sub(paid).ok_or_else(|| AmountOverflow {
+                    what: format!("difference between what {affiliate} would be paid and was paid in {currency}"),
+                    total: would_pay,
+                    amount: -paid,
+                })?;
+                Ok(AffiliateTotal { affiliate, currency, paid, would_pay, difference })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -146,45 +204,49 @@ impl Pipeline {
             events_matching: 0,
             differences: Vec::new(),
             state_keys_differing: None,
+            complete: true,
         };
-        let replayed_state = self.replay_entries(operator, &entries, |entry, evaluated, _| {
-            let record = &entry.record;
-            let replayed: Vec<Payout> = evaluated.commissions.iter().map(Payout::from).collect();
-            let (paid, matching) = match settlements.get(&record.event.id) {
-                Some(settlement) if !settlement.adjustments.is_empty() => {
-                    let paid = settlement.at_close.iter().chain(&settlement.adjustments).map(Payout::from).collect();
-                    let mut totals = Totals::new();
-                    for payout in &replayed {
-                        add_to(&mut totals, payout);
+        let replayed_state =
+            self.replay_entries(operator, &entries, |entry, evaluated, _| -> Result<(), IngestError> {
+                let record = &entry.record;
+                let replayed: Vec<Payout> = evaluated.commissions.iter().map(Payout::from).collect();
+                let (paid, matching) = match settlements.get(&record.event.id) {
+                    Some(settlement) if !settlement.adjustments.is_empty() => {
+                        let paid =
+                            settlement.at_close.iter().chain(&settlement.adjustments).map(Payout::from).collect();
+                        let mut totals = Totals::new();
+                        for payout in &replayed {
+                            add_to(&mut totals, payout)?;
+                        }
+                        let nonzero = |totals: Totals| -> Totals {
+                            totals.into_iter().filter(|(_, amount)| !amount.is_zero()).collect()
+                        };
+                        let matching = nonzero(settlement.totals()?) == nonzero(totals);
+                        (paid, matching)
                     }
-                    let nonzero = |totals: Totals| -> Totals {
-                        totals.into_iter().filter(|(_, amount)| !amount.is_zero()).collect()
-                    };
-                    let matching = nonzero(settlement.totals()) == nonzero(totals);
-                    (paid, matching)
+                    _ => {
+                        let paid = self.paid(operator, record)?;
+                        let matching = paid == replayed;
+                        (paid, matching)
+                    }
+                };
+                report.events_replayed += 1;
+                report.complete &= evaluated.failure.is_none();
+                let problem = missed_by_settlement(&first_settlement, record);
+                if evaluated.failure.is_none() && matching && problem.is_none() {
+                    report.events_matching += 1;
+                } else {
+                    report.differences.push(EventDifference {
+                        event_id: record.event.id.clone(),
+                        occurred_at: record.event.occurred_at,
+                        paid,
+                        replayed,
+                        replay_failure: evaluated.failure.clone(),
+                        problem,
+                    });
                 }
-                _ => {
-                    let paid = self.paid(operator, record)?;
-                    let matching = paid == replayed;
-                    (paid, matching)
-                }
-            };
-            report.events_replayed += 1;
-            let problem = missed_by_settlement(&first_settlement, record);
-            if evaluated.failure.is_none() && matching && problem.is_none() {
-                report.events_matching += 1;
-            } else {
-                report.differences.push(EventDifference {
-                    event_id: record.event.id.clone(),
-                    occurred_at: record.event.occurred_at,
-                    paid,
-                    replayed,
-                    replay_failure: evaluated.failure.clone(),
-                    problem,
-                });
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?;
         if store.last_sequence(&operator.id)? == last_sequence {
             let stored = store.state_entries(&operator.id)?;
             let keys: std::collections::BTreeSet<&String> = stored.keys().chain(replayed_state.keys()).collect();
@@ -204,7 +266,7 @@ impl Pipeline {
     ) -> Result<BacktestReport, IngestError> {
         let last_sequence = self.store().last_sequence(&operator.id)?;
         let scratch = Arc::new(ScratchState::default());
-        let mut totals: BTreeMap<(String, String), (Decimal, Decimal)> = BTreeMap::new();
+        let mut totals = AffiliateTotals::default();
         let mut report = BacktestReport {
             version,
             events_compared: 0,
@@ -226,6 +288,7 @@ impl Pipeline {
                 version,
                 settlement_period(&record.event).as_ref(),
                 scratch.clone(),
+                Run::Replay,
             )?;
             let replayed: Vec<Payout> = evaluated.commissions.iter().map(Payout::from).collect();
             if evaluated.failure.is_none() {
@@ -235,12 +298,7 @@ impl Pipeline {
                 continue;
             }
             let paid = self.paid(operator, &record)?;
-            for (payouts, is_paid) in [(&paid, true), (&replayed, false)] {
-                for payout in payouts {
-                    let total = totals.entry((payout.affiliate.clone(), payout.currency.clone())).or_default();
-                    if is_paid { total.0 += payout.amount } else { total.1 += payout.amount }
-                }
-            }
+            totals.add(&paid, &replayed)?;
             report.events_compared += 1;
             if paid != replayed || evaluated.failure.is_some() {
                 report.events_changed += 1;
@@ -254,16 +312,7 @@ impl Pipeline {
                 });
             }
         }
-        report.affiliates = totals
-            .into_iter()
-            .map(|((affiliate, currency), (paid, would_pay))| AffiliateTotal {
-                affiliate,
-                currency,
-                paid,
-                would_pay,
-                difference: would_pay - paid,
-            })
-            .collect();
+        report.affiliates = totals.into_rows()?;
         Ok(report)
     }
 

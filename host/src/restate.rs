@@ -20,6 +20,12 @@
 //! close settles on restated figures. The commit goes through only if no other event was
 //! committed since the replay; otherwise the event is evaluated and restated again.
 //!
+//! A restatement is all or nothing. If any replayed event does not replay to the end (a limit
+//! lowered since it was evaluated, say), or a total overflows a decimal, the replayed state is not
+//! the ledger's, and writing it would wipe live state (a month's NGR): the late event is stored
+//! as failed instead, with a message naming the replayed event and why, and nothing else is
+//! written. Nothing is lost: `retry-failed` restates it once the cause is fixed.
+//!
 //! The **open period** adjustments are dated in is the month after the operator's latest closed
 //! period: it is the next one to be closed and paid, whatever the host's clock says.
 //!
@@ -39,9 +45,14 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{format_time, now_ms};
-use crate::pipeline::{Evaluated, IngestError, Period, Pipeline, SETTLEMENT_PREFIX, hold_until, settlement_period};
-use crate::replay::{Payout, ScratchState};
-use crate::store::records::{CommissionRecord, EventRecord, EventStatus, LogLine, OperatorRecord, Restatement};
+use crate::pipeline::{
+    Evaluated, IngestError, Period, Pipeline, Run, SETTLEMENT_PREFIX, hold_until, settlement_period,
+};
+use crate::replay::{AmountOverflow, Payout, ScratchState, checked_add};
+use crate::store::StoreError;
+use crate::store::records::{
+    CommissionRecord, EventRecord, EventStatus, Failure, FailureKind, LogLine, OperatorRecord, Restatement,
+};
 
 /// One ledger entry in restated order.
 pub(crate) struct Entry {
@@ -110,9 +121,34 @@ pub(crate) fn restated_order(records: Vec<EventRecord>) -> Vec<Entry> {
 /// Totals per (affiliate, rule, currency).
 pub type Totals = BTreeMap<(String, String, String), Decimal>;
 
-pub(crate) fn add_to(totals: &mut Totals, payout: &Payout) {
-    *totals.entry((payout.affiliate.clone(), payout.rule.clone(), payout.currency.clone())).or_default() +=
-        payout.amount;
+pub(crate) fn add_to(totals: &mut Totals, payout: &Payout) -> Result<(), AmountOverflow> {
+    let total = totals.entry((payout.affiliate.clone(), payout.rule.clone(), payout.currency.clone())).or_default();
+    checked_add(total, payout.amount, || {
+        format!("total paid to {} under {} in {}", payout.affiliate, payout.rule, payout.currency)
+    })
+}
+
+/// Why a late event's restatement was not computed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RestateError {
+    /// The ledger cannot be restated as it stands: the late event is stored as failed with this
+    /// (and `retry-failed` restates it once the cause is fixed).
+    #[error("{}", .0.message)]
+    Failed(Failure),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+}
+
+impl From<StoreError> for RestateError {
+    fn from(error: StoreError) -> Self {
+        Self::Ingest(error.into())
+    }
+}
+
+impl RestateError {
+    fn failed(message: String) -> Self {
+        Self::Failed(Failure { kind: FailureKind::Restatement, message })
+    }
 }
 
 /// What a late event changes: the adjustments to pay, and the plugin state as restated.
@@ -132,12 +168,12 @@ pub struct SettlementPaid {
 
 impl SettlementPaid {
     /// The total paid per (affiliate, rule, currency).
-    pub fn totals(&self) -> Totals {
+    pub fn totals(&self) -> Result<Totals, AmountOverflow> {
         let mut totals = Totals::new();
         for commission in self.at_close.iter().chain(&self.adjustments) {
-            add_to(&mut totals, &Payout::from(commission));
+            add_to(&mut totals, &Payout::from(commission))?;
         }
-        totals
+        Ok(totals)
     }
 }
 
@@ -165,13 +201,14 @@ pub(crate) fn latest_closed(
 impl Pipeline {
     /// Replays `entries` (the accepted, evaluated ones) in scratch state, in order, giving each
     /// to `visit` with what its replay produced and the values it overwrote; returns the state
-    /// the replay ends with.
-    pub(crate) fn replay_entries(
+    /// the replay ends with. A replay that fails leaves no writes, as live; `visit` decides
+    /// whether the replay goes on without them (a report) or stops (a restatement).
+    pub(crate) fn replay_entries<E: From<IngestError>>(
         &self,
         operator: &OperatorRecord,
         entries: &[Entry],
-        mut visit: impl FnMut(&Entry, &Evaluated, &Before) -> Result<(), IngestError>,
-    ) -> Result<BTreeMap<String, Vec<u8>>, IngestError> {
+        mut visit: impl FnMut(&Entry, &Evaluated, &Before) -> Result<(), E>,
+    ) -> Result<BTreeMap<String, Vec<u8>>, E> {
         let scratch = Arc::new(ScratchState::default());
         for entry in entries {
             let record = &entry.record;
@@ -183,6 +220,7 @@ impl Pipeline {
                 evaluation.plugin_version,
                 settlement_period(&record.event).as_ref(),
                 scratch.clone(),
+                Run::Replay,
             )?;
             let before: Before = evaluated.state_writes.keys().map(|key| (key.clone(), scratch.value(key))).collect();
             visit(entry, &evaluated, &before)?;
@@ -224,7 +262,7 @@ impl Pipeline {
 
     /// Restates the closed periods with `draft`, a late event evaluated but not committed, in
     /// place (see the module's docs).
-    pub(crate) fn restate(&self, operator: &OperatorRecord, draft: &EventRecord) -> Result<Restated, IngestError> {
+    pub(crate) fn restate(&self, operator: &OperatorRecord, draft: &EventRecord) -> Result<Restated, RestateError> {
         let store = self.store();
         let last_seq = store.last_sequence(&operator.id)?;
         let mut records: Vec<EventRecord> = self.records_in_order(operator, last_seq).collect::<Result<_, _>>()?;
@@ -234,19 +272,28 @@ impl Pipeline {
         // Settlement id -> (period, version, replayed totals, replayed explanations).
         let mut restated: BTreeMap<String, (String, u32, Totals, Vec<String>)> = BTreeMap::new();
         let state = self.replay_entries(operator, &entries, |entry, evaluated, _| {
+            // Without this event's writes the replayed state is not the ledger's: stop, rather
+            // than restate (and overwrite the live state) on a replay that skipped it.
+            if let Some(failure) = &evaluated.failure {
+                let event = &entry.record.event.id;
+                tracing::warn!(operator = %operator.id, late = %draft.event.id, replayed = %event, reason = %failure.message, "a restatement's replay failed; the late event is stored as failed");
+                return Err(RestateError::failed(format!(
+                    "restating the closed periods failed: the replay of event {event} did not finish ({}: {}). \
+                     Nothing was restated and the live state is unchanged; fix the cause (raise the operator's \
+                     limits with PUT /v1/operators/{}/limits, say), then POST /v1/operators/{}/events/retry-failed",
+                    failure.kind.as_str(),
+                    failure.message,
+                    operator.id,
+                    operator.id
+                )));
+            }
             let (Some(period), Some(evaluation)) = (settlement_period(&entry.record.event), &entry.record.evaluation)
             else {
                 return Ok(());
             };
-            if let Some(failure) = &evaluated.failure {
-                // Deterministic plugins do not fail on a replay of what they settled; if one
-                // does, its settlement is left as paid rather than restated on a guess.
-                tracing::warn!(settlement = %entry.record.event.id, reason = %failure.message, "restating a settlement failed; left as paid");
-                return Ok(());
-            }
             let mut totals = Totals::new();
             for commission in &evaluated.commissions {
-                add_to(&mut totals, &Payout::from(commission));
+                add_to(&mut totals, &Payout::from(commission)).map_err(overflow)?;
             }
             let explanations = evaluated.commissions.iter().map(|c| c.explanation.clone()).collect();
             restated.insert(entry.record.event.id.clone(), (period.id, evaluation.plugin_version, totals, explanations));
@@ -257,12 +304,19 @@ impl Pipeline {
         let now = now_ms();
         let mut adjustments = Vec::new();
         for (settlement, (period, version, replayed, explanations)) in restated {
-            let before = paid.get(&settlement).map(SettlementPaid::totals).unwrap_or_default();
+            let before =
+                paid.get(&settlement).map(SettlementPaid::totals).transpose().map_err(overflow)?.unwrap_or_default();
             let keys: std::collections::BTreeSet<_> = before.keys().chain(replayed.keys()).cloned().collect();
             for key in keys {
                 let was = before.get(&key).copied().unwrap_or_default();
                 let now_pays = replayed.get(&key).copied().unwrap_or_default();
-                let difference = now_pays - was;
+                let difference = now_pays.checked_sub(was).ok_or_else(|| {
+                    overflow(AmountOverflow {
+                        what: format!("difference between what {period} now pays {} and what it paid", key.0),
+                        total: now_pays,
+                        amount: -was,
+                    })
+                })?;
                 if difference.is_zero() {
                     continue;
                 }
@@ -337,7 +391,7 @@ impl Pipeline {
         let records: Vec<EventRecord> = self.records_in_order(operator, upto).collect::<Result<_, _>>()?;
         let entries = restated_order(records);
         let mut statements: BTreeMap<String, AffiliateStatement> = BTreeMap::new();
-        self.replay_entries(operator, &entries, |entry, evaluated, before| {
+        self.replay_entries(operator, &entries, |entry, evaluated, before| -> Result<(), IngestError> {
             let record = &entry.record;
             let Some(affiliate) = &record.attributed_to else { return Ok(()) };
             let statement = |of: &String| AffiliateStatement { affiliate: of.clone(), ..AffiliateStatement::default() };
@@ -435,6 +489,11 @@ impl Pipeline {
     }
 }
 
+/// A late event whose restatement overflows a decimal fails with a message that says which total.
+fn overflow(error: AmountOverflow) -> RestateError {
+    RestateError::failed(format!("restating the closed periods failed: {error}; nothing was restated"))
+}
+
 fn evaluated_logs(evaluated: &Evaluated) -> Vec<LogLine> {
     evaluated.record.as_ref().map(|record| record.logs.clone()).unwrap_or_default()
 }
@@ -445,14 +504,14 @@ fn text(value: &Option<Vec<u8>>) -> Option<String> {
 
 /// The change of the one decimal state value an event changed: what it contributed to the
 /// running total the plugin keeps (a month's NGR, say). `None` when it changed no value or
-/// several, or values that are not decimals.
+/// several, or values that are not decimals, or a change too large for a decimal.
 fn contribution(changes: &[StateChange]) -> Option<Decimal> {
     let [change] = changes else { return None };
     let decimal = |value: &Option<String>| match value {
         None => Some(Decimal::ZERO),
         Some(text) => text.parse::<Decimal>().ok(),
     };
-    Some(decimal(&change.after)? - decimal(&change.before)?)
+    decimal(&change.after)?.checked_sub(decimal(&change.before)?)
 }
 
 /// Which statement to compute.
@@ -610,6 +669,39 @@ mod tests {
             .collect();
         assert_eq!(missed, ["nov-raced"]);
         assert!(missed_by_settlement(&first, &records[2]).unwrap().contains("2025-11"));
+    }
+
+    #[test]
+    fn a_total_that_would_overflow_a_decimal_is_an_error_and_is_left_as_it_was() {
+        let payout = |amount| Payout {
+            affiliate: "aff1".into(),
+            amount,
+            currency: "USD".into(),
+            rule: "revshare".into(),
+            explanation: String::new(),
+        };
+        let mut totals = Totals::new();
+        add_to(&mut totals, &payout(Decimal::MAX)).unwrap();
+        let error = add_to(&mut totals, &payout(Decimal::ONE)).unwrap_err();
+        assert!(error.to_string().contains("total paid to aff1 under revshare in USD overflows"), "{error}");
+        assert_eq!(totals.values().collect::<Vec<_>>(), [&Decimal::MAX]);
+        let failure = match overflow(error) {
+            RestateError::Failed(failure) => failure,
+            other => panic!("{other}"),
+        };
+        assert_eq!(failure.kind, FailureKind::Restatement);
+        assert!(
+            failure.message.starts_with("restating the closed periods failed: the total paid"),
+            "{}",
+            failure.message
+        );
+        // A change too large for a decimal is no contribution, rather than a panic.
+        let change = StateChange {
+            key: "k".into(),
+            before: Some(Decimal::MIN.to_string()),
+            after: Some(Decimal::MAX.to_string()),
+        };
+        assert_eq!(contribution(&[change]), None);
     }
 
     #[test]

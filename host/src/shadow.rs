@@ -12,11 +12,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::pipeline::{IngestError, Pipeline, settlement_period};
-use crate::replay::{AffiliateTotal, EventDifference, Payout};
+use crate::pipeline::{IngestError, Pipeline, Run, settlement_period};
+use crate::replay::{AffiliateTotal, AffiliateTotals, EventDifference, Payout};
 use crate::sandbox::StateSource;
 use crate::store::Store;
 use crate::store::records::{OperatorRecord, ShadowResult};
@@ -37,11 +36,13 @@ impl StateSource for ShadowState {
 }
 
 /// Starts the follower: one thread for every operator's shadow, so shadows use at most one
-/// core between them, whatever live traffic does.
+/// core between them, whatever live traffic does. Called on the host's runtime, whose slots
+/// (see [`Pipeline::replay_slots`]) each shadow evaluation waits for.
 pub fn spawn_follower(pipeline: Pipeline) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new().name("shadow-follower".into()).spawn(move || {
         loop {
-            match pipeline.shadow_round() {
+            match pipeline.shadow_round(&runtime) {
                 Ok(0) => std::thread::sleep(IDLE),
                 Ok(_) => {}
                 Err(error) => {
@@ -67,7 +68,7 @@ pub struct ShadowReport {
 
 impl Pipeline {
     /// Takes up to a batch of ledger entries for each operator's shadow; returns how many.
-    fn shadow_round(&self) -> Result<usize, IngestError> {
+    fn shadow_round(&self, runtime: &tokio::runtime::Handle) -> Result<usize, IngestError> {
         const BATCH: usize = 100;
         let mut done = 0;
         for operator in self.store().operators()? {
@@ -76,6 +77,7 @@ impl Pipeline {
             let pending: Vec<(u64, String)> =
                 self.store().events_after(&operator.id, progress).take(BATCH).collect::<Result<_, _>>()?;
             for (seq, id) in pending {
+                let _slots = runtime.block_on(self.replay_slots(&operator.id));
                 self.shadow_one(&operator, version, seq, &id)?;
                 done += 1;
             }
@@ -97,8 +99,9 @@ impl Pipeline {
             None => self.referral_chain(&operator.id, affiliate)?,
         };
         let state = Arc::new(ShadowState { store: store.clone(), operator: operator.id.clone(), version });
+        let period = settlement_period(&record.event);
         let evaluated =
-            self.run_plugin(operator, &record.event, chain, version, settlement_period(&record.event).as_ref(), state)?;
+            self.run_plugin(operator, &record.event, chain, version, period.as_ref(), state, Run::Replay)?;
         let result = ShadowResult {
             seq,
             event_id: record.event.id.clone(),
@@ -113,7 +116,7 @@ impl Pipeline {
     /// Where shadow `version` and the ledger disagree, for the entries it has evaluated.
     pub fn shadow_report(&self, operator: &OperatorRecord, version: u32) -> Result<ShadowReport, IngestError> {
         let store = self.store();
-        let mut totals: BTreeMap<(String, String), (Decimal, Decimal)> = BTreeMap::new();
+        let mut totals = AffiliateTotals::default();
         let mut differences = Vec::new();
         let results = store.shadow_results(&operator.id, version)?;
         for result in &results {
@@ -130,12 +133,7 @@ impl Pipeline {
                 .map(Payout::from)
                 .collect();
             let shadow: Vec<Payout> = result.commissions.iter().map(Payout::from).collect();
-            for (payouts, is_paid) in [(&paid, true), (&shadow, false)] {
-                for payout in payouts {
-                    let total = totals.entry((payout.affiliate.clone(), payout.currency.clone())).or_default();
-                    if is_paid { total.0 += payout.amount } else { total.1 += payout.amount }
-                }
-            }
+            totals.add(&paid, &shadow)?;
             if paid != shadow || result.failure.is_some() {
                 differences.push(EventDifference {
                     event_id: result.event_id.clone(),
@@ -152,16 +150,7 @@ impl Pipeline {
             ledger_entries_followed: store.shadow_progress(&operator.id, version)?,
             ledger_entries: store.last_sequence(&operator.id)?,
             events_differing: differences.len(),
-            affiliates: totals
-                .into_iter()
-                .map(|((affiliate, currency), (paid, would_pay))| AffiliateTotal {
-                    affiliate,
-                    currency,
-                    paid,
-                    would_pay,
-                    difference: would_pay - paid,
-                })
-                .collect(),
+            affiliates: totals.into_rows()?,
             differences,
         })
     }

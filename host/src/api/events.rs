@@ -158,6 +158,7 @@ fn ingest_error(error: IngestError) -> ApiError {
         IngestError::Invalid(problems) => ApiError::fields("invalid_event", problems),
         IngestError::Storage(error) => error.into(),
         IngestError::NotDurable(error) => ApiError::unavailable(error),
+        IngestError::Overflow(error) => super::replay::overflow_error(&error),
         IngestError::Internal(message) => ApiError::internal(message),
     }
 }

@@ -120,7 +120,12 @@ pub async fn upload_plugin(
     };
     let plugins = state.pipeline.plugins().clone();
     let operator_id = operator.id.clone();
-    let compiling = tokio::task::spawn_blocking(move || plugins.prepare(&operator_id, wasm.to_vec()));
+    // The smoke run takes an instance from the pool like any evaluation.
+    let slots = state.pipeline.replay_slots(&operator.id).await;
+    let compiling = tokio::task::spawn_blocking(move || {
+        let _slots = slots;
+        plugins.prepare(&operator_id, wasm.to_vec())
+    });
     // The compile thread cannot be interrupted; past the limit the upload is refused and the
     // prepared plugin, whenever it comes, is dropped unstored.
     let prepared = tokio::time::timeout(COMPILE_TIMEOUT, compiling)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -15,7 +15,7 @@ use super::operators::{durable, existing_version, parse_json};
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::parse_time;
 use crate::pipeline::IngestError;
-use crate::replay::TimeRange;
+use crate::replay::{AmountOverflow, TimeRange};
 
 pub async fn verify(
     State(state): State<Arc<AppState>>,
@@ -24,10 +24,14 @@ pub async fn verify(
 ) -> Result<Json<Value>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
     let pipeline = state.pipeline.clone();
-    let report = tokio::task::spawn_blocking(move || pipeline.verify(&operator))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(replay_error)?;
+    let slots = pipeline.replay_slots(&operator.id).await;
+    let report = tokio::task::spawn_blocking(move || {
+        let _slots = slots;
+        pipeline.verify(&operator)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(replay_error)?;
     Ok(Json(serde_json::to_value(report).map_err(ApiError::internal)?))
 }
 
@@ -53,10 +57,14 @@ pub async fn backtest(
     };
     let range = TimeRange { from: time("from", request.from)?, to: time("to", request.to)? };
     let pipeline = state.pipeline.clone();
-    let report = tokio::task::spawn_blocking(move || pipeline.backtest(&operator, version, range))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(replay_error)?;
+    let slots = pipeline.replay_slots(&operator.id).await;
+    let report = tokio::task::spawn_blocking(move || {
+        let _slots = slots;
+        pipeline.backtest(&operator, version, range)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(replay_error)?;
     Ok(Json(serde_json::to_value(report).map_err(ApiError::internal)?))
 }
 
@@ -105,9 +113,20 @@ pub async fn shadow_report(
     Ok(Json(serde_json::to_value(report).map_err(ApiError::internal)?))
 }
 
-fn replay_error(error: IngestError) -> ApiError {
+/// A report's failure: a total that overflows is the ledger's content, not the host's fault, so
+/// it is a 422 that says which total; anything else is the host's.
+pub(super) fn replay_error(error: IngestError) -> ApiError {
     match error {
         IngestError::Storage(error) => error.into(),
+        IngestError::Overflow(error) => overflow_error(&error),
         other => ApiError::internal(other),
     }
+}
+
+pub(super) fn overflow_error(error: &AmountOverflow) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "amount_overflow",
+        format!("{error}: the amounts in the ledger add up to more than a decimal holds, so no total is reported"),
+    )
 }

@@ -50,8 +50,10 @@ pub async fn statement(
         return Err(ApiError::not_found(format!("affiliate {affiliate:?} has no settlement for {}", period.id)));
     }
     let pipeline = state.pipeline.clone();
+    let slots = pipeline.replay_slots(&operator.id).await;
     let answer = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
-        let error = |error: crate::pipeline::IngestError| ApiError::internal(error);
+        let _slots = slots;
+        let error = super::replay::replay_error;
         let as_closed = pipeline.period_statements(&operator, &period, StatementView::AsClosed).map_err(error)?;
         let restated = pipeline.period_statements(&operator, &period, StatementView::Restated).map_err(error)?;
         let paid = pipeline.period_paid(&operator, &period).map_err(error)?;
@@ -68,6 +70,8 @@ pub async fn statement(
                 settlement_paid.map(|paid| paid.adjustments.iter().map(commission_json).collect::<Vec<_>>());
             let totals: Vec<Value> = settlement_paid
                 .map(|paid| paid.totals())
+                .transpose()
+                .map_err(|overflow| super::replay::overflow_error(&overflow))?
                 .unwrap_or_default()
                 .into_iter()
                 .map(|((affiliate, rule, currency), amount)| {

@@ -51,11 +51,15 @@ impl Pipeline {
             outcomes.push(self.process(operator, IncomingEvent { event, content_sha256 }).await?);
         }
         // The statements as this close computed them, kept to compare later recomputations with.
+        let slots = self.replay_slots(&operator.id).await;
         let pipeline = self.clone();
         let (operator, period) = (operator.clone(), period.clone());
-        tokio::task::spawn_blocking(move || pipeline.store_closed_statements(&operator, &period))
-            .await
-            .map_err(|error| IngestError::Internal(format!("statement task failed: {error}")))??;
+        tokio::task::spawn_blocking(move || {
+            let _slots = slots;
+            pipeline.store_closed_statements(&operator, &period)
+        })
+        .await
+        .map_err(|error| IngestError::Internal(format!("statement task failed: {error}")))??;
         drop(order);
         self.durability.wait().await?;
         Ok(outcomes)

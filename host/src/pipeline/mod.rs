@@ -30,7 +30,8 @@ use crate::customer_locks::CustomerLocks;
 use crate::event::{FieldError, IncomingEvent, now_ms, parse_amount};
 use crate::metrics::{FailureLabels, Metrics, OperatorLabels};
 use crate::plugins::PluginRegistry;
-use crate::restate::closed_period_of;
+use crate::replay::AmountOverflow;
+use crate::restate::{RestateError, closed_period_of};
 use crate::sandbox::{
     Limits, MAX_CONCURRENT_INSTANCES, PluginAffiliate, PluginCommission, PluginCommissionRef, PluginContext,
     PluginEvent, PluginInput, PluginPeriod, Sandbox, StateSource,
@@ -104,6 +105,9 @@ pub enum IngestError {
     Storage(#[from] StoreError),
     #[error(transparent)]
     NotDurable(#[from] DurabilityError),
+    /// A report's total (a backtest's, a statement's) does not fit a decimal.
+    #[error(transparent)]
+    Overflow(#[from] AmountOverflow),
     #[error("{0}")]
     Internal(String),
 }
@@ -349,6 +353,19 @@ impl Pipeline {
         EvaluationSlots::new(self.metrics.clone(), [operator, sandbox], shared, alone)
     }
 
+    /// One of the operator's sandbox slots, then one of the sandbox's, for work off the live
+    /// path that runs plugins: a verify, a statement, a backtest, a shadow, an upload's smoke
+    /// run. It runs one instance at a time and holds the slots throughout, so however many run
+    /// at once, the instances in use stay within the pool's bound
+    /// ([`MAX_CONCURRENT_INSTANCES`]) and live events never find the pool exhausted. It takes
+    /// no commit turn: it commits nothing, and holds no operator's events back.
+    pub async fn replay_slots(&self, operator: &str) -> EvaluationSlots {
+        let gate = self.gate(operator);
+        let operator = gate.slots.acquire_owned().await.expect("the semaphore is never closed");
+        let sandbox = self.evaluation_slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        EvaluationSlots::new(self.metrics.clone(), [operator, sandbox], None, None)
+    }
+
     /// Evaluates the operator's failed events again, oldest first, with its active plugin.
     pub async fn retry_failed(&self, operator: &OperatorRecord) -> Result<RetryReport, IngestError> {
         let mut report = RetryReport::default();
@@ -488,7 +505,7 @@ impl Pipeline {
             _ => false,
         };
         let late = closed && operator.late_events != LateEventPolicy::AsReceived;
-        let record = EventRecord {
+        let mut record = EventRecord {
             seq: 0,
             event: event.clone(),
             content_sha256: content_sha256.to_owned(),
@@ -502,7 +519,31 @@ impl Pipeline {
             restated: late,
             taken_as_received: closed && !late,
         };
-        let restated = if late { Some(self.restate(operator, &record)?) } else { None };
+        let restated = if late {
+            match self.restate(operator, &record) {
+                Ok(restated) => Some(restated),
+                Err(RestateError::Ingest(error)) => return Err(error),
+                // Stored as failed, like an evaluation that did not finish: kept, paying and
+                // writing nothing, for `retry-failed` once the cause is fixed.
+                Err(RestateError::Failed(failure)) => {
+                    record.status = EventStatus::Failed;
+                    record.failure = Some(failure);
+                    record.restated = false;
+                    return Ok(Prepared::Ready(EventCommit {
+                        operator: operator.id.clone(),
+                        record,
+                        replaces_failed_attempt: retry_of,
+                        new_binding,
+                        state_reads: evaluated.state_reads,
+                        state_writes: BTreeMap::new(),
+                        commissions: Vec::new(),
+                        expected_last_seq: None,
+                    }));
+                }
+            }
+        } else {
+            None
+        };
         let (commissions, state_writes, expected_last_seq) = match restated {
             Some(restated) => {
                 let mut commissions = evaluated.commissions;
@@ -602,7 +643,7 @@ impl Pipeline {
             }));
         };
         let chain = self.referral_chain(&operator.id, affiliate)?;
-        let mut evaluated = self.run_plugin(operator, event, chain, version, period, state)?;
+        let mut evaluated = self.run_plugin(operator, event, chain, version, period, state, Run::Live)?;
         if let Some(record) = &mut evaluated.record {
             record.version_reason = reason.clone();
         }
@@ -615,6 +656,9 @@ impl Pipeline {
     /// Runs `version` of the operator's plugin on one event (or its `settle` for `period`),
     /// reading state from `state`, and checks its answer. The live path and replays share it,
     /// so both evaluate alike.
+    // One call site per kind of run (live, restatement, verify, backtest, shadow) passes exactly
+    // these; a struct for them would only be built to be taken apart here.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run_plugin(
         &self,
         operator: &OperatorRecord,
@@ -623,13 +667,17 @@ impl Pipeline {
         version: u32,
         period: Option<&PluginPeriod>,
         state: Arc<dyn StateSource>,
+        run: Run,
     ) -> Result<Evaluated, IngestError> {
         let plugin = self
             .plugins
             .get(&operator.id, version)
             .map_err(|error| IngestError::Internal(format!("loading plugin v{version}: {error:#}")))?;
         let input = plugin_input(operator, event, &chain);
-        let limits = effective_limits(self.sandbox.limits(), &operator.limits);
+        let limits = match run {
+            Run::Live => effective_limits(self.sandbox.limits(), &operator.limits),
+            Run::Replay => effective_limits(self.sandbox.limits(), &operator.limits).without_deadline(),
+        };
         let started = Instant::now();
         let evaluation = match period {
             Some(period) => self.sandbox.settle(&plugin, period, &input.context, state, limits),
@@ -717,6 +765,15 @@ impl Default for OperatorGate {
     }
 }
 
+/// Whether an evaluation is live (an event arriving) or a replay of the ledger (a restatement,
+/// verify, a statement, a backtest, a shadow): a replay runs without the wall-clock deadline
+/// (see [`Limits::without_deadline`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Run {
+    Live,
+    Replay,
+}
+
 /// How an evaluation commits: beside the operator's others, or with them held back.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Turn {
@@ -724,9 +781,9 @@ enum Turn {
     Alone,
 }
 
-/// An operator's commit turn, its slot and a sandbox slot, held for one evaluation and its
-/// commit; counted as in flight.
-struct EvaluationSlots {
+/// An operator's slot and a sandbox slot (and, live, its commit turn), held for one evaluation
+/// and its commit, or for a replay; counted as in flight.
+pub struct EvaluationSlots {
     metrics: Arc<Metrics>,
     _permits: [OwnedSemaphorePermit; 2],
     _shared: Option<OwnedRwLockReadGuard<()>>,

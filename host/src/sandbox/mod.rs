@@ -43,6 +43,17 @@ pub struct Limits {
     pub max_commissions: usize,
 }
 
+impl Limits {
+    /// These limits without the wall-clock deadline, for replays (restatements, verify,
+    /// statements, backtests, shadows). The deadline bounds a live event's latency, and a busy
+    /// machine can trip it; a replay must give the answer the live evaluation gave, so it is
+    /// bounded by fuel alone, which is deterministic. (A deadline some 136 years away: the epoch
+    /// arithmetic stays in range.)
+    pub fn without_deadline(self) -> Self {
+        Self { timeout: Duration::from_secs(u64::from(u32::MAX)), ..self }
+    }
+}
+
 /// The most any operator's limits may be raised to: what the engine is configured for.
 pub const CEILINGS: Limits = Limits {
     fuel: 10_000_000_000,

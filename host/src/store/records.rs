@@ -223,6 +223,9 @@ pub enum FailureKind {
     RuleError,
     InvalidResult,
     LimitExceeded,
+    /// A late event whose restatement of the closed periods could not be computed: an earlier
+    /// event did not replay to the end, or a total overflowed. Nothing of it was written.
+    Restatement,
 }
 
 impl FailureKind {
@@ -238,6 +241,7 @@ impl FailureKind {
             FailureKind::RuleError => "rule_error",
             FailureKind::InvalidResult => "invalid_result",
             FailureKind::LimitExceeded => "limit_exceeded",
+            FailureKind::Restatement => "restatement",
         }
     }
 }
