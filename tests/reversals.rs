@@ -57,7 +57,10 @@ fn pay(host: &Host, operator: &Operator, id: &str, amount: &str, currency: Optio
     if let Some(currency) = currency {
         attributes["currency"] = json!(currency);
     }
-    host.accept(operator, json!({"id": id, "type": "sale", "customer": id, "affiliate": "aff1", "attributes": attributes}))
+    host.accept(
+        operator,
+        json!({"id": id, "type": "sale", "customer": id, "affiliate": "aff1", "attributes": attributes}),
+    )
 }
 
 /// A clawback of `of`'s commission, of `amount`, sent for `of`'s customer.
@@ -84,8 +87,8 @@ fn a_rejected_cpa_clawed_back_is_not_payable() {
     let cpa = ids(&deposit)[0].clone();
     moved(&host, &acme, &cpa, "rejected");
 
-    let chargeback =
-        host.accept(&acme, json!({"id": "cb1", "type": "chargeback", "customer": "c1", "attributes": {"deposit": "d1"}}));
+    let chargeback = host
+        .accept(&acme, json!({"id": "cb1", "type": "chargeback", "customer": "c1", "attributes": {"deposit": "d1"}}));
     assert_eq!(paid(&chargeback), [("aff1".into(), dec("-10"))]);
     let reversal = ids(&chargeback)[0].clone();
 
@@ -120,8 +123,8 @@ fn a_paid_original_stays_paid_and_its_reversal_is_a_payable_deduction() {
     moved(&host, &acme, &cpa, "approved");
     moved(&host, &acme, &cpa, "paid");
 
-    let chargeback =
-        host.accept(&acme, json!({"id": "cb1", "type": "chargeback", "customer": "c1", "attributes": {"deposit": "d1"}}));
+    let chargeback = host
+        .accept(&acme, json!({"id": "cb1", "type": "chargeback", "customer": "c1", "attributes": {"deposit": "d1"}}));
     let reversal = ids(&chargeback)[0].clone();
 
     // The 10 went out: the CPA stays paid, and the -10 is owed back, a deduction from the next
@@ -194,8 +197,8 @@ fn a_full_reversal_of_an_unpaid_commission_voids_both_sides() {
         .accept(&acme, json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "100", "affiliate": "aff1"}));
     let cpa = ids(&deposit)[0].clone();
     moved(&host, &acme, &cpa, "approved");
-    let chargeback =
-        host.accept(&acme, json!({"id": "cb1", "type": "chargeback", "customer": "c1", "attributes": {"deposit": "d1"}}));
+    let chargeback = host
+        .accept(&acme, json!({"id": "cb1", "type": "chargeback", "customer": "c1", "attributes": {"deposit": "d1"}}));
     let reversal = ids(&chargeback)[0].clone();
 
     for id in [&cpa, &reversal] {
@@ -288,8 +291,8 @@ fn amounts_are_rounded_once_to_the_currencys_minor_units() {
         .accept(&acme, json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "500", "affiliate": "aff1"}));
     assert_eq!(paid(&deposit), [("aff1".into(), dec("100.05")), ("master".into(), dec("10.01"))]);
     assert_eq!(deposit["commissions"][1]["amount"], "10.01");
-    let chargeback =
-        host.accept(&acme, json!({"id": "cb1", "type": "chargeback", "customer": "c1", "attributes": {"deposit": "d1"}}));
+    let chargeback = host
+        .accept(&acme, json!({"id": "cb1", "type": "chargeback", "customer": "c1", "attributes": {"deposit": "d1"}}));
     assert_eq!(paid(&chargeback), [("aff1".into(), dec("-100.05")), ("master".into(), dec("-10.01"))]);
     assert_eq!(host.totals(&acme), [("aff1".to_owned(), Decimal::ZERO), ("master".to_owned(), Decimal::ZERO)].into());
     let override_id = ids(&deposit)[1].clone();
@@ -313,8 +316,10 @@ fn override_changed_between(percent_at_deposit: &str, percent_at_chargeback: &st
     host.install_plugin(&broker, "multi-event");
     host.put_affiliate(&broker, "master", None, json!({"override_percent": percent_at_deposit}));
     host.put_affiliate(&broker, "aff1", Some("master"), json!({"ftd_cpa": "40"}));
-    let deposit = host
-        .accept(&broker, json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "500", "affiliate": "aff1"}));
+    let deposit = host.accept(
+        &broker,
+        json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "500", "affiliate": "aff1"}),
+    );
     host.put_affiliate(&broker, "master", None, json!({"override_percent": percent_at_chargeback}));
     let chargeback = host
         .accept(&broker, json!({"id": "cb1", "type": "chargeback", "customer": "c1", "attributes": {"deposit": "d1"}}));

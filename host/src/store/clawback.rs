@@ -35,7 +35,14 @@ pub(super) fn claw_back(
             original.status = Reversed;
             original.history.push(change(Reversed, format!("reversed in full by {by} before it was paid: void")));
             let note = format!("reverses {original_id} in full before it was paid: void");
-            (ClawBackOutcome::Voided, Some(StatusRecord { status: Reversed, history: vec![change(Reversed, note)], ..StatusRecord::default() }))
+            (
+                ClawBackOutcome::Voided,
+                Some(StatusRecord {
+                    status: Reversed,
+                    history: vec![change(Reversed, note)],
+                    ..StatusRecord::default()
+                }),
+            )
         }
         status @ (Pending | Approved) => {
             let note = format!(
@@ -56,7 +63,14 @@ pub(super) fn claw_back(
         // there is nothing left to claw back.
         Rejected | Reversed => {
             let note = format!("{original_id} is {}: nothing to claw back", original.status.as_str());
-            (ClawBackOutcome::NothingToClawBack, Some(StatusRecord { status: Rejected, history: vec![change(Rejected, note)], ..StatusRecord::default() }))
+            (
+                ClawBackOutcome::NothingToClawBack,
+                Some(StatusRecord {
+                    status: Rejected,
+                    history: vec![change(Rejected, note)],
+                    ..StatusRecord::default()
+                }),
+            )
         }
     };
     original.clawed_back = Some(ClawBack { by: reversal.id.clone(), amount: reversal.amount, outcome });
@@ -66,10 +80,9 @@ pub(super) fn claw_back(
 /// The move of a netted reversal that follows its original's move `change` (of `original_id`).
 pub(super) fn follow(reversal: &mut StatusRecord, original_id: &str, change: &StatusChange) {
     reversal.status = change.status;
-    reversal.history.push(StatusChange {
-        note: format!("moved with {original_id}: {}", change.note),
-        ..change.clone()
-    });
+    reversal
+        .history
+        .push(StatusChange { note: format!("moved with {original_id}: {}", change.note), ..change.clone() });
 }
 
 #[cfg(test)]

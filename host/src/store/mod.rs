@@ -285,7 +285,9 @@ impl LedgerTx<'_> {
                 .transpose()?
                 .ok_or_else(|| {
                     let id = commission.reverses.as_deref().unwrap_or_default();
-                    ConflictableTransactionError::Abort(Abort::Decode(format!("the reversed commission {id} is missing")))
+                    ConflictableTransactionError::Abort(Abort::Decode(format!(
+                        "the reversed commission {id} is missing"
+                    )))
                 })?;
                 if let Some(own) = clawback::claw_back(&mut status, original.amount, commission) {
                     self.statuses.insert(keys::text(operator, &commission.id), to_json(&own))?;
