@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use commission_host::event::{IncomingEvent, parse_postback, parse_webhook};
-use commission_host::pipeline::checked_commissions;
+use commission_host::pipeline::{ReversedCommission, checked_commissions};
 use commission_host::sandbox::{PluginCommission, PluginCommissionRef};
 use commission_host::secrets::{SignatureError, WEBHOOK_TOLERANCE_SECONDS, verify_webhook};
 use commission_host::store::records::{ChainLink, StoredEvent};
@@ -173,7 +173,11 @@ pub fn plugin_result(data: &[u8]) {
     };
     // Only d1's ftd-cpa of 10 exists to be reversed.
     let find_reversed = |reference: &PluginCommissionRef, _affiliate: &str| {
-        (reference.event_id == "d1" && reference.rule == "ftd-cpa").then(|| ("cm_1_0".to_owned(), Decimal::TEN))
+        (reference.event_id == "d1" && reference.rule == "ftd-cpa").then(|| ReversedCommission {
+            id: "cm_1_0".to_owned(),
+            amount: Decimal::TEN,
+            currency: "USD".to_owned(),
+        })
     };
     let count = commissions.len();
     let Ok(records) = checked_commissions(commissions, &chain, &event, 1, 50, &find_reversed) else { return };
@@ -184,7 +188,8 @@ pub fn plugin_result(data: &[u8]) {
         assert!(!record.rule.is_empty() && record.rule.len() <= 64 && record.explanation.len() <= 512);
         if let Some(reversed) = &record.reverses {
             assert_eq!(reversed, "cm_1_0");
-            assert!(record.amount.is_sign_negative() && -record.amount <= Decimal::TEN, "{}", record.amount);
+            assert!(record.amount <= Decimal::ZERO && -record.amount <= Decimal::TEN, "{}", record.amount);
+            assert_eq!(record.currency, "USD", "a reversal is in its original's currency");
         }
         assert_eq!(record.event_id, "e1");
     }

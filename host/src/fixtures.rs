@@ -8,7 +8,7 @@
 //! fixture that passes here passes the same way on the server, and `plugin test` and
 //! `plugin trace` (and the end-to-end tests) share it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use commission_plugin_sdk::fixtures::Evaluator;
@@ -16,7 +16,7 @@ use commission_plugin_sdk::{Commission, CommissionRef, Context, Decimal, Event, 
 
 pub use commission_plugin_sdk::fixtures::{Fixture, FixtureError, Report};
 
-use crate::pipeline::{RESERVED_PREFIX, SETTLEMENT_KIND, checked_commissions};
+use crate::pipeline::{RESERVED_PREFIX, ReversedCommission, SETTLEMENT_KIND, checked_commissions};
 use crate::sandbox::{
     Evaluation, Limits, LoadedPlugin, PluginAffiliate, PluginCommission, PluginContext, PluginEvent, PluginInput,
     PluginPeriod, Sandbox, StateSource,
@@ -79,13 +79,26 @@ impl<'a> ComponentEvaluator<'a> {
         let elapsed = started.elapsed();
         let answer =
             evaluation.result.clone().map_err(|failure| format!("{}: {}", failure.kind.as_str(), failure.message));
-        // Reversals are checked against the fixture's own ledger by the SDK's runner; here every
-        // reference resolves, each to an id of its own, so that the rest of the answer gets the
-        // pipeline's checks (a commission reversed twice in one answer among them).
-        let resolve_all = |reference: &crate::sandbox::PluginCommissionRef, affiliate: &str| {
-            Some((format!("{}/{}/{affiliate}", reference.event_id, reference.rule), Decimal::MAX))
-        };
         let outcome = evaluation.result.and_then(|commissions| {
+            // Reversals are checked against the fixture's own ledger by the SDK's runner; here
+            // every reference resolves, each to an id of its own in the reversal's currency, so
+            // that the rest of the answer gets the pipeline's checks (a commission reversed twice
+            // in one answer among them).
+            let currencies: HashMap<(String, String, String), String> = commissions
+                .iter()
+                .filter_map(|c| {
+                    let r = c.reverses.as_ref()?;
+                    Some(((r.event_id.clone(), r.rule.clone(), c.affiliate.clone()), c.currency.clone()))
+                })
+                .collect();
+            let resolve_all = |reference: &crate::sandbox::PluginCommissionRef, affiliate: &str| {
+                let key = (reference.event_id.clone(), reference.rule.clone(), affiliate.to_owned());
+                Some(ReversedCommission {
+                    id: format!("{}/{}/{affiliate}", reference.event_id, reference.rule),
+                    amount: Decimal::MAX,
+                    currency: currencies.get(&key)?.clone(),
+                })
+            };
             let references: Vec<Option<CommissionRef>> = commissions
                 .iter()
                 .map(|commission| {

@@ -344,6 +344,8 @@ impl Pipeline {
                     version_reason: format!("v{version}: the version that settled {period}"),
                     hold_until: held,
                     restates: Some(Restatement { period: period.clone(), settlement: settlement.clone() }),
+                    // A difference of settlements the host rounded already.
+                    unrounded_amount: None,
                 });
             }
         }

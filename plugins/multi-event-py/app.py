@@ -6,7 +6,8 @@ The referring affiliate earns a CPA on the customer's first deposit, another on 
 trade, and a volume bonus once the customer's cumulative traded lots exceed a threshold; each
 once per customer. Parents with `override_percent` earn that share of what the level below
 earned. A `chargeback` (or `refund`) whose attribute `deposit` names the first deposit claws
-back its CPA and the overrides of it.
+back what that deposit paid, its CPA and the overrides of it, as they were paid (kept in state
+with them, as the Rust SDK's `remember_paid` keeps them), whatever the deals say by then.
 
 | deal term (attributed affiliate) | default | meaning |
 | --- | --- | --- |
@@ -90,7 +91,6 @@ def first_deposit(event, context, affiliate):
         return []
     cpa = term(affiliate, "ftd_cpa", Decimal(10))
     state.set(customer_key(event.customer, "ftd-event"), event.id.encode())
-    state.set(customer_key(event.customer, "ftd-cpa"), str(cpa).encode())
     currency = event.currency or context.operator_currency
     return [pay(context, affiliate, cpa, "ftd-cpa", f"first deposit: CPA {cpa} on deposit {amount} {currency}")]
 
@@ -126,6 +126,41 @@ def trade(event, context, affiliate):
     return commissions
 
 
+def plain(amount):
+    """A decimal as the Rust plugin keeps it (`Decimal::normalize`): no trailing zeros, no exponent."""
+    return format(Decimal(amount).normalize(), "f")
+
+
+def remember_paid(event_id, commissions):
+    """What the Rust SDK's `state::remember_paid` keeps: one line per commission, under `paid:{event}`."""
+    lines = [f"{paid.affiliate}\t{paid.rule}\t{plain(paid.amount)}\t{paid.currency}" for paid in commissions]
+    state.set(f"paid:{event_id}", "\n".join(lines).encode())
+
+
+def reverse_paid(event_id, because):
+    """The Rust SDK's `state::reverse_paid`: claws back, once, what `remember_paid` kept."""
+    key = f"paid:{event_id}"
+    remembered = state.get(key)
+    if remembered is None:
+        return []
+    state.delete(key)
+    reversed_ = []
+    for line in remembered.decode().splitlines():
+        affiliate, rule, amount, currency = line.split("\t")
+        original = decimal(key, amount)
+        reversed_.append(
+            Commission(
+                affiliate,
+                str(-original),
+                currency,
+                f"{rule}-reversal",
+                because(rule, original),
+                CommissionRef(event_id, rule),
+            )
+        )
+    return reversed_
+
+
 def claw_back_first_deposit(event, context, affiliate):
     deposit = attribute(event, "deposit")
     if deposit is None:
@@ -134,8 +169,19 @@ def claw_back_first_deposit(event, context, affiliate):
     if first != deposit.encode():
         log.log(log.Level.INFO, f"{event.kind} of {deposit}: not the first deposit that paid, nothing to claw back")
         return []
-    paid = state_decimal(customer_key(event.customer, "ftd-cpa"))
-    return [
+    legacy_cpa = customer_key(event.customer, "ftd-cpa")
+    if state.get(legacy_cpa) is None:
+
+        def because(rule, amount):
+            what = "CPA" if rule == "ftd-cpa" else rule
+            return f"{event.kind} of first deposit {deposit}: {what} {amount} clawed back"
+
+        return reverse_paid(deposit, because)
+    # A first deposit paid by a version that kept only its CPA: the overrides were not kept,
+    # so they are worked out again from today's deals.
+    paid = state_decimal(legacy_cpa)
+    state.delete(legacy_cpa)
+    direct = [
         pay(
             context,
             affiliate,
@@ -145,6 +191,7 @@ def claw_back_first_deposit(event, context, affiliate):
             CommissionRef(deposit, "ftd-cpa"),
         )
     ]
+    return direct + parent_overrides(direct, context)
 
 
 def parent_overrides(direct, context):
@@ -177,10 +224,13 @@ class Rules(exports.Rules):
             elif event.kind == "trade":
                 direct = trade(event, context, affiliate)
             elif event.kind in ("chargeback", "refund"):
-                direct = claw_back_first_deposit(event, context, affiliate)
+                return claw_back_first_deposit(event, context, affiliate)
             else:
                 direct = []
-            return direct + parent_overrides(direct, context)
+            paid = direct + parent_overrides(direct, context)
+            if event.kind == "deposit" and paid:
+                remember_paid(event.id, paid)
+            return paid
         except RuleError as error:
             raise Err(str(error))
 

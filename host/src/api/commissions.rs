@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::operators::{durable, parse_json};
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::{FieldError, format_time, now_ms, parse_time};
-use crate::store::records::{CommissionRecord, CommissionStatus, StatusChange};
+use crate::store::records::{CommissionRecord, CommissionStatus, StatusChange, StatusRecord};
 use crate::store::{StoreError, format_cursor, parse_cursor};
 
 const DEFAULT_LIMIT: usize = 100;
@@ -78,7 +78,9 @@ pub async fn list(
         .iter()
         .map(|commission| {
             let mut listed = commission_json(commission);
-            listed["status"] = json!(store.commission_status(&operator.id, &commission.id)?.status);
+            let status = store.commission_status(&operator.id, &commission.id)?;
+            listed["status"] = json!(status.status);
+            reversal_fields(&mut listed, &status);
             Ok(listed)
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
@@ -99,6 +101,7 @@ pub async fn get(
     let mut answer = commission_json(&commission);
     answer["status"] = json!(status.status);
     answer["history"] = json!(status.history);
+    reversal_fields(&mut answer, &status);
     Ok(Json(answer))
 }
 
@@ -140,17 +143,21 @@ pub async fn set_status(
     }
     let by = if auth::is_admin(&state, &headers) { "admin" } else { "operator" };
     let change = StatusChange { status: request.status, at: now, by: by.to_owned(), note: request.note };
-    let (record, moved) =
-        store.change_commission_status(&operator.id, &id, change, |current| current.may_become(request.status))?;
-    if !moved {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "status_transition",
-            format!("{id} is {}; it cannot become {}", record.status.as_str(), request.status.as_str()),
-        ));
-    }
+    let record = store
+        .change_commission_status(&operator.id, &id, change)?
+        .map_err(|refusal| ApiError::new(StatusCode::CONFLICT, "status_transition", format!("{id} {refusal}")))?;
     durable(&state).await?;
-    Ok(Json(json!({ "id": id, "status": record.status, "history": record.history })))
+    let mut answer = json!({ "id": id, "status": record.status, "history": record.history });
+    reversal_fields(&mut answer, &record);
+    Ok(Json(answer))
+}
+
+/// How a reversal touched the commission, if one did: `clawed_back` on an original (by which
+/// reversal, how much, and what it did: `voided`, `netted`, `deducted`, `nothing_to_claw_back`),
+/// `moves_with` on a reversal netted against its unpaid original.
+fn reversal_fields(answer: &mut Value, status: &StatusRecord) {
+    answer["clawed_back"] = json!(status.clawed_back);
+    answer["moves_with"] = json!(status.moves_with);
 }
 
 pub fn commission_json(commission: &CommissionRecord) -> Value {
@@ -171,5 +178,6 @@ pub fn commission_json(commission: &CommissionRecord) -> Value {
         "reverses": commission.reverses,
         "restates": commission.restates,
         "fx_rate": commission.fx_rate,
+        "unrounded_amount": commission.unrounded_amount,
     })
 }

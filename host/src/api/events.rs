@@ -213,6 +213,10 @@ fn outcome_json(outcome: &EventOutcome) -> Value {
             if let Some(restates) = &c.restates {
                 commission["restates"] = json!(restates);
             }
+            // The plugin's own figure, where the host rounded it to the currency's minor units.
+            if let Some(unrounded) = c.unrounded_amount {
+                commission["unrounded_amount"] = json!(unrounded);
+            }
             commission
         }).collect::<Vec<_>>(),
     });

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, RoundingStrategy};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock, Semaphore};
 
 use crate::committer::{CommitError, CommitMetrics, Committer};
@@ -699,7 +699,7 @@ impl Pipeline {
             commissions
                 .into_iter()
                 .find(|c| c.rule == reference.rule && c.affiliate == affiliate)
-                .map(|c| (c.id, c.amount))
+                .map(|c| ReversedCommission { id: c.id, amount: c.amount, currency: c.currency })
         };
         let commissions = evaluation.result.and_then(|commissions| {
             checked_commissions(commissions, &record.chain, event, version, limits.max_commissions, &find_reversed)
@@ -1016,15 +1016,43 @@ fn plugin_input(operator: &OperatorRecord, event: &StoredEvent, chain: &[ChainLi
     }
 }
 
-/// Resolves a reversal's reference, for an affiliate, to the id and amount of the commission.
-pub type FindReversed<'a> = dyn Fn(&PluginCommissionRef, &str) -> Option<(String, Decimal)> + 'a;
+/// The commission a reversal claws back, as [`checked_commissions`] checks the reversal against.
+#[derive(Debug, Clone)]
+pub struct ReversedCommission {
+    pub id: String,
+    pub amount: Decimal,
+    pub currency: String,
+}
+
+/// Resolves a reversal's reference, for an affiliate, to the commission it claws back.
+pub type FindReversed<'a> = dyn Fn(&PluginCommissionRef, &str) -> Option<ReversedCommission> + 'a;
+
+/// How the host rounds a plugin's amount to its currency's minor units: half away from zero,
+/// as the reference plugins that round do, so a figure they rounded already stays as it is, and
+/// a reversal rounds to exactly the negative of its original.
+pub const ROUNDING: RoundingStrategy = RoundingStrategy::MidpointAwayFromZero;
+
+/// `amount` held to the minor units of `currency` (its ISO 4217 exponent: 2 for USD, 0 for JPY,
+/// 3 for KWD) with [`ROUNDING`]; as it is for a currency without minor units (XAU, XDR).
+/// Applied once, by the host, to each commission before it is stored.
+pub fn to_minor_units(amount: Decimal, currency: iso_currency::Currency) -> Decimal {
+    match currency.exponent() {
+        Some(exponent) if amount.scale() > u32::from(exponent) => {
+            let rounded = amount.round_dp_with_strategy(u32::from(exponent), ROUNDING);
+            // No negative zero: -0.004 is paid as 0.00.
+            if rounded.is_zero() { rounded.abs() } else { rounded }
+        }
+        _ => amount,
+    }
+}
 
 /// The plugin's answer is untrusted input like any other: every field is checked before it
 /// becomes a ledger entry. The commissions it returns have no ids yet; the commit assigns them.
 ///
-/// A reversal's reference (event id and rule) is resolved by `find_reversed` to the id and
-/// amount of the affiliate's commission it claws back; it must exist, and the reversal must be
-/// negative and no larger than it.
+/// Each amount is rounded to its currency's minor units ([`to_minor_units`]), the plugin's figure
+/// kept beside it when that changed it. A reversal's reference (event id and rule) is resolved by
+/// `find_reversed` to the affiliate's commission it claws back; it must exist, be in the same
+/// currency, and the reversal must be negative and, rounded, no larger than it.
 pub fn checked_commissions(
     commissions: Vec<PluginCommission>,
     chain: &[ChainLink],
@@ -1049,10 +1077,11 @@ pub fn checked_commissions(
             if !chain.iter().any(|link| link.affiliate == commission.affiliate) {
                 return Err(at(format!("affiliate {:?} is not in the referral chain", commission.affiliate)));
             }
-            let amount = parse_amount(&commission.amount).map_err(|problem| at(format!("amount: {problem}")))?;
-            if iso_currency::Currency::from_code(&commission.currency).is_none() {
+            let exact = parse_amount(&commission.amount).map_err(|problem| at(format!("amount: {problem}")))?;
+            let Some(currency) = iso_currency::Currency::from_code(&commission.currency) else {
                 return Err(at(format!("currency {:?} is not an ISO 4217 code", commission.currency)));
-            }
+            };
+            let amount = to_minor_units(exact, currency);
             if commission.rule.is_empty() || commission.rule.len() > 64 {
                 return Err(at("rule: 1 to 64 bytes".into()));
             }
@@ -1062,18 +1091,26 @@ pub fn checked_commissions(
             let reverses = match &commission.reverses {
                 None => None,
                 Some(reference) => {
-                    let Some((id, original)) = find_reversed(reference, &commission.affiliate) else {
+                    let Some(original) = find_reversed(reference, &commission.affiliate) else {
                         return Err(at(format!(
                             "reverses {}/{}: {} has no such commission",
                             reference.event_id, reference.rule, commission.affiliate
                         )));
                     };
-                    if !amount.is_sign_negative() || -amount > original {
+                    if original.currency != commission.currency {
                         return Err(at(format!(
-                            "a reversal of {original} must be negative and at most {original} in size; got {amount}"
+                            "reverses {} paid in {}, but is in {}: a reversal claws back in the currency of \
+                             what it reverses",
+                            original.id, original.currency, commission.currency
                         )));
                     }
-                    Some(id)
+                    let paid = original.amount;
+                    if !exact.is_sign_negative() || -amount > paid {
+                        return Err(at(format!(
+                            "a reversal of {paid} must be negative and at most {paid} in size; got {exact}"
+                        )));
+                    }
+                    Some(original.id)
                 }
             };
             let hold_until = chain
@@ -1097,6 +1134,7 @@ pub fn checked_commissions(
                 version_reason: String::new(),
                 hold_until,
                 restates: None,
+                unrounded_amount: (amount != exact).then_some(exact),
             })
         })
         .collect::<Result<_, _>>()?;

@@ -11,6 +11,7 @@
 //! On a `Corruption` report at start-up the host refuses to serve (see the README's recovery
 //! section) rather than guess.
 
+mod clawback;
 mod durability;
 pub mod keys;
 pub mod records;
@@ -24,8 +25,8 @@ use sled::{Transactional, Tree};
 
 pub use durability::{Durability, DurabilityError};
 use records::{
-    AffiliateRecord, CommissionRecord, CommissionStatus, CustomerBinding, EventRecord, EventStatus, OperatorRecord,
-    PluginRecord, ShadowResult, StatusChange, StatusRecord,
+    AffiliateRecord, ClawBack, ClawBackOutcome, CommissionRecord, CustomerBinding, EventRecord, EventStatus,
+    OperatorRecord, PluginRecord, ShadowResult, StatusChange, StatusRecord,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -131,8 +132,16 @@ struct PreparedCommit<'a> {
     binding: Option<(Vec<u8>, Vec<u8>)>,
     reads: Vec<(Vec<u8>, &'a Option<Vec<u8>>)>,
     writes: Vec<(Vec<u8>, &'a Option<Vec<u8>>)>,
-    /// For each commission that claws another back, the reversed commission's key.
-    reversed: Vec<Option<Vec<u8>>>,
+    /// For each commission that claws another back, the reversed commission's keys.
+    reversed: Vec<Option<ReversedKeys>>,
+}
+
+/// Where a reversed commission is kept.
+struct ReversedKeys {
+    /// Under its id: in `reversals` and `commission_status`.
+    by_id: Vec<u8>,
+    /// In `commissions`; `None` for an id that is not a commission's.
+    record: Option<Vec<u8>>,
 }
 
 impl<'a> PreparedCommit<'a> {
@@ -145,7 +154,16 @@ impl<'a> PreparedCommit<'a> {
             binding: commit.new_binding.as_ref().map(|binding| (key(&commit.record.event.customer), to_json(binding))),
             reads: commit.state_reads.iter().map(|(name, value)| (key(name), value)).collect(),
             writes: commit.state_writes.iter().map(|(name, value)| (key(name), value)).collect(),
-            reversed: commit.commissions.iter().map(|commission| commission.reverses.as_deref().map(key)).collect(),
+            reversed: commit
+                .commissions
+                .iter()
+                .map(|commission| {
+                    commission.reverses.as_deref().map(|id| ReversedKeys {
+                        by_id: key(id),
+                        record: parse_commission_id(id).map(|(seq, index)| keys::commission(operator, seq, index)),
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -209,7 +227,7 @@ impl LedgerTx<'_> {
             return Ok(CommitOutcome::Stale);
         }
         // Checked before the commit too; here it is a race, settled by evaluating again.
-        let reversed: Vec<&Vec<u8>> = prepared.reversed.iter().flatten().collect();
+        let reversed: Vec<&Vec<u8>> = prepared.reversed.iter().flatten().map(|keys| &keys.by_id).collect();
         for (index, key) in reversed.iter().enumerate() {
             if reversed[..index].contains(key) || self.reversals.get(key)?.is_some() {
                 return Ok(CommitOutcome::Stale);
@@ -254,19 +272,27 @@ impl LedgerTx<'_> {
         for ((index, commission), reversed) in commissions.iter().enumerate().zip(&prepared.reversed) {
             let key = keys::commission(operator, seq, index as u16);
             if let Some(reversed) = reversed {
-                self.reversals.insert(reversed.as_slice(), key.as_slice())?;
-                let mut status: StatusRecord = match self.statuses.get(reversed)? {
+                self.reversals.insert(reversed.by_id.as_slice(), key.as_slice())?;
+                let mut status: StatusRecord = match self.statuses.get(&reversed.by_id)? {
                     Some(bytes) => decode_in_tx(&bytes)?,
                     None => StatusRecord::default(),
                 };
-                status.status = CommissionStatus::Reversed;
-                status.history.push(StatusChange {
-                    status: CommissionStatus::Reversed,
-                    at: commission.created_at,
-                    by: "host".into(),
-                    note: format!("reversed by {} (event {})", commission.id, commission.event_id),
-                });
-                self.statuses.insert(reversed.as_slice(), to_json(&status))?;
+                let original: CommissionRecord = match &reversed.record {
+                    Some(record) => self.commissions.get(record)?,
+                    None => None,
+                }
+                .map(|bytes| decode_in_tx(&bytes))
+                .transpose()?
+                .ok_or_else(|| {
+                    let id = commission.reverses.as_deref().unwrap_or_default();
+                    ConflictableTransactionError::Abort(Abort::Decode(format!(
+                        "the reversed commission {id} is missing"
+                    )))
+                })?;
+                if let Some(own) = clawback::claw_back(&mut status, original.amount, commission) {
+                    self.statuses.insert(keys::text(operator, &commission.id), to_json(&own))?;
+                }
+                self.statuses.insert(reversed.by_id.as_slice(), to_json(&status))?;
             }
             self.commissions.insert(key.as_slice(), to_json(commission))?;
             self.by_affiliate
@@ -687,30 +713,39 @@ impl Store {
         Ok(get_json(&self.commission_status, "commission_status", &keys::text(operator, id))?.unwrap_or_default())
     }
 
-    /// Moves a commission's status if `allowed` says the move from its current status may be
-    /// made; atomic against concurrent moves. Returns the record as it is after the attempt,
-    /// and whether the move was made.
+    /// Moves a commission's status, unless [`StatusRecord::refusal`] refuses the move (then
+    /// `Err` with the reason). A reversal netted against the commission moves with it, in the
+    /// same transaction; the move is atomic against other moves and against the commit of a
+    /// reversal. Returns the commission's record as it is after the move.
     pub fn change_commission_status(
         &self,
         operator: &str,
         id: &str,
         change: StatusChange,
-        allowed: impl Fn(CommissionStatus) -> bool,
-    ) -> Result<(StatusRecord, bool), StoreError> {
+    ) -> Result<Result<StatusRecord, String>, StoreError> {
         let key = keys::text(operator, id);
-        loop {
-            let current = self.commission_status.get(&key)?;
+        let result = self.commission_status.transaction(|statuses| {
             let mut record: StatusRecord =
-                current.as_ref().map(|bytes| decode("commission_status", bytes)).transpose()?.unwrap_or_default();
-            if !allowed(record.status) {
-                return Ok((record, false));
+                statuses.get(&key)?.map(|bytes| decode_in_tx(&bytes)).transpose()?.unwrap_or_default();
+            if let Some(refusal) = record.refusal(change.status) {
+                return Ok(Err(refusal));
             }
             record.status = change.status;
             record.history.push(change.clone());
-            if self.commission_status.compare_and_swap(&key, current, Some(to_json(&record)))?.is_ok() {
-                return Ok((record, true));
+            if let Some(ClawBack { by, outcome: ClawBackOutcome::Netted, .. }) = &record.clawed_back {
+                let reversal_key = keys::text(operator, by);
+                let mut reversal: StatusRecord =
+                    statuses.get(&reversal_key)?.map(|bytes| decode_in_tx(&bytes)).transpose()?.unwrap_or_default();
+                clawback::follow(&mut reversal, id, &change);
+                statuses.insert(reversal_key, to_json(&reversal))?;
             }
-        }
+            statuses.insert(key.as_slice(), to_json(&record))?;
+            Ok(Ok(record))
+        });
+        result.map_err(|error| match error {
+            TransactionError::Storage(error) => StoreError::Sled(error),
+            TransactionError::Abort(Abort::Decode(detail)) => StoreError::Decode { tree: "commission_status", detail },
+        })
     }
 
     /// One commission, by id.
@@ -981,6 +1016,7 @@ mod tests {
             version_reason: String::new(),
             hold_until: None,
             restates: None,
+            unrounded_amount: None,
         };
         paid.commissions = vec![commission.clone()];
         let cpa = committed(&store.commit_events(&[paid]).unwrap()[0]).commission_ids[0].clone();

@@ -331,6 +331,10 @@ pub struct CommissionRecord {
     /// For an adjustment: the closed period's settlement it restates. Set by the host only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restates: Option<Restatement>,
+    /// The plugin's own figure, when it had more decimals than the currency's minor units and
+    /// `amount` is it rounded (see [`crate::pipeline::to_minor_units`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unrounded_amount: Option<Decimal>,
 }
 
 /// What an adjustment restates: a closed period, through one of its settlement entries.
@@ -398,6 +402,52 @@ pub struct StatusChange {
 pub struct StatusRecord {
     pub status: CommissionStatus,
     pub history: Vec<StatusChange>,
+    /// For a commission clawed back: by which reversal, how much, and what it did to the pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clawed_back: Option<ClawBack>,
+    /// For a reversal netted against its unpaid original: the original's id. It takes each of
+    /// the original's moves and makes none of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moves_with: Option<String>,
+}
+
+/// What a reversal did, decided by the status of the commission it claws back when it is
+/// committed (the README's "Reversals" states the rules).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClawBack {
+    /// The reversal's id.
+    pub by: String,
+    /// The reversal's amount (negative): what it takes back.
+    pub amount: Decimal,
+    pub outcome: ClawBackOutcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClawBackOutcome {
+    /// Unpaid and reversed in full: both sides `reversed`, neither payable.
+    Voided,
+    /// Unpaid and reversed in part: the reversal takes the original's status and moves with it,
+    /// so what is paid is the rest.
+    Netted,
+    /// Paid already: the original stays `paid`; the reversal is a deduction, payable on its own.
+    Deducted,
+    /// Rejected (never paid): the reversal is `rejected`, as there is nothing to claw back.
+    NothingToClawBack,
+}
+
+impl StatusRecord {
+    /// Why an operator or admin may not move this commission to `next`, if not: the end of a
+    /// sentence that starts with the commission's id.
+    pub fn refusal(&self, next: CommissionStatus) -> Option<String> {
+        if let Some(original) = &self.moves_with {
+            return Some(format!(
+                "is a reversal netted against {original}, which is not paid: it moves with {original}, not on its own"
+            ));
+        }
+        (!self.status.may_become(next))
+            .then(|| format!("is {}; it cannot become {}", self.status.as_str(), next.as_str()))
+    }
 }
 
 impl CommissionRecord {

@@ -16,8 +16,9 @@
 //! Trades carry their size as the attribute `lots`.
 //!
 //! A `chargeback` (or `refund`) whose attribute `deposit` names the first deposit claws back
-//! the first-deposit CPA, and each parent's override of it, with entries that reference what
-//! they reverse. The customer's first deposit stays used: a later deposit pays no new CPA.
+//! what that deposit paid: the first-deposit CPA and each parent's override of it, as they were
+//! paid (kept in state with them), whatever the deals say by then, with entries that reference
+//! what they reverse. The customer's first deposit stays used: a later deposit pays no new CPA.
 
 use commission_plugin_sdk::prelude::*;
 use commission_plugin_sdk::state::customer_key;
@@ -30,11 +31,18 @@ impl Plugin for MultiEvent {
         let direct = match event.kind.as_str() {
             "deposit" => first_deposit(event, context, affiliate)?,
             "trade" => trade(event, context, affiliate)?,
-            "chargeback" | "refund" => claw_back_first_deposit(event, context, affiliate)?,
+            "chargeback" | "refund" => return claw_back_first_deposit(event, context, affiliate),
             _ => vec![],
         };
         let overrides = parent_overrides(&direct, context)?;
-        Ok(direct.into_iter().chain(overrides).collect())
+        let paid: Vec<Commission> = direct.into_iter().chain(overrides).collect();
+        if event.kind == "deposit" && !paid.is_empty() {
+            // Kept as the Python twin writes decimals, so both store the same bytes.
+            let kept: Vec<Commission> =
+                paid.iter().map(|paid| Commission { amount: paid.amount.normalize(), ..paid.clone() }).collect();
+            state::remember_paid(&event.id, &kept);
+        }
+        Ok(paid)
     }
 }
 
@@ -52,7 +60,6 @@ fn first_deposit(event: &Event, context: &Context, affiliate: &Affiliate) -> Res
     }
     let cpa = affiliate.deal.decimal_or("ftd_cpa", Decimal::TEN)?;
     state::set(&customer_key(&event.customer, "ftd-event"), event.id.as_bytes());
-    state::set_decimal(&customer_key(&event.customer, "ftd-cpa"), cpa);
     let currency = event.currency.as_deref().unwrap_or(&context.operator_currency);
     Ok(vec![
         context
@@ -100,14 +107,26 @@ fn claw_back_first_deposit(event: &Event, context: &Context, affiliate: &Affilia
         info!("{} of {deposit}: not the first deposit that paid, nothing to claw back", event.kind);
         return Ok(vec![]);
     }
-    let paid = state::decimal(&customer_key(&event.customer, "ftd-cpa"))?;
-    Ok(vec![
+    let legacy_cpa = customer_key(&event.customer, "ftd-cpa");
+    if state::get(&legacy_cpa).is_none() {
+        return state::reverse_paid(deposit, |paid| match paid.rule.as_str() {
+            "ftd-cpa" => format!("{} of first deposit {deposit}: CPA {} clawed back", event.kind, paid.amount),
+            rule => format!("{} of first deposit {deposit}: {rule} {} clawed back", event.kind, paid.amount),
+        });
+    }
+    // A first deposit paid by a version that kept only its CPA: the overrides were not kept,
+    // so they are worked out again from today's deals.
+    let paid = state::decimal(&legacy_cpa)?;
+    state::delete(&legacy_cpa);
+    let direct = vec![
         context
             .pay(affiliate, -paid)
             .rule("ftd-cpa-reversal")
             .reversing(deposit, "ftd-cpa")
             .because(format!("{} of first deposit {deposit}: CPA {paid} clawed back", event.kind)),
-    ])
+    ];
+    let overrides = parent_overrides(&direct, context)?;
+    Ok(direct.into_iter().chain(overrides).collect())
 }
 
 /// Each parent with `override_percent` earns that share of what the level below it earned,

@@ -15,6 +15,8 @@
 //! | `remember` | looks for what an earlier event left in its statics, then leaves its own | a fresh memory per event |
 //! | `contend` | works `spin` rounds, then counts the event in one key every customer shares, and pays 1 | the commit's check of state shared across customers |
 //! | `clawback-twice` | reverses the `flat` commission of the event named by `of` twice in one result | each commission is clawed back once |
+//! | `pay` | pays `amount` in `currency` (the operator's without it) under the rule `flat`, exactly as given | amounts held to the currency's minor units |
+//! | `clawback` | reverses the `flat` commission of the event named by `of` with `amount` in `currency` (the operator's without it) | a reversal's amount and currency |
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
@@ -73,6 +75,12 @@ impl Plugin for Hostile {
                     })
                     .collect())
             }
+            Some("pay") => Ok(vec![as_told(event, context)?.rule("flat").because("as the event told")]),
+            Some("clawback") => {
+                let event_id = event.attributes.get("of").unwrap_or_default();
+                let reversal = as_told(event, context)?.rule("flat-clawback").reversing(event_id, "flat");
+                Ok(vec![reversal.because(format!("claws back {event_id} as the event told"))])
+            }
             Some(other) => Err(Error::new(format!("unknown attack {other:?}"))),
             None => {
                 state::add_decimal(&state::customer_key(&event.customer, "events"), Decimal::ONE)?;
@@ -121,4 +129,15 @@ fn remember(context: &Context) -> Result<Vec<Commission>> {
         return Err(Error::new(format!("memory of an earlier event: call {calls}, {dirty} dirty bytes")));
     }
     Ok(vec![context.pay(context.affiliate(), Decimal::ONE).rule("flat").because("flat 1 from a clean memory")])
+}
+
+/// A commission to the referring affiliate of the attribute `amount`, in the attribute `currency`
+/// if there is one.
+fn as_told(event: &Event, context: &Context) -> Result<commission_plugin_sdk::CommissionBuilder> {
+    let amount = event.attributes.decimal("amount")?.ok_or_else(|| Error::new("no attribute `amount`"))?;
+    let pay = context.pay(context.affiliate(), amount);
+    Ok(match event.attributes.get("currency") {
+        Some(currency) => pay.currency(currency),
+        None => pay,
+    })
 }
