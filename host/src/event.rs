@@ -78,7 +78,7 @@ struct WireEvent {
 
 /// A JSON object decoded into a map, refusing a key given twice (which JSON allows and
 /// `BTreeMap`'s decoder would resolve silently, keeping the last).
-pub(crate) struct UniqueKeys<V>(pub BTreeMap<String, V>);
+pub struct UniqueKeys<V>(pub BTreeMap<String, V>);
 
 impl<V> Default for UniqueKeys<V> {
     fn default() -> Self {
@@ -116,7 +116,7 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueKeys<V> {
 /// A JSON string, number or boolean, as the text plugins see. A number is kept as written: it
 /// never passes through a float, so `33.333333333333333333` stays exact and `1.50` is the same
 /// text as `"1.50"` (the same content for dedup).
-pub(crate) struct Scalar(pub String);
+pub struct Scalar(pub String);
 
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -12,8 +12,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, auth, read_body};
-use crate::event::{FieldError, UniqueKeys, affiliate_id_problem, query_pairs, format_time, now_ms, parse_amount, parse_time};
-use crate::terms::{self, WireTerms};
+use crate::event::{
+    FieldError, UniqueKeys, affiliate_id_problem, format_time, now_ms, parse_amount, parse_time, query_pairs,
+};
 use crate::pipeline::{MAX_CHAIN_DEPTH, effective_limits};
 use crate::sandbox;
 use crate::secrets::{OperatorCredentials, sha256_hex};
@@ -21,6 +22,7 @@ use crate::store::records::{
     ActivationScope, AffiliateRecord, CredentialKind, DatedActivation, FxRates, LateEventPolicy, OperatorLimits,
     OperatorRecord, PreviousCredential,
 };
+use crate::terms::{self, WireTerms};
 
 const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -278,7 +280,8 @@ pub async fn put_affiliate(
     }
     let body = read_body(body, state.limits.events_bytes).await?;
     let request: AffiliateBody = parse_json(&body)?;
-    let deal = terms::checked_deal("deal", request.deal).map_err(|problems| ApiError::fields("invalid_affiliate", problems))?;
+    let deal = terms::checked_deal("deal", request.deal)
+        .map_err(|problems| ApiError::fields("invalid_affiliate", problems))?;
     let store = state.pipeline.store();
     if let Some(parent) = &request.parent {
         if let Some(problem) = affiliate_id_problem(parent) {
@@ -395,7 +398,8 @@ fn query_flag(query: Option<&str>, name: &str) -> Result<bool, ApiError> {
 /// A query's parameters, decoded strictly (see [`query_pairs`]). Each may be given once:
 /// `limit=2&limit=3` is refused rather than read as one of them.
 pub(super) fn query_params(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
-    let pairs = query_pairs(query.unwrap_or_default()).map_err(|problems| ApiError::fields("invalid_query", problems))?;
+    let pairs =
+        query_pairs(query.unwrap_or_default()).map_err(|problems| ApiError::fields("invalid_query", problems))?;
     let mut seen = std::collections::HashSet::new();
     let repeated: Vec<FieldError> = pairs
         .iter()

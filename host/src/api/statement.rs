@@ -9,8 +9,8 @@ use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
 use super::commissions::commission_json;
-use super::{ApiError, AppState, auth};
 use super::operators::query_params;
+use super::{ApiError, AppState, auth};
 use crate::event::{FieldError, affiliate_id_problem};
 use crate::pipeline::{Period, SETTLEMENT_PREFIX};
 use crate::restate::{AffiliateStatement, StatementView};

@@ -38,10 +38,10 @@ use crate::sandbox::{
 };
 use crate::store::records::{
     ActivationScope, ChainLink, CommissionRecord, CustomerBinding, EvaluationRecord, EventRecord, EventStatus, Failure,
-    FailureKind, FxConversion, LateEventPolicy, LogLine, OperatorLimits, OperatorRecord, Properties, StoredEvent,
+    FailureKind, FxConversion, LateEventPolicy, LogLine, OperatorLimits, OperatorRecord, StoredEvent,
 };
-use crate::terms::hold_until;
 use crate::store::{CommitOutcome, Durability, DurabilityError, EventCommit, Store, StoreError};
+use crate::terms::hold_until;
 
 /// How far up the referral chain parents are followed.
 pub const MAX_CHAIN_DEPTH: usize = 16;
