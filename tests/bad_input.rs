@@ -377,3 +377,347 @@ fn open_files_limit() -> usize {
     let line = limits.lines().find(|line| line.starts_with("Max open files")).unwrap();
     line.split_whitespace().nth(3).unwrap().parse().unwrap()
 }
+
+/// `PUT .../affiliates/{path}` with a raw JSON body, as a client would write it (the test's
+/// own `serde_json` would round numbers through floats and merge duplicate keys).
+fn put_affiliate_raw(host: &Host, operator: &Operator, path: &str, body: &str) -> (StatusCode, Value) {
+    answer(
+        host.client
+            .put(host.url(&format!("/v1/operators/{}/affiliates/{path}", operator.id)))
+            .bearer_auth(&operator.api_key)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send(),
+    )
+}
+
+/// `POST /v1/operators` (admin) with a raw JSON body.
+fn create_operator_raw(host: &Host, body: &str) -> (StatusCode, Value) {
+    answer(
+        host.client
+            .post(host.url("/v1/operators"))
+            .bearer_auth(common::ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send(),
+    )
+}
+
+/// Checks a 422 whose details name `field` (or, with a trailing `*`, a field starting so).
+fn assert_names(case: &str, (status, answer): (StatusCode, Value), field: &str) {
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{case}: {answer}");
+    let fields: Vec<&str> =
+        answer["details"].as_array().into_iter().flatten().filter_map(|d| d["field"].as_str()).collect();
+    let named = match field.strip_suffix('*') {
+        Some(prefix) => fields.iter().any(|f| f.starts_with(prefix)),
+        None => fields.contains(&field),
+    };
+    assert!(named, "{case}: expected a problem with {field}: {answer}");
+}
+
+#[test]
+fn hold_days_is_never_silently_bypassed() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.multi_event_with_aff1("acme");
+    for hold in ["\"30.0\"", "\"-1\"", "\"+3\"", "\"\"", "\"3651\"", "\"99999999999999999999\"", "9999999999999999"] {
+        let body = format!(r#"{{"deal": {{"hold_days": {hold}}}}}"#);
+        let refused = put_affiliate_raw(&host, &acme, "held", &body);
+        assert!(refused.1.to_string().contains("whole number of days"), "{hold}: {}", refused.1);
+        assert_names(&format!("hold_days {hold}"), refused, "deal.hold_days");
+    }
+    assert_eq!(host.get(&acme, "/affiliates/held").0, StatusCode::NOT_FOUND, "a refused deal was stored");
+    // The accepted form holds the commission, and the hold is checked at approval.
+    host.put_affiliate(&acme, "held", None, json!({"hold_days": "30"}));
+    let paid = host
+        .accept(&acme, json!({"id": "d-1", "type": "deposit", "customer": "c1", "amount": "50", "affiliate": "held"}));
+    let id = paid["commissions"][0]["id"].as_str().unwrap();
+    let (_, commission) = host.get(&acme, &format!("/commissions/{id}"));
+    let time = |field: &str| commission_host::event::parse_time(commission[field].as_str().unwrap()).unwrap();
+    assert_eq!(time("hold_until") - time("created_at"), 30 * 86_400_000, "{commission}");
+}
+
+#[test]
+fn json_numbers_are_kept_exact_not_rounded_through_floats() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.multi_event_with_aff1("acme");
+    let (status, affiliate) =
+        put_affiliate_raw(&host, &acme, "exact", r#"{"deal": {"ftd_cpa": 33.333333333333333333, "hold_days": 0}}"#);
+    assert_eq!(status, StatusCode::OK, "{affiliate}");
+    assert_eq!(affiliate["deal"], json!({"ftd_cpa": "33.333333333333333333", "hold_days": "0"}));
+    let paid = host
+        .accept(&acme, json!({"id": "d-1", "type": "deposit", "customer": "c1", "amount": "50", "affiliate": "exact"}));
+    assert_eq!(paid["commissions"][0]["amount"], "33.333333333333333333", "{paid}");
+    // An attribute sent as a number is the same content as the same digits sent as a string.
+    let trade = |lots: &str| {
+        answer(
+            host.client
+                .post(host.url("/v1/operators/acme/events"))
+                .bearer_auth(&acme.api_key)
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"id": "t-1", "type": "trade", "customer": "c1", "attributes": {{"lots": {lots}}}}}"#
+                ))
+                .send(),
+        )
+    };
+    let (status, first) = trade("1.50");
+    assert_eq!((status, first["status"].as_str()), (StatusCode::OK, Some("accepted")), "{first}");
+    let (status, again) = trade("\"1.50\"");
+    assert_eq!((status, again["status"].as_str()), (StatusCode::OK, Some("duplicate")), "{again}");
+    assert_eq!(host.get(&acme, "/events/t-1").1["attributes"]["lots"], "1.50");
+}
+
+/// `count` affiliates `{prefix}0` <- `{prefix}1` <- ..., each paying its child a 10% override.
+fn chain(host: &Host, operator: &Operator, prefix: &str, count: usize) {
+    for n in 0..count {
+        let parent = (n > 0).then(|| format!("{prefix}{}", n - 1));
+        host.put_affiliate(operator, &format!("{prefix}{n}"), parent.as_deref(), json!({"override_percent": "10"}));
+    }
+}
+
+#[test]
+fn moving_an_affiliate_under_a_deep_one_cannot_bypass_the_chain_depth_limit() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.create_operator("acme");
+    host.install_plugin(&acme, "multi-event");
+    chain(&host, &acme, "l", 10);
+    chain(&host, &acme, "m", 10);
+    // m0 and the nine levels below it, under l9 (ten deep): twenty levels.
+    assert_names("m0 under l9", put_affiliate_raw(&host, &acme, "m0", r#"{"parent": "l9"}"#), "parent");
+    assert_eq!(host.get(&acme, "/affiliates/m0").1["parent"], Value::Null, "the refused move was written");
+    // m4 and its five levels (m4..m9) under l9 make sixteen: the limit, taken.
+    let (status, moved) =
+        put_affiliate_raw(&host, &acme, "m4", r#"{"parent": "l9", "deal": {"override_percent": "10"}}"#);
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    // l0 now carries sixteen levels: under m3 (four deep) it would make twenty.
+    assert_names("l0 under m3", put_affiliate_raw(&host, &acme, "l0", r#"{"parent": "m3"}"#), "parent");
+    let paid = host
+        .accept(&acme, json!({"id": "d-1", "type": "deposit", "customer": "c1", "amount": "50", "affiliate": "m9"}));
+    assert_eq!(paid["commissions"].as_array().unwrap().len(), 16, "every level of the chain is paid: {paid}");
+}
+
+#[test]
+fn an_over_deep_chain_from_old_data_fails_its_event_and_is_never_cut() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.create_operator("acme");
+    host.install_plugin(&acme, "multi-event");
+    host.kill();
+    // A ledger written before moves were checked: twenty levels, stored as they were.
+    {
+        let store = commission_host::store::Store::open(&data).unwrap();
+        for n in 0..20 {
+            let record = commission_host::store::records::AffiliateRecord {
+                id: format!("d{n}"),
+                parent: (n > 0).then(|| format!("d{}", n - 1)),
+                deal: [("override_percent".to_owned(), "10".to_owned())].into_iter().collect(),
+                updated_at: 0,
+            };
+            store.put_affiliate("acme", &record).unwrap();
+        }
+    }
+    let host = Host::start(&data);
+    let (status, answer) = host.post_events(
+        &acme,
+        &json!({"id": "d-1", "type": "deposit", "customer": "c1", "amount": "50", "affiliate": "d19"}),
+    );
+    assert_eq!((status, answer["status"].as_str()), (StatusCode::OK, Some("failed")), "{answer}");
+    assert!(answer["failure"]["message"].as_str().unwrap().contains("deeper than 16"), "{answer}");
+    assert_eq!(host.commissions(&acme, ""), Vec::<Value>::new(), "a cut chain was paid");
+}
+
+#[test]
+fn a_deposit_of_nothing_pays_no_first_deposit_cpa() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.multi_event_with_aff1("acme");
+    let (status, rates) = answer(
+        host.client
+            .put(host.url("/v1/operators/acme/fx-rates"))
+            .bearer_auth(&acme.api_key)
+            .json(&json!({"rates": {"EUR": "0.5"}, "source": "test"}))
+            .send(),
+    );
+    assert_eq!(status, StatusCode::OK, "{rates}");
+    let tiny = "0.0000000000000000000000000001";
+    // The host takes each (an amount's meaning is the plugin's); the plugin pays none of them.
+    for (n, (amount, currency)) in
+        [("0", "USD"), ("-0", "USD"), ("-100", "USD"), (tiny, "USD"), (tiny, "EUR")].into_iter().enumerate()
+    {
+        let paid = host.accept(
+            &acme,
+            json!({"id": format!("d-{n}"), "type": "deposit", "customer": format!("c{n}"), "amount": amount, "currency": currency, "affiliate": "aff1"}),
+        );
+        assert_eq!(paid["commissions"], json!([]), "a deposit of {amount} {currency} paid: {paid}");
+    }
+    // Those customers' first real deposit is still their first deposit.
+    let paid = host.accept(&acme, json!({"id": "d-real", "type": "deposit", "customer": "c2", "amount": "100"}));
+    assert_eq!(common::paid(&paid), [("aff1".to_owned(), common::dec("10"))], "{paid}");
+    // The other reference plugins with a first-deposit CPA ignore them too.
+    for plugin in ["cpa", "revshare"] {
+        let operator = host.create_operator(plugin);
+        host.install_plugin(&operator, plugin);
+        host.put_affiliate(&operator, "aff1", None, json!({"cpa": "50"}));
+        for (n, amount) in ["0", "-100"].into_iter().enumerate() {
+            let paid = host.accept(
+                &operator,
+                json!({"id": format!("d-{n}"), "type": "deposit", "customer": "c1", "amount": amount, "affiliate": "aff1"}),
+            );
+            assert_eq!(paid["commissions"], json!([]), "{plugin}: a deposit of {amount} paid: {paid}");
+        }
+        let paid =
+            host.accept(&operator, json!({"id": "d-real", "type": "deposit", "customer": "c1", "amount": "100"}));
+        assert_eq!(common::paid(&paid), [("aff1".to_owned(), common::dec("50"))], "{plugin}: {paid}");
+    }
+}
+
+#[test]
+fn duplicate_empty_and_nul_deal_keys_are_refused() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.multi_event_with_aff1("acme");
+    for (case, body, field) in [
+        ("a key twice", r#"{"deal": {"ftd_cpa": "10", "ftd_cpa": "1000"}}"#, "deal"),
+        ("an empty key", r#"{"deal": {"": "10"}}"#, "deal."),
+        ("a NUL in a key", r#"{"deal": {"ftd\u0000cpa": "10"}}"#, "deal.ftd*"),
+        ("a NUL in a value", r#"{"deal": {"ftd_cpa": "10\u0000"}}"#, "deal.ftd_cpa"),
+    ] {
+        let refused = put_affiliate_raw(&host, &acme, "dup", body);
+        assert_names(case, refused, field);
+    }
+    assert_eq!(host.get(&acme, "/affiliates/dup").0, StatusCode::NOT_FOUND, "a refused deal was stored");
+    // An operator's config, the same.
+    for (case, config, field) in [
+        ("a config key twice", r#"{"a": "1", "a": "2"}"#, "config"),
+        ("an empty config key", r#"{"": "1"}"#, "config."),
+    ] {
+        let body = format!(r#"{{"id": "dup", "name": "Dup", "currency": "USD", "config": {config}}}"#);
+        assert_names(case, create_operator_raw(&host, &body), field);
+    }
+    host.create_operator("dup");
+}
+
+#[test]
+fn look_alike_affiliate_ids_are_refused_everywhere() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.multi_event_with_aff1("acme");
+    for (case, path, id) in [
+        ("a trailing space", "aff1%20", "aff1 "),
+        ("upper case", "AFF1", "AFF1"),
+        ("a Cyrillic a", "%D0%B0ff1", "\u{430}ff1"),
+        ("a zero-width space", "aff%E2%80%8B1", "aff\u{200b}1"),
+        ("a right-to-left override", "%E2%80%AEaff1", "\u{202e}aff1"),
+    ] {
+        assert_names(case, put_affiliate_raw(&host, &acme, path, "{}"), "affiliate");
+        assert_names(case, host.get(&acme, &format!("/affiliates/{path}")), "affiliate");
+        let as_parent = json!({ "parent": id }).to_string();
+        assert_names(case, put_affiliate_raw(&host, &acme, "sub", &as_parent), "parent");
+        refused(
+            &host,
+            &acme,
+            case,
+            with("affiliate", json!(id)).into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("affiliate"),
+        );
+        assert_names(case, host.get(&acme, &format!("/commissions?affiliate={path}")), "affiliate");
+    }
+    assert_eq!(host.get(&acme, "/affiliates/sub").0, StatusCode::NOT_FOUND);
+    assert_nothing_written(&host, &acme);
+}
+
+#[test]
+fn smaller_probe_findings_are_each_refused_with_a_clear_4xx() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.multi_event_with_aff1("acme");
+    // A signed timestamp: `+` and the digits, signed as sent.
+    let body = with("id", json!("bad-1"));
+    let timestamp = format!("+{}", common::unix_now());
+    let signature = {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let key = engine.decode(acme.webhook_secret.strip_prefix("whsec_").unwrap()).unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("msg-1.{timestamp}.{body}").as_bytes());
+        format!("v1,{}", engine.encode(mac.finalize().into_bytes()))
+    };
+    let (status, refused) = answer(
+        host.client
+            .post(host.url("/v1/operators/acme/events"))
+            .header("webhook-id", "msg-1")
+            .header("webhook-timestamp", &timestamp)
+            .header("webhook-signature", signature)
+            .header("content-type", "application/json")
+            .body(body)
+            .send(),
+    );
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("webhook-timestamp"), "{refused}");
+    // Control characters in an operator's name.
+    for name in ["Evil\u{0}Op", "Evil\u{1b}[31mOp"] {
+        let body = json!({"id": "ctl", "name": name, "currency": "USD"}).to_string();
+        assert_names(&format!("name {name:?}"), create_operator_raw(&host, &body), "name");
+    }
+    // A NUL after an affiliate filter, and a parameter given twice, on every query-parsing route.
+    for (case, path, field) in [
+        ("affiliate=aff1%00", "/commissions?affiliate=aff1%00", "affiliate"),
+        ("statement affiliate=aff1%00", "/periods/2025-10/statement?affiliate=aff1%00", "affiliate"),
+        ("limit twice", "/commissions?limit=2&limit=3", "limit"),
+        ("affiliate twice", "/periods/2025-10/statement?affiliate=aff1&affiliate=aff2", "affiliate"),
+    ] {
+        assert_names(case, host.get(&acme, path), field);
+    }
+    let (status, upload) = answer(
+        host.client
+            .post(host.url("/v1/operators/acme/plugins?activate=false&activate=true"))
+            .bearer_auth(&acme.api_key)
+            .header("content-type", "application/wasm")
+            .body(common::plugin_wasm("multi-event"))
+            .send(),
+    );
+    assert_names("activate twice", (status, upload), "activate");
+    assert_eq!(host.get(&acme, "/plugins/2/shadow-report").0, StatusCode::NOT_FOUND, "a refused upload was stored");
+    assert_nothing_written(&host, &acme);
+    let (status, _) = create_operator_raw(&host, &json!({"id": "ctl", "name": "Ctl", "currency": "USD"}).to_string());
+    assert_eq!(status, StatusCode::CREATED, "a refused operator was stored");
+}
+
+#[test]
+fn deal_and_config_sizes_are_capped_by_key() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.multi_event_with_aff1("acme");
+    let terms = |pairs: Vec<(String, String)>| Value::Object(pairs.into_iter().map(|(k, v)| (k, json!(v))).collect());
+    let numbered =
+        |count: usize, value: &str| (0..count).map(|n| (format!("k{n}"), value.to_owned())).collect::<Vec<_>>();
+    let long_key = "k".repeat(64);
+    // At the caps: 100 keys, a 64-byte key, a 1,024-byte value, 15 KiB and more in all.
+    for (case, deal) in [
+        ("100 keys", terms(numbered(100, "v"))),
+        ("a 64-byte key", terms(vec![(long_key.clone(), "v".into())])),
+        ("15 values of 1,024 bytes", terms(numbered(15, &"v".repeat(1024)))),
+    ] {
+        let (status, answer) = put_affiliate_raw(&host, &acme, "capped", &json!({ "deal": deal }).to_string());
+        assert_eq!(status, StatusCode::OK, "{case}: {answer}");
+    }
+    let long_key = format!("{long_key}k");
+    for (case, deal, field) in [
+        ("101 keys", terms(numbered(101, "v")), "deal".to_owned()),
+        ("a 65-byte key", terms(vec![(long_key.clone(), "v".into())]), format!("deal.{long_key}")),
+        ("a 1,025-byte value", terms(vec![("big".into(), "v".repeat(1025))]), "deal.big".to_owned()),
+        ("over 16 KiB in all", terms(numbered(16, &"v".repeat(1024))), "deal".to_owned()),
+    ] {
+        let refused = put_affiliate_raw(&host, &acme, "over", &json!({ "deal": deal.clone() }).to_string());
+        assert_names(case, refused, &field);
+        let operator = json!({"id": "over", "name": "Over", "currency": "USD", "config": deal}).to_string();
+        assert_names(case, create_operator_raw(&host, &operator), &field.replacen("deal", "config", 1));
+    }
+    assert_eq!(host.get(&acme, "/affiliates/over").0, StatusCode::NOT_FOUND, "a refused deal was stored");
+    host.create_operator("over");
+}

@@ -73,12 +73,12 @@ struct WireEvent {
     currency: Option<String>,
     affiliate: Option<String>,
     #[serde(default)]
-    attributes: UniqueKeys<WireAttribute>,
+    attributes: UniqueKeys<Scalar>,
 }
 
 /// A JSON object decoded into a map, refusing a key given twice (which JSON allows and
 /// `BTreeMap`'s decoder would resolve silently, keeping the last).
-struct UniqueKeys<V>(BTreeMap<String, V>);
+pub struct UniqueKeys<V>(pub BTreeMap<String, V>);
 
 impl<V> Default for UniqueKeys<V> {
     fn default() -> Self {
@@ -113,21 +113,21 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueKeys<V> {
     }
 }
 
-/// Attribute values may be JSON strings, numbers or booleans; plugins see them as text.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum WireAttribute {
-    Text(String),
-    Number(serde_json::Number),
-    Flag(bool),
-}
+/// A JSON string, number or boolean, as the text plugins see. A number is kept as written: it
+/// never passes through a float, so `33.333333333333333333` stays exact and `1.50` is the same
+/// text as `"1.50"` (the same content for dedup).
+pub struct Scalar(pub String);
 
-impl WireAttribute {
-    fn into_text(self) -> String {
-        match self {
-            WireAttribute::Text(text) => text,
-            WireAttribute::Number(number) => number.to_string(),
-            WireAttribute::Flag(flag) => flag.to_string(),
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"') => serde_json::from_str(text).map(Scalar).map_err(serde::de::Error::custom),
+            // serde_json has checked the number's grammar; its digits are kept, not rounded.
+            Some(b'-' | b'0'..=b'9') => Ok(Scalar(text.to_owned())),
+            Some(b't' | b'f') => Ok(Scalar(text.to_owned())),
+            _ => Err(serde::de::Error::custom(format!("{text}: expected a string, a number or a boolean"))),
         }
     }
 }
@@ -208,7 +208,7 @@ pub fn parse_postback(
         amount: fields.remove("amount"),
         currency: fields.remove("currency"),
         affiliate: fields.remove("affiliate"),
-        attributes: UniqueKeys(attributes.into_iter().map(|(k, v)| (k, WireAttribute::Text(v))).collect()),
+        attributes: UniqueKeys(attributes.into_iter().map(|(k, v)| (k, Scalar(v))).collect()),
     };
     Ok((check(wire, operator_currency, now_ms)?, token))
 }
@@ -216,7 +216,7 @@ pub fn parse_postback(
 /// The `key=value` pairs of a query, decoded as forms are (`+` is a space, then percent
 /// escapes), refusing any that are not UTF-8 once decoded. `form_urlencoded` would replace such
 /// bytes with U+FFFD, and `id=a%FF` and `id=a%FE` would become the same event id.
-fn query_pairs(query: &str) -> Result<Vec<(String, String)>, Vec<FieldError>> {
+pub(crate) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, Vec<FieldError>> {
     let decode = |text: &str| {
         let spaced = text.replace('+', " ");
         String::from_utf8(percent_encoding::percent_decode_str(&spaced).collect::<Vec<u8>>())
@@ -258,8 +258,13 @@ fn check(wire: WireEvent, operator_currency: &str, now_ms: i64) -> Result<Incomi
     let kind = required_text(&mut errors, "type", wire.kind, MAX_KIND_CHARS)
         .filter(|kind| not_reserved(&mut errors, "type", kind));
     let customer = required_text(&mut errors, "customer", wire.customer, MAX_ID_CHARS);
-    let affiliate =
-        wire.affiliate.and_then(|affiliate| checked_text(&mut errors, "affiliate", affiliate, MAX_ID_CHARS));
+    let affiliate = wire.affiliate.and_then(|affiliate| match affiliate_id_problem(&affiliate) {
+        None => Some(affiliate),
+        Some(problem) => {
+            errors.push(FieldError::new("affiliate", problem));
+            None
+        }
+    });
     let occurred_at = wire.occurred_at.and_then(|time| match parse_time(&time) {
         Ok(ms) => Some(ms),
         Err(problem) => {
@@ -304,7 +309,7 @@ fn check(wire: WireEvent, operator_currency: &str, now_ms: i64) -> Result<Incomi
             ));
             continue;
         }
-        if let Some(value) = checked_text(&mut errors, &field, value.into_text(), MAX_ATTRIBUTE_VALUE_CHARS) {
+        if let Some(value) = checked_text(&mut errors, &field, value.0, MAX_ATTRIBUTE_VALUE_CHARS) {
             attributes.insert(key, value);
         }
     }
@@ -337,6 +342,18 @@ fn check(wire: WireEvent, operator_currency: &str, now_ms: i64) -> Result<Incomi
             fx: None,
         },
         content_sha256,
+    })
+}
+
+/// Affiliate ids are restricted as operator ids are, and lowercase, so that two affiliates can
+/// never look the same in a statement: no case variants, look-alike letters from other
+/// scripts, invisible or direction characters, or trailing spaces.
+pub fn affiliate_id_problem(id: &str) -> Option<String> {
+    let valid = (1..=MAX_ID_CHARS).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+        && id.as_bytes()[0].is_ascii_alphanumeric();
+    (!valid).then(|| {
+        format!("{id:?} is not an affiliate id: 1 to {MAX_ID_CHARS} of a-z, 0-9, -, _ and ., starting with a letter or digit")
     })
 }
 

@@ -24,3 +24,4 @@ pub mod secrets;
 pub mod server;
 pub mod shadow;
 pub mod store;
+pub mod terms;

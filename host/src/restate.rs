@@ -45,14 +45,13 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{format_time, now_ms};
-use crate::pipeline::{
-    Evaluated, IngestError, Period, Pipeline, Run, SETTLEMENT_PREFIX, hold_until, settlement_period,
-};
+use crate::pipeline::{Evaluated, IngestError, Period, Pipeline, Run, SETTLEMENT_PREFIX, settlement_period};
 use crate::replay::{AmountOverflow, Payout, ScratchState, checked_add};
 use crate::store::StoreError;
 use crate::store::records::{
     CommissionRecord, EventRecord, EventStatus, Failure, FailureKind, LogLine, OperatorRecord, Restatement,
 };
+use crate::terms::hold_until;
 
 /// One ledger entry in restated order.
 pub(crate) struct Entry {
@@ -322,7 +321,11 @@ impl Pipeline {
                 }
                 let (affiliate, rule, currency) = key;
                 // Held like any commission of the affiliate's: a late event is no more final.
-                let held = store.affiliate(&operator.id, &affiliate)?.and_then(|record| hold_until(&record.deal, now));
+                let held = match store.affiliate(&operator.id, &affiliate)? {
+                    Some(record) => hold_until(&record.deal, now)
+                        .map_err(|problem| IngestError::Internal(format!("affiliate {affiliate}: {problem}")))?,
+                    None => None,
+                };
                 let why = if explanations.is_empty() { "nothing to pay".to_owned() } else { explanations.join("; ") };
                 adjustments.push(CommissionRecord {
                     id: String::new(),

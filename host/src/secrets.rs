@@ -76,6 +76,10 @@ pub fn verify_webhook(
     let id = id.ok_or(SignatureError::MissingHeader("webhook-id"))?;
     let timestamp = timestamp.ok_or(SignatureError::MissingHeader("webhook-timestamp"))?;
     let signatures = signatures.ok_or(SignatureError::MissingHeader("webhook-signature"))?;
+    // Digits only: `str::parse` would also take a sign (`+1796066614`), which no sender writes.
+    if timestamp.is_empty() || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SignatureError::BadTimestamp);
+    }
     let seconds: i64 = timestamp.parse().map_err(|_| SignatureError::BadTimestamp)?;
     let skew = now_seconds.saturating_sub(seconds);
     if skew.abs() > WEBHOOK_TOLERANCE_SECONDS {

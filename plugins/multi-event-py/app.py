@@ -12,7 +12,7 @@ with them, as the Rust SDK's `remember_paid` keeps them), whatever the deals say
 | deal term (attributed affiliate) | default | meaning |
 | --- | --- | --- |
 | `ftd_cpa` | 10 | paid on the first deposit |
-| `ftd_min_deposit` | 0 | a first deposit below this pays nothing (and stays the first) |
+| `ftd_min_deposit` | 0.01 | a first deposit below this pays nothing (and stays the first); a deposit of 0 or less never pays |
 | `first_trade_cpa` | 5 | paid on the first trade |
 | `volume_bonus` | 20 | paid once cumulative lots exceed the threshold |
 | `volume_threshold_lots` | 10 | "exceed": 10 lots exactly does not pay |
@@ -83,8 +83,10 @@ def first_deposit(event, context, affiliate):
     if event.amount is None:
         raise RuleError("deposit without an amount")
     amount = decimal("amount", event.amount)
-    minimum = term(affiliate, "ftd_min_deposit", Decimal(0))
-    if amount < minimum:
+    minimum = term(affiliate, "ftd_min_deposit", Decimal("0.01"))
+    # No money in (0, negative, or an FX conversion that rounded to 0) is no first deposit,
+    # whatever the minimum says.
+    if amount <= 0 or amount < minimum:
         log.log(log.Level.INFO, f"deposit {amount} below ftd_min_deposit {minimum}: no FTD yet")
         return []
     if not claim(customer_key(event.customer, "ftd-paid")):

@@ -13,9 +13,9 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::operators::{durable, parse_json};
+use super::operators::{durable, parse_json, query_params};
 use super::{ApiError, AppState, auth, read_body};
-use crate::event::{FieldError, format_time, now_ms, parse_time};
+use crate::event::{FieldError, affiliate_id_problem, format_time, now_ms, parse_time};
 use crate::store::records::{CommissionRecord, CommissionStatus, StatusChange, StatusRecord};
 use crate::store::{StoreError, format_cursor, parse_cursor};
 
@@ -33,10 +33,12 @@ pub async fn list(
         (None, None, None, None, None, DEFAULT_LIMIT);
     let mut status = None;
     let mut problems = Vec::new();
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        let value = value.into_owned();
-        match key.as_ref() {
-            "affiliate" => affiliate = Some(value),
+    for (key, value) in query_params(query.as_deref())? {
+        match key.as_str() {
+            "affiliate" => match affiliate_id_problem(&value) {
+                None => affiliate = Some(value),
+                Some(problem) => problems.push(FieldError::new("affiliate", problem)),
+            },
             "customer" => customer = Some(value),
             "status" => match serde_json::from_value::<CommissionStatus>(json!(value)) {
                 Ok(wanted) => status = Some(wanted),
@@ -47,7 +49,7 @@ pub async fn list(
             "from" | "to" => match parse_time(&value) {
                 Ok(ms) if key == "from" => from = Some(ms),
                 Ok(ms) => to = Some(ms),
-                Err(problem) => problems.push(FieldError::new(key, problem)),
+                Err(problem) => problems.push(FieldError::new(&key, problem)),
             },
             "cursor" => match parse_cursor(&value) {
                 Some(position) => cursor = Some(position),

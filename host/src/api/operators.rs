@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, auth, read_body};
-use crate::event::{FieldError, format_time, now_ms, parse_amount, parse_time};
+use crate::event::{
+    FieldError, UniqueKeys, affiliate_id_problem, format_time, now_ms, parse_amount, parse_time, query_pairs,
+};
 use crate::pipeline::{MAX_CHAIN_DEPTH, effective_limits};
 use crate::sandbox;
 use crate::secrets::{OperatorCredentials, sha256_hex};
@@ -20,6 +22,7 @@ use crate::store::records::{
     ActivationScope, AffiliateRecord, CredentialKind, DatedActivation, FxRates, LateEventPolicy, OperatorLimits,
     OperatorRecord, PreviousCredential,
 };
+use crate::terms::{self, WireTerms};
 
 const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -30,7 +33,7 @@ pub struct NewOperator {
     name: String,
     currency: String,
     #[serde(default)]
-    config: BTreeMap<String, String>,
+    config: WireTerms,
 }
 
 pub async fn create_operator(
@@ -45,12 +48,16 @@ pub async fn create_operator(
     if !valid_operator_id(&new.id) {
         problems.push(FieldError::new("id", "1 to 64 of a-z, 0-9, - and _, starting with a letter or digit"));
     }
-    if new.name.trim().is_empty() || new.name.len() > 200 {
-        problems.push(FieldError::new("name", "1 to 200 bytes"));
+    if new.name.trim().is_empty() || new.name.len() > 200 || new.name.chars().any(char::is_control) {
+        problems.push(FieldError::new("name", "1 to 200 bytes, without control characters"));
     }
     if iso_currency::Currency::from_code(&new.currency).is_none() {
         problems.push(FieldError::new("currency", format!("{:?} is not an ISO 4217 code", new.currency)));
     }
+    let config = terms::checked_config("config", new.config).unwrap_or_else(|config_problems| {
+        problems.extend(config_problems);
+        Default::default()
+    });
     if !problems.is_empty() {
         return Err(ApiError::fields("invalid_operator", problems));
     }
@@ -62,7 +69,7 @@ pub async fn create_operator(
         api_key_sha256: sha256_hex(&credentials.api_key),
         postback_token_sha256: sha256_hex(&credentials.postback_token),
         webhook_secret: credentials.webhook_secret.clone(),
-        config: new.config,
+        config,
         active_plugin: None,
         shadow_plugin: None,
         dated_activations: Vec::new(),
@@ -114,10 +121,7 @@ pub async fn upload_plugin(
             "upload the component with `Content-Type: application/wasm`",
         ));
     }
-    let activate = match query_flag(query.as_deref(), "activate") {
-        Ok(activate) => activate,
-        Err(problem) => return Err(ApiError::field("activate", problem)),
-    };
+    let activate = query_flag(query.as_deref(), "activate")?;
     let plugins = state.pipeline.plugins().clone();
     let operator_id = operator.id.clone();
     // The smoke run takes an instance from the pool like any evaluation.
@@ -194,6 +198,9 @@ pub async fn activate_plugin(
     let request: DatedActivationBody = parse_json(&body)?;
     let effective_from =
         parse_time(&request.effective_from).map_err(|problem| ApiError::field("effective_from", problem))?;
+    if let Some(problem) = request.affiliate.as_deref().and_then(affiliate_id_problem) {
+        return Err(ApiError::field("affiliate", problem));
+    }
     if let Some(affiliate) = &request.affiliate
         && state.pipeline.store().affiliate(&operator.id, affiliate)?.is_none()
     {
@@ -263,15 +270,7 @@ pub struct AffiliateBody {
     #[serde(default)]
     parent: Option<String>,
     #[serde(default)]
-    deal: BTreeMap<String, DealValue>,
-}
-
-/// Deal terms are text to the plugin; numbers are accepted and kept as written.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum DealValue {
-    Text(String),
-    Number(serde_json::Number),
+    deal: WireTerms,
 }
 
 pub async fn put_affiliate(
@@ -281,15 +280,26 @@ pub async fn put_affiliate(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
-    if affiliate.is_empty() || affiliate.chars().count() > 128 || affiliate.chars().any(char::is_control) {
-        return Err(ApiError::field("affiliate", "1 to 128 characters, without control characters"));
+    if let Some(problem) = affiliate_id_problem(&affiliate) {
+        return Err(ApiError::field("affiliate", problem));
     }
     let body = read_body(body, state.limits.events_bytes).await?;
     let request: AffiliateBody = parse_json(&body)?;
+    let deal = terms::checked_deal("deal", request.deal)
+        .map_err(|problems| ApiError::fields("invalid_affiliate", problems))?;
     let store = state.pipeline.store();
     if let Some(parent) = &request.parent {
+        if let Some(problem) = affiliate_id_problem(parent) {
+            return Err(ApiError::field("parent", problem));
+        }
+        // The deepest chain the move makes: the parent's chain, this affiliate, and the
+        // longest branch below it, which moves with it.
+        let below = match store.affiliate(&operator.id, &affiliate)? {
+            Some(_) => subtree_height(store, &operator.id, &affiliate)?,
+            None => 0,
+        };
         // Walk up from the new parent: meeting this affiliate would close a loop.
-        let mut depth = 1;
+        let mut depth = 1 + below;
         let mut cursor = Some(parent.clone());
         while let Some(id) = cursor {
             if id == affiliate {
@@ -305,24 +315,40 @@ pub async fn put_affiliate(
             if depth > MAX_CHAIN_DEPTH {
                 return Err(ApiError::field(
                     "parent",
-                    format!("the chain would be deeper than {MAX_CHAIN_DEPTH} levels"),
+                    format!(
+                        "the chain would be deeper than {MAX_CHAIN_DEPTH} levels: {parent:?} and its parents, {affiliate:?}, and {below} levels below {affiliate:?}"
+                    ),
                 ));
             }
             cursor = record.parent;
         }
     }
-    let deal = request
-        .deal
-        .into_iter()
-        .map(|(key, value)| match value {
-            DealValue::Text(text) => (key, text),
-            DealValue::Number(number) => (key, number.to_string()),
-        })
-        .collect();
     let record = AffiliateRecord { id: affiliate, parent: request.parent, deal, updated_at: now_ms() };
     store.put_affiliate(&operator.id, &record)?;
     durable(&state).await?;
     Ok(Json(affiliate_json(&record)))
+}
+
+/// How many levels of affiliates are below `root` (0 for none). Reads every affiliate of the
+/// operator: only a move of an existing affiliate under a parent pays for it.
+fn subtree_height(store: &crate::store::Store, operator: &str, root: &str) -> Result<usize, ApiError> {
+    let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for id in store.affiliate_ids(operator)? {
+        if let Some(parent) = store.affiliate(operator, &id)?.and_then(|record| record.parent) {
+            children.entry(parent).or_default().push(id);
+        }
+    }
+    let mut height = 0;
+    let mut level = vec![root.to_owned()];
+    // Bounded: a level past the limit already refuses the move (and a loop in old data ends there).
+    while height <= MAX_CHAIN_DEPTH {
+        level = level.iter().filter_map(|id| children.get(id)).flatten().cloned().collect();
+        if level.is_empty() {
+            break;
+        }
+        height += 1;
+    }
+    Ok(height)
 }
 
 pub async fn get_affiliate(
@@ -331,6 +357,9 @@ pub async fn get_affiliate(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
+    if let Some(problem) = affiliate_id_problem(&affiliate) {
+        return Err(ApiError::field("affiliate", problem));
+    }
     let record = state
         .pipeline
         .store()
@@ -362,13 +391,30 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
     }
 }
 
-fn query_flag(query: Option<&str>, name: &str) -> Result<bool, String> {
-    let value = form_urlencoded::parse(query.unwrap_or_default().as_bytes()).find(|(key, _)| key == name);
-    match value.as_ref().map(|(_, value)| value.as_ref()) {
+fn query_flag(query: Option<&str>, name: &str) -> Result<bool, ApiError> {
+    let params = query_params(query)?;
+    match params.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str()) {
         None | Some("false") => Ok(false),
         Some("true") | Some("") => Ok(true),
-        Some(other) => Err(format!("{other:?} is not true or false")),
+        Some(other) => Err(ApiError::field(name, format!("{other:?} is not true or false"))),
     }
+}
+
+/// A query's parameters, decoded strictly (see [`query_pairs`]). Each may be given once:
+/// `limit=2&limit=3` is refused rather than read as one of them.
+pub(super) fn query_params(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs =
+        query_pairs(query.unwrap_or_default()).map_err(|problems| ApiError::fields("invalid_query", problems))?;
+    let mut seen = std::collections::HashSet::new();
+    let repeated: Vec<FieldError> = pairs
+        .iter()
+        .filter(|(key, _)| !seen.insert(key.as_str()))
+        .map(|(key, _)| FieldError::new(key, "given more than once: give each parameter once"))
+        .collect();
+    if !repeated.is_empty() {
+        return Err(ApiError::fields("invalid_query", repeated));
+    }
+    Ok(pairs)
 }
 
 fn valid_operator_id(id: &str) -> bool {
@@ -497,7 +543,7 @@ pub async fn rotate_credential(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FxRatesBody {
-    rates: BTreeMap<String, String>,
+    rates: UniqueKeys<String>,
     source: String,
 }
 
@@ -515,7 +561,7 @@ pub async fn put_fx_rates(
     let request: FxRatesBody = parse_json(&body)?;
     let mut problems = Vec::new();
     let mut rates = BTreeMap::new();
-    for (currency, rate) in request.rates {
+    for (currency, rate) in request.rates.0 {
         let field = format!("rates.{currency}");
         if iso_currency::Currency::from_code(&currency).is_none() {
             problems.push(FieldError::new(field, format!("{currency:?} is not an ISO 4217 code")));

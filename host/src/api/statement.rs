@@ -9,8 +9,9 @@ use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
 use super::commissions::commission_json;
+use super::operators::query_params;
 use super::{ApiError, AppState, auth};
-use crate::event::FieldError;
+use crate::event::{FieldError, affiliate_id_problem};
 use crate::pipeline::{Period, SETTLEMENT_PREFIX};
 use crate::restate::{AffiliateStatement, StatementView};
 
@@ -27,9 +28,12 @@ pub async fn statement(
     let period = Period::parse(&period).map_err(|problem| ApiError::field("period", problem))?;
     let mut affiliate = None;
     let mut problems = Vec::new();
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match key.as_ref() {
-            "affiliate" => affiliate = Some(value.into_owned()),
+    for (key, value) in query_params(query.as_deref())? {
+        match key.as_str() {
+            "affiliate" => match affiliate_id_problem(&value) {
+                None => affiliate = Some(value),
+                Some(problem) => problems.push(FieldError::new("affiliate", problem)),
+            },
             other => problems.push(FieldError::new(other, "unknown parameter; known: affiliate")),
         }
     }

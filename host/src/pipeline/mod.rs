@@ -38,9 +38,10 @@ use crate::sandbox::{
 };
 use crate::store::records::{
     ActivationScope, ChainLink, CommissionRecord, CustomerBinding, EvaluationRecord, EventRecord, EventStatus, Failure,
-    FailureKind, FxConversion, LateEventPolicy, LogLine, OperatorLimits, OperatorRecord, Properties, StoredEvent,
+    FailureKind, FxConversion, LateEventPolicy, LogLine, OperatorLimits, OperatorRecord, StoredEvent,
 };
 use crate::store::{CommitOutcome, Durability, DurabilityError, EventCommit, Store, StoreError};
+use crate::terms::hold_until;
 
 /// How far up the referral chain parents are followed.
 pub const MAX_CHAIN_DEPTH: usize = 16;
@@ -669,6 +670,17 @@ impl Pipeline {
         state: Arc<dyn StateSource>,
         run: Run,
     ) -> Result<Evaluated, IngestError> {
+        if chain.len() > MAX_CHAIN_DEPTH {
+            return Ok(Evaluated::failed(Failure {
+                kind: FailureKind::LimitExceeded,
+                message: format!(
+                    "the referral chain of {} is deeper than {MAX_CHAIN_DEPTH} levels (or loops): {}; move affiliates with PUT /v1/operators/{}/affiliates/{{id}} so that no chain is deeper, then retry the failed events",
+                    chain[0].affiliate,
+                    chain.iter().map(|link| link.affiliate.as_str()).collect::<Vec<_>>().join(" > "),
+                    operator.id
+                ),
+            }));
+        }
         let plugin = self
             .plugins
             .get(&operator.id, version)
@@ -717,12 +729,14 @@ impl Pipeline {
         })
     }
 
+    /// The affiliate and its parents, nearest first. The walk stops one link past
+    /// [`MAX_CHAIN_DEPTH`] (or around a loop, which it follows until then): such a chain is not
+    /// cut here, [`Self::run_plugin`] fails the event on it, so no parent is left unpaid silently.
     pub(crate) fn referral_chain(&self, operator: &str, affiliate: &str) -> Result<Vec<ChainLink>, IngestError> {
         let mut chain = Vec::new();
-        let mut visited = HashSet::new();
         let mut next = Some(affiliate.to_owned());
         while let Some(id) = next.take() {
-            if chain.len() == MAX_CHAIN_DEPTH || !visited.insert(id.clone()) {
+            if chain.len() > MAX_CHAIN_DEPTH {
                 break;
             }
             let Some(record) = self.store.affiliate(operator, &id)? else { break };
@@ -939,13 +953,6 @@ fn version_for(operator: &OperatorRecord, event: &StoredEvent, binding: &Custome
     }
 }
 
-/// When a commission made at `created_at` may be approved: its affiliate's `deal` says how many
-/// days it is held (`hold_days`), the time for chargebacks and fraud checks to come in.
-pub(crate) fn hold_until(deal: &Properties, created_at: i64) -> Option<i64> {
-    let days: i64 = deal.get("hold_days")?.parse().ok()?;
-    Some(created_at + days * 86_400_000)
-}
-
 /// The event's amount in the operator's currency, at the operator's rate, if it is in another.
 fn convert(operator: &OperatorRecord, event: &StoredEvent) -> Result<Option<FxConversion>, FieldError> {
     let (Some(amount), Some(currency)) = (event.amount, &event.currency) else { return Ok(None) };
@@ -1113,10 +1120,10 @@ pub fn checked_commissions(
                     Some(original.id)
                 }
             };
-            let hold_until = chain
-                .iter()
-                .find(|link| link.affiliate == commission.affiliate)
-                .and_then(|link| hold_until(&link.deal, created_at));
+            let hold_until = match chain.iter().find(|link| link.affiliate == commission.affiliate) {
+                Some(link) => hold_until(&link.deal, created_at).map_err(at)?,
+                None => None,
+            };
             Ok(CommissionRecord {
                 id: String::new(),
                 event_id: event.id.clone(),

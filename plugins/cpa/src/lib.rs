@@ -162,6 +162,12 @@ fn record(event: &Event) -> Result<()> {
     match event.kind.as_str() {
         "deposit" => {
             let amount = money()?;
+            if amount <= Decimal::ZERO {
+                // No money in (0, negative, or an FX conversion that rounded to 0): it neither
+                // counts towards the totals nor becomes the first deposit.
+                info!("deposit {amount} is not above 0: not counted");
+                return Ok(());
+            }
             state::add_decimal(&key("deposits"), amount)?;
             if !paid {
                 // Deposits that count towards qualification, for chargebacks.

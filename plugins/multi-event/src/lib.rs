@@ -5,7 +5,7 @@
 //! | deal term (on the attributed affiliate) | default | meaning |
 //! | --- | --- | --- |
 //! | `ftd_cpa` | 10 | paid on the first deposit |
-//! | `ftd_min_deposit` | 0 | a first deposit below this pays nothing (and stays the first) |
+//! | `ftd_min_deposit` | 0.01 | a first deposit below this pays nothing (and stays the first); a deposit of 0 or less never pays |
 //! | `first_trade_cpa` | 5 | paid on the first trade |
 //! | `volume_bonus` | 20 | paid once cumulative lots exceed the threshold |
 //! | `volume_threshold_lots` | 10 | "exceed": 10 lots exactly does not pay |
@@ -50,8 +50,10 @@ export_plugin!(MultiEvent);
 
 fn first_deposit(event: &Event, context: &Context, affiliate: &Affiliate) -> Result<Vec<Commission>> {
     let amount = event.amount.ok_or_else(|| Error::new("deposit without an amount"))?;
-    let minimum = affiliate.deal.decimal_or("ftd_min_deposit", Decimal::ZERO)?;
-    if amount < minimum {
+    let minimum = affiliate.deal.decimal_or("ftd_min_deposit", Decimal::new(1, 2))?;
+    // No money in (0, negative, or an FX conversion that rounded to 0) is no first deposit,
+    // whatever the minimum says.
+    if amount <= Decimal::ZERO || amount < minimum {
         info!("deposit {amount} below ftd_min_deposit {minimum}: no FTD yet");
         return Ok(vec![]);
     }

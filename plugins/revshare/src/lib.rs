@@ -41,6 +41,8 @@ impl Plugin for RevShare {
         let sign = match event.kind.as_str() {
             "wager" | "bet" => Decimal::ONE,
             "win" | "bonus" | "fee" => Decimal::NEGATIVE_ONE,
+            // No money in (0, negative, or an FX conversion that rounded to 0) is no first deposit.
+            "deposit" if event.amount.is_some_and(|amount| amount <= Decimal::ZERO) => return Ok(vec![]),
             "deposit" => {
                 count_first_deposit(event, affiliate)?;
                 return hybrid_cpa(event, context, affiliate);
