@@ -71,7 +71,9 @@ pub async fn set_up(pipeline: &Pipeline, plugin: &Path, address: SocketAddr) -> 
                 deal: deal.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
                 updated_at: now_ms(),
             },
-        )?;
+            None,
+        )?
+        .map_err(|refused| anyhow::anyhow!("the demo operator is over its quota: {refused:?}"))?;
     }
     pipeline.make_durable().await?;
 
