@@ -65,7 +65,6 @@ pub(super) fn count_once(db: &sled::Db, stored_bytes: &sled::Tree) -> Result<(),
 mod tests {
     use super::super::tests::deposit;
     use super::super::{CommitOutcome, Store};
-    use super::*;
     use crate::store::records::AffiliateRecord;
 
     fn affiliate(id: &str, deal_bytes: usize) -> AffiliateRecord {
