@@ -18,7 +18,8 @@ const LEVELS: usize = 16;
 fn large_deal(affiliate: &str, terms: &[(&str, &str)]) -> Map<String, Value> {
     let mut deal: Map<String, Value> = terms.iter().map(|(key, value)| (key.to_string(), json!(value))).collect();
     for index in 0..16 - terms.len() {
-        let value = format!("{affiliate}:{index}:").chars().chain(std::iter::repeat('x')).take(1000).collect::<String>();
+        let value =
+            format!("{affiliate}:{index}:").chars().chain(std::iter::repeat('x')).take(1000).collect::<String>();
         deal.insert(format!("term{index:02}"), json!(value));
     }
     deal
@@ -114,16 +115,24 @@ fn an_event_on_a_deep_chain_of_large_deals_costs_a_few_kb_on_disk() {
          deals; {plain_disk} and {plain_stored} bytes for one affiliate with no deal terms"
     );
     // A copy of the chain's deals per event would be 256 KB each; a reference is about 100 bytes.
-    assert!(deep_stored <= plain_stored + 2 * 1024, "{deep_stored} bytes stored per event, {plain_stored} without deals");
+    assert!(
+        deep_stored <= plain_stored + 2 * 1024,
+        "{deep_stored} bytes stored per event, {plain_stored} without deals"
+    );
     assert!(deep_disk <= plain_disk + 8 * 1024, "{deep_disk} bytes on disk per event, {plain_disk} without deals");
 
     // The event still shows the deal terms it was evaluated with, whole.
     let (status, event) = host.get(&acme, "/events/d150");
     assert_eq!(status, StatusCode::OK, "{event}");
     let chain = event["referral_chain"].as_array().unwrap();
-    let shown: Vec<(&str, &Value)> = chain.iter().map(|link| (link["affiliate"].as_str().unwrap(), &link["deal"])).collect();
-    let expected: Vec<(String, Value)> =
-        deals.iter().enumerate().rev().map(|(level, deal)| (format!("l{level:02}"), Value::Object(deal.clone()))).collect();
+    let shown: Vec<(&str, &Value)> =
+        chain.iter().map(|link| (link["affiliate"].as_str().unwrap(), &link["deal"])).collect();
+    let expected: Vec<(String, Value)> = deals
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(level, deal)| (format!("l{level:02}"), Value::Object(deal.clone())))
+        .collect();
     assert_eq!(shown.len(), LEVELS);
     for ((affiliate, deal), (expected_affiliate, expected_deal)) in shown.iter().zip(&expected) {
         assert_eq!(affiliate, expected_affiliate);
@@ -138,7 +147,10 @@ fn an_event_on_a_deep_chain_of_large_deals_costs_a_few_kb_on_disk() {
     let mut new_deal = deals[LEVELS - 1].clone();
     new_deal.insert("ftd_cpa".into(), json!("9"));
     host.put_affiliate(&acme, "l15", Some("l14"), Value::Object(new_deal));
-    let paid = host.accept(&acme, json!({"id": "after", "type": "deposit", "customer": "new", "amount": "100", "affiliate": "l15"}));
+    let paid = host.accept(
+        &acme,
+        json!({"id": "after", "type": "deposit", "customer": "new", "amount": "100", "affiliate": "l15"}),
+    );
     assert_eq!(paid["commissions"][0]["amount"].as_str().map(dec), Some(dec("9")), "{paid}");
     let (_, first) = host.get(&acme, "/events/d0");
     assert_eq!(first["referral_chain"][0]["deal"]["ftd_cpa"], "7", "d0 keeps the deal it saw");

@@ -170,7 +170,10 @@ impl<'a> PreparedCommit<'a> {
                 if !deals.iter().any(|(known, _)| *known == deal_key) {
                     deals.push((deal_key, json));
                 }
-                Ok::<_, std::convert::Infallible>(StoredLink::Reference { affiliate: link.affiliate, deal_sha256: sha256 })
+                Ok::<_, std::convert::Infallible>(StoredLink::Reference {
+                    affiliate: link.affiliate,
+                    deal_sha256: sha256,
+                })
             })
             .unwrap_or_else(|never| match never {});
         Self {
@@ -369,9 +372,12 @@ impl LedgerTx<'_> {
 
     /// A stored record with its deals, read in this transaction.
     fn resolve(&self, operator: &str, record: EventRecord<StoredLink>) -> TxResult<EventRecord> {
-        resolve_links(operator, record, |key| Ok(self.deals.get(key)?), |detail| {
-            ConflictableTransactionError::Abort(Abort::Decode(detail))
-        })
+        resolve_links(
+            operator,
+            record,
+            |key| Ok(self.deals.get(key)?),
+            |detail| ConflictableTransactionError::Abort(Abort::Decode(detail)),
+        )
     }
 }
 
@@ -574,10 +580,12 @@ impl Store {
     /// An event, with the deal terms its chain was evaluated with.
     pub fn event(&self, operator: &str, id: &str) -> Result<Option<EventRecord>, StoreError> {
         let Some(stored) = get_json(&self.events, "events", &keys::text(operator, id))? else { return Ok(None) };
-        resolve_links(operator, stored, |key| Ok(self.deals.get(key)?), |detail| StoreError::Decode {
-            tree: "deals",
-            detail,
-        })
+        resolve_links(
+            operator,
+            stored,
+            |key| Ok(self.deals.get(key)?),
+            |detail| StoreError::Decode { tree: "deals", detail },
+        )
         .map(Some)
     }
 

@@ -68,7 +68,12 @@ mod tests {
     use crate::store::records::AffiliateRecord;
 
     fn affiliate(id: &str, deal_bytes: usize) -> AffiliateRecord {
-        AffiliateRecord { id: id.into(), parent: None, deal: [("terms".into(), "x".repeat(deal_bytes))].into(), updated_at: 0 }
+        AffiliateRecord {
+            id: id.into(),
+            parent: None,
+            deal: [("terms".into(), "x".repeat(deal_bytes))].into(),
+            updated_at: 0,
+        }
     }
 
     #[test]
