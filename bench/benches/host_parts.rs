@@ -263,6 +263,7 @@ fn first_deposit_commit(n: u64) -> EventCommit {
             restates: None,
         }],
         expected_last_seq: None,
+        stored_bytes_quota: None,
     }
 }
 

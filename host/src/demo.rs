@@ -63,15 +63,18 @@ pub async fn set_up(pipeline: &Pipeline, plugin: &Path, address: SocketAddr) -> 
         ("master", None, vec![("override_percent", "10")]),
         ("aff1", Some("master"), vec![("ftd_cpa", "10"), ("first_trade_cpa", "5"), ("volume_bonus", "20")]),
     ] {
-        store.put_affiliate(
-            OPERATOR,
-            &AffiliateRecord {
-                id: id.into(),
-                parent: parent.map(Into::into),
-                deal: deal.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
-                updated_at: now_ms(),
-            },
-        )?;
+        store
+            .put_affiliate(
+                OPERATOR,
+                &AffiliateRecord {
+                    id: id.into(),
+                    parent: parent.map(Into::into),
+                    deal: deal.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+                    updated_at: now_ms(),
+                },
+                None,
+            )?
+            .map_err(|refused| anyhow::anyhow!("the demo operator is over its quota: {refused:?}"))?;
     }
     pipeline.make_durable().await?;
 

@@ -65,6 +65,7 @@ pub struct Metrics {
     pub plugin_loads: Family<LoadLabels, Counter>,
     pub rate_limited: Family<OperatorLabels, Counter>,
     pub evaluations_alone: Family<OperatorLabels, Counter>,
+    pub stored_bytes: Family<OperatorLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -129,6 +130,12 @@ impl Default for Metrics {
              with the operator's other evaluations held back: a hot state key",
             evaluations_alone.clone(),
         );
+        let stored_bytes = Family::default();
+        registry.register(
+            "stored_bytes",
+            "Bytes each operator keeps in the ledger, as counted against its stored_bytes quota",
+            stored_bytes.clone(),
+        );
         Self {
             registry,
             events,
@@ -143,6 +150,7 @@ impl Default for Metrics {
             plugin_loads,
             rate_limited,
             evaluations_alone,
+            stored_bytes,
         }
     }
 }

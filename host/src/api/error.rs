@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::event::FieldError;
-use crate::store::StoreError;
+use crate::store::{QuotaExceeded, StoreError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -65,6 +65,30 @@ impl ApiError {
     pub fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "internal error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the host's log")
+    }
+
+    /// 403 `quota_exceeded`: the operator's stored bytes are at its quota. Not a 5xx (the host
+    /// is fine, and retrying will not help) nor a 429 (waiting will not help either): only the
+    /// admin raising the quota will. `event` names the first event not written, when the ones
+    /// before it in the request were.
+    pub fn quota_exceeded(operator: &str, event: Option<&str>, refused: QuotaExceeded) -> Self {
+        let QuotaExceeded { used, needed, quota } = refused;
+        let needs = if needed > 0 { format!("; this write needs {needed} more") } else { String::new() };
+        let written = match event {
+            None => "Nothing of this request was written".to_owned(),
+            Some(event) => format!(
+                "Event {event:?} and the ones after it in this request were not written (any before it were: sent \
+                 again, they are answered duplicate)"
+            ),
+        };
+        let problem = format!(
+            "operator {operator:?} keeps {used} bytes in the ledger and its quota is {quota} bytes{needs}. {written}. \
+             The platform admin raises the quota with PUT /v1/operators/{operator}/limits {{\"stored_bytes\": N}}"
+        );
+        Self {
+            details: vec![FieldError::new("stored_bytes", problem.clone())],
+            ..Self::new(StatusCode::FORBIDDEN, "quota_exceeded", problem)
+        }
     }
 
     pub fn unavailable(error: impl std::fmt::Display) -> Self {

@@ -157,6 +157,9 @@ fn ingest_error(error: IngestError) -> ApiError {
         ),
         IngestError::Invalid(problems) => ApiError::fields("invalid_event", problems),
         IngestError::Storage(error) => error.into(),
+        IngestError::QuotaExceeded { operator, event, refused } => {
+            ApiError::quota_exceeded(&operator, event.as_deref(), refused)
+        }
         IngestError::NotDurable(error) => ApiError::unavailable(error),
         IngestError::Overflow(error) => super::replay::overflow_error(&error),
         IngestError::Internal(message) => ApiError::internal(message),

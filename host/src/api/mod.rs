@@ -37,6 +37,7 @@ use http_body_util::BodyExt;
 
 pub use error::ApiError;
 
+use crate::metrics::OperatorLabels;
 use crate::pipeline::Pipeline;
 
 pub struct AppState {
@@ -110,6 +111,12 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiE
 /// Prometheus text format; the admin token guards it (operator ids are in the labels).
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     auth::require_admin(&state, &headers)?;
+    // Read at the scrape: the count lives in the ledger, kept by the commits.
+    let store = state.pipeline.store();
+    for operator in store.operators()? {
+        let bytes = i64::try_from(store.stored_bytes(&operator.id)?).unwrap_or(i64::MAX);
+        state.pipeline.metrics().stored_bytes.get_or_create(&OperatorLabels { operator: operator.id }).set(bytes);
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.pipeline.metrics().encode())
         .into_response())
 }

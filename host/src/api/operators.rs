@@ -324,7 +324,9 @@ pub async fn put_affiliate(
         }
     }
     let record = AffiliateRecord { id: affiliate, parent: request.parent, deal, updated_at: now_ms() };
-    store.put_affiliate(&operator.id, &record)?;
+    store
+        .put_affiliate(&operator.id, &record, operator.limits.stored_bytes)?
+        .map_err(|refused| ApiError::quota_exceeded(&operator.id, None, refused))?;
     durable(&state).await?;
     Ok(Json(affiliate_json(&record)))
 }
@@ -448,6 +450,7 @@ pub async fn put_limits(
         ),
         ("max_log_lines", limits.max_log_lines.map(|v| v as u64), ceilings.max_log_lines as u64),
         ("events_per_second", limits.events_per_second.map(u64::from), u64::from(u32::MAX)),
+        ("stored_bytes", limits.stored_bytes, u64::MAX),
     ];
     let problems: Vec<FieldError> = checks
         .into_iter()
@@ -477,6 +480,7 @@ pub async fn put_limits(
         "max_state_write_bytes": effective.max_state_write_bytes,
         "max_log_lines": effective.max_log_lines,
         "events_per_second": limits.events_per_second,
+        "stored_bytes": limits.stored_bytes,
     })))
 }
 

@@ -241,7 +241,7 @@ impl Pipeline {
         let committed = self.committer.commit_in_order(commits)?;
         self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
         for ((place, event, content_sha256), committed) in events.into_iter().zip(committed) {
-            match self.committed_outcome(&operator.id, committed?, &content_sha256)? {
+            match self.committed_outcome(&operator.id, &event.id, committed?, &content_sha256)? {
                 Some(outcome) => progress.outcomes[place] = Some(self.counted(&operator.id, outcome)),
                 None => self.one_by_one(operator, received_at, place, event, content_sha256, progress)?,
             }

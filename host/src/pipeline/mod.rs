@@ -40,7 +40,7 @@ use crate::store::records::{
     ActivationScope, ChainLink, CommissionRecord, CustomerBinding, EvaluationRecord, EventRecord, EventStatus, Failure,
     FailureKind, FxConversion, LateEventPolicy, LogLine, OperatorLimits, OperatorRecord, StoredEvent,
 };
-use crate::store::{CommitOutcome, Durability, DurabilityError, EventCommit, Store, StoreError};
+use crate::store::{CommitOutcome, Durability, DurabilityError, EventCommit, QuotaExceeded, Store, StoreError};
 use crate::terms::hold_until;
 
 /// How far up the referral chain parents are followed.
@@ -104,6 +104,10 @@ pub enum IngestError {
     Invalid(Vec<FieldError>),
     #[error(transparent)]
     Storage(#[from] StoreError),
+    /// The operator's stored bytes are at its quota: nothing of the request was written, or,
+    /// if `event` is named, nothing from that event on.
+    #[error("operator {operator} is over its quota of stored bytes")]
+    QuotaExceeded { operator: String, event: Option<String>, refused: QuotaExceeded },
     #[error(transparent)]
     NotDurable(#[from] DurabilityError),
     /// A report's total (a backtest's, a statement's) does not fit a decimal.
@@ -204,6 +208,7 @@ impl Pipeline {
         operator: &OperatorRecord,
         mut events: Vec<IncomingEvent>,
     ) -> Result<Vec<EventOutcome>, IngestError> {
+        self.check_quota(operator)?;
         // From the closed-period check to the commit: a close waits for it (see [`close`]).
         let order = self.gate(&operator.id).order.read_owned().await;
         self.check_batch(operator, &mut events)?;
@@ -214,6 +219,21 @@ impl Pipeline {
         drop(order);
         self.durability.wait().await?;
         Ok(outcomes)
+    }
+
+    /// Refuses a write of an operator whose stored bytes have reached its quota, before any of
+    /// it is evaluated. (A write that would go past the quota is refused at its commit.)
+    pub fn check_quota(&self, operator: &OperatorRecord) -> Result<(), IngestError> {
+        let Some(quota) = operator.limits.stored_bytes else { return Ok(()) };
+        let used = self.store.stored_bytes(&operator.id)?;
+        if used < quota {
+            return Ok(());
+        }
+        Err(IngestError::QuotaExceeded {
+            operator: operator.id.clone(),
+            event: None,
+            refused: QuotaExceeded { used, needed: 0, quota },
+        })
     }
 
     /// Refuses the batch if any event is invalid against the stored data (a currency with no
@@ -435,7 +455,7 @@ impl Pipeline {
             let started = Instant::now();
             let committed = self.committer.commit(commit)?;
             self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-            if let Some(outcome) = self.committed_outcome(&operator.id, committed, &content_sha256)? {
+            if let Some(outcome) = self.committed_outcome(&operator.id, &event.id, committed, &content_sha256)? {
                 return Ok(Some(self.counted(&operator.id, outcome)));
             }
         }
@@ -522,34 +542,26 @@ impl Pipeline {
         };
         let restated = if late {
             match self.restate(operator, &record) {
-                Ok(restated) => Some(restated),
+                Ok(restated) => Some(Ok(restated)),
                 Err(RestateError::Ingest(error)) => return Err(error),
-                // Stored as failed, like an evaluation that did not finish: kept, paying and
-                // writing nothing, for `retry-failed` once the cause is fixed.
-                Err(RestateError::Failed(failure)) => {
-                    record.status = EventStatus::Failed;
-                    record.failure = Some(failure);
-                    record.restated = false;
-                    return Ok(Prepared::Ready(EventCommit {
-                        operator: operator.id.clone(),
-                        record,
-                        replaces_failed_attempt: retry_of,
-                        new_binding,
-                        state_reads: evaluated.state_reads,
-                        state_writes: BTreeMap::new(),
-                        commissions: Vec::new(),
-                        expected_last_seq: None,
-                    }));
-                }
+                Err(RestateError::Failed(failure)) => Some(Err(failure)),
             }
         } else {
             None
         };
         let (commissions, state_writes, expected_last_seq) = match restated {
-            Some(restated) => {
+            Some(Ok(restated)) => {
                 let mut commissions = evaluated.commissions;
                 commissions.extend(restated.adjustments);
                 (commissions, restated.state_writes, Some(restated.last_seq))
+            }
+            // Stored as failed, like an evaluation that did not finish: kept, paying and
+            // writing nothing, for `retry-failed` once the cause is fixed.
+            Some(Err(failure)) => {
+                record.status = EventStatus::Failed;
+                record.failure = Some(failure);
+                record.restated = false;
+                (Vec::new(), BTreeMap::new(), None)
             }
             None => (evaluated.commissions, evaluated.state_writes, None),
         };
@@ -562,14 +574,18 @@ impl Pipeline {
             state_writes,
             commissions,
             expected_last_seq,
+            // A settlement is counted but never refused: it is the host's own entry, one per
+            // affiliate and month, and a month refused half-way would be half closed.
+            stored_bytes_quota: if settlement.is_some() { None } else { operator.limits.stored_bytes },
         }))
     }
 
-    /// What the commit of an event answers its sender; `None` if it is stale and must be
+    /// What the commit of event `id` answers its sender; `None` if it is stale and must be
     /// evaluated again.
     fn committed_outcome(
         &self,
         operator: &str,
+        id: &str,
         committed: CommitOutcome,
         content_sha256: &str,
     ) -> Result<Option<EventOutcome>, IngestError> {
@@ -590,6 +606,13 @@ impl Pipeline {
             }
             CommitOutcome::Exists(existing) => Some(self.existing_outcome(operator, *existing, content_sha256)?),
             CommitOutcome::Stale => None,
+            CommitOutcome::QuotaExceeded(refused) => {
+                return Err(IngestError::QuotaExceeded {
+                    operator: operator.to_owned(),
+                    event: Some(id.to_owned()),
+                    refused,
+                });
+            }
         })
     }
 

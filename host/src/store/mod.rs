@@ -12,8 +12,10 @@
 //! section) rather than guess.
 
 mod clawback;
+mod deals;
 mod durability;
 pub mod keys;
+mod quota;
 pub mod records;
 
 use std::collections::BTreeMap;
@@ -23,10 +25,13 @@ use std::path::Path;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
 
+use deals::{deal_version, resolve_links};
 pub use durability::{Durability, DurabilityError};
+pub use quota::QuotaExceeded;
+use quota::read_u64;
 use records::{
     AffiliateRecord, ClawBack, ClawBackOutcome, CommissionRecord, CustomerBinding, EventRecord, EventStatus,
-    OperatorRecord, PluginRecord, ShadowResult, StatusChange, StatusRecord,
+    OperatorRecord, PluginRecord, ShadowResult, StatusChange, StatusRecord, StoredLink,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -72,6 +77,12 @@ pub struct Store {
     shadow_progress: Tree,
     /// (operator, period, affiliate) -> the period statement as its close computed it.
     statements: Tree,
+    /// (operator, sha256 of the deal's JSON) -> the deal: each version an event was evaluated
+    /// with, kept once and referenced by the events' chains.
+    deals: Tree,
+    /// Operator -> the bytes it keeps in the trees counted against its quota (see [`quota`]),
+    /// kept by the same transactions that write them.
+    stored_bytes: Tree,
 }
 
 /// Everything one evaluated event writes, committed together by [`Store::commit_events`].
@@ -93,6 +104,9 @@ pub struct EventCommit {
     /// the operator's last sequence number the replay saw. The commit goes through only if no
     /// event was committed since.
     pub expected_last_seq: Option<u64>,
+    /// The operator's quota on stored bytes: the commit goes through only if what it adds
+    /// keeps the operator within it.
+    pub stored_bytes_quota: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -103,6 +117,8 @@ pub enum CommitOutcome {
     Exists(Box<EventRecord>),
     /// What the evaluation read has changed since: evaluate again.
     Stale,
+    /// Nothing of it was written: it would take the operator past its quota.
+    QuotaExceeded(QuotaExceeded),
 }
 
 /// The customers whose events a group holds back: one of their events in it was not committed,
@@ -129,6 +145,11 @@ impl<'a> HeldBack<'a> {
 struct PreparedCommit<'a> {
     commit: &'a EventCommit,
     event_key: Vec<u8>,
+    /// The record as stored, its chain referencing deal versions; `seq` and `commission_ids`
+    /// are set by the transaction.
+    stored: EventRecord<StoredLink>,
+    /// The deal versions the chain references, each once: (key, JSON).
+    deals: Vec<(Vec<u8>, Vec<u8>)>,
     binding: Option<(Vec<u8>, Vec<u8>)>,
     reads: Vec<(Vec<u8>, &'a Option<Vec<u8>>)>,
     writes: Vec<(Vec<u8>, &'a Option<Vec<u8>>)>,
@@ -148,9 +169,27 @@ impl<'a> PreparedCommit<'a> {
     fn new(commit: &'a EventCommit) -> Self {
         let operator = commit.operator.as_str();
         let key = |name: &str| keys::text(operator, name);
+        let mut deals: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let stored = commit
+            .record
+            .clone()
+            .map_links(|link| {
+                let (sha256, json) = deal_version(&link.deal);
+                let deal_key = key(&sha256);
+                if !deals.iter().any(|(known, _)| *known == deal_key) {
+                    deals.push((deal_key, json));
+                }
+                Ok::<_, std::convert::Infallible>(StoredLink::Reference {
+                    affiliate: link.affiliate,
+                    deal_sha256: sha256,
+                })
+            })
+            .unwrap_or_else(|never| match never {});
         Self {
             commit,
             event_key: key(&commit.record.event.id),
+            stored,
+            deals,
             binding: commit.new_binding.as_ref().map(|binding| (key(&commit.record.event.customer), to_json(binding))),
             reads: commit.state_reads.iter().map(|(name, value)| (key(name), value)).collect(),
             writes: commit.state_writes.iter().map(|(name, value)| (key(name), value)).collect(),
@@ -180,27 +219,31 @@ struct LedgerTx<'t> {
     by_affiliate: &'t TransactionalTree,
     reversals: &'t TransactionalTree,
     statuses: &'t TransactionalTree,
+    deals: &'t TransactionalTree,
+    stored_bytes: &'t TransactionalTree,
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<Abort>>;
 
 impl LedgerTx<'_> {
     /// Applies one commit, or nothing of it: every check comes before the first write, so a
-    /// commit that is `Exists` or `Stale` leaves the transaction as it found it, and the
-    /// other commits of the group go on. A stored record that cannot be decoded aborts the whole
-    /// transaction instead (see the committer, which then commits the group's events alone).
+    /// commit that is `Exists`, `Stale` or `QuotaExceeded` leaves the transaction as it found
+    /// it, and the other commits of the group go on. A stored record that cannot be decoded
+    /// aborts the whole transaction instead (see the committer, which then commits the group's
+    /// events alone).
     fn apply(&self, prepared: &PreparedCommit<'_>) -> TxResult<CommitOutcome> {
         let commit = prepared.commit;
         let operator = commit.operator.as_str();
         let retried = match self.events.get(&prepared.event_key)? {
             Some(existing) => {
-                let existing: EventRecord = decode_in_tx(&existing)?;
+                let stored_bytes = existing.len();
+                let existing = self.resolve(operator, decode_in_tx(&existing)?)?;
                 let is_the_failure_we_retry =
                     commit.replaces_failed_attempt == Some(existing.attempts) && existing.status == EventStatus::Failed;
                 if !is_the_failure_we_retry {
                     return Ok(CommitOutcome::Exists(Box::new(existing)));
                 }
-                Some(existing.seq)
+                Some((existing.seq, stored_bytes))
             }
             None if commit.replaces_failed_attempt.is_some() => return Ok(CommitOutcome::Stale),
             None => None,
@@ -234,7 +277,65 @@ impl LedgerTx<'_> {
             }
         }
 
-        if let Some(earlier_seq) = retried {
+        let commissions: Vec<CommissionRecord> = commit
+            .commissions
+            .iter()
+            .enumerate()
+            .map(|(index, commission)| CommissionRecord {
+                id: CommissionRecord::id_for(seq, index),
+                ..commission.clone()
+            })
+            .collect();
+        let commission_ids: Vec<String> = commissions.iter().map(|commission| commission.id.clone()).collect();
+        let stored = to_json(&EventRecord { seq, commission_ids: commission_ids.clone(), ..prepared.stored.clone() });
+        let sequence_key = keys::sequence(operator, seq);
+        let commission_entries: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = commissions
+            .iter()
+            .enumerate()
+            .map(|(index, commission)| {
+                let key = keys::commission(operator, seq, index as u16);
+                let by_affiliate = keys::commission_by_affiliate(operator, &commission.affiliate, seq, index as u16);
+                (key, to_json(commission), by_affiliate)
+            })
+            .collect();
+        let mut new_deals = Vec::new();
+        for (key, deal) in &prepared.deals {
+            if self.deals.get(key)?.is_none() {
+                new_deals.push((key, deal));
+            }
+        }
+
+        // What the commit adds to the operator's stored bytes, before anything is written.
+        let entry = |key: &[u8], value: usize| (key.len() + value) as i64;
+        let mut added = entry(&prepared.event_key, stored.len());
+        match retried {
+            // A retry replaces the failed record, and its place in the order by one as long.
+            Some((_, earlier)) => added -= entry(&prepared.event_key, earlier),
+            None => added += entry(&sequence_key, commit.record.event.id.len()),
+        }
+        if let Some((key, value)) = &prepared.binding {
+            added += entry(key, value.len());
+        }
+        for (key, value) in &prepared.writes {
+            added += value.as_ref().map_or(0, |value| entry(key, value.len()));
+            added -= self.state.get(key)?.map_or(0, |old| entry(key, old.len()));
+        }
+        for (key, value, by_affiliate) in &commission_entries {
+            added += entry(key, value.len()) + entry(by_affiliate, key.len());
+        }
+        for (key, deal) in &new_deals {
+            added += entry(key, deal.len());
+        }
+        let used = self.stored_bytes(operator)?;
+        let after = used.saturating_add_signed(added);
+        if let Some(quota) = commit.stored_bytes_quota
+            && added > 0
+            && after > quota
+        {
+            return Ok(CommitOutcome::QuotaExceeded(QuotaExceeded { used, needed: added as u64, quota }));
+        }
+
+        if let Some((earlier_seq, _)) = retried {
             // The retry takes effect now: it moves to the end of the ledger order.
             self.event_order.remove(keys::sequence(operator, earlier_seq))?;
             self.failed_events.remove(keys::sequence(operator, earlier_seq))?;
@@ -248,29 +349,19 @@ impl LedgerTx<'_> {
                 None => self.state.remove(key.as_slice())?,
             };
         }
-        self.sequences.insert(operator.as_bytes(), seq.to_be_bytes().as_slice())?;
-        let commissions: Vec<CommissionRecord> = commit
-            .commissions
-            .iter()
-            .enumerate()
-            .map(|(index, commission)| CommissionRecord {
-                id: CommissionRecord::id_for(seq, index),
-                ..commission.clone()
-            })
-            .collect();
-        let record = EventRecord {
-            seq,
-            commission_ids: commissions.iter().map(|commission| commission.id.clone()).collect(),
-            ..commit.record.clone()
-        };
-        let sequence_key = keys::sequence(operator, seq);
-        self.events.insert(prepared.event_key.as_slice(), to_json(&record))?;
-        self.event_order.insert(sequence_key.as_slice(), record.event.id.as_bytes())?;
-        if record.status == EventStatus::Failed {
-            self.failed_events.insert(sequence_key.as_slice(), record.event.id.as_bytes())?;
+        for (key, deal) in new_deals {
+            self.deals.insert(key.as_slice(), deal.as_slice())?;
         }
-        for ((index, commission), reversed) in commissions.iter().enumerate().zip(&prepared.reversed) {
-            let key = keys::commission(operator, seq, index as u16);
+        self.stored_bytes.insert(operator.as_bytes(), after.to_be_bytes().as_slice())?;
+        self.sequences.insert(operator.as_bytes(), seq.to_be_bytes().as_slice())?;
+        self.events.insert(prepared.event_key.as_slice(), stored)?;
+        self.event_order.insert(sequence_key.as_slice(), commit.record.event.id.as_bytes())?;
+        if commit.record.status == EventStatus::Failed {
+            self.failed_events.insert(sequence_key.as_slice(), commit.record.event.id.as_bytes())?;
+        }
+        for ((commission, (key, value, by_affiliate)), reversed) in
+            commissions.iter().zip(commission_entries).zip(&prepared.reversed)
+        {
             if let Some(reversed) = reversed {
                 self.reversals.insert(reversed.by_id.as_slice(), key.as_slice())?;
                 let mut status: StatusRecord = match self.statuses.get(&reversed.by_id)? {
@@ -294,11 +385,25 @@ impl LedgerTx<'_> {
                 }
                 self.statuses.insert(reversed.by_id.as_slice(), to_json(&status))?;
             }
-            self.commissions.insert(key.as_slice(), to_json(commission))?;
-            self.by_affiliate
-                .insert(keys::commission_by_affiliate(operator, &commission.affiliate, seq, index as u16), key)?;
+            self.commissions.insert(key.as_slice(), value)?;
+            self.by_affiliate.insert(by_affiliate, key)?;
         }
+        let record = EventRecord { seq, commission_ids, ..commit.record.clone() };
         Ok(CommitOutcome::Committed { record: Box::new(record), commissions })
+    }
+
+    fn stored_bytes(&self, operator: &str) -> TxResult<u64> {
+        Ok(self.stored_bytes.get(operator.as_bytes())?.as_deref().map_or(0, read_u64))
+    }
+
+    /// A stored record with its deals, read in this transaction.
+    fn resolve(&self, operator: &str, record: EventRecord<StoredLink>) -> TxResult<EventRecord> {
+        resolve_links(
+            operator,
+            record,
+            |key| Ok(self.deals.get(key)?),
+            |detail| ConflictableTransactionError::Abort(Abort::Decode(detail)),
+        )
     }
 }
 
@@ -321,7 +426,7 @@ impl Store {
                 other => StoreError::Sled(other),
             })?;
         let tree = |name: &str| db.open_tree(name);
-        Ok(Self {
+        let store = Self {
             operators: tree("operators")?,
             plugins: tree("plugins")?,
             plugin_wasm: tree("plugin_wasm")?,
@@ -341,8 +446,19 @@ impl Store {
             shadow_results: tree("shadow_results")?,
             shadow_progress: tree("shadow_progress")?,
             statements: tree("statements")?,
+            deals: tree("deals")?,
+            stored_bytes: tree("stored_bytes")?,
             db,
-        })
+        };
+        quota::count_once(&store.db, &store.stored_bytes)?;
+        Ok(store)
+    }
+
+    /// What `operator` keeps in the ledger, in bytes: the keys and values of its events,
+    /// commissions, plugin state, customers, affiliates and deal versions. Counted by the
+    /// transactions that write them, so it does not drift.
+    pub fn stored_bytes(&self, operator: &str) -> Result<u64, StoreError> {
+        Ok(self.stored_bytes.get(operator.as_bytes())?.as_deref().map_or(0, read_u64))
     }
 
     /// Starts the group-flush task; each flush's duration is observed in `flush_seconds`.
@@ -441,9 +557,35 @@ impl Store {
         get_json(&self.affiliates, "affiliates", &keys::text(operator, id))
     }
 
-    pub fn put_affiliate(&self, operator: &str, affiliate: &AffiliateRecord) -> Result<(), StoreError> {
-        self.affiliates.insert(keys::text(operator, &affiliate.id), to_json(affiliate))?;
-        Ok(())
+    /// Stores an affiliate, counted in the operator's stored bytes, unless that would take them
+    /// past `quota`.
+    pub fn put_affiliate(
+        &self,
+        operator: &str,
+        affiliate: &AffiliateRecord,
+        quota: Option<u64>,
+    ) -> Result<Result<(), QuotaExceeded>, StoreError> {
+        let key = keys::text(operator, &affiliate.id);
+        let value = to_json(affiliate);
+        let result = (&self.affiliates, &self.stored_bytes).transaction(|(affiliates, stored_bytes)| {
+            let earlier = affiliates.get(&key)?.map_or(0, |old| key.len() + old.len());
+            let added = (key.len() + value.len()) as i64 - earlier as i64;
+            let used = stored_bytes.get(operator.as_bytes())?.as_deref().map_or(0, read_u64);
+            let after = used.saturating_add_signed(added);
+            if let Some(quota) = quota
+                && added > 0
+                && after > quota
+            {
+                return Ok(Err(QuotaExceeded { used, needed: added as u64, quota }));
+            }
+            affiliates.insert(key.as_slice(), value.as_slice())?;
+            stored_bytes.insert(operator.as_bytes(), after.to_be_bytes().as_slice())?;
+            Ok::<_, ConflictableTransactionError<()>>(Ok(()))
+        });
+        result.map_err(|error| match error {
+            TransactionError::Storage(error) => StoreError::Sled(error),
+            TransactionError::Abort(()) => unreachable!("the affiliate transaction never aborts"),
+        })
     }
 
     /// The ids of the operator's affiliates, in order.
@@ -461,8 +603,16 @@ impl Store {
 
     // Events
 
+    /// An event, with the deal terms its chain was evaluated with.
     pub fn event(&self, operator: &str, id: &str) -> Result<Option<EventRecord>, StoreError> {
-        get_json(&self.events, "events", &keys::text(operator, id))
+        let Some(stored) = get_json(&self.events, "events", &keys::text(operator, id))? else { return Ok(None) };
+        resolve_links(
+            operator,
+            stored,
+            |key| Ok(self.deals.get(key)?),
+            |detail| StoreError::Decode { tree: "deals", detail },
+        )
+        .map(Some)
     }
 
     /// Ids of the operator's failed events, oldest first.
@@ -501,6 +651,8 @@ impl Store {
             &self.commissions_by_affiliate,
             &self.reversals,
             &self.commission_status,
+            &self.deals,
+            &self.stored_bytes,
         );
         let result = trees.transaction(
             |(
@@ -514,6 +666,8 @@ impl Store {
                 by_affiliate,
                 reversals,
                 statuses,
+                deals,
+                stored_bytes,
             )| {
                 let tx = LedgerTx {
                     events,
@@ -526,15 +680,26 @@ impl Store {
                     by_affiliate,
                     reversals,
                     statuses,
+                    deals,
+                    stored_bytes,
                 };
                 let mut held_back = HeldBack::default();
+                // Once an operator's event is refused for its quota, so are its later ones in
+                // the group: none is written after one that was not.
+                let mut over_quota: BTreeMap<&str, QuotaExceeded> = BTreeMap::new();
                 prepared
                     .iter()
                     .map(|commit| {
+                        if let Some(refused) = over_quota.get(commit.commit.operator.as_str()) {
+                            return Ok(CommitOutcome::QuotaExceeded(*refused));
+                        }
                         if held_back.holds(commit.commit) {
                             return Ok(CommitOutcome::Stale);
                         }
                         let outcome = tx.apply(commit)?;
+                        if let CommitOutcome::QuotaExceeded(refused) = &outcome {
+                            over_quota.insert(&commit.commit.operator, *refused);
+                        }
                         held_back.note(commit.commit, Some(&outcome));
                         Ok(outcome)
                     })
@@ -869,7 +1034,7 @@ mod tests {
     use crate::store::records::StoredEvent;
 
     /// A deposit of `customer` that read `read` as absent and writes it; no commissions.
-    fn deposit(id: &str, customer: &str, read: &str) -> EventCommit {
+    pub(super) fn deposit(id: &str, customer: &str, read: &str) -> EventCommit {
         EventCommit {
             operator: "op".into(),
             record: EventRecord {
@@ -902,6 +1067,7 @@ mod tests {
             state_writes: [(read.to_owned(), Some(id.as_bytes().to_vec()))].into(),
             commissions: Vec::new(),
             expected_last_seq: None,
+            stored_bytes_quota: None,
         }
     }
 

@@ -119,6 +119,11 @@ pub struct OperatorLimits {
     pub max_log_lines: Option<usize>,
     /// Events accepted per second (a batch counts each event); beyond, 429.
     pub events_per_second: Option<u32>,
+    /// What the operator may keep in the ledger, in bytes (events, commissions, plugin state,
+    /// customers, affiliates and deal versions); beyond, its writes are refused with 403
+    /// `quota_exceeded`. `None`: no quota.
+    #[serde(default)]
+    pub stored_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,10 +257,28 @@ pub struct Failure {
     pub message: String,
 }
 
+/// A link of an event's referral chain: the affiliate and the deal terms the plugin was given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChainLink {
     pub affiliate: String,
     pub deal: Properties,
+}
+
+/// A chain link as the ledger keeps it. A deal is up to 16 KiB and a chain 16 links deep, so
+/// a copy per event made one small event cost a quarter of a megabyte: each deal version is
+/// kept once per operator in the `deals` tree, by the sha256 of its JSON, and events keep that.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StoredLink {
+    Reference {
+        affiliate: String,
+        deal_sha256: String,
+    },
+    /// Written before deal versions were kept apart: the deal itself. Still read, never written.
+    Inline {
+        affiliate: String,
+        deal: Properties,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -265,19 +288,21 @@ pub struct LogLine {
 }
 
 /// What the plugin was given and what it said: enough to explain and to replay the payout.
+/// In memory the chain holds the deals themselves ([`ChainLink`]); the ledger stores it with
+/// references to deal versions ([`StoredLink`]), and the store turns one into the other.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvaluationRecord {
+pub struct EvaluationRecord<Link = ChainLink> {
     pub plugin_version: u32,
     /// Why that version evaluated it (the active version, or which dated activation).
     #[serde(default)]
     pub version_reason: String,
-    pub chain: Vec<ChainLink>,
+    pub chain: Vec<Link>,
     pub logs: Vec<LogLine>,
     pub fuel_used: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EventRecord {
+pub struct EventRecord<Link = ChainLink> {
     /// Arrival order within the host; orders events and commissions for listing and replay.
     pub seq: u64,
     pub event: StoredEvent,
@@ -287,7 +312,7 @@ pub struct EventRecord {
     pub status: EventStatus,
     pub failure: Option<Failure>,
     pub attributed_to: Option<String>,
-    pub evaluation: Option<EvaluationRecord>,
+    pub evaluation: Option<EvaluationRecord<Link>>,
     pub commission_ids: Vec<String>,
     /// How many times it was evaluated (1, plus one per retry of a failed event).
     pub attempts: u32,
@@ -300,6 +325,36 @@ pub struct EventRecord {
     /// period's settlement that is neither this nor `restated`: the settlement missed it.
     #[serde(default)]
     pub taken_as_received: bool,
+}
+
+impl<Link> EventRecord<Link> {
+    /// The same record with each link of its chain turned by `link`.
+    pub fn map_links<Other, E>(self, link: impl FnMut(Link) -> Result<Other, E>) -> Result<EventRecord<Other>, E> {
+        let evaluation = match self.evaluation {
+            Some(evaluation) => Some(EvaluationRecord {
+                plugin_version: evaluation.plugin_version,
+                version_reason: evaluation.version_reason,
+                chain: evaluation.chain.into_iter().map(link).collect::<Result<_, _>>()?,
+                logs: evaluation.logs,
+                fuel_used: evaluation.fuel_used,
+            }),
+            None => None,
+        };
+        Ok(EventRecord {
+            seq: self.seq,
+            event: self.event,
+            content_sha256: self.content_sha256,
+            received_at: self.received_at,
+            status: self.status,
+            failure: self.failure,
+            attributed_to: self.attributed_to,
+            evaluation,
+            commission_ids: self.commission_ids,
+            attempts: self.attempts,
+            restated: self.restated,
+            taken_as_received: self.taken_as_received,
+        })
+    }
 }
 
 /// One payout, immutable. A correction is another commission that references it (later models).
