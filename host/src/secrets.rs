@@ -63,6 +63,26 @@ pub enum SignatureError {
     BadSecret,
 }
 
+/// What of a Standard Webhooks signature can be checked before the body is read, and without the
+/// secret: the three headers are there and the timestamp is within the tolerance. Returns the
+/// headers' values.
+pub fn check_webhook_headers<'a>(
+    id: Option<&'a str>,
+    timestamp: Option<&'a str>,
+    signatures: Option<&'a str>,
+    now_seconds: i64,
+) -> Result<(&'a str, &'a str, &'a str), SignatureError> {
+    let id = id.ok_or(SignatureError::MissingHeader("webhook-id"))?;
+    let timestamp = timestamp.ok_or(SignatureError::MissingHeader("webhook-timestamp"))?;
+    let signatures = signatures.ok_or(SignatureError::MissingHeader("webhook-signature"))?;
+    let seconds: i64 = timestamp.parse().map_err(|_| SignatureError::BadTimestamp)?;
+    let skew = now_seconds.saturating_sub(seconds);
+    if skew.abs() > WEBHOOK_TOLERANCE_SECONDS {
+        return Err(SignatureError::OutsideTolerance(skew));
+    }
+    Ok((id, timestamp, signatures))
+}
+
 /// Verifies a Standard Webhooks signature: HMAC-SHA256 over `{id}.{timestamp}.{body}` with the
 /// secret's key, base64, as one of the space-separated `v1,<signature>` entries.
 pub fn verify_webhook(
@@ -73,14 +93,7 @@ pub fn verify_webhook(
     body: &[u8],
     now_seconds: i64,
 ) -> Result<(), SignatureError> {
-    let id = id.ok_or(SignatureError::MissingHeader("webhook-id"))?;
-    let timestamp = timestamp.ok_or(SignatureError::MissingHeader("webhook-timestamp"))?;
-    let signatures = signatures.ok_or(SignatureError::MissingHeader("webhook-signature"))?;
-    let seconds: i64 = timestamp.parse().map_err(|_| SignatureError::BadTimestamp)?;
-    let skew = now_seconds.saturating_sub(seconds);
-    if skew.abs() > WEBHOOK_TOLERANCE_SECONDS {
-        return Err(SignatureError::OutsideTolerance(skew));
-    }
+    let (id, timestamp, signatures) = check_webhook_headers(id, timestamp, signatures, now_seconds)?;
     let key =
         secret.strip_prefix("whsec_").and_then(|key| STANDARD.decode(key).ok()).ok_or(SignatureError::BadSecret)?;
     let signed = |mac: &mut Hmac<Sha256>| {
