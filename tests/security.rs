@@ -253,8 +253,7 @@ fn slow_bodies_cannot_take_the_host_down() {
     // 100 KB body and one byte of it, then nothing more. Opening them is bounded in time too.
     let started = Instant::now();
     let key = format!("Authorization: Bearer {}\r\n", acme.api_key);
-    let signed =
-        format!("webhook-id: msg_1\r\nwebhook-timestamp: {}\r\nwebhook-signature: v1,AAAA\r\n", unix_now());
+    let signed = format!("webhook-id: msg_1\r\nwebhook-timestamp: {}\r\nwebhook-signature: v1,AAAA\r\n", unix_now());
     let mut held = Vec::new();
     let mut unkeyed = Vec::new();
     for (from, count, credential) in [("127.0.0.1", 1000, key.as_str()), ("127.0.0.3", 1000, signed.as_str())] {
@@ -428,7 +427,10 @@ fn unknown_operators_are_refused_like_real_ones() {
             ("a wrong signature", signed(unix_now())),
             ("commissions with a wrong key", client.get(url("/v1/operators/{op}/commissions")).bearer_auth("chk_x")),
             ("an affiliate with a wrong key", client.get(url("/v1/operators/{op}/affiliates/aff1")).bearer_auth("x")),
-            ("a postback with a wrong token", client.get(url("/postback/{op}?token=x&type=registration&id=r&customer=c"))),
+            (
+                "a postback with a wrong token",
+                client.get(url("/postback/{op}?token=x&type=registration&id=r&customer=c")),
+            ),
             ("a postback without a token", client.get(url("/postback/{op}?type=registration&id=r&customer=c"))),
         ];
         attempts
@@ -566,7 +568,10 @@ fn the_data_directory_is_private_to_its_owner() {
     for (path, _) in modes(&data) {
         let bytes = std::fs::read(&path).unwrap_or_default();
         for secret in [&acme.api_key, &acme.postback_token] {
-            assert!(!bytes.windows(secret.len()).any(|window| window == secret.as_bytes()), "{path} holds a credential");
+            assert!(
+                !bytes.windows(secret.len()).any(|window| window == secret.as_bytes()),
+                "{path} holds a credential"
+            );
         }
     }
     drop(host);

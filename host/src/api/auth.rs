@@ -13,9 +13,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
-use crate::server::peer_key;
 use crate::event::now_ms;
 use crate::secrets;
+use crate::server::peer_key;
 use crate::store::records::{CredentialKind, OperatorRecord};
 
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -186,12 +186,7 @@ fn check_signature_headers(headers: &HeaderMap) -> Result<(), ApiError> {
 /// The operator whose webhook secret (current, or rotated out and in its grace period) signed
 /// `body`. An unknown operator gets the answer of a wrong signature: the answers do not tell
 /// which operators exist.
-fn signed_operator(
-    state: &AppState,
-    headers: &HeaderMap,
-    op: &str,
-    body: &[u8],
-) -> Result<OperatorRecord, ApiError> {
+fn signed_operator(state: &AppState, headers: &HeaderMap, op: &str, body: &[u8]) -> Result<OperatorRecord, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     let operator = state.pipeline.store().operator(op)?;
     let secrets: Vec<&str> = match &operator {

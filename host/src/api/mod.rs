@@ -164,7 +164,10 @@ async fn read_body(body: Body, limit: BodyLimit) -> Result<Bytes, ApiError> {
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "body_timeout",
-            format!("the body did not arrive whole within {} seconds; send it again, faster", limit.within.as_secs_f64()),
+            format!(
+                "the body did not arrive whole within {} seconds; send it again, faster",
+                limit.within.as_secs_f64()
+            ),
         )),
     }
 }

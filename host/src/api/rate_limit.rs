@@ -74,7 +74,9 @@ pub struct FailedCredentials {
 impl Default for FailedCredentials {
     fn default() -> Self {
         Self {
-            allowance: DefaultKeyedRateLimiter::keyed(Quota::per_second(FAILURES_PER_SECOND).allow_burst(FAILURE_BURST)),
+            allowance: DefaultKeyedRateLimiter::keyed(
+                Quota::per_second(FAILURES_PER_SECOND).allow_burst(FAILURE_BURST),
+            ),
             refused_until: Mutex::default(),
         }
     }
