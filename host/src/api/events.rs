@@ -189,11 +189,11 @@ fn check_signature_headers(headers: &HeaderMap) -> Result<(), ApiError> {
 fn signed_operator(state: &AppState, headers: &HeaderMap, op: &str, body: &[u8]) -> Result<OperatorRecord, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     let operator = state.pipeline.store().operator(op)?;
-    let secrets: Vec<&str> = match &operator {
+    let candidates: Vec<&str> = match &operator {
         Some(operator) => operator.valid_credentials(CredentialKind::WebhookSecret, now_ms()).collect(),
         None => vec![NO_OPERATOR_SECRET],
     };
-    let verdicts: Vec<_> = secrets
+    let verdicts: Vec<_> = candidates
         .into_iter()
         .map(|secret| {
             secrets::verify_webhook(
