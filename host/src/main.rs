@@ -122,7 +122,7 @@ fn connection_limits(total: usize, per_peer: usize) -> anyhow::Result<server::Co
     let mut files = getrlimit(Resource::Nofile);
     if files.current != files.maximum {
         files.current = files.maximum;
-        if let Err(error) = setrlimit(Resource::Nofile, files.clone()) {
+        if let Err(error) = setrlimit(Resource::Nofile, files) {
             tracing::warn!(%error, "could not raise the open-file limit to its hard limit");
         }
     }
@@ -158,7 +158,7 @@ fn keep_data_private(data: &Path) -> anyhow::Result<()> {
         } else {
             continue;
         };
-        if metadata.permissions().mode() & 0o777 != mode {
+        if (metadata.permissions().mode() & 0o777) != mode {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .with_context(|| format!("making {} private", path.display()))?;
         }
