@@ -376,7 +376,9 @@ fn a_rotation_with_no_grace_cuts_off_every_earlier_value() {
     let by_signature = |secret: &str, n: usize| {
         answer(host.signed_webhook("acme", secret, &format!("msg_{n}"), unix_now(), &event(n).to_string()).send()).0
     };
-    let kinds: [(&str, &str, &dyn Fn(&str, usize) -> StatusCode); 3] = [
+    /// Presents a value of the kind on the `n`th event.
+    type Presents<'a> = &'a dyn Fn(&str, usize) -> StatusCode;
+    let kinds: [(&str, &str, Presents); 3] = [
         ("api_key", acme.api_key.as_str(), &by_key),
         ("postback_token", acme.postback_token.as_str(), &by_token),
         ("webhook_secret", acme.webhook_secret.as_str(), &by_signature),
