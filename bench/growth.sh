@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES=${SIZES:-"10000 100000 1000000"}
 DURATION=${DURATION:-10s}
-export COMMISSION_HOST_ADMIN_TOKEN=bench-admin-token-0123456789
+export COMMISSION_HOST_ADMIN_TOKEN=bench-admin-token-0123456789abcdef
 cargo build --release -p commission-host >/dev/null
 cargo build-plugins >/dev/null
 work=$(mktemp -d)

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15s}
 CONNECTIONS=${CONNECTIONS:-32}
-export COMMISSION_HOST_ADMIN_TOKEN=bench-admin-token-0123456789
+export COMMISSION_HOST_ADMIN_TOKEN=bench-admin-token-0123456789abcdef
 
 cargo build --release -p commission-host -p bench >/dev/null
 cargo build-plugins >/dev/null

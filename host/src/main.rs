@@ -1,7 +1,8 @@
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -46,6 +47,21 @@ enum Command {
         /// ship an interpreter are larger than Rust's (a Python plugin is about 18 MiB).
         #[arg(long, default_value_t = BodyLimits::default().plugin_bytes)]
         max_plugin_bytes: usize,
+        /// Seconds a request body (other than a plugin upload) may take to arrive, whole; a
+        /// slower one gets 408 and its connection is closed.
+        #[arg(long, default_value_t = BodyLimits::default().read_timeout.as_secs())]
+        body_timeout_secs: u64,
+        /// Seconds a plugin upload's body may take to arrive.
+        #[arg(long, default_value_t = BodyLimits::default().plugin_read_timeout.as_secs())]
+        plugin_body_timeout_secs: u64,
+        /// Connections open at once, in all. Kept below the process's file limit (raised to its
+        /// hard limit at start), less a reserve for the ledger's own files.
+        #[arg(long, default_value_t = 10_000)]
+        max_connections: usize,
+        /// Connections open at once from one peer address (an IPv6 peer: its /64). A peer over
+        /// it has new connections closed, so one address cannot take the others' places.
+        #[arg(long, default_value_t = 256)]
+        max_connections_per_peer: usize,
     },
     /// Write, build, test, check, upload and trace plugins: the plugin author's tools.
     Plugin {
@@ -62,11 +78,31 @@ enum LogFormat {
 
 fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
-        Command::Serve { data, listen, demo, demo_plugin, log_format, max_plugin_bytes } => {
+        Command::Serve {
+            data,
+            listen,
+            demo,
+            demo_plugin,
+            log_format,
+            max_plugin_bytes,
+            body_timeout_secs,
+            plugin_body_timeout_secs,
+            max_connections,
+            max_connections_per_peer,
+        } => {
             init_tracing(log_format);
+            let limits = BodyLimits {
+                plugin_bytes: max_plugin_bytes,
+                read_timeout: Duration::from_secs(body_timeout_secs),
+                plugin_read_timeout: Duration::from_secs(plugin_body_timeout_secs),
+                ..BodyLimits::default()
+            };
+            if body_timeout_secs == 0 || plugin_body_timeout_secs == 0 {
+                anyhow::bail!("--body-timeout-secs and --plugin-body-timeout-secs must be at least 1");
+            }
+            let connections = connection_limits(max_connections, max_connections_per_peer)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let limits = BodyLimits { plugin_bytes: max_plugin_bytes, ..BodyLimits::default() };
-            runtime.block_on(serve(data, listen, demo.then_some(demo_plugin), limits))?;
+            runtime.block_on(serve(data, listen, demo.then_some(demo_plugin), limits, connections))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin { command } => {
@@ -87,16 +123,79 @@ fn end_quietly_on_a_closed_stdout() {
     }
 }
 
+/// File descriptors kept out of the connection cap: the ledger's files, the log, wasmtime's.
+const RESERVED_FILES: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit, and keeps the connection cap below
+/// it: running out of descriptors fails `accept` for everyone, the probes included.
+fn connection_limits(total: usize, per_peer: usize) -> anyhow::Result<server::ConnectionLimits> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    if total == 0 || per_peer == 0 {
+        anyhow::bail!("--max-connections and --max-connections-per-peer must be at least 1");
+    }
+    let mut files = getrlimit(Resource::Nofile);
+    if files.current != files.maximum {
+        files.current = files.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, files) {
+            tracing::warn!(%error, "could not raise the open-file limit to its hard limit");
+        }
+    }
+    let total = match getrlimit(Resource::Nofile).current {
+        Some(files) if (total as u64).saturating_add(RESERVED_FILES) > files => {
+            let capped = files.saturating_sub(RESERVED_FILES).max(1) as usize;
+            tracing::warn!(files, asked = total, capped, "--max-connections is over the open-file limit; capped");
+            capped
+        }
+        _ => total,
+    };
+    tracing::info!(total, per_peer, "connection caps");
+    Ok(server::ConnectionLimits { total, per_peer: per_peer.min(total) })
+}
+
+/// The ledger holds webhook secrets in the clear (signatures need them): the data directory is
+/// the owner's alone. The umask covers every file sled makes from now on; a directory written
+/// by an earlier release (0755 and 0644) is brought to 0700 and 0600.
+fn keep_data_private(data: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let mut pending = vec![data.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let metadata = std::fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mode = if metadata.is_dir() {
+            for entry in std::fs::read_dir(&path).with_context(|| format!("listing {}", path.display()))? {
+                pending.push(entry?.path());
+            }
+            0o700
+        } else if metadata.is_file() {
+            0o600
+        } else {
+            continue;
+        };
+        if (metadata.permissions().mode() & 0o777) != mode {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("making {} private", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The shortest admin token taken: the admin routes are open to the network, and guessed at.
+const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
 async fn serve(
     data: PathBuf,
     listen: SocketAddr,
     demo_plugin: Option<PathBuf>,
     body_limits: BodyLimits,
+    connections: server::ConnectionLimits,
 ) -> anyhow::Result<()> {
     let admin_token = match std::env::var("COMMISSION_HOST_ADMIN_TOKEN") {
-        Ok(token) if token.len() >= 16 => token,
+        Ok(token) if token.chars().count() >= MIN_ADMIN_TOKEN_CHARS => token,
         Ok(_) => {
-            anyhow::bail!("COMMISSION_HOST_ADMIN_TOKEN must be at least 16 characters; unset it to have one generated")
+            anyhow::bail!(
+                "COMMISSION_HOST_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters (`openssl rand -hex 32` makes one); unset it to have one generated"
+            )
         }
         Err(_) => {
             let token = secrets::random_text();
@@ -104,6 +203,7 @@ async fn serve(
             token
         }
     };
+    keep_data_private(&data)?;
     let store = Arc::new(Store::open(&data).with_context(|| format!("opening the ledger in {}", data.display()))?);
     let sandbox = Arc::new(Sandbox::new(Limits::default()).context("configuring the wasm sandbox")?);
     let metrics = Arc::new(Metrics::default());
@@ -128,7 +228,7 @@ async fn serve(
             error = pipeline.storage_failed() => Some(error),
         }
     };
-    if let Some(error) = server::serve(listener, api::router(state.clone()), stop).await {
+    if let Some(error) = server::serve(listener, api::router(state.clone()), connections, stop).await {
         // Exiting with an error lets the supervisor (systemd, Kubernetes) start the host again;
         // opening the ledger anew recovers it from its log once the disk can take writes.
         anyhow::bail!("the ledger cannot write again in this process, so the host stops: {error}");

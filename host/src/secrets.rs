@@ -63,16 +63,15 @@ pub enum SignatureError {
     BadSecret,
 }
 
-/// Verifies a Standard Webhooks signature: HMAC-SHA256 over `{id}.{timestamp}.{body}` with the
-/// secret's key, base64, as one of the space-separated `v1,<signature>` entries.
-pub fn verify_webhook(
-    secret: &str,
-    id: Option<&str>,
-    timestamp: Option<&str>,
-    signatures: Option<&str>,
-    body: &[u8],
+/// What of a Standard Webhooks signature can be checked before the body is read, and without the
+/// secret: the three headers are there and the timestamp is within the tolerance. Returns the
+/// headers' values.
+pub fn check_webhook_headers<'a>(
+    id: Option<&'a str>,
+    timestamp: Option<&'a str>,
+    signatures: Option<&'a str>,
     now_seconds: i64,
-) -> Result<(), SignatureError> {
+) -> Result<(&'a str, &'a str, &'a str), SignatureError> {
     let id = id.ok_or(SignatureError::MissingHeader("webhook-id"))?;
     let timestamp = timestamp.ok_or(SignatureError::MissingHeader("webhook-timestamp"))?;
     let signatures = signatures.ok_or(SignatureError::MissingHeader("webhook-signature"))?;
@@ -85,6 +84,20 @@ pub fn verify_webhook(
     if skew.abs() > WEBHOOK_TOLERANCE_SECONDS {
         return Err(SignatureError::OutsideTolerance(skew));
     }
+    Ok((id, timestamp, signatures))
+}
+
+/// Verifies a Standard Webhooks signature: HMAC-SHA256 over `{id}.{timestamp}.{body}` with the
+/// secret's key, base64, as one of the space-separated `v1,<signature>` entries.
+pub fn verify_webhook(
+    secret: &str,
+    id: Option<&str>,
+    timestamp: Option<&str>,
+    signatures: Option<&str>,
+    body: &[u8],
+    now_seconds: i64,
+) -> Result<(), SignatureError> {
+    let (id, timestamp, signatures) = check_webhook_headers(id, timestamp, signatures, now_seconds)?;
     let key =
         secret.strip_prefix("whsec_").and_then(|key| STANDARD.decode(key).ok()).ok_or(SignatureError::BadSecret)?;
     let signed = |mac: &mut Hmac<Sha256>| {

@@ -14,7 +14,7 @@ use reqwest::blocking::{Client, Response};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 /// A running host. Killed (SIGKILL) when dropped.
 pub struct Host {

@@ -1,11 +1,21 @@
 //! Who is calling: the platform admin, or an operator (by its API key) acting on its own data.
-//! One operator's key on another operator's routes is refused like a wrong key.
+//! One operator's key on another operator's routes is refused like a wrong key, and an unknown
+//! operator like a known one with a wrong key: the answers do not tell which operators exist.
+//! A peer that presents too many wrong credentials is refused for a while (see
+//! [`super::rate_limit::FailedCredentials`]).
 
-use axum::http::HeaderMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
 use crate::event::now_ms;
 use crate::secrets;
+use crate::server::peer_key;
 use crate::store::records::{CredentialKind, OperatorRecord};
 
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -42,4 +52,24 @@ pub fn operator(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Opera
         None if admin => Err(ApiError::not_found(format!("no operator {id:?}"))),
         _ => Err(ApiError::unauthorized(format!("the bearer token is not an API key of operator {id:?}"))),
     }
+}
+
+/// Middleware on every credentialed route: a peer over its allowance of failed credentials gets
+/// 429 before its credential is looked at; each 401 counts against the peer's allowance.
+/// Requests without a peer address (none reach the server so) are not counted.
+pub async fn throttle_failures(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(peer)| peer_key(peer.ip()));
+    let Some(peer) = peer else { return next.run(request).await };
+    if let Some(wait) = state.failed_credentials.refused(peer) {
+        return ApiError::rate_limited(
+            "too many failed credentials from this address; nothing was checked. Retry after the Retry-After seconds",
+            wait,
+        )
+        .into_response();
+    }
+    let response = next.run(request).await;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        state.failed_credentials.failed(peer);
+    }
+    response
 }

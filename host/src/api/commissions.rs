@@ -125,7 +125,7 @@ pub async fn set_status(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
-    let body = read_body(body, state.limits.events_bytes).await?;
+    let body = read_body(body, state.limits.json()).await?;
     let request: StatusMove = parse_json(&body)?;
     if request.note.len() > 500 {
         return Err(ApiError::field("note", "at most 500 bytes"));

@@ -24,11 +24,15 @@ pub async fn webhook(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = read_body(body, state.limits.events_bytes).await?;
-    let operator = if headers.contains_key("webhook-signature") {
-        signed_operator(&state, &headers, &op, &body)?
+    // Credentials before the body, as far as they go: an operator key is a header; a signature
+    // needs the body, but its headers and their time are checked first.
+    let (operator, body) = if headers.contains_key("webhook-signature") {
+        check_signature_headers(&headers)?;
+        let body = read_body(body, state.limits.json()).await?;
+        (signed_operator(&state, &headers, &op, &body)?, body)
     } else {
-        auth::operator(&state, &headers, &op)?
+        let operator = auth::operator(&state, &headers, &op)?;
+        (operator, read_body(body, state.limits.json()).await?)
     };
     let (events, is_batch) =
         event::parse_webhook(&body, &operator.currency, now_ms()).map_err(|error| match error {
@@ -166,16 +170,35 @@ fn ingest_error(error: IngestError) -> ApiError {
     }
 }
 
+/// A webhook secret no operator has: an unknown operator's signature is checked against it, so
+/// that it is refused after the same work and with the same answer as a wrong signature.
+const NO_OPERATOR_SECRET: &str = "whsec_bm8gb3BlcmF0b3IgaGFzIHRoaXMgc2VjcmV0IQ==";
+
+/// The signature's headers (presence, time): what can be checked before the body is read.
+fn check_signature_headers(headers: &HeaderMap) -> Result<(), ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    secrets::check_webhook_headers(
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+        now_ms() / 1000,
+    )
+    .map(|_| ())
+    .map_err(signature_refused)
+}
+
+/// The operator whose webhook secret (current, or rotated out and in its grace period) signed
+/// `body`. An unknown operator gets the answer of a wrong signature: the answers do not tell
+/// which operators exist.
 fn signed_operator(state: &AppState, headers: &HeaderMap, op: &str, body: &[u8]) -> Result<OperatorRecord, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    let operator = state
-        .pipeline
-        .store()
-        .operator(op)?
-        .ok_or_else(|| ApiError::unauthorized(format!("no signing secret for operator {op:?}")))?;
-    // During a rotation's grace period the sender may still sign with the old secret.
-    let verdicts: Vec<_> = operator
-        .valid_credentials(CredentialKind::WebhookSecret, now_ms())
+    let operator = state.pipeline.store().operator(op)?;
+    let candidates: Vec<&str> = match &operator {
+        Some(operator) => operator.valid_credentials(CredentialKind::WebhookSecret, now_ms()).collect(),
+        None => vec![NO_OPERATOR_SECRET],
+    };
+    let verdicts: Vec<_> = candidates
+        .into_iter()
         .map(|secret| {
             secrets::verify_webhook(
                 secret,
@@ -187,14 +210,18 @@ fn signed_operator(state: &AppState, headers: &HeaderMap, op: &str, body: &[u8])
             )
         })
         .collect();
-    match verdicts.iter().find(|verdict| verdict.is_ok()) {
-        Some(_) => Ok(operator),
+    match (operator, verdicts.iter().any(Result::is_ok)) {
+        (Some(operator), true) => Ok(operator),
+        (None, _) => Err(signature_refused(secrets::SignatureError::Mismatch)),
         // The current secret's refusal says why.
-        None => Err(ApiError::unauthorized(format!(
-            "webhook signature refused: {}",
-            verdicts[0].as_ref().err().map(ToString::to_string).unwrap_or_default()
-        ))),
+        (Some(_), false) => {
+            Err(signature_refused(verdicts.into_iter().find_map(Result::err).expect("no verdict was Ok")))
+        }
     }
+}
+
+fn signature_refused(error: secrets::SignatureError) -> ApiError {
+    ApiError::unauthorized(format!("webhook signature refused: {error}"))
 }
 
 fn outcome_json(outcome: &EventOutcome) -> Value {

@@ -26,6 +26,7 @@ mod replay;
 mod statement;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -45,11 +46,18 @@ pub struct AppState {
     pub admin_token_sha256: String,
     pub limits: BodyLimits,
     pub rate_limits: rate_limit::RateLimits,
+    pub failed_credentials: rate_limit::FailedCredentials,
 }
 
 impl AppState {
     pub fn new(pipeline: Pipeline, admin_token_sha256: String, limits: BodyLimits) -> Self {
-        Self { pipeline, admin_token_sha256, limits, rate_limits: Default::default() }
+        Self {
+            pipeline,
+            admin_token_sha256,
+            limits,
+            rate_limits: Default::default(),
+            failed_credentials: Default::default(),
+        }
     }
 }
 
@@ -57,18 +65,42 @@ impl AppState {
 pub struct BodyLimits {
     pub events_bytes: usize,
     pub plugin_bytes: usize,
+    /// How long a JSON body may take to arrive, whole.
+    pub read_timeout: Duration,
+    /// How long a plugin upload's body may take (components are up to tens of MiB).
+    pub plugin_read_timeout: Duration,
 }
 
 impl Default for BodyLimits {
     fn default() -> Self {
-        Self { events_bytes: 1 << 20, plugin_bytes: 10 << 20 }
+        Self {
+            events_bytes: 1 << 20,
+            plugin_bytes: 10 << 20,
+            read_timeout: Duration::from_secs(10),
+            plugin_read_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The most one body may be: bytes, and time to arrive.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit {
+    bytes: usize,
+    within: Duration,
+}
+
+impl BodyLimits {
+    fn json(&self) -> BodyLimit {
+        BodyLimit { bytes: self.events_bytes, within: self.read_timeout }
+    }
+
+    fn plugin(&self) -> BodyLimit {
+        BodyLimit { bytes: self.plugin_bytes, within: self.plugin_read_timeout }
     }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/operators", post(operators::create_operator))
         .route("/v1/operators/{op}/plugins", post(operators::upload_plugin))
@@ -91,6 +123,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/operators/{op}/commissions/{id}", get(commissions::get))
         .route("/v1/operators/{op}/commissions/{id}/status", post(commissions::set_status))
         .route("/postback/{op}", get(events::postback))
+        // Only the routes above, which all take a credential; the probes below never wait.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::throttle_failures))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("no such route; see the README for the API") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
@@ -121,11 +157,29 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resu
         .into_response())
 }
 
-/// Reads a body up to `limit` bytes; beyond it, a 413 that says the limit.
+/// Reads a body up to `limit.bytes`; beyond it, a 413 that says the limit. A body not all in
+/// within `limit.within` gets 408, and hyper then closes the connection (its body was not read
+/// to the end), so a client trickling a byte at a time holds a connection that long at most.
+/// (tower-http's `RequestBodyTimeout` would not do: it times each frame, and restarts on every
+/// byte.)
 ///
 /// An oversized body is read on (and dropped) for up to 8 MiB more before the answer,
 /// so that a client still sending sees the 413 instead of a connection reset.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(body: Body, limit: BodyLimit) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(limit.within, read_body_within(body, limit.bytes)).await {
+        Ok(read) => read,
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body did not arrive whole within {} seconds; send it again, faster",
+                limit.within.as_secs_f64()
+            ),
+        )),
+    }
+}
+
+async fn read_body_within(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     const DRAIN_BYTES: usize = 8 << 20;
     let mut body = body;
     let mut collected = Vec::new();

@@ -42,7 +42,7 @@ pub async fn create_operator(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     auth::require_admin(&state, &headers)?;
-    let body = read_body(body, state.limits.events_bytes).await?;
+    let body = read_body(body, state.limits.json()).await?;
     let new: NewOperator = parse_json(&body)?;
     let mut problems = Vec::new();
     if !valid_operator_id(&new.id) {
@@ -112,7 +112,7 @@ pub async fn upload_plugin(
     let operator = auth::operator(&state, &headers, &op)?;
     // Read first: refusing before the body is in makes a client that is still sending see a
     // reset instead of the refusal.
-    let wasm = read_body(body, state.limits.plugin_bytes).await?;
+    let wasm = read_body(body, state.limits.plugin()).await?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
     if content_type != Some("application/wasm") {
         return Err(ApiError::new(
@@ -189,7 +189,7 @@ pub async fn activate_plugin(
 ) -> Result<Json<Value>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
     let version = existing_version(&state, &operator.id, &version)?;
-    let body = read_body(body, state.limits.events_bytes).await?;
+    let body = read_body(body, state.limits.json()).await?;
     if body.is_empty() {
         set_active(&state, &operator.id, version).await?;
         durable(&state).await?;
@@ -283,7 +283,7 @@ pub async fn put_affiliate(
     if let Some(problem) = affiliate_id_problem(&affiliate) {
         return Err(ApiError::field("affiliate", problem));
     }
-    let body = read_body(body, state.limits.events_bytes).await?;
+    let body = read_body(body, state.limits.json()).await?;
     let request: AffiliateBody = parse_json(&body)?;
     let deal = terms::checked_deal("deal", request.deal)
         .map_err(|problems| ApiError::fields("invalid_affiliate", problems))?;
@@ -435,7 +435,7 @@ pub async fn put_limits(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     auth::require_admin(&state, &headers)?;
-    let body = read_body(body, state.limits.events_bytes).await?;
+    let body = read_body(body, state.limits.json()).await?;
     let limits: OperatorLimits = parse_json(&body)?;
     let ceilings = sandbox::CEILINGS;
     let checks = [
@@ -495,7 +495,8 @@ const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
 
 /// `POST /v1/operators/{op}/credentials/{api_key|postback_token|webhook_secret}/rotate`
 /// (admin): issues a new value and keeps the old one valid for a grace period, so the operator
-/// can switch its senders over without downtime.
+/// can switch its senders over without downtime. Values from earlier rotations stay valid no
+/// longer than the new grace: `grace_seconds: 0` revokes every earlier value of the kind.
 pub async fn rotate_credential(
     State(state): State<Arc<AppState>>,
     Path((op, kind)): Path<(String, String)>,
@@ -511,7 +512,7 @@ pub async fn rotate_credential(
             return Err(ApiError::field("kind", format!("{other:?}: one of api_key, postback_token, webhook_secret")));
         }
     };
-    let body = read_body(body, state.limits.events_bytes).await?;
+    let body = read_body(body, state.limits.json()).await?;
     let request: RotateRequest = if body.is_empty() { RotateRequest::default() } else { parse_json(&body)? };
     let grace = request.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
     if grace > MAX_GRACE_SECONDS {
@@ -535,8 +536,17 @@ pub async fn rotate_credential(
                 CredentialKind::WebhookSecret => &mut operator.webhook_secret,
             };
             let old = std::mem::replace(slot, stored.clone());
+            // The grace asked for now bounds every earlier value of this kind too, so a rotation
+            // with `grace_seconds: 0` cuts off all of them (a leaked key among them) at once.
+            for previous in &mut operator.previous_credentials {
+                if previous.kind == kind {
+                    previous.expires_at = previous.expires_at.min(expires_at);
+                }
+            }
             operator.previous_credentials.retain(|previous| previous.expires_at > now);
-            operator.previous_credentials.push(PreviousCredential { kind, value: old, expires_at });
+            if expires_at > now {
+                operator.previous_credentials.push(PreviousCredential { kind, value: old, expires_at });
+            }
         })?
         .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
     durable(&state).await?;
@@ -561,7 +571,7 @@ pub async fn put_fx_rates(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
-    let body = read_body(body, state.limits.events_bytes).await?;
+    let body = read_body(body, state.limits.json()).await?;
     let request: FxRatesBody = parse_json(&body)?;
     let mut problems = Vec::new();
     let mut rates = BTreeMap::new();
@@ -617,7 +627,7 @@ pub async fn put_settings(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     auth::operator(&state, &headers, &op)?;
-    let body = read_body(body, state.limits.events_bytes).await?;
+    let body = read_body(body, state.limits.json()).await?;
     let request: SettingsBody = parse_json(&body)?;
     let operator = state
         .pipeline

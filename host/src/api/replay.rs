@@ -50,7 +50,7 @@ pub async fn backtest(
 ) -> Result<Json<Value>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
     let version = existing_version(&state, &operator.id, &version)?;
-    let body = read_body(body, state.limits.events_bytes).await?;
+    let body = read_body(body, state.limits.json()).await?;
     let request: ReplayRequest = if body.is_empty() { ReplayRequest::default() } else { parse_json(&body)? };
     let time = |field: &str, value: Option<String>| {
         value.map(|value| parse_time(&value).map_err(|problem| ApiError::field(field, problem))).transpose()
@@ -83,7 +83,7 @@ pub async fn set_shadow(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
-    let body = read_body(body, state.limits.events_bytes).await?;
+    let body = read_body(body, state.limits.json()).await?;
     let request: ShadowRequest = parse_json(&body)?;
     if let Some(version) = request.version {
         existing_version(&state, &operator.id, &version.to_string())?;
