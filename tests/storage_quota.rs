@@ -202,7 +202,7 @@ fn an_operator_over_its_stored_bytes_quota_is_refused_with_nothing_written_and_o
         host.client
             .put(host.url("/v1/operators/acme/affiliates/aff2"))
             .bearer_auth(&acme.api_key)
-            .json(&json!({"parent": null, "deal": {"ftd_cpa": "5", "notes": "x".repeat(3_000)}}))
+            .json(&json!({"parent": null, "deal": {"ftd_cpa": "5", "notes": "x".repeat(1_000)}}))
             .send(),
     );
     assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("quota_exceeded")), "{body}");

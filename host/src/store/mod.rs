@@ -741,7 +741,7 @@ impl Store {
     pub fn earliest_event(&self, operator: &str, reserved: &str) -> Result<Option<(i64, String)>, StoreError> {
         let mut earliest: Option<(i64, String)> = None;
         for entry in self.events.scan_prefix(keys::operator_prefix(operator)) {
-            let record: EventRecord = decode("events", &entry?.1)?;
+            let record: EventRecord<StoredLink> = decode("events", &entry?.1)?;
             let event = record.event;
             if !event.id.starts_with(reserved) && earliest.as_ref().is_none_or(|(at, _)| event.occurred_at < *at) {
                 earliest = Some((event.occurred_at, event.id));
