@@ -199,6 +199,11 @@ impl Pipeline {
         let first_settlement = first_settlements(&records);
         let entries = restated_order(records);
         let settlements = self.settlements_paid(operator, &entries)?;
+        // A settlement from the month of the earliest late event on can be restated (a carryover
+        // carries the change into later months), and a restatement that changes its amount by
+        // less than a cent pays no adjustment yet changes its explanation: compare such a
+        // settlement by amounts only.
+        let earliest_late = entries.iter().filter(|entry| entry.late).map(|entry| entry.record.event.occurred_at).min();
         let mut report = VerifyReport {
             events_replayed: 0,
             events_matching: 0,
@@ -211,7 +216,10 @@ impl Pipeline {
                 let record = &entry.record;
                 let replayed: Vec<Payout> = evaluated.commissions.iter().map(Payout::from).collect();
                 let (paid, matching) = match settlements.get(&record.event.id) {
-                    Some(settlement) if !settlement.adjustments.is_empty() => {
+                    Some(settlement)
+                        if !settlement.adjustments.is_empty()
+                            || earliest_late.is_some_and(|late| late <= record.event.occurred_at) =>
+                    {
                         let paid =
                             settlement.at_close.iter().chain(&settlement.adjustments).map(Payout::from).collect();
                         let mut totals = Totals::new();
