@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_TOKEN, Host, Operator, amount, answer, assert_verifies, data_dir, dec, paid};
+use common::{Host, Operator, amount, answer, assert_verifies, data_dir, dec, paid};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use reqwest::StatusCode;
@@ -24,17 +24,6 @@ fn settings(host: &Host, operator: &Operator, policy: &str) {
             .put(host.url(&format!("/v1/operators/{}/settings", operator.id)))
             .bearer_auth(&operator.api_key)
             .json(&json!({"late_events": policy}))
-            .send(),
-    );
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
-
-fn limits(host: &Host, operator: &Operator, limits: Value) {
-    let (status, body) = answer(
-        host.client
-            .put(host.url(&format!("/v1/operators/{}/limits", operator.id)))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&limits)
             .send(),
     );
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -190,11 +179,11 @@ fn a_failed_settlement_blocks_the_next_close_until_it_is_repaired() {
     september_and_october(&host, &operator);
 
     // September's settlement runs out of fuel: stored as failed.
-    limits(&host, &operator, json!({"fuel": 1}));
+    host.put_limits(&operator, json!({"fuel": 1}));
     let (status, september) = host.close(&operator, "2025-09");
     assert_eq!(status, StatusCode::OK, "{september}");
     assert_eq!(september["settlements"][0]["status"], "failed", "{september}");
-    limits(&host, &operator, json!({}));
+    host.put_limits(&operator, json!({}));
 
     // October may not close on top of it, and the refusal says how to repair September.
     let (status, refused) = host.close(&operator, "2025-10");

@@ -10,20 +10,9 @@
 
 mod common;
 
-use common::{ADMIN_TOKEN, Host, Operator, answer, data_dir, dec, paid};
+use common::{Host, Operator, answer, data_dir, dec, paid};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-fn put_limits(host: &Host, operator: &Operator, limits: Value) {
-    let (status, body) = answer(
-        host.client
-            .put(host.url(&format!("/v1/operators/{}/limits", operator.id)))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&limits)
-            .send(),
-    );
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
 
 fn fuel_used(host: &Host, operator: &Operator, event: &str) -> u64 {
     let (status, body) = host.get(operator, &format!("/events/{event}"));
@@ -88,7 +77,7 @@ fn a_restatement_whose_replay_fails_keeps_the_live_state_and_fails_the_late_even
     let cheapest_other = fuel_used(&host, &casino, "p1-d").min(fuel_used(&host, &casino, "s1"));
     assert!(registration < cheapest_other, "a registration ({registration}) must take less fuel than {cheapest_other}");
     let lowered = registration + (cheapest_other - registration) / 2;
-    put_limits(&host, &casino, json!({"fuel": lowered}));
+    host.put_limits(&casino, json!({"fuel": lowered}));
 
     // A late registration (September is closed; the policy is `adjust`): it evaluates live
     // within the lowered fuel, but its restatement replays September from the start, and the
@@ -118,7 +107,7 @@ fn a_restatement_whose_replay_fails_keeps_the_live_state_and_fails_the_late_even
 
     // The limit raised again (the defaults): October closes on the live state it had,
     // NGR 2,000 x 30% = 600.
-    put_limits(&host, &casino, json!({}));
+    host.put_limits(&casino, json!({}));
     assert_eq!(paid(&close(&host, &casino, "2025-10")["settlements"][0]), [("aff".into(), dec("600"))]);
 
     // retry-failed restates the late registration now: a registration changes no month's NGR,

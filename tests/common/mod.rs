@@ -115,6 +115,18 @@ impl Host {
         answer(self.client.post(self.url(path)).bearer_auth(ADMIN_TOKEN).json(&body).send())
     }
 
+    /// Sets the operator's limits as the admin (`PUT /v1/operators/{op}/limits`).
+    pub fn put_limits(&self, operator: &Operator, limits: Value) {
+        let (status, body) = answer(
+            self.client
+                .put(self.url(&format!("/v1/operators/{}/limits", operator.id)))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&limits)
+                .send(),
+        );
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
     pub fn create_operator(&self, id: &str) -> Operator {
         let (status, body) =
             self.admin_post("/v1/operators", json!({"id": id, "name": format!("Operator {id}"), "currency": "USD"}));
