@@ -439,6 +439,12 @@ pub fn format_time(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// `#[serde(serialize_with = "serialize_time")]`: a time kept in unix milliseconds, written
+/// in RFC 3339 as every time on the wire is.
+pub fn serialize_time<S: serde::Serializer>(ms: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_time(*ms))
+}
+
 pub fn now_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }

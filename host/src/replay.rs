@@ -76,6 +76,7 @@ impl From<&CommissionRecord> for Payout {
 #[derive(Debug, Serialize)]
 pub struct EventDifference {
     pub event_id: String,
+    #[serde(serialize_with = "crate::event::serialize_time")]
     pub occurred_at: i64,
     pub paid: Vec<Payout>,
     pub replayed: Vec<Payout>,

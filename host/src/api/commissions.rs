@@ -1,8 +1,9 @@
 //! The ledger: `GET /v1/operators/{op}/commissions?affiliate=&customer=&status=&from=&to=&cursor=&limit=`
 //! in order, a page at a time (`from`/`to` bound the time the event occurred, RFC 3339 or unix
-//! ms, `from` inclusive, `to` exclusive: the time a deal's periods use); one commission with its
-//! status history; and the moves of its status (`pending` -> `approved` -> `paid`, or
-//! `rejected`), each kept in an audit trail.
+//! ms, `from` inclusive, `to` exclusive: the time a deal's periods use), or with `Accept:
+//! text/csv` or `format=csv` all of them as one streamed CSV; one commission with its status
+//! history; and the moves of its status (`pending` -> `approved` -> `paid`, or `rejected`), each
+//! kept in an audit trail.
 
 use std::sync::Arc;
 
@@ -10,45 +11,78 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::export::{self, Format};
 use super::operators::{durable, parse_json, query_params};
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::{FieldError, affiliate_id_problem, format_time, now_ms, parse_time};
 use crate::store::records::{CommissionRecord, CommissionStatus, StatusChange, StatusRecord};
-use crate::store::{StoreError, format_cursor, parse_cursor};
+use crate::store::{LedgerPosition, Store, StoreError, format_cursor, parse_cursor};
 
-const DEFAULT_LIMIT: usize = 100;
-const MAX_LIMIT: usize = 1000;
+pub(super) const DEFAULT_LIMIT: usize = 100;
+pub(super) const MAX_LIMIT: usize = 1000;
 
+/// What the listing (and its CSV export) keeps: each filter given must match.
+#[derive(Default)]
+pub(super) struct CommissionFilter {
+    affiliate: Option<String>,
+    customer: Option<String>,
+    status: Option<CommissionStatus>,
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+impl CommissionFilter {
+    /// Up to `limit` commissions after `after` that pass, with the position to continue from.
+    pub(super) fn page(
+        &self,
+        store: &Store,
+        operator: &str,
+        after: Option<LedgerPosition>,
+        limit: usize,
+    ) -> Result<(Vec<CommissionRecord>, Option<LedgerPosition>), StoreError> {
+        store.commissions(operator, self.affiliate.as_deref(), after, limit, |c| {
+            self.customer.as_ref().is_none_or(|customer| &c.customer == customer)
+                && self.from.is_none_or(|from| c.occurred_at >= from)
+                && self.to.is_none_or(|to| c.occurred_at < to)
+                && self
+                    .status
+                    .is_none_or(|wanted| store.commission_status(operator, &c.id).is_ok_and(|s| s.status == wanted))
+        })
+    }
+}
+
+/// The listing, as JSON a page at a time, or with `Accept: text/csv` or `?format=csv` as one
+/// streamed CSV from `cursor` to the end (at most `limit` rows if given; see [`super::export`]).
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
-    let (mut affiliate, mut customer, mut from, mut to, mut cursor, mut limit) =
-        (None, None, None, None, None, DEFAULT_LIMIT);
-    let mut status = None;
+    let mut filter = CommissionFilter::default();
+    let (mut cursor, mut limit, mut format) = (None, None, None);
     let mut problems = Vec::new();
     for (key, value) in query_params(query.as_deref())? {
         match key.as_str() {
             "affiliate" => match affiliate_id_problem(&value) {
-                None => affiliate = Some(value),
+                None => filter.affiliate = Some(value),
                 Some(problem) => problems.push(FieldError::new("affiliate", problem)),
             },
-            "customer" => customer = Some(value),
+            "customer" => filter.customer = Some(value),
             "status" => match serde_json::from_value::<CommissionStatus>(json!(value)) {
-                Ok(wanted) => status = Some(wanted),
+                Ok(wanted) => filter.status = Some(wanted),
                 Err(_) => {
                     problems.push(FieldError::new("status", "one of pending, approved, paid, reversed, rejected"))
                 }
             },
             "from" | "to" => match parse_time(&value) {
-                Ok(ms) if key == "from" => from = Some(ms),
-                Ok(ms) => to = Some(ms),
+                Ok(ms) if key == "from" => filter.from = Some(ms),
+                Ok(ms) => filter.to = Some(ms),
                 Err(problem) => problems.push(FieldError::new(&key, problem)),
             },
             "cursor" => match parse_cursor(&value) {
@@ -56,12 +90,13 @@ pub async fn list(
                 None => problems.push(FieldError::new("cursor", "not a cursor from a `next` of this API")),
             },
             "limit" => match value.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = Some(n),
                 _ => problems.push(FieldError::new("limit", format!("a number from 1 to {MAX_LIMIT}"))),
             },
+            "format" => format = Format::read(&value, &mut problems),
             other => problems.push(FieldError::new(
                 other,
-                "unknown parameter; known: affiliate, customer, status, from, to, cursor, limit",
+                "unknown parameter; known: affiliate, customer, status, from, to, cursor, limit, format",
             )),
         }
     }
@@ -69,13 +104,10 @@ pub async fn list(
         return Err(ApiError::fields("invalid_query", problems));
     }
     let store = state.pipeline.store();
-    let (commissions, next) = store.commissions(&operator.id, affiliate.as_deref(), cursor, limit, |c| {
-        customer.as_ref().is_none_or(|customer| &c.customer == customer)
-            && from.is_none_or(|from| c.occurred_at >= from)
-            && to.is_none_or(|to| c.occurred_at < to)
-            && status
-                .is_none_or(|wanted| store.commission_status(&operator.id, &c.id).is_ok_and(|s| s.status == wanted))
-    })?;
+    if Format::wanted(format, &headers) == Format::Csv {
+        return export::commissions_csv(store.clone(), operator.id, filter, cursor, limit);
+    }
+    let (commissions, next) = filter.page(store, &operator.id, cursor, limit.unwrap_or(DEFAULT_LIMIT))?;
     let listed = commissions
         .iter()
         .map(|commission| {
@@ -86,7 +118,7 @@ pub async fn list(
             Ok(listed)
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(Json(json!({ "commissions": listed, "next": next.map(format_cursor) })))
+    Ok(Json(json!({ "commissions": listed, "next": next.map(format_cursor) })).into_response())
 }
 
 /// `GET /v1/operators/{op}/commissions/{id}`: the commission, its status and how it got there.

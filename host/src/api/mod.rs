@@ -15,12 +15,17 @@
 //! | `POST /v1/operators/{op}/periods/{YYYY-MM}/close`, `PUT .../fx-rates` | operator, admin |
 //! | `GET /v1/operators/{op}/periods/{YYYY-MM}/statement[?affiliate=A]`, `PUT .../settings` | operator, admin |
 //! | `PUT /v1/operators/{op}/limits`, `POST .../credentials/{kind}/rotate` | admin |
+//! | `GET /v1/operators` | admin |
+//! | `GET /v1/operators/{op}/affiliates`, `.../plugins`, `.../events`, `.../periods` | operator, admin |
 
 mod auth;
 mod commissions;
 mod error;
 mod events;
+mod export;
+mod listings;
 mod operators;
+mod periods;
 mod rate_limit;
 mod replay;
 mod statement;
@@ -102,8 +107,10 @@ impl BodyLimits {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/v1/operators", post(operators::create_operator))
-        .route("/v1/operators/{op}/plugins", post(operators::upload_plugin))
+        .route("/v1/operators", post(operators::create_operator).get(listings::operators))
+        .route("/v1/operators/{op}/plugins", post(operators::upload_plugin).get(listings::plugins))
+        .route("/v1/operators/{op}/affiliates", get(listings::affiliates))
+        .route("/v1/operators/{op}/periods", get(periods::periods))
         .route("/v1/operators/{op}/plugins/{version}/activate", post(operators::activate_plugin))
         .route("/v1/operators/{op}/plugins/{version}/replay", post(replay::backtest))
         .route("/v1/operators/{op}/verify", post(replay::verify))
@@ -114,7 +121,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/operators/{op}/settings", put(operators::put_settings))
         .route("/v1/operators/{op}/credentials/{kind}/rotate", post(operators::rotate_credential))
         .route("/v1/operators/{op}/affiliates/{affiliate}", put(operators::put_affiliate).get(operators::get_affiliate))
-        .route("/v1/operators/{op}/events", post(events::webhook))
+        .route("/v1/operators/{op}/events", post(events::webhook).get(listings::events))
         .route("/v1/operators/{op}/events/retry-failed", post(events::retry_failed))
         .route("/v1/operators/{op}/periods/{period}/close", post(events::close_period))
         .route("/v1/operators/{op}/periods/{period}/statement", get(statement::statement))

@@ -1,19 +1,24 @@
 //! `GET /v1/operators/{op}/periods/{YYYY-MM}/statement[?affiliate=A]`: what each affiliate was
-//! paid for a closed period and why, recomputed from the stored events (see [`crate::restate`]).
+//! paid for a closed period and why, recomputed from the stored events (see [`crate::restate`]);
+//! with `Accept: text/csv` or `format=csv`, what it paid as CSV (see [`super::export`]).
 
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::commissions::commission_json;
+use super::export::{self, Format};
 use super::operators::query_params;
 use super::{ApiError, AppState, auth};
 use crate::event::{FieldError, affiliate_id_problem};
-use crate::pipeline::{Period, SETTLEMENT_PREFIX};
+use crate::pipeline::{Period, Pipeline, SETTLEMENT_PREFIX};
 use crate::restate::{AffiliateStatement, StatementView};
+use crate::store::records::OperatorRecord;
 
 /// Per affiliate: the statement as closed (recomputed, and whether it equals the one stored at
 /// the close), the statement restated with late events in place, and what was paid: the
@@ -23,10 +28,10 @@ pub async fn statement(
     Path((op, period)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
     let period = Period::parse(&period).map_err(|problem| ApiError::field("period", problem))?;
-    let mut affiliate = None;
+    let (mut affiliate, mut format) = (None, None);
     let mut problems = Vec::new();
     for (key, value) in query_params(query.as_deref())? {
         match key.as_str() {
@@ -34,7 +39,8 @@ pub async fn statement(
                 None => affiliate = Some(value),
                 Some(problem) => problems.push(FieldError::new("affiliate", problem)),
             },
-            other => problems.push(FieldError::new(other, "unknown parameter; known: affiliate")),
+            "format" => format = Format::read(&value, &mut problems),
+            other => problems.push(FieldError::new(other, "unknown parameter; known: affiliate, format")),
         }
     }
     if !problems.is_empty() {
@@ -55,6 +61,16 @@ pub async fn statement(
     }
     let pipeline = state.pipeline.clone();
     let slots = pipeline.replay_slots(&operator.id).await;
+    if Format::wanted(format, &headers) == Format::Csv {
+        let filename = format!("{}-{}-statement.csv", operator.id, period.id);
+        let csv = tokio::task::spawn_blocking(move || {
+            let _slots = slots;
+            paid_csv(&pipeline, &operator, &period, affiliate.as_deref())
+        })
+        .await
+        .map_err(ApiError::internal)??;
+        return Ok(export::csv_response(Body::from(csv), &filename));
+    }
     let answer = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
         let _slots = slots;
         let error = super::replay::replay_error;
@@ -102,5 +118,34 @@ pub async fn statement(
     })
     .await
     .map_err(ApiError::internal)??;
-    Ok(Json(answer))
+    Ok(Json(answer).into_response())
+}
+
+/// What the period paid, as CSV: a row per commission of each affiliate's settlement, those it
+/// paid at the close (`paid_as` `at_close`) then the adjustments late events made to it since
+/// (`adjustment`), each with the settlement's affiliate. A payment run's input.
+fn paid_csv(
+    pipeline: &Pipeline,
+    operator: &OperatorRecord,
+    period: &Period,
+    affiliate: Option<&str>,
+) -> Result<Vec<u8>, ApiError> {
+    let paid = pipeline.period_paid(operator, period).map_err(super::replay::replay_error)?;
+    let store = pipeline.store();
+    let header = ["period", "settlement_affiliate", "paid_as"].into_iter().chain(export::COMMISSION_COLUMNS);
+    let mut rows: Vec<Vec<String>> = vec![header.map(str::to_owned).collect()];
+    for (settlement, paid) in &paid {
+        let Some(settled) = settlement.strip_prefix(&period.settlement_id("")) else { continue };
+        if affiliate.is_some_and(|wanted| wanted != settled) {
+            continue;
+        }
+        let lines =
+            paid.at_close.iter().map(|c| ("at_close", c)).chain(paid.adjustments.iter().map(|c| ("adjustment", c)));
+        for (paid_as, commission) in lines {
+            let status = store.commission_status(&operator.id, &commission.id)?.status;
+            let fields = [period.id.clone(), settled.to_owned(), paid_as.to_owned()];
+            rows.push(fields.into_iter().chain(export::commission_row(commission, status)).collect());
+        }
+    }
+    Ok(export::csv_rows(rows))
 }

@@ -15,6 +15,7 @@ mod clawback;
 mod deals;
 mod durability;
 pub mod keys;
+mod listings;
 mod quota;
 pub mod records;
 
