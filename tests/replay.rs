@@ -75,6 +75,7 @@ fn verify_reproduces_the_ledger_and_a_backtest_shows_the_hand_worked_difference(
         [("aff1".into(), dec("20"), dec("1"), dec("-19")), ("aff2".into(), dec("15"), dec("1"), dec("-14"))]
     );
     assert_eq!(november["changes"][0]["event_id"], "t2");
+    assert_eq!(november["changes"][0]["occurred_at"], "2026-11-02T09:00:00Z", "RFC 3339, as in the event views");
     assert_eq!(november["changes"][0]["paid"][0]["rule"], "volume-bonus");
     assert_eq!(november["changes"][0]["replayed"][0]["rule"], "flat");
 
@@ -135,5 +136,8 @@ fn a_shadow_version_runs_beside_the_active_one_and_reports_where_they_disagree()
     );
     let t3 = report["differences"].as_array().unwrap().iter().find(|d| d["event_id"] == "t3").unwrap();
     assert_eq!(t3["replay_failure"]["kind"], "out_of_fuel");
+    let (_, event) = host.get(&acme, "/events/t3");
+    assert_eq!(t3["occurred_at"], event["occurred_at"], "RFC 3339, as in the event view: {t3}");
+    assert!(t3["occurred_at"].as_str().is_some_and(|at| at.ends_with('Z')), "{t3}");
     assert_eq!(host.commissions(&acme, "").len(), 3, "the shadow paid nothing");
 }
