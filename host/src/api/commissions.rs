@@ -28,7 +28,7 @@ pub async fn list(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let operator = auth::operator(&state, &headers, &op)?;
+    let (operator, reader) = auth::reader(&state, &headers, &op)?;
     let (mut affiliate, mut customer, mut from, mut to, mut cursor, mut limit) =
         (None, None, None, None, None, DEFAULT_LIMIT);
     let mut status = None;
@@ -68,6 +68,7 @@ pub async fn list(
     if !problems.is_empty() {
         return Err(ApiError::fields("invalid_query", problems));
     }
+    let affiliate = reader.scope(affiliate)?;
     let store = state.pipeline.store();
     let (commissions, next) = store.commissions(&operator.id, affiliate.as_deref(), cursor, limit, |c| {
         customer.as_ref().is_none_or(|customer| &c.customer == customer)
@@ -95,10 +96,13 @@ pub async fn get(
     Path((op, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let operator = auth::operator(&state, &headers, &op)?;
+    let (operator, reader) = auth::reader(&state, &headers, &op)?;
     let store = state.pipeline.store();
-    let commission =
-        store.commission(&operator.id, &id)?.ok_or_else(|| ApiError::not_found(format!("no commission {id:?}")))?;
+    // Another affiliate's commission is, to an affiliate key, one that does not exist.
+    let commission = store
+        .commission(&operator.id, &id)?
+        .filter(|commission| reader.sees(&commission.affiliate))
+        .ok_or_else(|| ApiError::not_found(format!("no commission {id:?}")))?;
     let status = store.commission_status(&operator.id, &id)?;
     let mut answer = commission_json(&commission);
     answer["status"] = json!(status.status);
@@ -144,7 +148,8 @@ pub async fn set_status(
         ));
     }
     let by = if auth::is_admin(&state, &headers) { "admin" } else { "operator" };
-    let change = StatusChange { status: request.status, at: now, by: by.to_owned(), note: request.note };
+    let change =
+        StatusChange { status: request.status, at: now, by: by.to_owned(), note: request.note, reference: None };
     let record = store
         .change_commission_status(&operator.id, &id, change)?
         .map_err(|refusal| ApiError::new(StatusCode::CONFLICT, "status_transition", format!("{id} {refusal}")))?;

@@ -15,6 +15,7 @@ mod clawback;
 mod deals;
 mod durability;
 pub mod keys;
+mod payouts;
 mod quota;
 pub mod records;
 
@@ -27,10 +28,11 @@ use sled::{Transactional, Tree};
 
 use deals::{deal_version, resolve_links};
 pub use durability::{Durability, DurabilityError};
+pub use payouts::MoveOutcome;
 pub use quota::QuotaExceeded;
 use quota::read_u64;
 use records::{
-    AffiliateRecord, ClawBack, ClawBackOutcome, CommissionRecord, CustomerBinding, EventRecord, EventStatus,
+    AffiliateRecord, CommissionRecord, CustomerBinding, EventRecord, EventStatus,
     OperatorRecord, PluginRecord, ShadowResult, StatusChange, StatusRecord, StoredLink,
 };
 
@@ -83,6 +85,10 @@ pub struct Store {
     /// Operator -> the bytes it keeps in the trees counted against its quota (see [`quota`]),
     /// kept by the same transactions that write them.
     stored_bytes: Tree,
+    /// (operator, key id) -> an affiliate's read-only key (its sha256).
+    affiliate_keys: Tree,
+    /// (operator, reference) -> the payout made under that reference.
+    payouts: Tree,
 }
 
 /// Everything one evaluated event writes, committed together by [`Store::commit_events`].
@@ -448,6 +454,8 @@ impl Store {
             statements: tree("statements")?,
             deals: tree("deals")?,
             stored_bytes: tree("stored_bytes")?,
+            affiliate_keys: tree("affiliate_keys")?,
+            payouts: tree("payouts")?,
             db,
         };
         quota::count_once(&store.db, &store.stored_bytes)?;
@@ -888,25 +896,9 @@ impl Store {
         id: &str,
         change: StatusChange,
     ) -> Result<Result<StatusRecord, String>, StoreError> {
-        let key = keys::text(operator, id);
-        let result = self.commission_status.transaction(|statuses| {
-            let mut record: StatusRecord =
-                statuses.get(&key)?.map(|bytes| decode_in_tx(&bytes)).transpose()?.unwrap_or_default();
-            if let Some(refusal) = record.refusal(change.status) {
-                return Ok(Err(refusal));
-            }
-            record.status = change.status;
-            record.history.push(change.clone());
-            if let Some(ClawBack { by, outcome: ClawBackOutcome::Netted, .. }) = &record.clawed_back {
-                let reversal_key = keys::text(operator, by);
-                let mut reversal: StatusRecord =
-                    statuses.get(&reversal_key)?.map(|bytes| decode_in_tx(&bytes)).transpose()?.unwrap_or_default();
-                clawback::follow(&mut reversal, id, &change);
-                statuses.insert(reversal_key, to_json(&reversal))?;
-            }
-            statuses.insert(key.as_slice(), to_json(&record))?;
-            Ok(Ok(record))
-        });
+        let result = self
+            .commission_status
+            .transaction(|statuses| Ok(payouts::move_status(statuses, operator, id, &change)?.map(|(record, _)| record)));
         result.map_err(|error| match error {
             TransactionError::Storage(error) => StoreError::Sled(error),
             TransactionError::Abort(Abort::Decode(detail)) => StoreError::Decode { tree: "commission_status", detail },
