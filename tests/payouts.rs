@@ -51,7 +51,12 @@ fn ok(host: &Host, key: &str, path: &str, body: Value) -> Value {
 /// (event, affiliate, amount) of each line of a list of payout lines, in order.
 fn listed(lines: &Value) -> Vec<(String, String, Decimal)> {
     let text = |line: &Value, field: &str| line[field].as_str().unwrap().to_owned();
-    lines.as_array().unwrap().iter().map(|l| (text(l, "event_id"), text(l, "affiliate"), amount(&l["amount"]))).collect()
+    lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (text(l, "event_id"), text(l, "affiliate"), amount(&l["amount"])))
+        .collect()
 }
 
 fn line(event: &str, affiliate: &str, amount: &str) -> (String, String, Decimal) {
@@ -160,8 +165,7 @@ fn a_payout_run_approves_past_holds_pays_once_and_carries_a_negative_balance() {
     let second = ok(&host, key, "/payouts", json!({"reference": "wire-2026-10-b", "period": "2026-10"}));
     assert_eq!(second["paid"], json!([]), "{second}");
     // The reference with another selection is refused, naming why.
-    let (status, reused) =
-        post(&host, key, "/payouts", json!({"reference": "wire-2026-10", "commission_ids": [d4]}));
+    let (status, reused) = post(&host, key, "/payouts", json!({"reference": "wire-2026-10", "commission_ids": [d4]}));
     assert_eq!((status, reused["error"].as_str()), (StatusCode::CONFLICT, Some("reference_used")), "{reused}");
     // Naming commissions: only approved ones are paid; aff2's pending one is refused, unpaid.
     let named = ok(&host, key, "/payouts", json!({"reference": "wire-x", "commission_ids": [d4, d1]}));
@@ -191,7 +195,8 @@ fn a_payout_run_approves_past_holds_pays_once_and_carries_a_negative_balance() {
     let december = report(&host, key, "period=2026-12&affiliate=aff1");
     assert_eq!(december.keys().collect::<Vec<_>>(), ["aff1"]);
     assert_eq!(december["aff1"], figures(["-10", "15", "5", "5", "0", "0", "0"]));
-    let paid = ok(&host, key, "/payouts", json!({"reference": "wire-2026-12", "period": "2026-12", "affiliate": "aff1"}));
+    let paid =
+        ok(&host, key, "/payouts", json!({"reference": "wire-2026-12", "period": "2026-12", "affiliate": "aff1"}));
     assert_eq!(listed(&paid["paid"]), [line("cb1", "aff1", "-10"), line("d5", "aff1", "10"), line("t5", "aff1", "5")]);
     assert_eq!(amount(&paid["totals"][0]["amount"]), dec("5"));
     let december = report(&host, key, "period=2026-12");
@@ -216,7 +221,8 @@ fn payout_requests_name_the_bad_field() {
     ] {
         let (status, refused) = post(&host, key, "/payouts", body.clone());
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {refused}");
-        let named: Vec<&str> = refused["details"].as_array().unwrap().iter().map(|d| d["field"].as_str().unwrap()).collect();
+        let named: Vec<&str> =
+            refused["details"].as_array().unwrap().iter().map(|d| d["field"].as_str().unwrap()).collect();
         assert!(named.contains(&field), "{body}: {refused}");
     }
     let (status, refused) = post(&host, key, "/periods/2026-13/approve", json!({}));
@@ -293,7 +299,8 @@ fn an_affiliate_key_sees_its_own_lines_and_nothing_else() {
     // sub1's statement shows what d3 paid sub1, not its parent's override.
     let (_, sub_statement) = get(&host, sub_portal, "/periods/2026-10/statement");
     let d3 = &sub_statement["affiliates"][0]["as_closed"]["lines"][0];
-    let paid_to: Vec<&str> = d3["commissions"].as_array().unwrap().iter().map(|c| c["affiliate"].as_str().unwrap()).collect();
+    let paid_to: Vec<&str> =
+        d3["commissions"].as_array().unwrap().iter().map(|c| c["affiliate"].as_str().unwrap()).collect();
     assert_eq!(paid_to, ["sub1"], "{sub_statement}");
 
     // Operator routes refuse it with 403 and say why; nothing is written (the full walk is in
@@ -307,20 +314,27 @@ fn an_affiliate_key_sees_its_own_lines_and_nothing_else() {
         ("/events".to_owned(), deposit("d9", "c9", "aff1", "2026-10-09")),
     ] {
         let (status, refused) = post(&host, &portal, &path, body);
-        assert_eq!((status, refused["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{path}: {refused}");
+        assert_eq!(
+            (status, refused["error"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden")),
+            "{path}: {refused}"
+        );
     }
     assert_eq!(host.get(&acme, "/events/d9").0, StatusCode::NOT_FOUND);
     assert_eq!(paid_moves(&host, key, d1), Vec::<Value>::new());
 
     // Another operator does not know the key; revoked, it opens nothing.
     let globex = host.create_operator("globex");
-    let (status, _) =
-        answer(host.client.get(host.url("/v1/operators/globex/commissions")).bearer_auth(&portal).send());
+    let (status, _) = answer(host.client.get(host.url("/v1/operators/globex/commissions")).bearer_auth(&portal).send());
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{}", globex.id);
     let id = issued["id"].as_str().unwrap();
-    let (status, _) = answer(host.client.delete(host.url(&format!("/v1/operators/acme/affiliates/sub1/keys/{id}"))).bearer_auth(key).send());
+    let (status, _) = answer(
+        host.client.delete(host.url(&format!("/v1/operators/acme/affiliates/sub1/keys/{id}"))).bearer_auth(key).send(),
+    );
     assert_eq!(status, StatusCode::NOT_FOUND, "a key is revoked under its own affiliate");
-    let (status, revoked) = answer(host.client.delete(host.url(&format!("/v1/operators/acme/affiliates/aff1/keys/{id}"))).bearer_auth(key).send());
+    let (status, revoked) = answer(
+        host.client.delete(host.url(&format!("/v1/operators/acme/affiliates/aff1/keys/{id}"))).bearer_auth(key).send(),
+    );
     assert_eq!(status, StatusCode::OK, "{revoked}");
     assert!(revoked["revoked_at"].is_string() && revoked.get("key").is_none(), "{revoked}");
     assert_eq!(get(&host, &portal, "/commissions").0, StatusCode::UNAUTHORIZED);

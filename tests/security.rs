@@ -153,9 +153,16 @@ fn an_affiliate_key_opens_no_operator_route() {
     let op = |path: &str| host.url(&format!("/v1/operators/acme{path}"));
     let c = &host.client;
     let operator_routes: Vec<(&str, RequestBuilder)> = vec![
-        ("upload a plugin", c.post(op("/plugins")).header("content-type", "application/wasm").body(plugin_wasm("multi-event"))),
+        (
+            "upload a plugin",
+            c.post(op("/plugins")).header("content-type", "application/wasm").body(plugin_wasm("multi-event")),
+        ),
         ("activate", c.post(op("/plugins/1/activate"))),
-        ("backtest", c.post(op("/plugins/1/replay")).json(&json!({"from": "2026-01-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}))),
+        (
+            "backtest",
+            c.post(op("/plugins/1/replay"))
+                .json(&json!({"from": "2026-01-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"})),
+        ),
         ("verify", c.post(op("/verify"))),
         ("shadow", c.put(op("/shadow")).json(&json!({"version": 1}))),
         ("shadow report", c.get(op("/plugins/1/shadow-report"))),
@@ -167,7 +174,10 @@ fn an_affiliate_key_opens_no_operator_route() {
         ("retry failed", c.post(op("/events/retry-failed"))),
         ("close a month", c.post(op("/periods/2026-10/close"))),
         ("read an event", c.get(op("/events/d1"))),
-        ("move a status", c.post(op(&format!("/commissions/{commission}/status"))).json(&json!({"status": "approved"}))),
+        (
+            "move a status",
+            c.post(op(&format!("/commissions/{commission}/status"))).json(&json!({"status": "approved"})),
+        ),
         ("approve a month", c.post(op("/periods/2026-10/approve"))),
         ("pay", c.post(op("/payouts")).json(&json!({"reference": "r", "commission_ids": [commission]}))),
         ("issue a key", c.post(op("/affiliates/aff1/keys"))),
@@ -182,7 +192,10 @@ fn an_affiliate_key_opens_no_operator_route() {
         ("limits", c.put(op("/limits")).json(&json!({"events_per_second": 1}))),
         ("rotate", c.post(op("/credentials/api_key/rotate"))),
         ("metrics", c.get(host.url("/metrics"))),
-        ("create an operator", c.post(host.url("/v1/operators")).json(&json!({"id": "x", "name": "X", "currency": "USD"}))),
+        (
+            "create an operator",
+            c.post(host.url("/v1/operators")).json(&json!({"id": "x", "name": "X", "currency": "USD"})),
+        ),
     ];
     for (what, request) in admin_routes {
         assert_eq!(answer(request.bearer_auth(&key).send()).0, StatusCode::UNAUTHORIZED, "{what}");

@@ -69,8 +69,13 @@ pub async fn issue(
     for _ in 0..3 {
         let id = sha256_hex(&random_text())[..16].to_owned();
         let key = format!("{AFFILIATE_KEY_PREFIX}{id}_{}", random_text());
-        let record =
-            AffiliateKeyRecord { id, affiliate: affiliate.clone(), sha256: sha256_hex(&key), created_at: now_ms(), revoked_at: None };
+        let record = AffiliateKeyRecord {
+            id,
+            affiliate: affiliate.clone(),
+            sha256: sha256_hex(&key),
+            created_at: now_ms(),
+            revoked_at: None,
+        };
         if store.create_affiliate_key(&operator.id, &record)? {
             durable(&state).await?;
             tracing::info!(operator = %operator.id, affiliate, key_id = %record.id, "affiliate key issued");

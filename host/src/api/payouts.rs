@@ -142,7 +142,8 @@ pub async fn approve(
         }
     }
     let note = format!("approved by the payout run of {}{}", period.id, suffix(&request.note));
-    let change = StatusChange { status: CommissionStatus::Approved, at: now, by: by(&state, &headers), note, reference: None };
+    let change =
+        StatusChange { status: CommissionStatus::Approved, at: now, by: by(&state, &headers), note, reference: None };
     let MoveOutcome::Moved { moved, refused } = store.move_commissions(&operator.id, &eligible, &change, None)? else {
         return Err(ApiError::internal("an approval run found a payout record"));
     };
@@ -238,14 +239,20 @@ pub async fn pay(
     let store = state.pipeline.store();
     let now = now_ms();
     let (ids, carried_forward) = match (&request.commission_ids, &request.period) {
-        (Some(ids), None) => (named_ids(store, &operator.id, ids, request.affiliate.as_deref(), &mut problems)?, Vec::new()),
+        (Some(ids), None) => {
+            (named_ids(store, &operator.id, ids, request.affiliate.as_deref(), &mut problems)?, Vec::new())
+        }
         (None, Some(period)) => match Period::parse(period) {
             Ok(period) => {
                 let groups = balances(store, &operator.id, &period, request.affiliate.as_deref())?;
                 let carried = groups
                     .iter()
                     .filter(|group| group.balance < Decimal::ZERO)
-                    .map(|group| Total { affiliate: group.affiliate.clone(), currency: group.currency.clone(), amount: group.balance })
+                    .map(|group| Total {
+                        affiliate: group.affiliate.clone(),
+                        currency: group.currency.clone(),
+                        amount: group.balance,
+                    })
                     .collect();
                 let payable = groups.into_iter().filter(|group| group.balance > Decimal::ZERO);
                 (payable.flat_map(|group| group.lines).map(|line| line.id).collect(), carried)
@@ -275,7 +282,9 @@ pub async fn pay(
     let note = format!("paid under reference {reference}{}", suffix(&request.note));
     let change = StatusChange { status: CommissionStatus::Paid, at: now, by, note, reference: Some(reference.clone()) };
     let (record, duplicate, refused) = match store.move_commissions(&operator.id, &ids, &change, Some(&record))? {
-        MoveOutcome::Existing(existing) if existing.request_sha256 == record.request_sha256 => (existing, true, Vec::new()),
+        MoveOutcome::Existing(existing) if existing.request_sha256 == record.request_sha256 => {
+            (existing, true, Vec::new())
+        }
         MoveOutcome::Existing(existing) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -302,7 +311,10 @@ pub async fn pay(
         duplicate,
         paid_at: format_time(record.at),
         paid,
-        totals: totals.into_iter().map(|((affiliate, currency), amount)| Total { affiliate, currency, amount }).collect(),
+        totals: totals
+            .into_iter()
+            .map(|((affiliate, currency), amount)| Total { affiliate, currency, amount })
+            .collect(),
         carried_forward: if duplicate { Vec::new() } else { carried_forward },
         refused: refused.into_iter().map(|(id, problem)| Refused { problem: format!("{id} {problem}"), id }).collect(),
     }))
@@ -327,9 +339,8 @@ fn named_ids(
         match store.commission(operator, id)? {
             _ if !seen.insert(id) => problems.push(FieldError::new(field, format!("{id} is named twice"))),
             None => problems.push(FieldError::new(field, format!("no commission {id:?}"))),
-            Some(commission) if affiliate.is_some_and(|affiliate| affiliate != commission.affiliate) => {
-                problems.push(FieldError::new(field, format!("{id} is {}'s, not the affiliate's", commission.affiliate)))
-            }
+            Some(commission) if affiliate.is_some_and(|affiliate| affiliate != commission.affiliate) => problems
+                .push(FieldError::new(field, format!("{id} is {}'s, not the affiliate's", commission.affiliate))),
             Some(_) => {}
         }
     }
@@ -402,8 +413,10 @@ fn balances(store: &Store, operator: &str, period: &Period, affiliate: Option<&s
     let mut balances = Vec::with_capacity(groups.len());
     for (_, mut group) in groups {
         let mut balance = group.carried_in;
-        checked_add(&mut balance, group.approved, || format!("the balance of {} in {}", group.affiliate, group.currency))
-            .map_err(|overflow| super::replay::overflow_error(&overflow))?;
+        checked_add(&mut balance, group.approved, || {
+            format!("the balance of {} in {}", group.affiliate, group.currency)
+        })
+        .map_err(|overflow| super::replay::overflow_error(&overflow))?;
         group.balance = balance;
         group.payable = balance.max(Decimal::ZERO);
         group.carried_forward = balance.min(Decimal::ZERO);

@@ -117,7 +117,8 @@ pub async fn statement(
 fn affiliate_view(entry: &mut Value, own: &str) {
     let keep = |payouts: Option<&mut Value>, through: Option<&str>| {
         if let Some(payouts) = payouts.and_then(Value::as_array_mut) {
-            payouts.retain(|payout| payout["affiliate"] == own || through.is_some_and(|sub| payout["affiliate"] == sub));
+            payouts
+                .retain(|payout| payout["affiliate"] == own || through.is_some_and(|sub| payout["affiliate"] == sub));
         }
     };
     for view in ["as_closed", "restated"] {

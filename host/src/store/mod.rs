@@ -32,8 +32,8 @@ pub use payouts::MoveOutcome;
 pub use quota::QuotaExceeded;
 use quota::read_u64;
 use records::{
-    AffiliateRecord, CommissionRecord, CustomerBinding, EventRecord, EventStatus,
-    OperatorRecord, PluginRecord, ShadowResult, StatusChange, StatusRecord, StoredLink,
+    AffiliateRecord, CommissionRecord, CustomerBinding, EventRecord, EventStatus, OperatorRecord, PluginRecord,
+    ShadowResult, StatusChange, StatusRecord, StoredLink,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -896,9 +896,9 @@ impl Store {
         id: &str,
         change: StatusChange,
     ) -> Result<Result<StatusRecord, String>, StoreError> {
-        let result = self
-            .commission_status
-            .transaction(|statuses| Ok(payouts::move_status(statuses, operator, id, &change)?.map(|(record, _)| record)));
+        let result = self.commission_status.transaction(|statuses| {
+            Ok(payouts::move_status(statuses, operator, id, &change)?.map(|(record, _)| record))
+        });
         result.map_err(|error| match error {
             TransactionError::Storage(error) => StoreError::Sled(error),
             TransactionError::Abort(Abort::Decode(detail)) => StoreError::Decode { tree: "commission_status", detail },

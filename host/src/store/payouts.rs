@@ -10,8 +10,8 @@
 //! Affiliate keys are kept by their public id under the operator, holding only the key's sha256,
 //! so a key is found by its id and then compared in constant time, like the operator's own.
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::records::{
     AffiliateKeyRecord, ClawBack, ClawBackOutcome, CommissionRecord, PayoutRecord, StatusChange, StatusRecord,
