@@ -24,6 +24,14 @@ fn acme(host: &Host) -> Operator {
     acme
 }
 
+/// A host on a fresh directory, with [`acme`].
+fn started() -> (tempfile::TempDir, Host, Operator) {
+    let (dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = acme(&host);
+    (dir, host, acme)
+}
+
 fn event(id: &str, kind: &str, customer: &str, day: &str, extra: Value) -> Value {
     let mut event = json!({"id": id, "type": kind, "customer": customer, "occurred_at": format!("{day}T12:00:00Z")});
     event.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
@@ -94,9 +102,7 @@ fn paid_moves(host: &Host, key: &str, id: &str) -> Vec<Value> {
 
 #[test]
 fn a_payout_run_approves_past_holds_pays_once_and_carries_a_negative_balance() {
-    let (_dir, data) = data_dir();
-    let host = Host::start(&data);
-    let acme = acme(&host);
+    let (_dir, host, acme) = started();
     let key = acme.api_key.as_str();
     // October: aff1 earns 10 (d1) and 5 (t1); d2's 10 is charged back before approval (void);
     // sub1 earns 10 on d3 and aff1 1 on it (10%); aff2 earns 10 on d4, held 30 days.
@@ -206,9 +212,7 @@ fn a_payout_run_approves_past_holds_pays_once_and_carries_a_negative_balance() {
 
 #[test]
 fn payout_requests_name_the_bad_field() {
-    let (_dir, data) = data_dir();
-    let host = Host::start(&data);
-    let acme = acme(&host);
+    let (_dir, host, acme) = started();
     let key = acme.api_key.as_str();
     for (body, field) in [
         (json!({"reference": "", "period": "2026-10"}), "reference"),
@@ -233,9 +237,7 @@ fn payout_requests_name_the_bad_field() {
 
 #[test]
 fn an_affiliate_key_sees_its_own_lines_and_nothing_else() {
-    let (_dir, data) = data_dir();
-    let host = Host::start(&data);
-    let acme = acme(&host);
+    let (_dir, host, acme) = started();
     let key = acme.api_key.as_str();
     for event in [
         deposit("d1", "c1", "aff1", "2026-10-02"),
