@@ -86,9 +86,11 @@ fn the_admin_routes_refuse_everyone_but_the_admin() {
     let (_dir, data) = data_dir();
     let host = Host::start(&data);
     let acme = host.multi_event_with_aff1("acme");
-    let wrong_tokens: [(&str, Option<&str>); 4] = [
+    let affiliate_key = issue_affiliate_key(&host, &acme.api_key, "aff1");
+    let wrong_tokens: [(&str, Option<&str>); 5] = [
         ("no token", None),
         ("the operator's key", Some(&acme.api_key)),
+        ("an affiliate key", Some(&affiliate_key)),
         ("a near miss", Some("test-admin-token-0123456789abcdee")),
         ("the admin token with a suffix", Some("test-admin-token-0123456789abcdefx")),
     ];
@@ -123,6 +125,88 @@ fn the_admin_routes_refuse_everyone_but_the_admin() {
             &acme,
             json!({"id": format!("d{n}"), "type": "deposit", "customer": format!("c{n}"), "amount": "1"}),
         );
+    }
+}
+
+/// A read-only key of `affiliate` (of operator acme), issued with the operator's `key`.
+fn issue_affiliate_key(host: &Host, key: &str, affiliate: &str) -> String {
+    let url = host.url(&format!("/v1/operators/acme/affiliates/{affiliate}/keys"));
+    let (status, issued) = answer(host.client.post(url).bearer_auth(key).send());
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    issued["key"].as_str().unwrap().to_owned()
+}
+
+/// The wrong-key walk for an affiliate key: every operator route refuses it with 403 and a JSON
+/// body that says what it is and what it opens, and writes nothing; the admin's refuse it like
+/// any token not the admin's (401); only the affiliate's own reads answer.
+#[test]
+fn an_affiliate_key_opens_no_operator_route() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.multi_event_with_aff1("acme");
+    let deposit = json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "50", "affiliate": "aff1"});
+    host.accept(&acme, deposit);
+    let key = issue_affiliate_key(&host, &acme.api_key, "aff1");
+    let key_id = key.strip_prefix("chka_").unwrap().split('_').next().unwrap().to_owned();
+    let (_, listed) = answer(host.client.get(host.url("/v1/operators/acme/commissions")).bearer_auth(&key).send());
+    let commission = listed["commissions"][0]["id"].as_str().expect("its own commission").to_owned();
+    let op = |path: &str| host.url(&format!("/v1/operators/acme{path}"));
+    let c = &host.client;
+    let operator_routes: Vec<(&str, RequestBuilder)> = vec![
+        (
+            "upload a plugin",
+            c.post(op("/plugins")).header("content-type", "application/wasm").body(plugin_wasm("multi-event")),
+        ),
+        ("activate", c.post(op("/plugins/1/activate"))),
+        (
+            "backtest",
+            c.post(op("/plugins/1/replay"))
+                .json(&json!({"from": "2026-01-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"})),
+        ),
+        ("verify", c.post(op("/verify"))),
+        ("shadow", c.put(op("/shadow")).json(&json!({"version": 1}))),
+        ("shadow report", c.get(op("/plugins/1/shadow-report"))),
+        ("fx rates", c.put(op("/fx-rates")).json(&json!({"rates": {"EUR": "1.1"}, "source": "x"}))),
+        ("settings", c.put(op("/settings")).json(&json!({"late_events": "refuse"}))),
+        ("put an affiliate", c.put(op("/affiliates/aff1")).json(&json!({"parent": null, "deal": {"ftd_cpa": "999"}}))),
+        ("get an affiliate", c.get(op("/affiliates/aff1"))),
+        ("send an event", c.post(op("/events")).json(&json!({"id": "e2", "type": "registration", "customer": "c2"}))),
+        ("retry failed", c.post(op("/events/retry-failed"))),
+        ("close a month", c.post(op("/periods/2026-10/close"))),
+        ("read an event", c.get(op("/events/d1"))),
+        (
+            "move a status",
+            c.post(op(&format!("/commissions/{commission}/status"))).json(&json!({"status": "approved"})),
+        ),
+        ("approve a month", c.post(op("/periods/2026-10/approve"))),
+        ("pay", c.post(op("/payouts")).json(&json!({"reference": "r", "commission_ids": [commission]}))),
+        ("issue a key", c.post(op("/affiliates/aff1/keys"))),
+        ("revoke a key", c.delete(op(&format!("/affiliates/aff1/keys/{key_id}")))),
+    ];
+    for (what, request) in operator_routes {
+        let (status, body) = answer(request.bearer_auth(&key).send());
+        assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{what}: {body}");
+        assert!(body["message"].as_str().unwrap().contains("read-only key of affiliate \"aff1\""), "{what}: {body}");
+    }
+    let admin_routes: Vec<(&str, RequestBuilder)> = vec![
+        ("limits", c.put(op("/limits")).json(&json!({"events_per_second": 1}))),
+        ("rotate", c.post(op("/credentials/api_key/rotate"))),
+        ("metrics", c.get(host.url("/metrics"))),
+        (
+            "create an operator",
+            c.post(host.url("/v1/operators")).json(&json!({"id": "x", "name": "X", "currency": "USD"})),
+        ),
+    ];
+    for (what, request) in admin_routes {
+        assert_eq!(answer(request.bearer_auth(&key).send()).0, StatusCode::UNAUTHORIZED, "{what}");
+    }
+    // Nothing was written: no event, no deal change, the commission still pending, the key alive.
+    assert_eq!(host.get(&acme, "/events/e2").0, StatusCode::NOT_FOUND);
+    assert_eq!(host.get(&acme, "/affiliates/aff1").1["deal"], json!({}));
+    assert_eq!(host.get(&acme, &format!("/commissions/{commission}")).1["status"], "pending");
+    for read in ["/commissions", &format!("/commissions/{commission}"), "/payouts/report?period=2026-10"] {
+        let (status, body) = answer(c.get(op(read)).bearer_auth(&key).send());
+        assert_eq!(status, StatusCode::OK, "{read}: {body}");
     }
 }
 

@@ -63,7 +63,7 @@ pub async fn list(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let operator = auth::operator(&state, &headers, &op)?;
+    let (operator, reader) = auth::reader(&state, &headers, &op)?;
     let mut filter = CommissionFilter::default();
     let (mut cursor, mut limit, mut format) = (None, None, None);
     let mut problems = Vec::new();
@@ -103,6 +103,7 @@ pub async fn list(
     if !problems.is_empty() {
         return Err(ApiError::fields("invalid_query", problems));
     }
+    filter.affiliate = reader.scope(filter.affiliate)?;
     let store = state.pipeline.store();
     if Format::wanted(format, &headers) == Format::Csv {
         return export::commissions_csv(store.clone(), operator.id, filter, cursor, limit);
@@ -127,10 +128,13 @@ pub async fn get(
     Path((op, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let operator = auth::operator(&state, &headers, &op)?;
+    let (operator, reader) = auth::reader(&state, &headers, &op)?;
     let store = state.pipeline.store();
-    let commission =
-        store.commission(&operator.id, &id)?.ok_or_else(|| ApiError::not_found(format!("no commission {id:?}")))?;
+    // Another affiliate's commission is, to an affiliate key, one that does not exist.
+    let commission = store
+        .commission(&operator.id, &id)?
+        .filter(|commission| reader.sees(&commission.affiliate))
+        .ok_or_else(|| ApiError::not_found(format!("no commission {id:?}")))?;
     let status = store.commission_status(&operator.id, &id)?;
     let mut answer = commission_json(&commission);
     answer["status"] = json!(status.status);
@@ -176,7 +180,8 @@ pub async fn set_status(
         ));
     }
     let by = if auth::is_admin(&state, &headers) { "admin" } else { "operator" };
-    let change = StatusChange { status: request.status, at: now, by: by.to_owned(), note: request.note };
+    let change =
+        StatusChange { status: request.status, at: now, by: by.to_owned(), note: request.note, reference: None };
     let record = store
         .change_commission_status(&operator.id, &id, change)?
         .map_err(|refusal| ApiError::new(StatusCode::CONFLICT, "status_transition", format!("{id} {refusal}")))?;

@@ -17,7 +17,11 @@
 //! | `PUT /v1/operators/{op}/limits`, `POST .../credentials/{kind}/rotate` | admin |
 //! | `GET /v1/operators` | admin |
 //! | `GET /v1/operators/{op}/affiliates`, `.../plugins`, `.../events`, `.../periods` | operator, admin |
+//! | `POST /v1/operators/{op}/periods/{YYYY-MM}/approve`, `POST .../payouts` | operator, admin |
+//! | `POST /v1/operators/{op}/affiliates/{aff}/keys`, `DELETE .../keys/{id}` | operator, admin |
+//! | `GET .../commissions[/{id}]`, `.../statement`, `.../payouts/report` | also an affiliate key: its own lines |
 
+mod affiliate_keys;
 mod auth;
 mod commissions;
 mod error;
@@ -25,6 +29,7 @@ mod events;
 mod export;
 mod listings;
 mod operators;
+mod payouts;
 mod periods;
 mod rate_limit;
 mod replay;
@@ -38,7 +43,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use http_body_util::BodyExt;
 
 pub use error::ApiError;
@@ -129,6 +134,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/operators/{op}/commissions", get(commissions::list))
         .route("/v1/operators/{op}/commissions/{id}", get(commissions::get))
         .route("/v1/operators/{op}/commissions/{id}/status", post(commissions::set_status))
+        .route("/v1/operators/{op}/periods/{period}/approve", post(payouts::approve))
+        .route("/v1/operators/{op}/payouts", post(payouts::pay))
+        .route("/v1/operators/{op}/payouts/report", get(payouts::report))
+        .route("/v1/operators/{op}/affiliates/{affiliate}/keys", post(affiliate_keys::issue))
+        .route("/v1/operators/{op}/affiliates/{affiliate}/keys/{id}", delete(affiliate_keys::revoke))
         .route("/postback/{op}", get(events::postback))
         // Only the routes above, which all take a credential; the probes below never wait.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::throttle_failures))

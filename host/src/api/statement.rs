@@ -29,7 +29,7 @@ pub async fn statement(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let operator = auth::operator(&state, &headers, &op)?;
+    let (operator, reader) = auth::reader(&state, &headers, &op)?;
     let period = Period::parse(&period).map_err(|problem| ApiError::field("period", problem))?;
     let (mut affiliate, mut format) = (None, None);
     let mut problems = Vec::new();
@@ -46,6 +46,7 @@ pub async fn statement(
     if !problems.is_empty() {
         return Err(ApiError::fields("invalid_query", problems));
     }
+    let affiliate = reader.scope(affiliate)?;
     let store = state.pipeline.store();
     let settlements = store.settlement_ids(&operator.id, SETTLEMENT_PREFIX, Some(&period.id))?;
     if settlements.is_empty() {
@@ -65,7 +66,7 @@ pub async fn statement(
         let filename = format!("{}-{}-statement.csv", operator.id, period.id);
         let csv = tokio::task::spawn_blocking(move || {
             let _slots = slots;
-            paid_csv(&pipeline, &operator, &period, affiliate.as_deref())
+            paid_csv(&pipeline, &operator, &period, affiliate.as_deref(), &reader)
         })
         .await
         .map_err(ApiError::internal)??;
@@ -98,7 +99,7 @@ pub async fn statement(
                     json!({"affiliate": affiliate, "rule": rule, "currency": currency, "amount": amount})
                 })
                 .collect();
-            affiliates.push(json!({
+            let mut entry = json!({
                 "affiliate": id,
                 "stored_at_close": match &stored {
                     None => "missing",
@@ -112,7 +113,11 @@ pub async fn statement(
                     "adjustments": adjustments.unwrap_or_default(),
                     "total": totals,
                 },
-            }));
+            });
+            if let auth::Reader::Affiliate(own) = &reader {
+                affiliate_view(&mut entry, own);
+            }
+            affiliates.push(entry);
         }
         Ok(json!({ "period": period.id, "affiliates": affiliates }))
     })
@@ -129,6 +134,7 @@ fn paid_csv(
     operator: &OperatorRecord,
     period: &Period,
     affiliate: Option<&str>,
+    reader: &auth::Reader,
 ) -> Result<Vec<u8>, ApiError> {
     let paid = pipeline.period_paid(operator, period).map_err(super::replay::replay_error)?;
     let store = pipeline.store();
@@ -141,11 +147,35 @@ fn paid_csv(
         }
         let lines =
             paid.at_close.iter().map(|c| ("at_close", c)).chain(paid.adjustments.iter().map(|c| ("adjustment", c)));
-        for (paid_as, commission) in lines {
+        // An affiliate key's rows are what was paid to it, not its upline's overrides.
+        for (paid_as, commission) in lines.filter(|(_, commission)| reader.sees(&commission.affiliate)) {
             let status = store.commission_status(&operator.id, &commission.id)?.status;
             let fields = [period.id.clone(), settled.to_owned(), paid_as.to_owned()];
             rows.push(fields.into_iter().chain(export::commission_row(commission, status)).collect());
         }
     }
     Ok(export::csv_rows(rows))
+}
+
+/// What an affiliate key sees of its own statement: what was paid to it and, on a line that is
+/// there through a sub-affiliate (its override on that sub-affiliate's event), what the
+/// sub-affiliate earned, the base of the override; not what the events paid anyone else (an
+/// upline's override on its own events, say).
+fn affiliate_view(entry: &mut Value, own: &str) {
+    let keep = |payouts: Option<&mut Value>, through: Option<&str>| {
+        if let Some(payouts) = payouts.and_then(Value::as_array_mut) {
+            payouts
+                .retain(|payout| payout["affiliate"] == own || through.is_some_and(|sub| payout["affiliate"] == sub));
+        }
+    };
+    for view in ["as_closed", "restated"] {
+        for line in entry.pointer_mut(&format!("/{view}/lines")).and_then(Value::as_array_mut).into_iter().flatten() {
+            let through = line["through"].as_str().map(str::to_owned);
+            keep(line.get_mut("commissions"), through.as_deref());
+        }
+        keep(entry.pointer_mut(&format!("/{view}/settlement/commissions")), None);
+    }
+    for part in ["at_close", "adjustments", "total"] {
+        keep(entry.pointer_mut(&format!("/paid/{part}")), None);
+    }
 }

@@ -28,6 +28,7 @@ pub(super) fn claw_back(
         at: reversal.created_at,
         by: "host".into(),
         note,
+        reference: None,
     };
     let by = format!("{} (event {})", reversal.id, reversal.event_id);
     let (outcome, reversal_status) = match original.status {
@@ -135,7 +136,8 @@ mod tests {
         let mut netted = claw_back(&mut status, Decimal::TEN, &reversal(-4)).expect("netted");
         assert!(netted.refusal(Approved).unwrap().contains("moves with cm_1"));
         assert_eq!(status.refusal(Approved), None);
-        let approval = StatusChange { status: Approved, at: 1, by: "operator".into(), note: "ok".into() };
+        let approval =
+            StatusChange { status: Approved, at: 1, by: "operator".into(), note: "ok".into(), reference: None };
         follow(&mut netted, "cm_1", &approval);
         assert_eq!(netted.status, Approved);
         assert_eq!(netted.history.last().unwrap().note, "moved with cm_1: ok");

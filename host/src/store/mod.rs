@@ -16,6 +16,7 @@ mod deals;
 mod durability;
 pub mod keys;
 mod listings;
+mod payouts;
 mod quota;
 pub mod records;
 
@@ -28,11 +29,12 @@ use sled::{Transactional, Tree};
 
 use deals::{deal_version, resolve_links};
 pub use durability::{Durability, DurabilityError};
+pub use payouts::MoveOutcome;
 pub use quota::QuotaExceeded;
 use quota::read_u64;
 use records::{
-    AffiliateRecord, ClawBack, ClawBackOutcome, CommissionRecord, CustomerBinding, EventRecord, EventStatus,
-    OperatorRecord, PluginRecord, ShadowResult, StatusChange, StatusRecord, StoredLink,
+    AffiliateRecord, CommissionRecord, CustomerBinding, EventRecord, EventStatus, OperatorRecord, PluginRecord,
+    ShadowResult, StatusChange, StatusRecord, StoredLink,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -84,6 +86,10 @@ pub struct Store {
     /// Operator -> the bytes it keeps in the trees counted against its quota (see [`quota`]),
     /// kept by the same transactions that write them.
     stored_bytes: Tree,
+    /// (operator, key id) -> an affiliate's read-only key (its sha256).
+    affiliate_keys: Tree,
+    /// (operator, reference) -> the payout made under that reference.
+    payouts: Tree,
 }
 
 /// Everything one evaluated event writes, committed together by [`Store::commit_events`].
@@ -449,6 +455,8 @@ impl Store {
             statements: tree("statements")?,
             deals: tree("deals")?,
             stored_bytes: tree("stored_bytes")?,
+            affiliate_keys: tree("affiliate_keys")?,
+            payouts: tree("payouts")?,
             db,
         };
         quota::count_once(&store.db, &store.stored_bytes)?;
@@ -889,24 +897,8 @@ impl Store {
         id: &str,
         change: StatusChange,
     ) -> Result<Result<StatusRecord, String>, StoreError> {
-        let key = keys::text(operator, id);
         let result = self.commission_status.transaction(|statuses| {
-            let mut record: StatusRecord =
-                statuses.get(&key)?.map(|bytes| decode_in_tx(&bytes)).transpose()?.unwrap_or_default();
-            if let Some(refusal) = record.refusal(change.status) {
-                return Ok(Err(refusal));
-            }
-            record.status = change.status;
-            record.history.push(change.clone());
-            if let Some(ClawBack { by, outcome: ClawBackOutcome::Netted, .. }) = &record.clawed_back {
-                let reversal_key = keys::text(operator, by);
-                let mut reversal: StatusRecord =
-                    statuses.get(&reversal_key)?.map(|bytes| decode_in_tx(&bytes)).transpose()?.unwrap_or_default();
-                clawback::follow(&mut reversal, id, &change);
-                statuses.insert(reversal_key, to_json(&reversal))?;
-            }
-            statuses.insert(key.as_slice(), to_json(&record))?;
-            Ok(Ok(record))
+            Ok(payouts::move_status(statuses, operator, id, &change)?.map(|(record, _)| record))
         });
         result.map_err(|error| match error {
             TransactionError::Storage(error) => StoreError::Sled(error),

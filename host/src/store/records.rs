@@ -451,6 +451,10 @@ pub struct StatusChange {
     /// `admin`, `operator`, or `host`.
     pub by: String,
     pub note: String,
+    /// For a move to `paid` by a payout run: the payment's reference (the bank transfer's, say),
+    /// which also makes the run idempotent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -511,4 +515,30 @@ impl CommissionRecord {
     pub fn id_for(seq: u64, index: usize) -> String {
         format!("cm_{seq:016x}_{index:04x}")
     }
+}
+
+/// A read-only key an operator issued for one affiliate (an affiliate portal): only its sha256
+/// is kept, like the operator's own API key. Revoked keys stay, for the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AffiliateKeyRecord {
+    /// Public: the part of the key that finds this record, and the name to revoke it by.
+    pub id: String,
+    pub affiliate: String,
+    pub sha256: String,
+    pub created_at: i64,
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+}
+
+/// A payout run as it was made: its reference, what it asked for, and each commission it
+/// moved to `paid` (with the reversals netted against them). Kept so that the same reference
+/// sent again answers the same payout and pays nothing more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PayoutRecord {
+    pub reference: String,
+    /// sha256 of the selection asked for: tells a retry (same) from a reused reference.
+    pub request_sha256: String,
+    pub at: i64,
+    pub by: String,
+    pub paid: Vec<String>,
 }
