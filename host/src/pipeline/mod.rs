@@ -1,13 +1,15 @@
 //! The data path, from a checked event to a durable ledger entry:
 //!
-//! 1. the batch is checked whole (affiliates exist, no id reused with other content);
-//! 2. each event waits for its customer's turn ([`CustomerLocks`]); a batch waits for all its
-//!    customers' turns and is evaluated in one go ([`batch`]);
-//! 3. it is attributed: the customer's binding, or the affiliate it names, with the chain of
-//!    parents above;
-//! 4. the operator's active plugin evaluates it in the sandbox;
-//! 5. the event, its state writes and its commissions are committed together, all or nothing,
-//!    in one transaction with the other events waiting ([`Committer`]);
+//! 1. the request goes onto its operator's queue, or is refused if the queue is full
+//!    ([`sequencer`]); the operator's one sequencer takes its jobs in arrival order;
+//! 2. in the sequencer's turn, the request is checked whole (affiliates exist, no id reused with
+//!    other content, no event refused as late);
+//! 3. each event is attributed: the customer's binding, or the affiliate it names, with the
+//!    chain of parents above;
+//! 4. the operator's active plugin evaluates it in the sandbox, over the state the events before
+//!    it left ([`batch`]);
+//! 5. the turn's events, their state writes and their commissions are committed together, each
+//!    all or nothing, in one transaction with the other operators' events waiting ([`Committer`]);
 //! 6. the answer waits for the group flush that makes it durable.
 //!
 //! Each step is a seam: events could come from a log instead of HTTP, evaluation could run on
@@ -15,25 +17,28 @@
 
 mod batch;
 mod close;
+mod sequencer;
+
+pub use sequencer::{DEFAULT_QUEUE_EVENTS, EvaluationSlots, Scheduling};
 
 use batch::PendingWrites;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rust_decimal::{Decimal, RoundingStrategy};
-use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock, Semaphore};
+use tokio::sync::oneshot;
 
 use crate::committer::{CommitError, CommitMetrics, Committer};
-use crate::customer_locks::CustomerLocks;
 use crate::event::{FieldError, IncomingEvent, now_ms, parse_amount};
 use crate::metrics::{FailureLabels, Metrics, OperatorLabels};
+use sequencer::{Ingest, Job, Sequencers};
 use crate::plugins::PluginRegistry;
 use crate::replay::AmountOverflow;
 use crate::restate::{RestateError, closed_period_of};
 use crate::sandbox::{
-    Limits, MAX_CONCURRENT_INSTANCES, PluginAffiliate, PluginCommission, PluginCommissionRef, PluginContext,
+    Limits, PluginAffiliate, PluginCommission, PluginCommissionRef, PluginContext,
     PluginEvent, PluginInput, PluginPeriod, Sandbox, StateSource,
 };
 use crate::store::records::{
@@ -45,23 +50,13 @@ use crate::terms::hold_until;
 
 /// How far up the referral chain parents are followed.
 pub const MAX_CHAIN_DEPTH: usize = 16;
-/// Evaluations of an event beside the operator's others, when state shared with other customers
-/// keeps changing under it; after these it goes alone ([`Pipeline::evaluate_in_turn`]).
-const ATTEMPTS_WITH_OTHERS: usize = 4;
-/// Evaluations of an event alone: one should do, as nothing else of the operator commits then.
-const MAX_STALE_RETRIES: usize = 16;
-/// Evaluations one operator may have in the sandbox at once (see [`OperatorGate`]).
-pub const EVALUATIONS_PER_OPERATOR: usize = 4;
-
 #[derive(Clone)]
 pub struct Pipeline {
     store: Arc<Store>,
     sandbox: Arc<Sandbox>,
     plugins: Arc<PluginRegistry>,
-    customer_locks: Arc<CustomerLocks>,
     committer: Committer,
-    evaluation_slots: Arc<Semaphore>,
-    operator_gates: Arc<Mutex<HashMap<String, OperatorGate>>>,
+    sequencers: Arc<Sequencers>,
     durability: Durability,
     metrics: Arc<Metrics>,
 }
@@ -108,6 +103,9 @@ pub enum IngestError {
     /// if `event` is named, nothing from that event on.
     #[error("operator {operator} is over its quota of stored bytes")]
     QuotaExceeded { operator: String, event: Option<String>, refused: QuotaExceeded },
+    /// The operator's queue is full: nothing of the request was written.
+    #[error("operator {operator}'s queue is full ({queued} events wait; it holds {capacity})")]
+    QueueFull { operator: String, queued: usize, capacity: usize },
     #[error(transparent)]
     NotDurable(#[from] DurabilityError),
     /// A report's total (a backtest's, a statement's) does not fit a decimal.
@@ -144,8 +142,15 @@ pub struct RetryReport {
 }
 
 impl Pipeline {
-    pub fn new(store: Arc<Store>, sandbox: Arc<Sandbox>, plugins: Arc<PluginRegistry>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        sandbox: Arc<Sandbox>,
+        plugins: Arc<PluginRegistry>,
+        metrics: Arc<Metrics>,
+        scheduling: Scheduling,
+    ) -> Self {
         Self {
+            sequencers: Arc::new(Sequencers::new(scheduling, &metrics)),
             durability: store.durability(metrics.flush_seconds.clone()),
             committer: Committer::start(
                 store.clone(),
@@ -157,9 +162,6 @@ impl Pipeline {
             store,
             sandbox,
             plugins,
-            customer_locks: Arc::new(CustomerLocks::default()),
-            evaluation_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_INSTANCES as usize)),
-            operator_gates: Arc::default(),
             metrics,
         }
     }
@@ -201,24 +203,30 @@ impl Pipeline {
         self.durability.wait().await
     }
 
-    /// Checks a batch whole, then evaluates and commits its events in order, and answers once
-    /// all of them are durable.
+    /// Queues a request's events on the operator's sequencer, which checks them whole, then
+    /// evaluates and commits them in order; answers once all of them are durable.
     pub async fn ingest(
         &self,
         operator: &OperatorRecord,
-        mut events: Vec<IncomingEvent>,
+        events: Vec<IncomingEvent>,
     ) -> Result<Vec<EventOutcome>, IngestError> {
         self.check_quota(operator)?;
-        // From the closed-period check to the commit: a close waits for it (see [`close`]).
-        let order = self.gate(&operator.id).order.read_owned().await;
-        self.check_batch(operator, &mut events)?;
-        let outcomes = match <[IncomingEvent; 1]>::try_from(events) {
-            Ok([incoming]) => vec![self.process(operator, incoming).await?],
-            Err(events) => self.process_batch(operator, events).await?,
-        };
-        drop(order);
+        let (answer, answered) = oneshot::channel();
+        let job = Job::Ingest(Ingest { operator: operator.clone(), events, received_at: now_ms(), answer });
+        let outcomes = self.queued(&operator.id, job, answered).await?;
         self.durability.wait().await?;
         Ok(outcomes)
+    }
+
+    /// Submits `job` and waits for its answer.
+    async fn queued<T>(
+        &self,
+        operator: &str,
+        job: Job,
+        answered: oneshot::Receiver<Result<T, IngestError>>,
+    ) -> Result<T, IngestError> {
+        self.submit(operator, job)?;
+        answered.await.map_err(|_| IngestError::Internal(format!("operator {operator}'s sequencer stopped")))?
     }
 
     /// Refuses a write of an operator whose stored bytes have reached its quota, before any of
@@ -307,102 +315,28 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn process(&self, operator: &OperatorRecord, incoming: IncomingEvent) -> Result<EventOutcome, IngestError> {
-        let _turn = self.customer_locks.lock(&operator.id, &incoming.event.customer).await;
-        self.evaluate_in_turn(operator, incoming.event, incoming.content_sha256, now_ms(), None).await
-    }
-
-    /// Evaluates and commits one event, in its customer's turn. Beside the operator's other
-    /// evaluations first; if what it read keeps changing before its commit (a hot key of state
-    /// shared by many customers, under load), then alone: it waits for the operator's evaluations
-    /// in flight to commit and holds the others back until it has, so it cannot be stale again.
-    async fn evaluate_in_turn(
-        &self,
-        operator: &OperatorRecord,
-        event: StoredEvent,
-        content_sha256: String,
-        received_at: i64,
-        retry_of: Option<u32>,
-    ) -> Result<EventOutcome, IngestError> {
-        for (turn, attempts) in [(Turn::WithOthers, ATTEMPTS_WITH_OTHERS), (Turn::Alone, MAX_STALE_RETRIES)] {
-            let _slots = self.evaluation_slots(&operator.id, turn).await;
-            let (pipeline, evaluated_operator) = (self.clone(), operator.clone());
-            let (event, content_sha256) = (event.clone(), content_sha256.clone());
-            let outcome = tokio::task::spawn_blocking(move || {
-                pipeline.evaluate_and_commit(
-                    &evaluated_operator,
-                    event,
-                    content_sha256,
-                    received_at,
-                    retry_of,
-                    attempts,
-                )
-            })
-            .await
-            .map_err(|error| IngestError::Internal(format!("evaluation task failed: {error}")))??;
-            match outcome {
-                Some(outcome) => return Ok(outcome),
-                None if turn == Turn::WithOthers => {
-                    self.metrics
-                        .evaluations_alone
-                        .get_or_create(&OperatorLabels { operator: operator.id.clone() })
-                        .inc();
-                }
-                None => {}
-            }
-        }
-        Err(IngestError::Internal(format!(
-            "event {} kept meeting changes to the state it read, even evaluated alone; gave up after {MAX_STALE_RETRIES} evaluations",
-            event.id
-        )))
-    }
-
-    fn gate(&self, operator: &str) -> OperatorGate {
-        self.operator_gates.lock().expect("gates lock").entry(operator.to_owned()).or_default().clone()
-    }
-
-    /// Waits for the operator's commit turn (shared, or alone), then one of its sandbox slots,
-    /// then one of the sandbox's.
-    async fn evaluation_slots(&self, operator: &str, turn: Turn) -> EvaluationSlots {
-        let gate = self.gate(operator);
-        let (shared, alone) = match turn {
-            Turn::WithOthers => (Some(gate.commits.read_owned().await), None),
-            Turn::Alone => (None, Some(gate.commits.write_owned().await)),
-        };
-        let operator = gate.slots.acquire_owned().await.expect("the semaphore is never closed");
-        let sandbox = self.evaluation_slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        EvaluationSlots::new(self.metrics.clone(), [operator, sandbox], shared, alone)
-    }
-
-    /// One of the operator's sandbox slots, then one of the sandbox's, for work off the live
-    /// path that runs plugins: a verify, a statement, a backtest, a shadow, an upload's smoke
-    /// run. It runs one instance at a time and holds the slots throughout, so however many run
-    /// at once, the instances in use stay within the pool's bound
-    /// ([`MAX_CONCURRENT_INSTANCES`]) and live events never find the pool exhausted. It takes
-    /// no commit turn: it commits nothing, and holds no operator's events back.
-    pub async fn replay_slots(&self, operator: &str) -> EvaluationSlots {
-        let gate = self.gate(operator);
-        let operator = gate.slots.acquire_owned().await.expect("the semaphore is never closed");
-        let sandbox = self.evaluation_slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        EvaluationSlots::new(self.metrics.clone(), [operator, sandbox], None, None)
-    }
-
-    /// Evaluates the operator's failed events again, oldest first, with its active plugin.
+    /// Evaluates the operator's failed events again, oldest first, with its active plugin, in
+    /// the operator's order.
     pub async fn retry_failed(&self, operator: &OperatorRecord) -> Result<RetryReport, IngestError> {
+        let (answer, answered) = oneshot::channel();
+        let report =
+            self.queued(&operator.id, Job::RetryFailed { operator: operator.clone(), answer }, answered).await?;
+        self.durability.wait().await?;
+        Ok(report)
+    }
+
+    /// [`Self::retry_failed`], in the operator's turn.
+    fn retry_failed_in_turn(&self, operator: &OperatorRecord) -> Result<RetryReport, IngestError> {
         let mut report = RetryReport::default();
         for id in self.store.failed_event_ids(&operator.id)? {
-            let _order = self.gate(&operator.id).order.read_owned().await;
             let Some(record) = self.store.event(&operator.id, &id)? else { continue };
-            let _turn = self.customer_locks.lock(&operator.id, &record.event.customer).await;
-            let outcome = self
-                .evaluate_in_turn(
-                    operator,
-                    record.event,
-                    record.content_sha256,
-                    record.received_at,
-                    Some(record.attempts),
-                )
-                .await?;
+            let outcome = self.evaluate_and_commit(
+                operator,
+                record.event,
+                record.content_sha256,
+                record.received_at,
+                Some(record.attempts),
+            )?;
             match outcome.disposition {
                 Disposition::Accepted => {
                     report.retried += 1;
@@ -412,11 +346,9 @@ impl Pipeline {
                     report.retried += 1;
                     report.still_failed += 1;
                 }
-                // Retried meanwhile by a concurrent call.
                 Disposition::Duplicate | Disposition::Conflict => {}
             }
         }
-        self.durability.wait().await?;
         Ok(report)
     }
 
@@ -432,10 +364,10 @@ impl Pipeline {
         outcome
     }
 
-    /// Attributes, evaluates and commits one event, evaluating again if state it read changed
-    /// before the commit, up to `attempts` times; `None` if it was stale every time. The outcome
-    /// is counted in the metrics. `retry_of` is the attempts count of the failed record being
-    /// retried.
+    /// Attributes, evaluates and commits one event alone, against the committed ledger; the
+    /// outcome is counted in the metrics. `retry_of` is the attempts count of the failed record
+    /// being retried. Nothing else writes the operator's state meanwhile, so what it read stays
+    /// as it was: a second evaluation is only a guard.
     fn evaluate_and_commit(
         &self,
         operator: &OperatorRecord,
@@ -443,23 +375,25 @@ impl Pipeline {
         content_sha256: String,
         received_at: i64,
         retry_of: Option<u32>,
-        attempts: usize,
-    ) -> Result<Option<EventOutcome>, IngestError> {
+    ) -> Result<EventOutcome, IngestError> {
         // Every log line of this event's evaluation and commit carries its ids.
         let _span = tracing::info_span!("event", operator = %operator.id, event = %event.id).entered();
-        for _ in 0..attempts {
+        for _ in 0..2 {
             let commit = match self.prepare(operator, &event, &content_sha256, received_at, retry_of, None)? {
-                Prepared::Stored(outcome) => return Ok(Some(self.counted(&operator.id, outcome))),
+                Prepared::Stored(outcome) => return Ok(self.counted(&operator.id, outcome)),
                 Prepared::Ready(commit) => commit,
             };
             let started = Instant::now();
             let committed = self.committer.commit(commit)?;
             self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             if let Some(outcome) = self.committed_outcome(&operator.id, &event.id, committed, &content_sha256)? {
-                return Ok(Some(self.counted(&operator.id, outcome)));
+                return Ok(self.counted(&operator.id, outcome));
             }
         }
-        Ok(None)
+        Err(IngestError::Internal(format!(
+            "event {} found what it read changed at its commit, twice, though its operator's sequencer is the only writer",
+            event.id
+        )))
     }
 
     /// Attributes and evaluates one event against the committed ledger, or, with `pending`,
@@ -775,33 +709,6 @@ impl Pipeline {
     }
 }
 
-/// What each operator's evaluations share.
-#[derive(Clone)]
-struct OperatorGate {
-    /// Its evaluations in the sandbox at once. A hostile or slow plugin fills its own slots and
-    /// waits; the other operators' slots stay free.
-    slots: Arc<Semaphore>,
-    /// Held shared by each evaluation from its first read to its commit, and alone by an event
-    /// whose reads kept going stale: tokio's lock is fair, so that event waits for the
-    /// evaluations in flight, and the ones after it wait for it.
-    commits: Arc<RwLock<()>>,
-    /// Orders closes with events: held shared by each ingest and retry from its closed-period
-    /// check through its commit, alone by a close (see [`close`]). Taken before the customers'
-    /// turns and `commits`, and once per task: tokio's lock is fair, so a task taking it again
-    /// while a close waits would wait for itself.
-    order: Arc<RwLock<()>>,
-}
-
-impl Default for OperatorGate {
-    fn default() -> Self {
-        Self {
-            slots: Arc::new(Semaphore::new(EVALUATIONS_PER_OPERATOR)),
-            commits: Arc::default(),
-            order: Arc::default(),
-        }
-    }
-}
-
 /// Whether an evaluation is live (an event arriving) or a replay of the ledger (a restatement,
 /// verify, a statement, a backtest, a shadow): a replay runs without the wall-clock deadline
 /// (see [`Limits::without_deadline`]).
@@ -809,40 +716,6 @@ impl Default for OperatorGate {
 pub(crate) enum Run {
     Live,
     Replay,
-}
-
-/// How an evaluation commits: beside the operator's others, or with them held back.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Turn {
-    WithOthers,
-    Alone,
-}
-
-/// An operator's slot and a sandbox slot (and, live, its commit turn), held for one evaluation
-/// and its commit, or for a replay; counted as in flight.
-pub struct EvaluationSlots {
-    metrics: Arc<Metrics>,
-    _permits: [OwnedSemaphorePermit; 2],
-    _shared: Option<OwnedRwLockReadGuard<()>>,
-    _alone: Option<OwnedRwLockWriteGuard<()>>,
-}
-
-impl EvaluationSlots {
-    fn new(
-        metrics: Arc<Metrics>,
-        permits: [OwnedSemaphorePermit; 2],
-        shared: Option<OwnedRwLockReadGuard<()>>,
-        alone: Option<OwnedRwLockWriteGuard<()>>,
-    ) -> Self {
-        metrics.evaluations_in_flight.inc();
-        Self { metrics, _permits: permits, _shared: shared, _alone: alone }
-    }
-}
-
-impl Drop for EvaluationSlots {
-    fn drop(&mut self) {
-        self.metrics.evaluations_in_flight.dec();
-    }
 }
 
 /// Ids and types that start with this are the host's own; senders may not use them.
