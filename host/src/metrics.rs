@@ -66,7 +66,8 @@ pub struct Metrics {
     pub evaluations_in_flight: Gauge,
     pub plugin_loads: Family<LoadLabels, Counter>,
     pub rate_limited: Family<OperatorLabels, Counter>,
-    pub evaluations_in_flight_peak: Gauge,
+    pub evaluation_turns: Gauge,
+    pub evaluation_turns_peak: Gauge,
     pub evaluation_threads: Gauge,
     pub sequencers: Gauge,
     pub queue_events: Family<OperatorLabels, Gauge>,
@@ -121,7 +122,7 @@ impl Default for Metrics {
         let evaluations_in_flight = Gauge::default();
         registry.register(
             "evaluations_in_flight",
-            "Events being evaluated or committed right now (the queue behind the sandbox)",
+            "Operators' turns and replays running plugins right now",
             evaluations_in_flight.clone(),
         );
         let plugin_loads = Family::default();
@@ -132,12 +133,17 @@ impl Default for Metrics {
         );
         let rate_limited = Family::default();
         registry.register("rate_limited", "Requests refused with 429, by operator", rate_limited.clone());
-        let evaluations_in_flight_peak = Gauge::default();
+        let evaluation_turns = Gauge::default();
         registry.register(
-            "evaluations_in_flight_peak",
-            "The most evaluations in flight at once since the start: bounded by the evaluation threads \
-             (live turns) and the replay slots",
-            evaluations_in_flight_peak.clone(),
+            "evaluation_turns",
+            "Operators' turns evaluating right now, each on one thread: at most evaluation_threads",
+            evaluation_turns.clone(),
+        );
+        let evaluation_turns_peak = Gauge::default();
+        registry.register(
+            "evaluation_turns_peak",
+            "The most operators' turns evaluating at once since the start: at most evaluation_threads",
+            evaluation_turns_peak.clone(),
         );
         let evaluation_threads = Gauge::default();
         registry.register(
@@ -200,7 +206,8 @@ impl Default for Metrics {
             evaluations_in_flight,
             plugin_loads,
             rate_limited,
-            evaluations_in_flight_peak,
+            evaluation_turns,
+            evaluation_turns_peak,
             evaluation_threads,
             sequencers,
             queue_events,

@@ -136,7 +136,12 @@ impl Group<'_> {
         count
     }
 
-    fn take(&mut self, request: usize, mut events: Vec<IncomingEvent>, report: &mut TurnReport) -> Result<(), IngestError> {
+    fn take(
+        &mut self,
+        request: usize,
+        mut events: Vec<IncomingEvent>,
+        report: &mut TurnReport,
+    ) -> Result<(), IngestError> {
         // An id that an earlier request of the turn wrote: those commit first, so that this
         // request's checks (an id reused with other content) see them.
         if events.iter().any(|incoming| self.pending.has_event(&incoming.event.id)) {

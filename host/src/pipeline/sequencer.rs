@@ -137,7 +137,10 @@ impl Queue {
         }
         let job = state.jobs.pop_front()?;
         state.events -= job.events();
-        metrics.queue_events.get_or_create(&OperatorLabels { operator: self.operator.clone() }).set(state.events as i64);
+        metrics
+            .queue_events
+            .get_or_create(&OperatorLabels { operator: self.operator.clone() })
+            .set(state.events as i64);
         Some(job)
     }
 }
@@ -257,7 +260,7 @@ impl Pipeline {
                 tokio::time::sleep(penalty).await;
             }
             let permit = self.sequencers.threads.clone().acquire_owned().await.expect("the semaphore is never closed");
-            let slot = InFlight::new(self.metrics.clone(), permit);
+            let slot = InFlight::new(self.metrics.clone(), permit, true);
             let (pipeline, turn_queue) = (self.clone(), queue.clone());
             let turn = tokio::task::spawn_blocking(move || {
                 let _slot = slot;
@@ -307,7 +310,7 @@ impl Pipeline {
     /// events never find the pool exhausted. It takes no operator's turn: it commits nothing.
     pub async fn replay_slots(&self, _operator: &str) -> EvaluationSlots {
         let permit = self.sequencers.replays.clone().acquire_owned().await.expect("the semaphore is never closed");
-        EvaluationSlots { _slot: InFlight::new(self.metrics.clone(), permit) }
+        EvaluationSlots { _slot: InFlight::new(self.metrics.clone(), permit, false) }
     }
 }
 
@@ -316,22 +319,30 @@ pub struct EvaluationSlots {
     _slot: InFlight,
 }
 
-/// A slot of the sandbox held by a turn or a replay; counted in the gauges while held.
+/// A slot of the sandbox held by an operator's turn (`live`) or a replay; counted in the gauges
+/// while held.
 struct InFlight {
     metrics: Arc<Metrics>,
+    live: bool,
     _permit: OwnedSemaphorePermit,
 }
 
 impl InFlight {
-    fn new(metrics: Arc<Metrics>, permit: OwnedSemaphorePermit) -> Self {
-        let now = metrics.evaluations_in_flight.inc() + 1;
-        metrics.evaluations_in_flight_peak.inner().fetch_max(now, Ordering::Relaxed);
-        Self { metrics, _permit: permit }
+    fn new(metrics: Arc<Metrics>, permit: OwnedSemaphorePermit, live: bool) -> Self {
+        metrics.evaluations_in_flight.inc();
+        if live {
+            let now = metrics.evaluation_turns.inc() + 1;
+            metrics.evaluation_turns_peak.inner().fetch_max(now, Ordering::Relaxed);
+        }
+        Self { metrics, live, _permit: permit }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.metrics.evaluations_in_flight.dec();
+        if self.live {
+            self.metrics.evaluation_turns.dec();
+        }
     }
 }
