@@ -54,7 +54,7 @@ pub async fn statement(
         return Err(ApiError::not_found(format!("affiliate {affiliate:?} has no settlement for {}", period.id)));
     }
     let pipeline = state.pipeline.clone();
-    let slots = pipeline.replay_slots(&operator.id).await;
+    let slots = pipeline.replay_slots().await;
     let answer = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
         let _slots = slots;
         let error = super::replay::replay_error;

@@ -144,7 +144,7 @@ pub(crate) enum Run {
 
 impl Pipeline {
     /// Attributes and evaluates one event against the committed ledger, or, with `pending`,
-    /// against the ledger as a batch's evaluated events will leave it (see [`batch`]).
+    /// against the ledger as a batch's evaluated events will leave it (see [`super::batch`]).
     pub(super) fn prepare(
         &self,
         operator: &OperatorRecord,
@@ -201,7 +201,7 @@ impl Pipeline {
         // Under `adjust`, a late event restates the closed periods it changes: adjustments
         // beside its own commissions, and the plugin state as restated, all in the same commit.
         // So does, under `refuse`, a failed event received before its period closed and retried
-        // after (new late events were refused before evaluation, under the ordering lock).
+        // after (new late events were refused before evaluation, in the operator's turn).
         let closed = match (&settlement, &binding, &evaluated.failure) {
             (None, Some(_), None) => closed_period_of(self, &operator.id, event.occurred_at)?.is_some(),
             _ => false,

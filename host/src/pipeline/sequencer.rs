@@ -308,7 +308,7 @@ impl Pipeline {
     /// a shadow, an upload's smoke run. It runs one instance at a time and holds the slot
     /// throughout; the slots for replays are the sandbox pool's less the live turns', so live
     /// events never find the pool exhausted. It takes no operator's turn: it commits nothing.
-    pub async fn replay_slots(&self, _operator: &str) -> EvaluationSlots {
+    pub async fn replay_slots(&self) -> EvaluationSlots {
         let permit = self.sequencers.replays.clone().acquire_owned().await.expect("the semaphore is never closed");
         EvaluationSlots { _slot: InFlight::new(self.metrics.clone(), permit, false) }
     }
