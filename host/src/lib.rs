@@ -2,7 +2,7 @@
 //!
 //! Follow an event from the socket to the store:
 //! [`server`] (hyper) -> [`api`] (routes, auth, JSON errors) -> [`event`] (parse and check) ->
-//! [`pipeline`] (attribute, order per customer, evaluate, commit, flush) -> [`sandbox`] (the
+//! [`pipeline`] (one sequencer per operator: attribute, evaluate in order, commit, flush) -> [`sandbox`] (the
 //! operator's WebAssembly plugin) -> [`committer`] (one sled transaction for every event
 //! waiting) -> [`store`] (sled, group flush).
 //!
@@ -11,7 +11,6 @@
 
 pub mod api;
 pub mod committer;
-pub mod customer_locks;
 pub mod event;
 pub mod fixtures;
 pub mod metrics;

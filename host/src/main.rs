@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use commission_host::api::{self, AppState, BodyLimits};
 use commission_host::metrics::Metrics;
-use commission_host::pipeline::Pipeline;
+use commission_host::pipeline::{DEFAULT_QUEUE_EVENTS, Pipeline, Scheduling};
 use commission_host::plugins::PluginRegistry;
 use commission_host::sandbox::{Limits, Sandbox};
 use commission_host::store::Store;
@@ -62,6 +62,14 @@ enum Command {
         /// it has new connections closed, so one address cannot take the others' places.
         #[arg(long, default_value_t = 256)]
         max_connections_per_peer: usize,
+        /// Operators' turns that evaluate at once, over all operators, each on one thread
+        /// (default: the cores available). Busy operators take turns on them, a few ms each.
+        #[arg(long)]
+        evaluation_threads: Option<usize>,
+        /// Events one operator's queue holds while its sequencer works; a request that does not
+        /// fit is refused with 503 and Retry-After, nothing of it written.
+        #[arg(long, default_value_t = DEFAULT_QUEUE_EVENTS)]
+        operator_queue_events: usize,
     },
     /// Write, build, test, check, upload and trace plugins: the plugin author's tools.
     Plugin {
@@ -89,6 +97,8 @@ fn main() -> anyhow::Result<ExitCode> {
             plugin_body_timeout_secs,
             max_connections,
             max_connections_per_peer,
+            evaluation_threads,
+            operator_queue_events,
         } => {
             init_tracing(log_format);
             let limits = BodyLimits {
@@ -101,8 +111,15 @@ fn main() -> anyhow::Result<ExitCode> {
                 anyhow::bail!("--body-timeout-secs and --plugin-body-timeout-secs must be at least 1");
             }
             let connections = connection_limits(max_connections, max_connections_per_peer)?;
+            if evaluation_threads == Some(0) || operator_queue_events == 0 {
+                anyhow::bail!("--evaluation-threads and --operator-queue-events must be at least 1");
+            }
+            let scheduling = Scheduling {
+                evaluation_threads: evaluation_threads.unwrap_or(Scheduling::default().evaluation_threads),
+                queue_events: operator_queue_events,
+            };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(serve(data, listen, demo.then_some(demo_plugin), limits, connections))?;
+            runtime.block_on(serve(data, listen, demo.then_some(demo_plugin), limits, connections, scheduling))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin { command } => {
@@ -189,6 +206,7 @@ async fn serve(
     demo_plugin: Option<PathBuf>,
     body_limits: BodyLimits,
     connections: server::ConnectionLimits,
+    scheduling: Scheduling,
 ) -> anyhow::Result<()> {
     let admin_token = match std::env::var("COMMISSION_HOST_ADMIN_TOKEN") {
         Ok(token) if token.chars().count() >= MIN_ADMIN_TOKEN_CHARS => token,
@@ -208,7 +226,7 @@ async fn serve(
     let sandbox = Arc::new(Sandbox::new(Limits::default()).context("configuring the wasm sandbox")?);
     let metrics = Arc::new(Metrics::default());
     let plugins = Arc::new(PluginRegistry::new(store.clone(), sandbox.clone(), metrics.clone()));
-    let pipeline = Pipeline::new(store, sandbox, plugins, metrics);
+    let pipeline = Pipeline::new(store, sandbox, plugins, metrics, scheduling);
     shadow::spawn_follower(pipeline.clone()).context("starting the shadow follower")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -4,6 +4,8 @@
 //! chosen by senders, so only the common kinds get their own label value and the rest count as
 //! `other`.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -64,7 +66,15 @@ pub struct Metrics {
     pub evaluations_in_flight: Gauge,
     pub plugin_loads: Family<LoadLabels, Counter>,
     pub rate_limited: Family<OperatorLabels, Counter>,
-    pub evaluations_alone: Family<OperatorLabels, Counter>,
+    pub evaluation_turns: Gauge,
+    pub evaluation_turns_peak: Gauge,
+    pub evaluation_threads: Gauge,
+    pub sequencers: Gauge,
+    pub queue_events: Family<OperatorLabels, Gauge>,
+    pub queue_full: Family<OperatorLabels, Counter>,
+    pub throttled: Family<OperatorLabels, Counter>,
+    pub throttled_seconds: Family<OperatorLabels, Counter<f64, AtomicU64>>,
+    pub process_threads: Gauge,
     pub stored_bytes: Family<OperatorLabels, Gauge>,
 }
 
@@ -112,7 +122,7 @@ impl Default for Metrics {
         let evaluations_in_flight = Gauge::default();
         registry.register(
             "evaluations_in_flight",
-            "Events being evaluated or committed right now (the queue behind the sandbox)",
+            "Operators' turns and replays running plugins right now",
             evaluations_in_flight.clone(),
         );
         let plugin_loads = Family::default();
@@ -123,12 +133,59 @@ impl Default for Metrics {
         );
         let rate_limited = Family::default();
         registry.register("rate_limited", "Requests refused with 429, by operator", rate_limited.clone());
-        let evaluations_alone = Family::default();
+        let evaluation_turns = Gauge::default();
         registry.register(
-            "evaluations_alone",
-            "Events whose reads of shared state kept changing before their commit, evaluated again \
-             with the operator's other evaluations held back: a hot state key",
-            evaluations_alone.clone(),
+            "evaluation_turns",
+            "Operators' turns evaluating right now, each on one thread: at most evaluation_threads",
+            evaluation_turns.clone(),
+        );
+        let evaluation_turns_peak = Gauge::default();
+        registry.register(
+            "evaluation_turns_peak",
+            "The most operators' turns evaluating at once since the start: at most evaluation_threads",
+            evaluation_turns_peak.clone(),
+        );
+        let evaluation_threads = Gauge::default();
+        registry.register(
+            "evaluation_threads",
+            "Operators' turns that evaluate at once, over all operators (--evaluation-threads)",
+            evaluation_threads.clone(),
+        );
+        let sequencers = Gauge::default();
+        registry.register(
+            "sequencers",
+            "Operators whose sequencer is running now (it has jobs queued or in its turn)",
+            sequencers.clone(),
+        );
+        let queue_events = Family::default();
+        registry.register(
+            "operator_queue_events",
+            "Events waiting in each operator's queue for its sequencer",
+            queue_events.clone(),
+        );
+        let queue_full = Family::default();
+        registry.register(
+            "queue_full",
+            "Requests refused with 503 because the operator's queue was full, by operator",
+            queue_full.clone(),
+        );
+        let throttled = Family::default();
+        registry.register(
+            "throttled",
+            "Turns an operator waited for before, because its evaluations kept hitting their limits",
+            throttled.clone(),
+        );
+        let throttled_seconds = Family::default();
+        registry.register(
+            "throttled_seconds",
+            "Time an operator waited between turns because its evaluations kept hitting their limits",
+            throttled_seconds.clone(),
+        );
+        let process_threads = Gauge::default();
+        registry.register(
+            "process_threads",
+            "Threads of the host's process, read at each scrape",
+            process_threads.clone(),
         );
         let stored_bytes = Family::default();
         registry.register(
@@ -149,7 +206,15 @@ impl Default for Metrics {
             evaluations_in_flight,
             plugin_loads,
             rate_limited,
-            evaluations_alone,
+            evaluation_turns,
+            evaluation_turns_peak,
+            evaluation_threads,
+            sequencers,
+            queue_events,
+            queue_full,
+            throttled,
+            throttled_seconds,
+            process_threads,
             stored_bytes,
         }
     }
@@ -157,6 +222,9 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn encode(&self) -> String {
+        if let Some(threads) = process_threads() {
+            self.process_threads.set(threads);
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
@@ -182,4 +250,10 @@ fn seconds_histogram() -> Histogram {
 fn fuel_histogram() -> Histogram {
     // 10 thousand to about 100 million units.
     Histogram::new(exponential_buckets(10_000.0, 2.5, 11))
+}
+
+/// The process's thread count, from `/proc/self/status` (Linux); `None` elsewhere.
+fn process_threads() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|line| line.strip_prefix("Threads:")).and_then(|count| count.trim().parse().ok())
 }

@@ -77,7 +77,7 @@ impl Pipeline {
             let pending: Vec<(u64, String)> =
                 self.store().events_after(&operator.id, progress).take(BATCH).collect::<Result<_, _>>()?;
             for (seq, id) in pending {
-                let _slots = runtime.block_on(self.replay_slots(&operator.id));
+                let _slots = runtime.block_on(self.replay_slots());
                 self.shadow_one(&operator, version, seq, &id)?;
                 done += 1;
             }

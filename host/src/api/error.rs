@@ -9,6 +9,9 @@ use serde::Serialize;
 use crate::event::FieldError;
 use crate::store::{QuotaExceeded, StoreError};
 
+/// What a refusal for a full queue asks the sender to wait: a queue drains in well under that.
+const QUEUE_FULL_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -88,6 +91,20 @@ impl ApiError {
         Self {
             details: vec![FieldError::new("stored_bytes", problem.clone())],
             ..Self::new(StatusCode::FORBIDDEN, "quota_exceeded", problem)
+        }
+    }
+
+    /// 503 `queue_full`, with `Retry-After`: the operator's sequencer has more waiting than its
+    /// queue holds. Only this operator's requests are refused, and waiting helps.
+    pub fn queue_full(operator: &str, queued: usize, capacity: usize) -> Self {
+        let problem = format!(
+            "operator {operator:?} has {queued} events waiting to be evaluated, and its queue holds {capacity}; \
+             nothing of this request was written: send it again after the Retry-After seconds"
+        );
+        Self {
+            retry_after: Some(QUEUE_FULL_RETRY_AFTER),
+            details: vec![FieldError::new("operator", problem.clone())],
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", problem)
         }
     }
 

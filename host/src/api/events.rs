@@ -164,6 +164,7 @@ fn ingest_error(error: IngestError) -> ApiError {
         IngestError::QuotaExceeded { operator, event, refused } => {
             ApiError::quota_exceeded(&operator, event.as_deref(), refused)
         }
+        IngestError::QueueFull { operator, queued, capacity } => ApiError::queue_full(&operator, queued, capacity),
         IngestError::NotDurable(error) => ApiError::unavailable(error),
         IngestError::Overflow(error) => super::replay::overflow_error(&error),
         IngestError::Internal(message) => ApiError::internal(message),

@@ -125,7 +125,7 @@ pub async fn upload_plugin(
     let plugins = state.pipeline.plugins().clone();
     let operator_id = operator.id.clone();
     // The smoke run takes an instance from the pool like any evaluation.
-    let slots = state.pipeline.replay_slots(&operator.id).await;
+    let slots = state.pipeline.replay_slots().await;
     let compiling = tokio::task::spawn_blocking(move || {
         let _slots = slots;
         plugins.prepare(&operator_id, wasm.to_vec())

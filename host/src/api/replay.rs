@@ -24,7 +24,7 @@ pub async fn verify(
 ) -> Result<Json<Value>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
     let pipeline = state.pipeline.clone();
-    let slots = pipeline.replay_slots(&operator.id).await;
+    let slots = pipeline.replay_slots().await;
     let report = tokio::task::spawn_blocking(move || {
         let _slots = slots;
         pipeline.verify(&operator)
@@ -57,7 +57,7 @@ pub async fn backtest(
     };
     let range = TimeRange { from: time("from", request.from)?, to: time("to", request.to)? };
     let pipeline = state.pipeline.clone();
-    let slots = pipeline.replay_slots(&operator.id).await;
+    let slots = pipeline.replay_slots().await;
     let report = tokio::task::spawn_blocking(move || {
         let _slots = slots;
         pipeline.backtest(&operator, version, range)

@@ -61,7 +61,7 @@ pub async fn statement(
         return Err(ApiError::not_found(format!("affiliate {affiliate:?} has no settlement for {}", period.id)));
     }
     let pipeline = state.pipeline.clone();
-    let slots = pipeline.replay_slots(&operator.id).await;
+    let slots = pipeline.replay_slots().await;
     if Format::wanted(format, &headers) == Format::Csv {
         let filename = format!("{}-{}-statement.csv", operator.id, period.id);
         let csv = tokio::task::spawn_blocking(move || {

@@ -1,20 +1,19 @@
-//! A batch's events evaluated in one go and committed as one group.
+//! A turn's events evaluated in one go and committed as one group.
 //!
-//! Evaluated one by one like postbacks, each event of a webhook batch would wait for its own
-//! commit before the next could read what it wrote: four hand-offs between threads and a trip
-//! through the committer per event. Instead the batch waits once for all its customers' turns,
-//! then one blocking task evaluates its events in order, each against the ledger as the events
-//! before it will leave it ([`PendingWrites`]: their state writes and new bindings over the
-//! committed store), and the committer commits them together, in order.
+//! Evaluated one by one, each event would wait for its own commit before the next could read
+//! what it wrote: hand-offs between threads and a trip through the committer per event. Instead
+//! the operator's sequencer ([`super::sequencer`]) hands a turn's requests to one [`Group`]:
+//! each request is checked whole, then its events are evaluated in order, each against the
+//! ledger as the events before it will leave it ([`PendingWrites`]: their state writes and new
+//! bindings over the committed store), and the committer commits them together, in order. No
+//! one else writes the operator's state meanwhile, so what an event read is what it will commit
+//! over.
 //!
-//! Nothing here is trusted to be right by construction: each event's commit still checks the
-//! state it read, and a customer's events after one that did not commit are held back with it
-//! ([`crate::store::Store::commit_events`]). Those are evaluated again one by one, as if they
-//! had arrived alone; if one keeps going stale, it and every event after it wait until the
-//! batch's turn beside the operator's other evaluations is over, and go alone
-//! ([`Pipeline::evaluate_in_turn`]). Three kinds of event are not evaluated over pending writes,
-//! and go the one-by-one way after the events before them commit:
-//! - an id that repeats one earlier in the batch (it is a duplicate once the first commits);
+//! The store still checks at commit what each event read, and holds back a customer's events
+//! after one that did not commit ([`crate::store::Store::commit_events`]); such an event is
+//! evaluated again alone. Three kinds of event are not evaluated over pending writes, and go
+//! alone after the events before them commit:
+//! - an id that repeats one earlier in the turn (it is a duplicate once the first commits);
 //! - an event that may fall in a closed period: its restatement replays the committed ledger;
 //! - an evaluation refused as an invalid result: a reversal can only name a commission that is
 //!   committed, since commission ids are given at commit.
@@ -23,9 +22,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{ATTEMPTS_WITH_OTHERS, EventOutcome, IngestError, Pipeline, Prepared, Turn};
-use crate::committer::MAX_GROUP;
-use crate::event::{IncomingEvent, now_ms};
+use super::sequencer::{Ingest, TurnReport};
+use super::{EventOutcome, IngestError, Pipeline, Prepared};
+use crate::committer::{CommitError, MAX_GROUP};
+use crate::event::IncomingEvent;
 use crate::restate::closed_period_of;
 use crate::sandbox::StateSource;
 use crate::store::records::{CustomerBinding, FailureKind, LateEventPolicy, OperatorRecord, StoredEvent};
@@ -83,169 +83,239 @@ impl StateSource for PendingWrites {
     }
 }
 
-/// The events evaluated over [`PendingWrites`], waiting to commit together.
-struct Group {
-    pending: Arc<PendingWrites>,
-    /// (place in the batch, the event, its content hash), in the order of `commits`.
-    events: Vec<(usize, StoredEvent, String)>,
-    commits: Vec<EventCommit>,
-}
-
-impl Group {
-    fn new(store: Arc<Store>, operator: &str) -> Self {
-        Self { pending: Arc::new(PendingWrites::new(store, operator)), events: Vec::new(), commits: Vec::new() }
-    }
-
-    fn push(&mut self, place: usize, event: StoredEvent, content_sha256: String, commit: EventCommit) {
-        self.pending.add(&commit);
-        self.events.push((place, event, content_sha256));
-        self.commits.push(commit);
-    }
-}
-
-/// Where a batch stands as its events are evaluated.
-struct Progress {
-    /// By place in the batch.
+/// One request of the turn: where its events stand.
+struct Request {
+    operator: OperatorRecord,
+    received_at: i64,
+    answer: tokio::sync::oneshot::Sender<Result<Vec<EventOutcome>, IngestError>>,
+    /// By place in the request.
     outcomes: Vec<Option<EventOutcome>>,
-    /// Events to evaluate alone once the batch lets the operator's other evaluations go, in
-    /// order: from the first whose reads kept going stale beside the others, every event after.
-    alone: Vec<(usize, StoredEvent, String)>,
+    /// Why it is refused: its answer, whatever its other events did.
+    error: Option<IngestError>,
 }
 
-impl Progress {
-    /// Places the outcome of an event evaluated one by one, or, if it kept going stale (or an
-    /// earlier one did), keeps it for later.
-    fn settle(&mut self, place: usize, event: StoredEvent, content_sha256: String, outcome: Option<EventOutcome>) {
-        match outcome {
-            Some(outcome) if self.alone.is_empty() => self.outcomes[place] = Some(outcome),
-            _ => self.alone.push((place, event, content_sha256)),
-        }
-    }
+/// A turn's requests, and their events evaluated over [`PendingWrites`], waiting to commit
+/// together.
+pub(super) struct Group<'a> {
+    pipeline: &'a Pipeline,
+    operator: String,
+    pending: Arc<PendingWrites>,
+    /// (request, place in it), in the order of `commits`.
+    places: Vec<(usize, usize)>,
+    commits: Vec<EventCommit>,
+    requests: Vec<Request>,
 }
 
 impl Pipeline {
-    /// Evaluates and commits a batch's events in order, as [`Pipeline::process`] does one.
-    pub(super) async fn process_batch(
-        &self,
-        operator: &OperatorRecord,
-        events: Vec<IncomingEvent>,
-    ) -> Result<Vec<EventOutcome>, IngestError> {
-        let _turns = self
-            .customer_locks
-            .lock_all(&operator.id, events.iter().map(|incoming| incoming.event.customer.as_str()))
-            .await;
-        let slots = self.evaluation_slots(&operator.id, Turn::WithOthers).await;
-        let (pipeline, batch_operator) = (self.clone(), operator.clone());
-        let received_at = now_ms();
-        let progress =
-            tokio::task::spawn_blocking(move || pipeline.evaluate_batch(&batch_operator, events, received_at))
-                .await
-                .map_err(|error| IngestError::Internal(format!("evaluation task failed: {error}")))??;
-        drop(slots);
-        let Progress { mut outcomes, alone } = progress;
-        // Still in the customers' turns, so nothing of theirs comes between.
-        for (place, event, content_sha256) in alone {
-            outcomes[place] = Some(self.evaluate_in_turn(operator, event, content_sha256, received_at, None).await?);
+    pub(super) fn group(&self, operator: &str) -> Group<'_> {
+        Group {
+            pipeline: self,
+            operator: operator.to_owned(),
+            pending: Arc::new(PendingWrites::new(self.store.clone(), operator)),
+            places: Vec::new(),
+            commits: Vec::new(),
+            requests: Vec::new(),
         }
-        Ok(outcomes.into_iter().map(|outcome| outcome.expect("every event of the batch has an outcome")).collect())
+    }
+}
+
+impl Group<'_> {
+    /// Takes a request: checks it whole, then evaluates its events in order. Returns how many
+    /// events it held.
+    pub(super) fn add(&mut self, ingest: Ingest, report: &mut TurnReport) -> usize {
+        let Ingest { operator, events, received_at, answer } = ingest;
+        let count = events.len();
+        let request = self.requests.len();
+        let mut outcomes = Vec::new();
+        outcomes.resize_with(count, || None);
+        self.requests.push(Request { operator, received_at, answer, outcomes, error: None });
+        if let Err(error) = self.take(request, events, report) {
+            self.fail(request, error);
+            self.drop_uncommitted(request);
+        }
+        count
     }
 
-    fn evaluate_batch(
-        &self,
-        operator: &OperatorRecord,
-        events: Vec<IncomingEvent>,
-        received_at: i64,
-    ) -> Result<Progress, IngestError> {
-        let mut progress = Progress { outcomes: Vec::new(), alone: Vec::new() };
-        progress.outcomes.resize_with(events.len(), || None);
-        let mut group = Group::new(self.store.clone(), &operator.id);
+    fn take(
+        &mut self,
+        request: usize,
+        mut events: Vec<IncomingEvent>,
+        report: &mut TurnReport,
+    ) -> Result<(), IngestError> {
+        // An id that an earlier request of the turn wrote: those commit first, so that this
+        // request's checks (an id reused with other content) see them.
+        if events.iter().any(|incoming| self.pending.has_event(&incoming.event.id)) {
+            self.commit(report);
+        }
+        let operator = self.requests[request].operator.clone();
+        self.pipeline.check_batch(&operator, &mut events)?;
         for (place, IncomingEvent { event, content_sha256 }) in events.into_iter().enumerate() {
-            if !progress.alone.is_empty() {
-                progress.alone.push((place, event, content_sha256));
-                continue;
+            if self.requests[request].error.is_some() {
+                break;
             }
-            let one_by_one = group.pending.has_event(&event.id)
-                || (operator.late_events != LateEventPolicy::AsReceived
-                    && closed_period_of(self, &operator.id, event.occurred_at)?.is_some());
-            if one_by_one {
-                self.commit_group(operator, received_at, &mut group, &mut progress)?;
-                self.one_by_one(operator, received_at, place, event, content_sha256, &mut progress)?;
-                continue;
-            }
-            let prepared = {
-                let _span = tracing::info_span!("event", operator = %operator.id, event = %event.id).entered();
-                self.prepare(operator, &event, &content_sha256, received_at, None, Some(&group.pending))?
-            };
-            match prepared {
-                Prepared::Stored(outcome) => progress.outcomes[place] = Some(self.counted(&operator.id, outcome)),
-                Prepared::Ready(commit)
-                    if !group.commits.is_empty()
-                        && commit.record.failure.as_ref().is_some_and(|f| f.kind == FailureKind::InvalidResult) =>
-                {
-                    self.commit_group(operator, received_at, &mut group, &mut progress)?;
-                    self.one_by_one(operator, received_at, place, event, content_sha256, &mut progress)?;
-                }
-                Prepared::Ready(commit) => {
-                    group.push(place, event, content_sha256, commit);
-                    if group.commits.len() == MAX_GROUP {
-                        self.commit_group(operator, received_at, &mut group, &mut progress)?;
-                    }
-                }
-            }
+            self.evaluate(request, &operator, place, event, content_sha256, report)?;
         }
-        self.commit_group(operator, received_at, &mut group, &mut progress)?;
-        Ok(progress)
+        Ok(())
     }
 
-    /// Evaluates and commits an event of the batch as if it had come alone, beside the
-    /// operator's other evaluations (the batch holds its turn with them).
-    fn one_by_one(
-        &self,
+    fn evaluate(
+        &mut self,
+        request: usize,
         operator: &OperatorRecord,
-        received_at: i64,
         place: usize,
         event: StoredEvent,
         content_sha256: String,
-        progress: &mut Progress,
+        report: &mut TurnReport,
     ) -> Result<(), IngestError> {
-        if !progress.alone.is_empty() {
-            progress.alone.push((place, event, content_sha256));
-            return Ok(());
+        let pipeline = self.pipeline;
+        let one_by_one = self.pending.has_event(&event.id)
+            || (operator.late_events != LateEventPolicy::AsReceived
+                && closed_period_of(pipeline, &operator.id, event.occurred_at)?.is_some());
+        if one_by_one {
+            self.commit(report);
+            return self.one_by_one(request, operator, place, event, content_sha256, report);
         }
-        let outcome = self.evaluate_and_commit(
-            operator,
-            event.clone(),
-            content_sha256.clone(),
-            received_at,
-            None,
-            ATTEMPTS_WITH_OTHERS,
-        )?;
-        progress.settle(place, event, content_sha256, outcome);
-        Ok(())
-    }
-
-    /// Commits the group's events, in order, and starts an empty group. An event that did not
-    /// commit (stale, or held back behind one of its customer's) is evaluated again one by one.
-    fn commit_group(
-        &self,
-        operator: &OperatorRecord,
-        received_at: i64,
-        group: &mut Group,
-        progress: &mut Progress,
-    ) -> Result<(), IngestError> {
-        if group.commits.is_empty() {
-            return Ok(());
-        }
-        let Group { events, commits, .. } = std::mem::replace(group, Group::new(self.store.clone(), &operator.id));
         let started = Instant::now();
-        let committed = self.committer.commit_in_order(commits)?;
-        self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-        for ((place, event, content_sha256), committed) in events.into_iter().zip(committed) {
-            match self.committed_outcome(&operator.id, &event.id, committed?, &content_sha256)? {
-                Some(outcome) => progress.outcomes[place] = Some(self.counted(&operator.id, outcome)),
-                None => self.one_by_one(operator, received_at, place, event, content_sha256, progress)?,
+        let prepared = {
+            let _span = tracing::info_span!("event", operator = %operator.id, event = %event.id).entered();
+            let received_at = self.requests[request].received_at;
+            pipeline.prepare(operator, &event, &content_sha256, received_at, None, Some(&self.pending))?
+        };
+        match prepared {
+            Prepared::Stored(outcome) => {
+                self.requests[request].outcomes[place] = Some(pipeline.counted(&operator.id, outcome));
+            }
+            Prepared::Ready(commit)
+                if !self.commits.is_empty()
+                    && commit.record.failure.as_ref().is_some_and(|f| f.kind == FailureKind::InvalidResult) =>
+            {
+                self.commit(report);
+                self.one_by_one(request, operator, place, event, content_sha256, report)?;
+            }
+            Prepared::Ready(commit) => {
+                report.note(commit.record.failure.as_ref().map(|failure| failure.kind), started.elapsed());
+                self.pending.add(&commit);
+                self.places.push((request, place));
+                self.commits.push(commit);
+                if self.commits.len() == MAX_GROUP {
+                    self.commit(report);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Evaluates and commits one event of the turn alone, against the committed ledger.
+    fn one_by_one(
+        &mut self,
+        request: usize,
+        operator: &OperatorRecord,
+        place: usize,
+        event: StoredEvent,
+        content_sha256: String,
+        report: &mut TurnReport,
+    ) -> Result<(), IngestError> {
+        if self.requests[request].error.is_some() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let received_at = self.requests[request].received_at;
+        let outcome = self.pipeline.evaluate_and_commit(operator, event, content_sha256, received_at, None)?;
+        if outcome.disposition != super::Disposition::Duplicate {
+            report.note(outcome.record.failure.as_ref().map(|failure| failure.kind), started.elapsed());
+        }
+        self.requests[request].outcomes[place] = Some(outcome);
+        Ok(())
+    }
+
+    /// Commits the group's events, in order, and starts an empty group. An event the store did
+    /// not commit (held back behind one of its customer's that was not) is evaluated again alone.
+    fn commit(&mut self, report: &mut TurnReport) {
+        if self.commits.is_empty() {
+            return;
+        }
+        let commits = std::mem::take(&mut self.commits);
+        let places = std::mem::take(&mut self.places);
+        self.pending = Arc::new(PendingWrites::new(self.pipeline.store.clone(), &self.operator));
+        let events: Vec<(StoredEvent, String)> =
+            commits.iter().map(|commit| (commit.record.event.clone(), commit.record.content_sha256.clone())).collect();
+        let started = Instant::now();
+        let committed = match self.pipeline.committer.commit_in_order(commits) {
+            Ok(committed) => committed,
+            Err(error) => {
+                for (request, _) in places {
+                    self.fail(request, commit_failed(&error));
+                }
+                return;
+            }
+        };
+        self.pipeline.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        for (((request, place), (event, content_sha256)), committed) in places.into_iter().zip(events).zip(committed) {
+            if self.requests[request].error.is_some() {
+                continue;
+            }
+            let outcome = committed.map_err(IngestError::from).and_then(|committed| {
+                self.pipeline.committed_outcome(&self.operator, &event.id, committed, &content_sha256)
+            });
+            match outcome {
+                Ok(Some(outcome)) => {
+                    self.requests[request].outcomes[place] = Some(self.pipeline.counted(&self.operator, outcome));
+                }
+                Ok(None) => {
+                    let operator = self.requests[request].operator.clone();
+                    if let Err(error) = self.one_by_one(request, &operator, place, event, content_sha256, report) {
+                        self.fail(request, error);
+                    }
+                }
+                Err(error) => self.fail(request, error),
+            }
+        }
+    }
+
+    /// Refuses a request: its answer is the first error it met.
+    fn fail(&mut self, request: usize, error: IngestError) {
+        self.requests[request].error.get_or_insert(error);
+    }
+
+    /// Takes a refused request's evaluated, uncommitted events out of the group: nothing of a
+    /// request refused before its commit is written.
+    fn drop_uncommitted(&mut self, request: usize) {
+        if self.places.iter().all(|(of, _)| *of != request) {
+            return;
+        }
+        let commits = std::mem::take(&mut self.commits);
+        let places = std::mem::take(&mut self.places);
+        self.pending = Arc::new(PendingWrites::new(self.pipeline.store.clone(), &self.operator));
+        for (place, commit) in places.into_iter().zip(commits) {
+            if place.0 != request {
+                self.pending.add(&commit);
+                self.places.push(place);
+                self.commits.push(commit);
+            }
+        }
+    }
+
+    /// Commits what is left and answers every request of the turn.
+    pub(super) fn finish(mut self, report: &mut TurnReport) {
+        self.commit(report);
+        for request in self.requests {
+            let answer = match request.error {
+                Some(error) => Err(error),
+                None => Ok(request
+                    .outcomes
+                    .into_iter()
+                    .map(|outcome| outcome.expect("every event of a request has an outcome"))
+                    .collect()),
+            };
+            // A sender that stopped waiting has nothing to be told: its events are stored.
+            let _ = request.answer.send(answer);
+        }
+    }
+}
+
+fn commit_failed(error: &CommitError) -> IngestError {
+    match error {
+        CommitError::Storage(error) => IngestError::Storage(error.clone()),
+        CommitError::Stopped => IngestError::Internal(error.to_string()),
     }
 }

@@ -1,11 +1,11 @@
 //! Closing a month: its settlements, ordered with the operator's events and its other closes.
 //!
-//! A close holds the operator's ordering lock alone ([`OperatorGate::order`](super::OperatorGate))
-//! from its order check through its settlements' commits and stored statements; every ingest,
-//! batch and retry holds it shared from its closed-period check through its commit. So an event
-//! of the month either commits before the month's first settlement (and counts in it), or is
-//! checked after the close and is late (refused, restated or taken as received, by the
-//! operator's policy); and two closes of one operator never overlap.
+//! A close is a job on the operator's queue ([`super::sequencer`]), and runs alone in its turn,
+//! from its order check through its settlements' commits and stored statements; every request
+//! is checked for closed periods in its own turn. So an event of the month either commits before
+//! the month's first settlement (and counts in it), or is checked after the close and is late
+//! (refused, restated or taken as received, by the operator's policy); and two closes of one
+//! operator never overlap.
 //!
 //! Months close in order, one after the other from the first one closed, and every month up to
 //! the latest closed one is closed: a carryover flows from each month into the next, so a month
@@ -14,8 +14,9 @@
 
 use sha2::Digest as _;
 
+use super::sequencer::Job;
 use super::{EventOutcome, IngestError, Period, Pipeline, RESERVED_PREFIX, SETTLEMENT_KIND, SETTLEMENT_PREFIX};
-use crate::event::{FieldError, IncomingEvent, format_time};
+use crate::event::{FieldError, format_time, now_ms};
 use crate::restate::latest_closed;
 use crate::store::records::{EventStatus, OperatorRecord, StoredEvent};
 
@@ -32,7 +33,20 @@ impl Pipeline {
         operator: &OperatorRecord,
         period: &Period,
     ) -> Result<Vec<EventOutcome>, IngestError> {
-        let order = self.gate(&operator.id).order.write_owned().await;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job = Job::Close { operator: operator.clone(), period: period.clone(), answer };
+        let outcomes = self.queued(&operator.id, job, answered).await?;
+        self.durability.wait().await?;
+        Ok(outcomes)
+    }
+
+    /// [`Self::close_period`], in the operator's turn: its settlements are evaluated and
+    /// committed here, not queued behind the close itself.
+    pub(super) fn close_in_turn(
+        &self,
+        operator: &OperatorRecord,
+        period: &Period,
+    ) -> Result<Vec<EventOutcome>, IngestError> {
         self.check_close_order(operator, period)?;
         let mut outcomes = Vec::new();
         for affiliate in self.store.affiliate_ids(&operator.id)? {
@@ -48,20 +62,10 @@ impl Pipeline {
                 fx: None,
             };
             let content_sha256 = hex::encode(sha2::Sha256::digest(event.id.as_bytes()));
-            outcomes.push(self.process(operator, IncomingEvent { event, content_sha256 }).await?);
+            outcomes.push(self.evaluate_and_commit(operator, event, content_sha256, now_ms(), None)?);
         }
         // The statements as this close computed them, kept to compare later recomputations with.
-        let slots = self.replay_slots(&operator.id).await;
-        let pipeline = self.clone();
-        let (operator, period) = (operator.clone(), period.clone());
-        tokio::task::spawn_blocking(move || {
-            let _slots = slots;
-            pipeline.store_closed_statements(&operator, &period)
-        })
-        .await
-        .map_err(|error| IngestError::Internal(format!("statement task failed: {error}")))??;
-        drop(order);
-        self.durability.wait().await?;
+        self.store_closed_statements(operator, period)?;
         Ok(outcomes)
     }
 

@@ -1,0 +1,348 @@
+//! One sequencer per operator: the only writer of the operator's ledger and plugin state.
+//!
+//! Why one writer per operator: an operator's plugin state is one keyspace shared by all its
+//! customers (an affiliate's month NGR, a tier count), so any two of its events may read what
+//! the other writes. With many writers that needed a lock per customer, a check at commit of
+//! everything each evaluation read, evaluations again when it had changed, and a fallback that
+//! held the operator's other evaluations back when one kept losing. With one writer, each event
+//! is evaluated over the state as the events before it left it (the committed store plus the
+//! pending writes of the events of its turn not yet committed, [`super::batch`]), in arrival
+//! order, and nothing can change under it: none of that is needed, and per-customer order is
+//! arrival order.
+//!
+//! What goes through the queue: checked events (a postback, a webhook or a batch: one job each)
+//! and the commands that must be ordered with them: a period close (its settlements count every
+//! event before it, and every event after it is late) and a retry of failed events. A command
+//! runs alone in its turn, and runs its own evaluations directly (a close's settlements, a late
+//! event's restatement): it never queues onto the queue it is served from, which would wait for
+//! itself.
+//!
+//! Scheduling: the operator's task runs only while it has jobs (started by the first, ended
+//! when the queue is empty), so an idle operator costs a map entry. A turn evaluates on a
+//! blocking thread, and needs one of [`Scheduling::evaluation_threads`] slots of a semaphore
+//! shared by every operator; tokio's semaphore is FIFO, so busy operators take turns. A turn
+//! ends after [`TIME_SLICE`] or [`MAX_GROUP`] events, whichever comes first, and gives its slot
+//! back: 1,000 busy operators share the slots, not 1,000 threads. An operator whose evaluations
+//! keep hitting their limits (fuel, time, memory, a trap) waits a penalty before its next turn,
+//! without a slot, so it takes less than its share; its events wait, none is lost. Each queue is
+//! bounded in events ([`Scheduling::queue_events`]): a request that does not fit is refused
+//! whole ([`IngestError::QueueFull`]), nothing of it written.
+//!
+//! Towards scale-out: everything an operator's sequencer needs is the operator's part of the
+//! ledger (its events in sequence order, its state, its bindings) and its jobs. Started on
+//! another node, a sequencer would open the operator's log there (or replay it, as verify does,
+//! from sequence 1) and take that operator's jobs from then on; only one node may run it at a
+//! time, which a lease per operator would settle. Nothing here is shared between operators but
+//! the evaluation slots and the committer, neither of which holds order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use super::{EventOutcome, IngestError, Period, Pipeline, RetryReport};
+use crate::committer::MAX_GROUP;
+use crate::event::IncomingEvent;
+use crate::metrics::{Metrics, OperatorLabels};
+use crate::sandbox::MAX_CONCURRENT_INSTANCES;
+use crate::store::records::{FailureKind, OperatorRecord};
+
+/// How long a turn goes on taking jobs before it gives its evaluation slot to another operator.
+pub const TIME_SLICE: Duration = Duration::from_millis(5);
+/// The longest an operator whose evaluations keep hitting their limits waits between turns.
+pub const MAX_PENALTY: Duration = Duration::from_secs(1);
+/// The default bound on the events waiting in one operator's queue.
+pub const DEFAULT_QUEUE_EVENTS: usize = 4096;
+
+/// How evaluation is shared out.
+#[derive(Debug, Clone, Copy)]
+pub struct Scheduling {
+    /// Turns evaluating at once, over all operators: each holds one blocking thread.
+    pub evaluation_threads: usize,
+    /// Events one operator's queue holds; a request that does not fit gets 503.
+    pub queue_events: usize,
+}
+
+impl Default for Scheduling {
+    fn default() -> Self {
+        Self {
+            evaluation_threads: std::thread::available_parallelism().map_or(2, |threads| threads.get()),
+            queue_events: DEFAULT_QUEUE_EVENTS,
+        }
+    }
+}
+
+impl Scheduling {
+    /// Within what the sandbox's instance pool can serve, with room left for replays.
+    fn checked(self) -> Self {
+        let most = MAX_CONCURRENT_INSTANCES as usize / 2;
+        Self { evaluation_threads: self.evaluation_threads.clamp(1, most), queue_events: self.queue_events.max(1) }
+    }
+}
+
+type Answer<T> = oneshot::Sender<Result<T, IngestError>>;
+
+/// Checked events of one request, to evaluate in order and answer together.
+pub(super) struct Ingest {
+    pub(super) operator: OperatorRecord,
+    pub(super) events: Vec<IncomingEvent>,
+    pub(super) received_at: i64,
+    pub(super) answer: Answer<Vec<EventOutcome>>,
+}
+
+pub(super) enum Job {
+    Ingest(Ingest),
+    Close { operator: OperatorRecord, period: Period, answer: Answer<Vec<EventOutcome>> },
+    RetryFailed { operator: OperatorRecord, answer: Answer<RetryReport> },
+}
+
+impl Job {
+    /// What the job counts against the queue's bound: its events. A command is never refused.
+    fn events(&self) -> usize {
+        match self {
+            Job::Ingest(ingest) => ingest.events.len(),
+            Job::Close { .. } | Job::RetryFailed { .. } => 0,
+        }
+    }
+}
+
+/// One operator's waiting jobs.
+pub(super) struct Queue {
+    operator: String,
+    state: Mutex<QueueState>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    events: usize,
+    /// Whether the operator's task is running; it ends only with the queue empty.
+    running: bool,
+    /// What the operator waits before its next turn.
+    penalty: Duration,
+}
+
+impl Queue {
+    fn state(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().expect("queue lock")
+    }
+
+    /// The next job, if it is checked events (with `only_events`), or any.
+    pub(super) fn pop(&self, only_events: bool, metrics: &Metrics) -> Option<Job> {
+        let mut state = self.state();
+        if only_events && !matches!(state.jobs.front(), Some(Job::Ingest(_))) {
+            return None;
+        }
+        let job = state.jobs.pop_front()?;
+        state.events -= job.events();
+        metrics
+            .queue_events
+            .get_or_create(&OperatorLabels { operator: self.operator.clone() })
+            .set(state.events as i64);
+        Some(job)
+    }
+}
+
+/// Every operator's queue, and the slots their turns share.
+pub(super) struct Sequencers {
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
+    threads: Arc<Semaphore>,
+    replays: Arc<Semaphore>,
+    scheduling: Scheduling,
+}
+
+impl Sequencers {
+    pub(super) fn new(scheduling: Scheduling, metrics: &Metrics) -> Self {
+        let scheduling = scheduling.checked();
+        metrics.evaluation_threads.set(scheduling.evaluation_threads as i64);
+        Self {
+            queues: Mutex::default(),
+            threads: Arc::new(Semaphore::new(scheduling.evaluation_threads)),
+            replays: Arc::new(Semaphore::new(MAX_CONCURRENT_INSTANCES as usize - scheduling.evaluation_threads)),
+            scheduling,
+        }
+    }
+
+    fn queue(&self, operator: &str) -> Arc<Queue> {
+        let mut queues = self.queues.lock().expect("queues lock");
+        queues
+            .entry(operator.to_owned())
+            .or_insert_with(|| Arc::new(Queue { operator: operator.to_owned(), state: Mutex::default() }))
+            .clone()
+    }
+}
+
+/// What a turn saw of its evaluations, for the throttle.
+#[derive(Default)]
+pub(super) struct TurnReport {
+    /// Evaluations that finished, or failed for a reason of their own (a rule error).
+    pub(super) clean: usize,
+    /// Evaluations that hit a limit, and the time they took.
+    pub(super) limited: usize,
+    pub(super) limited_time: Duration,
+}
+
+impl TurnReport {
+    /// Notes one evaluation that ended with `failure` after `took`.
+    pub(super) fn note(&mut self, failure: Option<FailureKind>, took: Duration) {
+        match failure {
+            Some(
+                FailureKind::OutOfFuel
+                | FailureKind::Timeout
+                | FailureKind::OutOfMemory
+                | FailureKind::StackOverflow
+                | FailureKind::Trap
+                | FailureKind::LimitExceeded,
+            ) => {
+                self.limited += 1;
+                self.limited_time += took;
+            }
+            _ => self.clean += 1,
+        }
+    }
+
+    /// The penalty after this turn: it grows while the operator's evaluations keep hitting their
+    /// limits (at least the time they took, doubling each turn, up to [`MAX_PENALTY`]) and ends
+    /// with a turn of clean evaluations.
+    fn penalty(&self, before: Duration) -> Duration {
+        if self.limited > 0 {
+            (before * 2).max(self.limited_time).max(Duration::from_millis(1)).min(MAX_PENALTY)
+        } else if self.clean > 0 {
+            Duration::ZERO
+        } else {
+            before
+        }
+    }
+}
+
+impl Pipeline {
+    /// Puts a job on the operator's queue, starting its task if it is idle; refuses it if the
+    /// queue is full (a request is taken whole into an empty queue, however large).
+    pub(super) fn submit(&self, operator: &str, job: Job) -> Result<(), IngestError> {
+        let queue = self.sequencers.queue(operator);
+        let labels = OperatorLabels { operator: operator.to_owned() };
+        let mut state = queue.state();
+        let capacity = self.sequencers.scheduling.queue_events;
+        let events = job.events();
+        if events > 0 && state.events > 0 && state.events + events > capacity {
+            self.metrics.queue_full.get_or_create(&labels).inc();
+            return Err(IngestError::QueueFull { operator: operator.to_owned(), queued: state.events, capacity });
+        }
+        state.events += events;
+        state.jobs.push_back(job);
+        self.metrics.queue_events.get_or_create(&labels).set(state.events as i64);
+        if !state.running {
+            state.running = true;
+            self.metrics.sequencers.inc();
+            tokio::spawn(self.clone().sequence(queue.clone()));
+        }
+        Ok(())
+    }
+
+    /// The operator's task: turns until its queue is empty.
+    async fn sequence(self, queue: Arc<Queue>) {
+        let labels = OperatorLabels { operator: queue.operator.clone() };
+        loop {
+            let penalty = {
+                let mut state = queue.state();
+                if state.jobs.is_empty() {
+                    state.running = false;
+                    self.metrics.sequencers.dec();
+                    return;
+                }
+                state.penalty
+            };
+            if !penalty.is_zero() {
+                self.metrics.throttled.get_or_create(&labels).inc();
+                self.metrics.throttled_seconds.get_or_create(&labels).inc_by(penalty.as_secs_f64());
+                tokio::time::sleep(penalty).await;
+            }
+            let permit = self.sequencers.threads.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let slot = InFlight::new(self.metrics.clone(), permit, true);
+            let (pipeline, turn_queue) = (self.clone(), queue.clone());
+            let turn = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                pipeline.turn(&turn_queue)
+            })
+            .await;
+            match turn {
+                Ok(report) => {
+                    let mut state = queue.state();
+                    state.penalty = report.penalty(state.penalty);
+                }
+                // The turn's jobs were answered by their senders being dropped.
+                Err(error) => tracing::error!(operator = %queue.operator, %error, "a sequencer's turn failed"),
+            }
+        }
+    }
+
+    /// One turn, on a blocking thread: a command alone, or checked events, job after job, until
+    /// the time slice or the group is full.
+    fn turn(&self, queue: &Queue) -> TurnReport {
+        let started = Instant::now();
+        let mut report = TurnReport::default();
+        match queue.pop(false, &self.metrics) {
+            None => {}
+            Some(Job::Close { operator, period, answer }) => {
+                let _ = answer.send(self.close_in_turn(&operator, &period));
+            }
+            Some(Job::RetryFailed { operator, answer }) => {
+                let _ = answer.send(self.retry_failed_in_turn(&operator));
+            }
+            Some(Job::Ingest(first)) => {
+                let mut group = self.group(&first.operator.id);
+                let mut events = group.add(first, &mut report);
+                while started.elapsed() < TIME_SLICE && events < MAX_GROUP {
+                    let Some(Job::Ingest(next)) = queue.pop(true, &self.metrics) else { break };
+                    events += group.add(next, &mut report);
+                }
+                group.finish(&mut report);
+            }
+        }
+        report
+    }
+
+    /// A slot for work off the live path that runs plugins: a verify, a statement, a backtest,
+    /// a shadow, an upload's smoke run. It runs one instance at a time and holds the slot
+    /// throughout; the slots for replays are the sandbox pool's less the live turns', so live
+    /// events never find the pool exhausted. It takes no operator's turn: it commits nothing.
+    pub async fn replay_slots(&self) -> EvaluationSlots {
+        let permit = self.sequencers.replays.clone().acquire_owned().await.expect("the semaphore is never closed");
+        EvaluationSlots { _slot: InFlight::new(self.metrics.clone(), permit, false) }
+    }
+}
+
+/// A replay's slot, held for its run; counted as in flight.
+pub struct EvaluationSlots {
+    _slot: InFlight,
+}
+
+/// A slot of the sandbox held by an operator's turn (`live`) or a replay; counted in the gauges
+/// while held.
+struct InFlight {
+    metrics: Arc<Metrics>,
+    live: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl InFlight {
+    fn new(metrics: Arc<Metrics>, permit: OwnedSemaphorePermit, live: bool) -> Self {
+        metrics.evaluations_in_flight.inc();
+        if live {
+            let now = metrics.evaluation_turns.inc() + 1;
+            metrics.evaluation_turns_peak.inner().fetch_max(now, Ordering::Relaxed);
+        }
+        Self { metrics, live, _permit: permit }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.metrics.evaluations_in_flight.dec();
+        if self.live {
+            self.metrics.evaluation_turns.dec();
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! One sequencer per operator: operators share the evaluation threads fairly, an operator whose
+//! plugin keeps hitting its limits is slowed down without holding the others back, a full queue
+//! refuses what does not fit and loses nothing it took, and a thousand operators do not mean a
+//! thousand threads.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use common::{Host, Operator, data_dir};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// The value of the metric line that starts with `name` (labels included), if there is one.
+fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Posts one event; the status, the `Retry-After` header and the body.
+fn post(host: &Host, operator: &Operator, event: &Value) -> (StatusCode, Option<String>, Value) {
+    let response = host
+        .client
+        .post(host.url(&format!("/v1/operators/{}/events", operator.id)))
+        .bearer_auth(&operator.api_key)
+        .json(event)
+        .send()
+        .expect("the host answers");
+    let status = response.status();
+    let retry_after =
+        response.headers().get("retry-after").map(|value| value.to_str().expect("an ASCII header").to_owned());
+    (status, retry_after, response.json().unwrap_or(Value::Null))
+}
+
+fn hostile_operator(host: &Host, id: &str) -> Operator {
+    let operator = host.create_operator(id);
+    host.install_plugin(&operator, "hostile");
+    host.put_affiliate(&operator, "aff1", None, json!({}));
+    operator
+}
+
+#[test]
+fn a_plugin_that_hits_its_limits_is_throttled_and_the_other_operator_keeps_every_event() {
+    let (_dir, data) = data_dir();
+    let host = Arc::new(Host::start_with(&data, &["--evaluation-threads", "2"]));
+    let good = Arc::new(host.multi_event_with_aff1("good"));
+    let hostile = Arc::new(hostile_operator(&host, "hostile"));
+    // Little fuel, so that each failing evaluation is short and the test stays quick.
+    host.put_limits(&hostile, json!({"fuel": 2_000_000}));
+
+    let attacks = ["loop", "trap", "allocate", "recurse"];
+    let attackers: Vec<_> = (0..2)
+        .map(|thread| {
+            let (host, hostile) = (host.clone(), hostile.clone());
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|n| {
+                        let id = format!("h-{thread}-{n}");
+                        let event = json!({"id": id, "type": "deposit", "customer": format!("h{thread}"),
+                                           "affiliate": "aff1", "attributes": {"attack": attacks[n % attacks.len()]}});
+                        (id, post(&host, &hostile, &event))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let senders: Vec<_> = (0..3)
+        .map(|thread| {
+            let (host, good) = (host.clone(), good.clone());
+            std::thread::spawn(move || {
+                (0..30)
+                    .map(|n| {
+                        let event = json!({"id": format!("g-{thread}-{n}"), "type": "deposit",
+                                           "customer": format!("c{thread}-{}", n % 5), "amount": "100", "affiliate": "aff1"});
+                        post(&host, &good, &event)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for sender in senders {
+        for (status, _, body) in sender.join().unwrap() {
+            assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("accepted")), "{body}");
+        }
+    }
+    for attacker in attackers {
+        for (id, (status, _, body)) in attacker.join().unwrap() {
+            // Each one stored as failed, by the limit it met: waited for, never lost.
+            assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("failed")), "{id}: {body}");
+            let (status, stored) = host.get(&hostile, &format!("/events/{id}"));
+            assert_eq!((status, stored["status"].as_str()), (StatusCode::OK, Some("failed")), "{stored}");
+        }
+    }
+    // The multi-event plugin pays each customer's first deposit: 15 customers.
+    assert_eq!(host.commissions(&good, "").len(), 15, "every first deposit of the well-behaved operator paid");
+
+    let metrics = host.metrics();
+    let throttled = metric(&metrics, r#"commission_host_throttled_total{operator="hostile"}"#);
+    assert!(throttled.is_some_and(|turns| turns >= 1.0), "the hostile operator was not throttled:\n{metrics}");
+    let waited = metric(&metrics, r#"commission_host_throttled_seconds_total{operator="hostile"}"#);
+    assert!(waited.is_some_and(|seconds| seconds > 0.0), "{metrics}");
+    assert_eq!(metric(&metrics, r#"commission_host_throttled_total{operator="good"}"#), None, "{metrics}");
+}
+
+#[test]
+fn a_full_queue_answers_503_naming_the_operator_and_loses_nothing_it_took() {
+    let (_dir, data) = data_dir();
+    let host = Arc::new(Host::start_with(&data, &["--evaluation-threads", "1", "--operator-queue-events", "2"]));
+    let busy = Arc::new(hostile_operator(&host, "busy"));
+
+    // Each evaluation works a while (and succeeds), so 12 senders at once overfill a queue of 2.
+    let senders: Vec<_> = (0..12)
+        .map(|thread| {
+            let (host, busy) = (host.clone(), busy.clone());
+            std::thread::spawn(move || {
+                (0..4)
+                    .map(|n| {
+                        let id = format!("e-{thread}-{n}");
+                        let event = json!({"id": id, "type": "deposit", "customer": format!("c{thread}"), "affiliate": "aff1",
+                                           "attributes": {"attack": "contend", "spin": "1500000"}});
+                        (id, post(&host, &busy, &event))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let (mut taken, mut refused) = (BTreeSet::new(), BTreeSet::new());
+    for sender in senders {
+        for (id, (status, retry_after, body)) in sender.join().unwrap() {
+            match status {
+                StatusCode::OK => {
+                    assert_eq!(body["status"], "accepted", "{body}");
+                    taken.insert(id);
+                }
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert_eq!(body["error"], "queue_full", "{body}");
+                    assert!(body["message"].as_str().unwrap().contains(r#"operator "busy""#), "{body}");
+                    assert_eq!(body["details"][0]["field"], "operator", "{body}");
+                    assert!(retry_after.is_some_and(|seconds| seconds.parse::<u64>().unwrap() >= 1), "{body}");
+                    refused.insert(id);
+                }
+                other => panic!("{id}: {other} {body}"),
+            }
+        }
+    }
+    assert!(!refused.is_empty(), "nothing was refused: the queue never filled");
+    assert!(!taken.is_empty());
+
+    // Every acknowledged event is in the ledger once, with its one commission; nothing refused is.
+    let commissions = host.commissions(&busy, "");
+    let paid: Vec<&str> = commissions.iter().map(|commission| commission["event_id"].as_str().unwrap()).collect();
+    assert_eq!(paid.iter().copied().collect::<BTreeSet<_>>(), taken.iter().map(String::as_str).collect());
+    assert_eq!(paid.len(), taken.len(), "an event paid twice");
+    for id in &refused {
+        let (status, body) = host.get(&busy, &format!("/events/{id}"));
+        assert_eq!(status, StatusCode::NOT_FOUND, "{id} was refused, yet stored: {body}");
+    }
+    let metrics = host.metrics();
+    let full = metric(&metrics, r#"commission_host_queue_full_total{operator="busy"}"#).unwrap_or(0.0);
+    assert_eq!(full as usize, refused.len(), "{metrics}");
+    assert_eq!(metric(&metrics, r#"commission_host_operator_queue_events{operator="busy"}"#), Some(0.0));
+    common::assert_verifies(&host, &busy);
+}
+
+#[test]
+fn a_thousand_operators_share_a_bounded_number_of_evaluation_threads() {
+    const OPERATORS: usize = 1000;
+    const THREADS: usize = 2;
+    let (_dir, data) = data_dir();
+    let host = Arc::new(Host::start_with(&data, &["--evaluation-threads", &THREADS.to_string()]));
+    // A plugin upload compiles and smoke-runs it (most of a second): a few operators run one,
+    // the others keep their events unattributed, which still takes a turn of their sequencer.
+    let evaluating: Vec<Operator> = (0..4).map(|n| host.multi_event_with_aff1(&format!("plugged{n}"))).collect();
+    let mut operators: Vec<(Operator, Value)> = evaluating
+        .into_iter()
+        .map(|operator| {
+            (operator, json!({"id": "d-1", "type": "deposit", "customer": "c1", "amount": "100", "affiliate": "aff1"}))
+        })
+        .collect();
+    operators.extend((operators.len()..OPERATORS).map(|n| {
+        (
+            host.create_operator(&format!("op{n}")),
+            json!({"id": "d-1", "type": "deposit", "customer": "c1", "amount": "100"}),
+        )
+    }));
+    let operators = Arc::new(operators);
+
+    let senders: Vec<_> = (0..16)
+        .map(|thread| {
+            let (host, operators) = (host.clone(), operators.clone());
+            std::thread::spawn(move || {
+                for (operator, event) in operators.iter().skip(thread).step_by(16) {
+                    host.accept(operator, event.clone());
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().unwrap();
+    }
+
+    let metrics = host.metrics();
+    assert_eq!(metric(&metrics, "commission_host_evaluation_threads"), Some(THREADS as f64), "{metrics}");
+    let peak = metric(&metrics, "commission_host_evaluation_turns_peak").expect("the peak of turns");
+    assert!((1.0..=THREADS as f64).contains(&peak), "{peak} turns at once on {THREADS} threads");
+    // No sequencer is left running, and the process kept to a handful of threads: not one per
+    // operator, nor one per event.
+    assert_eq!(metric(&metrics, "commission_host_sequencers"), Some(0.0), "{metrics}");
+    let threads = metric(&metrics, "commission_host_process_threads").expect("the process's threads");
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get()) as f64;
+    assert!(threads < 2.0 * cores + 64.0, "{threads} threads for {OPERATORS} operators");
+    for (operator, _) in &operators[..4] {
+        assert_eq!(host.commissions(operator, "").len(), 1, "{}", operator.id);
+    }
+}
