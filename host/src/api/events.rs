@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 
 use super::commissions::commission_json;
 use super::rate_limit::Verdict;
+use super::answers::{EventOutcomeView, EventView, PeriodClosed, WebhookAnswer, WebhookBody};
+use super::openapi::ErrorSchema;
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::{self, BodyError, IncomingEvent, format_time, now_ms};
 use crate::metrics::OperatorLabels;
@@ -18,6 +20,24 @@ use crate::secrets;
 use crate::store::records::{CredentialKind, EventRecord, OperatorRecord};
 
 /// `POST /v1/operators/{op}/events`: one event object, or an array of them.
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{op}/events",
+    tag = "events",
+    security(("operator_key" = []), ("webhook_signature" = [])),
+    params(
+        ("op" = String, Path),
+        ("webhook-id" = Option<String>, Header, description = "with a signature: the message id"),
+        ("webhook-timestamp" = Option<String>, Header, description = "with a signature: unix seconds, within 5 minutes of the host's clock"),
+        ("webhook-signature" = Option<String>, Header, description = "`v1,<base64 HMAC-SHA256>` of `id.timestamp.body` with the webhook secret"),
+    ),
+    request_body = WebhookBody,
+    responses(
+        (status = 200, description = "each event's outcome", body = WebhookAnswer),
+        (status = 403, description = "`quota_exceeded`: the operator is at its quota of stored bytes", body = ErrorSchema),
+        (status = 409, description = "an event id already used with other content: the event's outcome (`conflict`), or for a batch an `Error`", body = WebhookAnswer),
+    )
+)]
 pub async fn webhook(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
@@ -50,6 +70,28 @@ pub async fn webhook(
 }
 
 /// `GET /postback/{op}?token=...&type=...&id=...&customer=...`
+#[utoipa::path(
+    get,
+    path = "/postback/{op}",
+    tag = "events",
+    security(("postback_token" = [])),
+    params(
+        ("op" = String, Path),
+        ("id" = String, Query, description = "the operator's transaction id"),
+        ("type" = String, Query),
+        ("customer" = String, Query),
+        ("amount" = Option<String>, Query, description = "a decimal string"),
+        ("currency" = Option<String>, Query),
+        ("affiliate" = Option<String>, Query),
+        ("occurred_at" = Option<String>, Query, description = "RFC 3339 or unix milliseconds"),
+    ),
+    description = "One event as query parameters; every other parameter becomes an attribute.",
+    responses(
+        (status = 200, description = "the event's outcome", body = EventOutcomeView),
+        (status = 403, description = "`quota_exceeded`", body = ErrorSchema),
+        (status = 409, description = "the id was already used with other content", body = WebhookAnswer),
+    )
+)]
 pub async fn postback(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
@@ -76,6 +118,17 @@ pub async fn postback(
 }
 
 /// `POST /v1/operators/{op}/periods/{YYYY-MM}/close`: settles the month for every affiliate.
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{op}/periods/{period}/close",
+    tag = "periods",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path), ("period" = String, Path, description = "YYYY-MM, ended")),
+    responses(
+        (status = 200, description = "each affiliate's settlement", body = PeriodClosed),
+        (status = 409, description = "an event id conflict while settling", body = ErrorSchema),
+    )
+)]
 pub async fn close_period(
     State(state): State<Arc<AppState>>,
     Path((op, period)): Path<(String, String)>,
@@ -98,6 +151,15 @@ pub async fn close_period(
     Ok(Json(json!({ "period": period.id, "settlements": settlements })))
 }
 
+/// Evaluates the failed events again with the active plugin.
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{op}/events/retry-failed",
+    tag = "events",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path)),
+    responses((status = 200, description = "what the retry did", body = crate::pipeline::RetryReport))
+)]
 pub async fn retry_failed(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
@@ -108,6 +170,15 @@ pub async fn retry_failed(
     Ok(Json(serde_json::to_value(report).map_err(ApiError::internal)?))
 }
 
+/// One event: its status, attribution, chain and deal terms, plugin version, logs, commissions.
+#[utoipa::path(
+    get,
+    path = "/v1/operators/{op}/events/{id}",
+    tag = "events",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path), ("id" = String, Path)),
+    responses((status = 200, description = "the event", body = EventView))
+)]
 pub async fn get_event(
     State(state): State<Arc<AppState>>,
     Path((op, id)): Path<(String, String)>,

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::commissions::commission_json;
 use super::operators::query_params;
+use super::answers::PeriodStatement;
 use super::{ApiError, AppState, auth};
 use crate::event::{FieldError, affiliate_id_problem};
 use crate::pipeline::{Period, SETTLEMENT_PREFIX};
@@ -18,6 +19,18 @@ use crate::restate::{AffiliateStatement, StatementView};
 /// Per affiliate: the statement as closed (recomputed, and whether it equals the one stored at
 /// the close), the statement restated with late events in place, and what was paid: the
 /// settlement at the close, the adjustments since, and their total per rule and currency.
+#[utoipa::path(
+    get,
+    path = "/v1/operators/{op}/periods/{period}/statement",
+    tag = "periods",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(
+        ("op" = String, Path),
+        ("period" = String, Path, description = "YYYY-MM"),
+        ("affiliate" = Option<String>, Query, description = "only this affiliate's statement"),
+    ),
+    responses((status = 200, description = "the period's statements", body = PeriodStatement))
+)]
 pub async fn statement(
     State(state): State<Arc<AppState>>,
     Path((op, period)): Path<(String, String)>,
