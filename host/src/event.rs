@@ -69,13 +69,13 @@ pub struct IncomingEvent {
 #[schema(as = Event)]
 pub struct WireEvent {
     /// The operator's transaction id, unique per operator forever.
-    #[schema(value_type = String, required = true)]
+    #[schema(value_type = String, required = true, min_length = 1)]
     id: Option<String>,
     /// `registration`, `deposit`, `trade`, `chargeback`, ...: the plugin's to read.
     #[serde(rename = "type")]
-    #[schema(value_type = String, required = true)]
+    #[schema(value_type = String, required = true, min_length = 1)]
     kind: Option<String>,
-    #[schema(value_type = String, required = true)]
+    #[schema(value_type = String, required = true, min_length = 1)]
     customer: Option<String>,
     /// RFC 3339 or unix milliseconds; the receipt time when left out.
     occurred_at: Option<String>,

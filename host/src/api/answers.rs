@@ -332,3 +332,14 @@ pub struct PeriodStatement {
     period: String,
     affiliates: Vec<AffiliateStatementView>,
 }
+
+/// 409 on an event: its id was used before with other content. Refused whole (`Error`,
+/// `event_id_conflict`; nothing written), or, for an event that lost a race for its id between
+/// the check and the commit, its outcome with the status `conflict`.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum IdConflict {
+    Refused(super::openapi::ErrorSchema),
+    Outcome(EventOutcomeView),
+}

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::commissions::commission_json;
 use super::rate_limit::Verdict;
-use super::answers::{EventOutcomeView, EventView, PeriodClosed, WebhookAnswer, WebhookBody};
+use super::answers::{EventOutcomeView, EventView, IdConflict, PeriodClosed, WebhookAnswer, WebhookBody};
 use super::openapi::ErrorSchema;
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::{self, BodyError, IncomingEvent, format_time, now_ms};
@@ -25,17 +25,13 @@ use crate::store::records::{CredentialKind, EventRecord, OperatorRecord};
     path = "/v1/operators/{op}/events",
     tag = "events",
     security(("operator_key" = []), ("webhook_signature" = [])),
-    params(
-        ("op" = String, Path),
-        ("webhook-id" = Option<String>, Header, description = "with a signature: the message id"),
-        ("webhook-timestamp" = Option<String>, Header, description = "with a signature: unix seconds, within 5 minutes of the host's clock"),
-        ("webhook-signature" = Option<String>, Header, description = "`v1,<base64 HMAC-SHA256>` of `id.timestamp.body` with the webhook secret"),
-    ),
+    // The signature's three headers are the `webhook_signature` credential's, described there.
+    params(("op" = String, Path)),
     request_body = WebhookBody,
     responses(
         (status = 200, description = "each event's outcome", body = WebhookAnswer),
         (status = 403, description = "`quota_exceeded`: the operator is at its quota of stored bytes", body = ErrorSchema),
-        (status = 409, description = "an event id already used with other content: the event's outcome (`conflict`), or for a batch an `Error`", body = WebhookAnswer),
+        (status = 409, description = "an event id already used with other content", body = IdConflict),
     )
 )]
 pub async fn webhook(
@@ -89,7 +85,7 @@ pub async fn webhook(
     responses(
         (status = 200, description = "the event's outcome", body = EventOutcomeView),
         (status = 403, description = "`quota_exceeded`", body = ErrorSchema),
-        (status = 409, description = "the id was already used with other content", body = WebhookAnswer),
+        (status = 409, description = "the id was already used with other content", body = IdConflict),
     )
 )]
 pub async fn postback(
@@ -123,7 +119,7 @@ pub async fn postback(
     path = "/v1/operators/{op}/periods/{period}/close",
     tag = "periods",
     security(("operator_key" = []), ("admin_token" = [])),
-    params(("op" = String, Path), ("period" = String, Path, description = "YYYY-MM, ended")),
+    params(("op" = String, Path), ("period" = String, Path, pattern = r"^[0-9]{4}-[0-9]{2}$", description = "YYYY-MM, a month that has ended")),
     responses(
         (status = 200, description = "each affiliate's settlement", body = PeriodClosed),
         (status = 409, description = "an event id conflict while settling", body = ErrorSchema),

@@ -141,20 +141,25 @@ fn open_routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(openapi::openapi_json))
 }
 
-/// Every route, for the document ([`openapi::document`]).
-fn documented_routes() -> OpenApiRouter<Arc<AppState>> {
-    credentialed_routes().merge(open_routes())
+/// The router before its state, and the document of its routes: every route above, the
+/// failed-credential throttle (`throttle`) on the credentialed ones, and the fallbacks. The
+/// server and the document are both made here, so they describe one router.
+fn assemble(
+    throttle: impl FnOnce(OpenApiRouter<Arc<AppState>>) -> OpenApiRouter<Arc<AppState>>,
+) -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
+    let (router, document) = throttle(credentialed_routes()).merge(open_routes()).split_for_parts();
+    let router = router
+        .fallback(|| async { ApiError::not_found("no such route; see GET /openapi.json for the API") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        });
+    (router, document)
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     let throttle = axum::middleware::from_fn_with_state(state.clone(), auth::throttle_failures);
-    let (router, _) = credentialed_routes().route_layer(throttle).merge(open_routes()).split_for_parts();
-    router
-        .fallback(|| async { ApiError::not_found("no such route; see GET /openapi.json for the API") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
-        })
-        .with_state(state)
+    let (router, _) = assemble(|credentialed| credentialed.route_layer(throttle));
+    router.with_state(state)
 }
 
 /// Liveness: the process answers.

@@ -85,7 +85,7 @@ impl Modify for Contract {
             SIGNATURE,
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "webhook-signature",
-                "A Standard Webhooks signature of the body with the operator's webhook secret, with the `webhook-id` and `webhook-timestamp` headers",
+                "Standard Webhooks: `webhook-signature: v1,<base64 HMAC-SHA256 of \"{webhook-id}.{webhook-timestamp}.{body}\">` with the operator's webhook secret (`whsec_<base64 key>`), beside the headers `webhook-id` (the message id) and `webhook-timestamp` (unix seconds, digits only, within 5 minutes of the host's clock). With this header present the API key is not looked at.",
             ))),
         );
         for (name, description) in SHARED {
@@ -141,10 +141,10 @@ fn add_shared_answers(path: &str, operation: &mut Operation) {
     }
 }
 
-/// The document. Built from the routes themselves ([`super::documented_routes`]), then given
-/// the security schemes and the shared answers.
+/// The document. Built with the router itself ([`super::assemble`]), then given the security
+/// schemes and the shared answers.
 pub fn document() -> OpenApi {
-    let mut document = super::documented_routes().into_openapi();
+    let (_, mut document) = super::assemble(|credentialed| credentialed);
     Contract.modify(&mut document);
     document
 }
@@ -167,4 +167,103 @@ pub fn document_json() -> String {
     let mut json = document().to_pretty_json().expect("an OpenAPI document serializes");
     json.push('\n');
     json
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::{Arc, Once};
+
+    use axum::Router;
+    use axum::routing::{MethodFilter, on};
+
+    use super::*;
+    use crate::api::AppState;
+
+    /// The paths the router serves, read from its `Debug` (axum lists its routes nowhere else):
+    /// the path router's `Node { paths: {RouteId(n): "/path", ...} }`, before its fallback router.
+    fn routed_paths(router: &Router<Arc<AppState>>) -> BTreeSet<String> {
+        let debug = format!("{router:?}");
+        let (path_router, _) = debug.split_once("fallback_router").expect("axum's Router debug shows its fallback_router");
+        path_router
+            .split("RouteId(")
+            .filter_map(|entry| {
+                let (id, rest) = entry.split_once(')')?;
+                let path = rest.strip_prefix(": \"")?;
+                id.bytes().all(|b| b.is_ascii_digit()).then(|| path.split('"').next().unwrap_or_default().to_owned())
+            })
+            .collect()
+    }
+
+    /// Whether the router has a handler for `method` at `path`: axum refuses (panics) to take a
+    /// second one.
+    fn routes_method(router: &Router<Arc<AppState>>, path: &str, method: MethodFilter) -> bool {
+        static QUIET: Once = Once::new();
+        QUIET.call_once(|| {
+            let default = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !info.to_string().contains("Overlapping method route") {
+                    default(info);
+                }
+            }));
+        });
+        let router = router.clone();
+        catch_unwind(AssertUnwindSafe(|| router.route(path, on(method, || async {})))).is_err()
+    }
+
+    #[test]
+    fn every_route_is_documented_and_every_documented_operation_is_routed() {
+        let (router, _) = super::super::assemble(|credentialed| credentialed);
+        let document = document();
+        let methods = [
+            ("get", MethodFilter::GET),
+            ("put", MethodFilter::PUT),
+            ("post", MethodFilter::POST),
+            ("delete", MethodFilter::DELETE),
+            ("patch", MethodFilter::PATCH),
+        ];
+        let documented: BTreeSet<(String, &str)> = document
+            .paths
+            .paths
+            .iter()
+            .flat_map(|(path, item)| {
+                let present = [item.get.is_some(), item.put.is_some(), item.post.is_some(), item.delete.is_some(), item.patch.is_some()];
+                methods.iter().zip(present).filter(|(_, present)| *present).map(|((name, _), _)| (path.clone(), *name))
+            })
+            .collect();
+        let paths = routed_paths(&router);
+        assert!(paths.len() > 20, "the router's paths were not read from its Debug: {paths:?}");
+        let routed: BTreeSet<(String, &str)> = paths
+            .iter()
+            .flat_map(|path| {
+                methods
+                    .iter()
+                    .filter(|(_, filter)| routes_method(&router, path, *filter))
+                    .map(|(name, _)| (path.clone(), *name))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let undocumented: Vec<_> = routed.difference(&documented).collect();
+        let unrouted: Vec<_> = documented.difference(&routed).collect();
+        assert!(
+            undocumented.is_empty(),
+            "routed but not in the OpenAPI document (register the handler with `routes!` and a #[utoipa::path]): {undocumented:?}"
+        );
+        assert!(unrouted.is_empty(), "in the OpenAPI document but not routed: {unrouted:?}");
+    }
+
+    #[test]
+    fn the_document_names_every_credential_an_operation_takes() {
+        let document = document();
+        let schemes = &document.components.as_ref().expect("components").security_schemes;
+        for name in [ADMIN, OPERATOR, POSTBACK, SIGNATURE] {
+            assert!(schemes.contains_key(name), "no security scheme {name}");
+        }
+        let json = serde_json::to_value(&document).expect("the document serializes");
+        let postback = &json["paths"]["/postback/{op}"]["get"];
+        assert_eq!(postback["security"], serde_json::json!([{ "postback_token": [] }]));
+        assert_eq!(postback["responses"]["401"]["$ref"], "#/components/responses/Unauthorized");
+        assert_eq!(json["paths"]["/healthz"]["get"]["security"], serde_json::Value::Null);
+    }
 }

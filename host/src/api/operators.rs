@@ -31,6 +31,7 @@ const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 #[serde(deny_unknown_fields)]
 pub struct NewOperator {
     /// 1 to 64 of `a-z`, `0-9`, `-` and `_`, starting with a letter or digit.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$")]
     id: String,
     name: String,
     /// ISO 4217: the currency its ledger is kept in.
@@ -329,7 +330,7 @@ pub struct AffiliateBody {
     path = "/v1/operators/{op}/affiliates/{affiliate}",
     tag = "affiliates",
     security(("operator_key" = []), ("admin_token" = [])),
-    params(("op" = String, Path), ("affiliate" = String, Path, description = "1 to 128 of a-z, 0-9, -, _ and .")),
+    params(("op" = String, Path), ("affiliate" = String, Path, pattern = r"^[a-z0-9][a-z0-9._-]{0,127}$", description = "1 to 128 of a-z, 0-9, -, _ and ., starting with a letter or digit")),
     request_body = AffiliateBody,
     responses(
         (status = 200, description = "stored", body = Affiliate),

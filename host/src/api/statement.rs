@@ -26,7 +26,7 @@ use crate::restate::{AffiliateStatement, StatementView};
     security(("operator_key" = []), ("admin_token" = [])),
     params(
         ("op" = String, Path),
-        ("period" = String, Path, description = "YYYY-MM"),
+        ("period" = String, Path, pattern = r"^[0-9]{4}-[0-9]{2}$", description = "YYYY-MM"),
         ("affiliate" = Option<String>, Query, description = "only this affiliate's statement"),
     ),
     responses((status = 200, description = "the period's statements", body = PeriodStatement))
