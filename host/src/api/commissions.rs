@@ -13,9 +13,9 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::operators::{durable, parse_json, query_params};
 use super::answers::{CommissionPage, CommissionView, StatusMoved};
 use super::openapi::ErrorSchema;
+use super::operators::{durable, parse_json, query_params};
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::{FieldError, affiliate_id_problem, format_time, now_ms, parse_time};
 use crate::store::records::{CommissionRecord, CommissionStatus, StatusChange, StatusRecord};

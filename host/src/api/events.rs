@@ -8,10 +8,10 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use super::commissions::commission_json;
-use super::rate_limit::Verdict;
 use super::answers::{EventOutcomeView, EventView, IdConflict, PeriodClosed, WebhookAnswer, WebhookBody};
+use super::commissions::commission_json;
 use super::openapi::ErrorSchema;
+use super::rate_limit::Verdict;
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::{self, BodyError, IncomingEvent, format_time, now_ms};
 use crate::metrics::OperatorLabels;

@@ -185,7 +185,8 @@ mod tests {
     /// the path router's `Node { paths: {RouteId(n): "/path", ...} }`, before its fallback router.
     fn routed_paths(router: &Router<Arc<AppState>>) -> BTreeSet<String> {
         let debug = format!("{router:?}");
-        let (path_router, _) = debug.split_once("fallback_router").expect("axum's Router debug shows its fallback_router");
+        let (path_router, _) =
+            debug.split_once("fallback_router").expect("axum's Router debug shows its fallback_router");
         path_router
             .split("RouteId(")
             .filter_map(|entry| {
@@ -228,7 +229,13 @@ mod tests {
             .paths
             .iter()
             .flat_map(|(path, item)| {
-                let present = [item.get.is_some(), item.put.is_some(), item.post.is_some(), item.delete.is_some(), item.patch.is_some()];
+                let present = [
+                    item.get.is_some(),
+                    item.put.is_some(),
+                    item.post.is_some(),
+                    item.delete.is_some(),
+                    item.patch.is_some(),
+                ];
                 methods.iter().zip(present).filter(|(_, present)| *present).map(|((name, _), _)| (path.clone(), *name))
             })
             .collect();

@@ -10,7 +10,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use super::answers::{Activated, Affiliate, CreatedOperator, EffectiveLimits, FxRatesSet, PluginUploaded, Rotated, Settings};
+use super::answers::{
+    Activated, Affiliate, CreatedOperator, EffectiveLimits, FxRatesSet, PluginUploaded, Rotated, Settings,
+};
 use super::openapi::ErrorSchema;
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::{

@@ -8,9 +8,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
+use super::answers::PeriodStatement;
 use super::commissions::commission_json;
 use super::operators::query_params;
-use super::answers::PeriodStatement;
 use super::{ApiError, AppState, auth};
 use crate::event::{FieldError, affiliate_id_problem};
 use crate::pipeline::{Period, SETTLEMENT_PREFIX};
