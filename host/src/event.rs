@@ -29,7 +29,7 @@ const MAX_ATTRIBUTE_VALUE_CHARS: usize = 1024;
 const POSTBACK_FIELDS: &[&str] = &["token", "id", "type", "customer", "occurred_at", "amount", "currency", "affiliate"];
 
 /// A problem with one field of one event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
@@ -61,18 +61,33 @@ pub struct IncomingEvent {
     pub content_sha256: String,
 }
 
-#[derive(Deserialize)]
+// The required fields are `Option`s so that a missing one is reported with the others, by name,
+// rather than as the first serde error.
+/// An event as a webhook sends it.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct WireEvent {
+#[schema(as = Event)]
+pub struct WireEvent {
+    /// The operator's transaction id, unique per operator forever.
+    #[schema(value_type = String, required = true, min_length = 1)]
     id: Option<String>,
+    /// `registration`, `deposit`, `trade`, `chargeback`, ...: the plugin's to read.
     #[serde(rename = "type")]
+    #[schema(value_type = String, required = true, min_length = 1)]
     kind: Option<String>,
+    #[schema(value_type = String, required = true, min_length = 1)]
     customer: Option<String>,
+    /// RFC 3339 or unix milliseconds; the receipt time when left out.
     occurred_at: Option<String>,
+    /// A decimal string (`"100.00"`).
     amount: Option<String>,
+    /// ISO 4217; the operator's when left out.
     currency: Option<String>,
+    /// The referring affiliate: binds the customer to it on its first event.
     affiliate: Option<String>,
+    /// Strings (numbers and booleans are kept as text).
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
     attributes: UniqueKeys<Scalar>,
 }
 

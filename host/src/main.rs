@@ -71,6 +71,12 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_QUEUE_EVENTS)]
         operator_queue_events: usize,
     },
+    /// Print the HTTP API's OpenAPI 3.1 document (what `GET /openapi.json` serves).
+    Openapi {
+        /// Write it to this file instead (the repository keeps it as `openapi.json`).
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// Write, build, test, check, upload and trace plugins: the plugin author's tools.
     Plugin {
         #[command(subcommand)]
@@ -120,6 +126,15 @@ fn main() -> anyhow::Result<ExitCode> {
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(serve(data, listen, demo.then_some(demo_plugin), limits, connections, scheduling))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi { write } => {
+            end_quietly_on_a_closed_stdout();
+            let document = api::openapi_json();
+            match write {
+                Some(path) => std::fs::write(&path, document).with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{document}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin { command } => {

@@ -52,9 +52,10 @@ impl ScratchState {
 }
 
 /// One payout line, as compared between the ledger and a replay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Payout {
     pub affiliate: String,
+    #[schema(value_type = String)]
     pub amount: Decimal,
     pub currency: String,
     pub rule: String,
@@ -73,7 +74,7 @@ impl From<&CommissionRecord> for Payout {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventDifference {
     pub event_id: String,
     #[serde(serialize_with = "crate::event::serialize_time")]
@@ -87,7 +88,7 @@ pub struct EventDifference {
     pub problem: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VerifyReport {
     pub events_replayed: usize,
     pub events_matching: usize,
@@ -101,12 +102,15 @@ pub struct VerifyReport {
     pub complete: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AffiliateTotal {
     pub affiliate: String,
     pub currency: String,
+    #[schema(value_type = String)]
     pub paid: Decimal,
+    #[schema(value_type = String)]
     pub would_pay: Decimal,
+    #[schema(value_type = String)]
     pub difference: Decimal,
 }
 
@@ -164,7 +168,7 @@ impl AffiliateTotals {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BacktestReport {
     pub version: u32,
     pub events_compared: usize,

@@ -529,7 +529,7 @@ pub enum StatementView {
 }
 
 /// One affiliate's statement for one period.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AffiliateStatement {
     pub affiliate: String,
     /// The settlement's state keys as they were before it: what earlier periods carried in.
@@ -541,12 +541,13 @@ pub struct AffiliateStatement {
     pub carried_out: BTreeMap<String, Option<String>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatementLine {
     pub event_id: String,
     pub kind: String,
     pub occurred_at: String,
     /// In the operator's currency (converted at the rate stored with the event).
+    #[schema(value_type = Option<String>)]
     pub amount: Option<Decimal>,
     pub currency: Option<String>,
     /// When the host received it.
@@ -558,6 +559,7 @@ pub struct StatementLine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub through: Option<String>,
     /// What the event added to the one running total it changed (NGR, for RevShare).
+    #[schema(value_type = Option<String>)]
     pub contribution: Option<Decimal>,
     /// Every state value the event changed.
     pub changes: Vec<StateChange>,
@@ -566,14 +568,14 @@ pub struct StatementLine {
     pub logs: Vec<LogLine>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StateChange {
     pub key: String,
     pub before: Option<String>,
     pub after: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SettlementLine {
     pub event_id: String,
     pub plugin_version: u32,

@@ -55,7 +55,7 @@ pub fn spawn_follower(pipeline: Pipeline) -> std::io::Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ShadowReport {
     pub version: u32,
     /// How far through the ledger the shadow is, of how far the ledger goes.

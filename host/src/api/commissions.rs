@@ -16,6 +16,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::export::{self, Format};
+use super::answers::{CommissionPage, CommissionView, StatusMoved};
+use super::openapi::ErrorSchema;
 use super::operators::{durable, parse_json, query_params};
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::{FieldError, affiliate_id_problem, format_time, now_ms, parse_time};
@@ -57,6 +59,27 @@ impl CommissionFilter {
 
 /// The listing, as JSON a page at a time, or with `Accept: text/csv` or `?format=csv` as one
 /// streamed CSV from `cursor` to the end (at most `limit` rows if given; see [`super::export`]).
+#[utoipa::path(
+    get,
+    path = "/v1/operators/{op}/commissions",
+    tag = "commissions",
+    security(("operator_key" = []), ("admin_token" = []), ("affiliate_key" = [])),
+    params(
+        ("op" = String, Path),
+        ("affiliate" = Option<String>, Query),
+        ("customer" = Option<String>, Query),
+        ("status" = Option<CommissionStatus>, Query),
+        ("from" = Option<String>, Query, description = "RFC 3339 or unix ms, inclusive: when the event occurred"),
+        ("to" = Option<String>, Query, description = "exclusive"),
+        ("cursor" = Option<String>, Query, description = "a `next` of an earlier page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+        ("format" = Option<String>, Query, description = "`csv` for one streamed CSV from `cursor` on (or `Accept: text/csv`)"),
+    ),
+    responses((status = 200, description = "a page, or the CSV export", content(
+        (CommissionPage = "application/json"),
+        (String = "text/csv"),
+    )))
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
@@ -123,6 +146,14 @@ pub async fn list(
 }
 
 /// `GET /v1/operators/{op}/commissions/{id}`: the commission, its status and how it got there.
+#[utoipa::path(
+    get,
+    path = "/v1/operators/{op}/commissions/{id}",
+    tag = "commissions",
+    security(("operator_key" = []), ("admin_token" = []), ("affiliate_key" = [])),
+    params(("op" = String, Path), ("id" = String, Path)),
+    responses((status = 200, description = "the commission", body = CommissionView))
+)]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Path((op, id)): Path<(String, String)>,
@@ -143,10 +174,11 @@ pub async fn get(
     Ok(Json(answer))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusMove {
     status: CommissionStatus,
+    /// At most 500 bytes, kept in the trail.
     #[serde(default)]
     note: String,
 }
@@ -154,6 +186,18 @@ pub struct StatusMove {
 /// `POST /v1/operators/{op}/commissions/{id}/status` `{"status": "approved", "note": "..."}`.
 /// A move the commission's current status does not allow, or an approval inside its hold
 /// period, is a 409 that says why; nothing changes.
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{op}/commissions/{id}/status",
+    tag = "commissions",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path), ("id" = String, Path)),
+    request_body = StatusMove,
+    responses(
+        (status = 200, description = "moved", body = StatusMoved),
+        (status = 409, description = "a move its status does not allow, or an approval inside its hold", body = ErrorSchema),
+    )
+)]
 pub async fn set_status(
     State(state): State<Arc<AppState>>,
     Path((op, id)): Path<(String, String)>,

@@ -8,7 +8,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
+use super::answers::{EventOutcomeView, EventView, IdConflict, PeriodClosed, WebhookAnswer, WebhookBody};
 use super::commissions::commission_json;
+use super::openapi::ErrorSchema;
 use super::rate_limit::Verdict;
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::{self, BodyError, IncomingEvent, format_time, now_ms};
@@ -18,6 +20,20 @@ use crate::secrets;
 use crate::store::records::{CredentialKind, EventRecord, OperatorRecord};
 
 /// `POST /v1/operators/{op}/events`: one event object, or an array of them.
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{op}/events",
+    tag = "events",
+    security(("operator_key" = []), ("webhook_signature" = [])),
+    // The signature's three headers are the `webhook_signature` credential's, described there.
+    params(("op" = String, Path)),
+    request_body = WebhookBody,
+    responses(
+        (status = 200, description = "each event's outcome", body = WebhookAnswer),
+        (status = 403, description = "`quota_exceeded`: the operator is at its quota of stored bytes", body = ErrorSchema),
+        (status = 409, description = "an event id already used with other content", body = IdConflict),
+    )
+)]
 pub async fn webhook(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
@@ -50,6 +66,28 @@ pub async fn webhook(
 }
 
 /// `GET /postback/{op}?token=...&type=...&id=...&customer=...`
+#[utoipa::path(
+    get,
+    path = "/postback/{op}",
+    tag = "events",
+    security(("postback_token" = [])),
+    params(
+        ("op" = String, Path),
+        ("id" = String, Query, description = "the operator's transaction id"),
+        ("type" = String, Query),
+        ("customer" = String, Query),
+        ("amount" = Option<String>, Query, description = "a decimal string"),
+        ("currency" = Option<String>, Query),
+        ("affiliate" = Option<String>, Query),
+        ("occurred_at" = Option<String>, Query, description = "RFC 3339 or unix milliseconds"),
+    ),
+    description = "One event as query parameters; every other parameter becomes an attribute.",
+    responses(
+        (status = 200, description = "the event's outcome", body = EventOutcomeView),
+        (status = 403, description = "`quota_exceeded`", body = ErrorSchema),
+        (status = 409, description = "the id was already used with other content", body = IdConflict),
+    )
+)]
 pub async fn postback(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
@@ -76,6 +114,17 @@ pub async fn postback(
 }
 
 /// `POST /v1/operators/{op}/periods/{YYYY-MM}/close`: settles the month for every affiliate.
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{op}/periods/{period}/close",
+    tag = "periods",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path), ("period" = String, Path, pattern = r"^[0-9]{4}-[0-9]{2}$", description = "YYYY-MM, a month that has ended")),
+    responses(
+        (status = 200, description = "each affiliate's settlement", body = PeriodClosed),
+        (status = 409, description = "an event id conflict while settling", body = ErrorSchema),
+    )
+)]
 pub async fn close_period(
     State(state): State<Arc<AppState>>,
     Path((op, period)): Path<(String, String)>,
@@ -98,6 +147,15 @@ pub async fn close_period(
     Ok(Json(json!({ "period": period.id, "settlements": settlements })))
 }
 
+/// Evaluates the failed events again with the active plugin.
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{op}/events/retry-failed",
+    tag = "events",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path)),
+    responses((status = 200, description = "what the retry did", body = crate::pipeline::RetryReport))
+)]
 pub async fn retry_failed(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
@@ -108,6 +166,15 @@ pub async fn retry_failed(
     Ok(Json(serde_json::to_value(report).map_err(ApiError::internal)?))
 }
 
+/// One event: its status, attribution, chain and deal terms, plugin version, logs, commissions.
+#[utoipa::path(
+    get,
+    path = "/v1/operators/{op}/events/{id}",
+    tag = "events",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path), ("id" = String, Path)),
+    responses((status = 200, description = "the event", body = EventView))
+)]
 pub async fn get_event(
     State(state): State<Arc<AppState>>,
     Path((op, id)): Path<(String, String)>,

@@ -22,12 +22,14 @@
 //! | `GET .../commissions[/{id}]`, `.../statement`, `.../payouts/report` | also an affiliate key: its own lines |
 
 mod affiliate_keys;
+mod answers;
 mod auth;
 mod commissions;
 mod error;
 mod events;
 mod export;
 mod listings;
+mod openapi;
 mod operators;
 mod payouts;
 mod periods;
@@ -43,10 +45,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use http_body_util::BodyExt;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
+pub use openapi::{document as openapi_document, document_json as openapi_json};
 
 use crate::metrics::OperatorLabels;
 use crate::pipeline::Pipeline;
@@ -109,50 +114,88 @@ impl BodyLimits {
     }
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/v1/operators", post(operators::create_operator).get(listings::operators))
-        .route("/v1/operators/{op}/plugins", post(operators::upload_plugin).get(listings::plugins))
-        .route("/v1/operators/{op}/affiliates", get(listings::affiliates))
-        .route("/v1/operators/{op}/periods", get(periods::periods))
-        .route("/v1/operators/{op}/plugins/{version}/activate", post(operators::activate_plugin))
-        .route("/v1/operators/{op}/plugins/{version}/replay", post(replay::backtest))
-        .route("/v1/operators/{op}/verify", post(replay::verify))
-        .route("/v1/operators/{op}/shadow", put(replay::set_shadow))
-        .route("/v1/operators/{op}/plugins/{version}/shadow-report", get(replay::shadow_report))
-        .route("/v1/operators/{op}/limits", put(operators::put_limits))
-        .route("/v1/operators/{op}/fx-rates", put(operators::put_fx_rates))
-        .route("/v1/operators/{op}/settings", put(operators::put_settings))
-        .route("/v1/operators/{op}/credentials/{kind}/rotate", post(operators::rotate_credential))
-        .route("/v1/operators/{op}/affiliates/{affiliate}", put(operators::put_affiliate).get(operators::get_affiliate))
-        .route("/v1/operators/{op}/events", post(events::webhook).get(listings::events))
-        .route("/v1/operators/{op}/events/retry-failed", post(events::retry_failed))
-        .route("/v1/operators/{op}/periods/{period}/close", post(events::close_period))
-        .route("/v1/operators/{op}/periods/{period}/statement", get(statement::statement))
-        .route("/v1/operators/{op}/events/{id}", get(events::get_event))
-        .route("/v1/operators/{op}/commissions", get(commissions::list))
-        .route("/v1/operators/{op}/commissions/{id}", get(commissions::get))
-        .route("/v1/operators/{op}/commissions/{id}/status", post(commissions::set_status))
-        .route("/v1/operators/{op}/periods/{period}/approve", post(payouts::approve))
-        .route("/v1/operators/{op}/payouts", post(payouts::pay))
-        .route("/v1/operators/{op}/payouts/report", get(payouts::report))
-        .route("/v1/operators/{op}/affiliates/{affiliate}/keys", post(affiliate_keys::issue))
-        .route("/v1/operators/{op}/affiliates/{affiliate}/keys/{id}", delete(affiliate_keys::revoke))
-        .route("/postback/{op}", get(events::postback))
-        // Only the routes above, which all take a credential; the probes below never wait.
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::throttle_failures))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .fallback(|| async { ApiError::not_found("no such route; see the README for the API") })
+/// Every route that takes a credential, each documented by its handler's `#[utoipa::path]`
+/// (method, path, parameters, body, answers, credentials). `routes!` routes a handler at the
+/// path and methods its attribute names, so a route cannot be added without its document, nor
+/// documented at a path it is not served on.
+fn credentialed_routes() -> OpenApiRouter<Arc<AppState>> {
+    use {commissions as c, events as e, operators as o, replay as r};
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(metrics))
+        .routes(routes!(o::create_operator, listings::operators))
+        .routes(routes!(o::upload_plugin, listings::plugins))
+        .routes(routes!(listings::affiliates))
+        .routes(routes!(periods::periods))
+        .routes(routes!(o::activate_plugin))
+        .routes(routes!(r::backtest))
+        .routes(routes!(r::verify))
+        .routes(routes!(r::set_shadow))
+        .routes(routes!(r::shadow_report))
+        .routes(routes!(o::put_limits))
+        .routes(routes!(o::put_fx_rates))
+        .routes(routes!(o::put_settings))
+        .routes(routes!(o::rotate_credential))
+        .routes(routes!(o::put_affiliate, o::get_affiliate))
+        .routes(routes!(e::webhook, listings::events))
+        .routes(routes!(e::retry_failed))
+        .routes(routes!(e::close_period))
+        .routes(routes!(statement::statement))
+        .routes(routes!(e::get_event))
+        .routes(routes!(c::list))
+        .routes(routes!(c::get))
+        .routes(routes!(c::set_status))
+        .routes(routes!(payouts::approve))
+        .routes(routes!(payouts::pay))
+        .routes(routes!(payouts::report))
+        .routes(routes!(affiliate_keys::issue))
+        .routes(routes!(affiliate_keys::revoke))
+        .routes(routes!(e::postback))
+}
+
+/// The routes without a credential: the probes (which must never wait behind the
+/// failed-credential throttle) and the document.
+fn open_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(openapi::openapi_json))
+}
+
+/// The router before its state, and the document of its routes: every route above, the
+/// failed-credential throttle (`throttle`) on the credentialed ones, and the fallbacks. The
+/// server and the document are both made here, so they describe one router.
+fn assemble(
+    throttle: impl FnOnce(OpenApiRouter<Arc<AppState>>) -> OpenApiRouter<Arc<AppState>>,
+) -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
+    let (router, document) = throttle(credentialed_routes()).merge(open_routes()).split_for_parts();
+    let router = router
+        .fallback(|| async { ApiError::not_found("no such route; see GET /openapi.json for the API") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
-        })
-        .with_state(state)
+        });
+    (router, document)
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let throttle = axum::middleware::from_fn_with_state(state.clone(), auth::throttle_failures);
+    let (router, _) = assemble(|credentialed| credentialed.route_layer(throttle));
+    router.with_state(state)
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, description = "alive", body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 /// 200 while the ledger can acknowledge events; 503 while its flushes fail (a full or failing
 /// disk), so a load balancer sends traffic elsewhere.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "probes",
+    responses(
+        (status = 200, description = "the ledger acknowledges events", body = String),
+        (status = 503, description = "the ledger's last flush failed", body = openapi::ErrorSchema),
+    )
+)]
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
     if state.pipeline.is_ready() {
         Ok("ready")
@@ -162,6 +205,13 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiE
 }
 
 /// Prometheus text format; the admin token guards it (operator ids are in the labels).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "probes",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"))
+)]
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     auth::require_admin(&state, &headers)?;
     // Read at the scrape: the count lives in the ledger, kept by the commits.

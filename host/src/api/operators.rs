@@ -9,8 +9,11 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
+use super::answers::{
+    Activated, Affiliate, CreatedOperator, EffectiveLimits, FxRatesSet, PluginUploaded, Rotated, Settings,
+};
+use super::openapi::ErrorSchema;
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::{
     FieldError, UniqueKeys, affiliate_id_problem, format_time, now_ms, parse_amount, parse_time, query_pairs,
@@ -26,21 +29,38 @@ use crate::terms::{self, WireTerms};
 
 const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOperator {
+    /// 1 to 64 of `a-z`, `0-9`, `-` and `_`, starting with a letter or digit.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$")]
     id: String,
     name: String,
+    /// ISO 4217: the currency its ledger is kept in.
     currency: String,
+    /// The plugin's defaults (deal terms override them).
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
     config: WireTerms,
 }
 
+/// `POST /v1/operators` (admin): a new operator; its credentials are in this answer only.
+#[utoipa::path(
+    post,
+    path = "/v1/operators",
+    tag = "operators",
+    security(("admin_token" = [])),
+    request_body = NewOperator,
+    responses(
+        (status = 201, description = "created; the credentials are shown this once", body = CreatedOperator),
+        (status = 409, description = "an operator with this id exists", body = ErrorSchema),
+    )
+)]
 pub async fn create_operator(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedOperator>), ApiError> {
     auth::require_admin(&state, &headers)?;
     let body = read_body(body, state.limits.json()).await?;
     let new: NewOperator = parse_json(&body)?;
@@ -91,24 +111,40 @@ pub async fn create_operator(
     tracing::info!(operator = %operator.id, "operator created");
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": operator.id,
-            "name": operator.name,
-            "currency": operator.currency,
-            "api_key": credentials.api_key,
-            "postback_token": credentials.postback_token,
-            "webhook_secret": credentials.webhook_secret,
-        })),
+        Json(CreatedOperator {
+            id: operator.id,
+            name: operator.name,
+            currency: operator.currency,
+            api_key: credentials.api_key,
+            postback_token: credentials.postback_token,
+            webhook_secret: credentials.webhook_secret,
+        }),
     ))
 }
 
+/// `POST /v1/operators/{op}/plugins[?activate=true]`: the operator's next plugin version.
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{op}/plugins",
+    tag = "plugins",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(
+        ("op" = String, Path, description = "the operator's id"),
+        ("activate" = Option<bool>, Query, description = "make it the active version at once"),
+    ),
+    request_body(content = String, content_type = "application/wasm", description = "the WebAssembly component"),
+    responses(
+        (status = 201, description = "validated, compiled and stored", body = PluginUploaded),
+        (status = 415, description = "not `Content-Type: application/wasm`", body = ErrorSchema),
+    )
+)]
 pub async fn upload_plugin(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<PluginUploaded>), ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
     // Read first: refusing before the body is in makes a client that is still sending see a
     // reset instead of the refusal.
@@ -156,17 +192,22 @@ pub async fn upload_plugin(
     durable(&state).await?;
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({ "version": record.version, "sha256": record.sha256, "contract": record.contract, "active": activate }),
-        ),
+        Json(PluginUploaded {
+            version: record.version,
+            sha256: record.sha256,
+            contract: record.contract,
+            active: activate,
+        }),
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatedActivationBody {
+    /// RFC 3339 or unix milliseconds.
     effective_from: String,
     #[serde(default = "events_scope")]
+    #[schema(default = "events")]
     scope: ActivationScope,
     #[serde(default)]
     affiliate: Option<String>,
@@ -181,19 +222,28 @@ fn events_scope() -> ActivationScope {
 /// events that occurred from that time (`scope: events`, the default) or the events of
 /// customers who started from then (`new_customers`), for all affiliates or one; a recorded
 /// commission is never changed by it.
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{op}/plugins/{version}/activate",
+    tag = "plugins",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path), ("version" = u32, Path, description = "a plugin version number")),
+    request_body(content = Option<DatedActivationBody>, description = "none: from now on, for every event"),
+    responses((status = 200, description = "activated", body = Activated))
+)]
 pub async fn activate_plugin(
     State(state): State<Arc<AppState>>,
     Path((op, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Activated>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
     let version = existing_version(&state, &operator.id, &version)?;
     let body = read_body(body, state.limits.json()).await?;
     if body.is_empty() {
         set_active(&state, &operator.id, version).await?;
         durable(&state).await?;
-        return Ok(Json(json!({ "active_plugin": version })));
+        return Ok(Json(Activated::Now { active_plugin: version }));
     }
     let request: DatedActivationBody = parse_json(&body)?;
     let effective_from =
@@ -221,12 +271,12 @@ pub async fn activate_plugin(
         .ok_or_else(|| ApiError::not_found("operator vanished"))?;
     durable(&state).await?;
     tracing::info!(operator = %operator.id, version, ?activation, "plugin activated from a date");
-    Ok(Json(json!({
-        "version": version,
-        "effective_from": format_time(activation.effective_from),
-        "scope": activation.scope,
-        "affiliate": activation.affiliate,
-    })))
+    Ok(Json(Activated::Dated {
+        version,
+        effective_from: format_time(activation.effective_from),
+        scope: activation.scope,
+        affiliate: activation.affiliate,
+    }))
 }
 
 /// Loads a version now, so the first event it evaluates does not pay for that.
@@ -264,21 +314,37 @@ async fn set_active(state: &AppState, operator: &str, version: u32) -> Result<()
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AffiliateBody {
     #[serde(default)]
     parent: Option<String>,
+    /// Deal terms: at most 100, keys of 1 to 64 bytes, values of at most 1,024 (numbers and
+    /// booleans are kept as text); `hold_days` is read by the host.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
     deal: WireTerms,
 }
 
+/// `PUT /v1/operators/{op}/affiliates/{affiliate}`: creates or changes an affiliate.
+#[utoipa::path(
+    put,
+    path = "/v1/operators/{op}/affiliates/{affiliate}",
+    tag = "affiliates",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path), ("affiliate" = String, Path, pattern = r"^[a-z0-9][a-z0-9._-]{0,127}$", description = "1 to 128 of a-z, 0-9, -, _ and ., starting with a letter or digit")),
+    request_body = AffiliateBody,
+    responses(
+        (status = 200, description = "stored", body = Affiliate),
+        (status = 403, description = "`quota_exceeded`: the operator is at its quota of stored bytes", body = ErrorSchema),
+    )
+)]
 pub async fn put_affiliate(
     State(state): State<Arc<AppState>>,
     Path((op, affiliate)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Affiliate>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
     if let Some(problem) = affiliate_id_problem(&affiliate) {
         return Err(ApiError::field("affiliate", problem));
@@ -353,11 +419,19 @@ fn subtree_height(store: &crate::store::Store, operator: &str, root: &str) -> Re
     Ok(height)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/operators/{op}/affiliates/{affiliate}",
+    tag = "affiliates",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path), ("affiliate" = String, Path)),
+    responses((status = 200, description = "the affiliate", body = Affiliate))
+)]
 pub async fn get_affiliate(
     State(state): State<Arc<AppState>>,
     Path((op, affiliate)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Affiliate>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
     if let Some(problem) = affiliate_id_problem(&affiliate) {
         return Err(ApiError::field("affiliate", problem));
@@ -370,16 +444,22 @@ pub async fn get_affiliate(
     Ok(Json(affiliate_json(&record)))
 }
 
-fn affiliate_json(record: &AffiliateRecord) -> Value {
-    json!({ "id": record.id, "parent": record.parent, "deal": record.deal })
+fn affiliate_json(record: &AffiliateRecord) -> Affiliate {
+    Affiliate { id: record.id.clone(), parent: record.parent.clone(), deal: record.deal.clone() }
 }
 
 pub(super) async fn durable(state: &AppState) -> Result<(), ApiError> {
     state.pipeline.make_durable().await.map_err(ApiError::unavailable)
 }
 
-/// Parses a JSON body into `T`, naming the field of any problem.
+/// Parses a JSON body (an object) into `T`, naming the field of any problem.
 pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // serde also reads a struct from an array of its fields in order (`[null, null]` was a
+    // backtest of everything, `["refuse"]` a setting): every body here is an object, its fields
+    // named, so an array is refused rather than read by position (found by schemathesis).
+    if body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::field("", "the body must be a JSON object, with each field by name; not an array"));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     match serde_path_to_error::deserialize(&mut deserializer) {
         Ok(value) => Ok(value),
@@ -428,12 +508,21 @@ fn valid_operator_id(id: &str) -> bool {
 /// `PUT /v1/operators/{op}/limits` (admin): overrides of the host's per-event limits and an
 /// events-per-second rate, each checked against what the engine is configured for. A field
 /// left out (or null) keeps the host's default.
+#[utoipa::path(
+    put,
+    path = "/v1/operators/{op}/limits",
+    tag = "operators",
+    security(("admin_token" = [])),
+    params(("op" = String, Path)),
+    request_body = OperatorLimits,
+    responses((status = 200, description = "the limits in force", body = EffectiveLimits))
+)]
 pub async fn put_limits(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EffectiveLimits>, ApiError> {
     auth::require_admin(&state, &headers)?;
     let body = read_body(body, state.limits.json()).await?;
     let limits: OperatorLimits = parse_json(&body)?;
@@ -472,21 +561,22 @@ pub async fn put_limits(
     durable(&state).await?;
     let effective = effective_limits(state.pipeline.sandbox_limits(), &limits);
     tracing::info!(operator = %op, ?limits, "operator limits set");
-    Ok(Json(json!({
-        "fuel": effective.fuel,
-        "timeout_ms": effective.timeout.as_millis() as u64,
-        "memory_bytes": effective.memory_bytes,
-        "max_commissions": effective.max_commissions,
-        "max_state_write_bytes": effective.max_state_write_bytes,
-        "max_log_lines": effective.max_log_lines,
-        "events_per_second": limits.events_per_second,
-        "stored_bytes": limits.stored_bytes,
-    })))
+    Ok(Json(EffectiveLimits {
+        fuel: effective.fuel,
+        timeout_ms: effective.timeout.as_millis() as u64,
+        memory_bytes: effective.memory_bytes,
+        max_commissions: effective.max_commissions,
+        max_state_write_bytes: effective.max_state_write_bytes,
+        max_log_lines: effective.max_log_lines,
+        events_per_second: limits.events_per_second,
+        stored_bytes: limits.stored_bytes,
+    }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
+    /// How long the values before stay valid: 0 to 2,592,000 (30 days); a day when left out.
     grace_seconds: Option<u64>,
 }
 
@@ -497,12 +587,21 @@ const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
 /// (admin): issues a new value and keeps the old one valid for a grace period, so the operator
 /// can switch its senders over without downtime. Values from earlier rotations stay valid no
 /// longer than the new grace: `grace_seconds: 0` revokes every earlier value of the kind.
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{op}/credentials/{kind}/rotate",
+    tag = "operators",
+    security(("admin_token" = [])),
+    params(("op" = String, Path), ("kind" = CredentialKind, Path)),
+    request_body(content = Option<RotateRequest>),
+    responses((status = 200, description = "the new value, shown this once", body = Rotated))
+)]
 pub async fn rotate_credential(
     State(state): State<Arc<AppState>>,
     Path((op, kind)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Rotated>, ApiError> {
     auth::require_admin(&state, &headers)?;
     let kind = match kind.as_str() {
         "api_key" => CredentialKind::ApiKey,
@@ -551,12 +650,14 @@ pub async fn rotate_credential(
         .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
     durable(&state).await?;
     tracing::info!(operator = %op, ?kind, grace_seconds = grace, "credential rotated");
-    Ok(Json(json!({ "kind": kind, "value": new_value, "previous_valid_until": format_time(expires_at) })))
+    Ok(Json(Rotated { kind, value: new_value, previous_valid_until: format_time(expires_at) }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FxRatesBody {
+    /// Units of the operator's currency per unit of each ISO 4217 currency, decimal strings.
+    #[schema(value_type = BTreeMap<String, String>)]
     rates: UniqueKeys<String>,
     source: String,
 }
@@ -564,12 +665,21 @@ pub struct FxRatesBody {
 /// `PUT /v1/operators/{op}/fx-rates`: the rates (operator-currency units per unit of each other
 /// currency) events in other currencies are converted at from now on. Replaces the whole set;
 /// events already accepted keep the rate they were converted at.
+#[utoipa::path(
+    put,
+    path = "/v1/operators/{op}/fx-rates",
+    tag = "settings",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path)),
+    request_body = FxRatesBody,
+    responses((status = 200, description = "the rates in force", body = FxRatesSet))
+)]
 pub async fn put_fx_rates(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FxRatesSet>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
     let body = read_body(body, state.limits.json()).await?;
     let request: FxRatesBody = parse_json(&body)?;
@@ -604,15 +714,15 @@ pub async fn put_fx_rates(
         .update_operator(&op, |operator| operator.fx_rates = fx_rates.clone())?
         .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
     durable(&state).await?;
-    Ok(Json(json!({
-        "currency": operator.currency,
-        "rates": operator.fx_rates.rates,
-        "source": operator.fx_rates.source,
-        "updated_at": format_time(operator.fx_rates.updated_at),
-    })))
+    Ok(Json(FxRatesSet {
+        currency: operator.currency,
+        rates: operator.fx_rates.rates,
+        source: operator.fx_rates.source,
+        updated_at: format_time(operator.fx_rates.updated_at),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsBody {
     late_events: LateEventPolicy,
@@ -620,12 +730,21 @@ pub struct SettingsBody {
 
 /// `PUT /v1/operators/{op}/settings` `{"late_events": "adjust" | "refuse" | "as_received"}`: how the operator's
 /// events that occurred in a closed period are taken (see [`LateEventPolicy`]).
+#[utoipa::path(
+    put,
+    path = "/v1/operators/{op}/settings",
+    tag = "settings",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path)),
+    request_body = SettingsBody,
+    responses((status = 200, description = "the settings in force", body = Settings))
+)]
 pub async fn put_settings(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Settings>, ApiError> {
     auth::operator(&state, &headers, &op)?;
     let body = read_body(body, state.limits.json()).await?;
     let request: SettingsBody = parse_json(&body)?;
@@ -636,5 +755,5 @@ pub async fn put_settings(
         .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
     durable(&state).await?;
     tracing::info!(operator = %operator.id, late_events = ?operator.late_events, "settings changed");
-    Ok(Json(json!({ "late_events": operator.late_events })))
+    Ok(Json(Settings { late_events: operator.late_events }))
 }

@@ -11,12 +11,23 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::answers::ShadowSet;
+
 use super::operators::{durable, existing_version, parse_json};
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::parse_time;
 use crate::pipeline::IngestError;
 use crate::replay::{AmountOverflow, TimeRange};
 
+/// `POST /v1/operators/{op}/verify`: replays the ledger in scratch state; writes nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{op}/verify",
+    tag = "plugins",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path)),
+    responses((status = 200, description = "what differs from the ledger, if anything", body = crate::replay::VerifyReport))
+)]
 pub async fn verify(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
@@ -35,13 +46,25 @@ pub async fn verify(
     Ok(Json(serde_json::to_value(report).map_err(ApiError::internal)?))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
+    /// RFC 3339 or unix milliseconds, inclusive: when the events occurred.
     from: Option<String>,
+    /// Exclusive.
     to: Option<String>,
 }
 
+/// `POST /v1/operators/{op}/plugins/{version}/replay`: a backtest; writes nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{op}/plugins/{version}/replay",
+    tag = "plugins",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path), ("version" = u32, Path)),
+    request_body(content = Option<ReplayRequest>),
+    responses((status = 200, description = "what the version would have paid, against what was paid", body = crate::replay::BacktestReport))
+)]
 pub async fn backtest(
     State(state): State<Arc<AppState>>,
     Path((op, version)): Path<(String, String)>,
@@ -68,20 +91,30 @@ pub async fn backtest(
     Ok(Json(serde_json::to_value(report).map_err(ApiError::internal)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowRequest {
+    /// A plugin version, or null to stop.
     version: Option<u32>,
 }
 
 /// `PUT /v1/operators/{op}/shadow` `{"version": N}` runs version N in shadow mode beside the
 /// active one (from the start of the ledger, then live); `{"version": null}` stops it.
+#[utoipa::path(
+    put,
+    path = "/v1/operators/{op}/shadow",
+    tag = "plugins",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path)),
+    request_body = ShadowRequest,
+    responses((status = 200, description = "the shadow version now", body = ShadowSet))
+)]
 pub async fn set_shadow(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ShadowSet>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
     let body = read_body(body, state.limits.json()).await?;
     let request: ShadowRequest = parse_json(&body)?;
@@ -94,10 +127,18 @@ pub async fn set_shadow(
         .update_operator(&operator.id, |record| record.shadow_plugin = request.version)?
         .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
     durable(&state).await?;
-    Ok(Json(serde_json::json!({ "shadow_plugin": request.version })))
+    Ok(Json(ShadowSet { shadow_plugin: request.version }))
 }
 
 /// `GET /v1/operators/{op}/plugins/{n}/shadow-report`.
+#[utoipa::path(
+    get,
+    path = "/v1/operators/{op}/plugins/{version}/shadow-report",
+    tag = "plugins",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path), ("version" = u32, Path)),
+    responses((status = 200, description = "where the shadow and the ledger disagree", body = crate::shadow::ShadowReport))
+)]
 pub async fn shadow_report(
     State(state): State<Arc<AppState>>,
     Path((op, version)): Path<(String, String)>,

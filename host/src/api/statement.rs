@@ -11,6 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::answers::PeriodStatement;
 use super::commissions::commission_json;
 use super::export::{self, Format};
 use super::operators::query_params;
@@ -23,6 +24,22 @@ use crate::store::records::OperatorRecord;
 /// Per affiliate: the statement as closed (recomputed, and whether it equals the one stored at
 /// the close), the statement restated with late events in place, and what was paid: the
 /// settlement at the close, the adjustments since, and their total per rule and currency.
+#[utoipa::path(
+    get,
+    path = "/v1/operators/{op}/periods/{period}/statement",
+    tag = "periods",
+    security(("operator_key" = []), ("admin_token" = []), ("affiliate_key" = [])),
+    params(
+        ("op" = String, Path),
+        ("period" = String, Path, pattern = r"^[0-9]{4}-[0-9]{2}$", description = "YYYY-MM"),
+        ("affiliate" = Option<String>, Query, description = "only this affiliate's statement"),
+        ("format" = Option<String>, Query, description = "`csv` for what the month paid as CSV (or `Accept: text/csv`)"),
+    ),
+    responses((status = 200, description = "the period's statements, or what it paid as CSV", content(
+        (PeriodStatement = "application/json"),
+        (String = "text/csv"),
+    )))
+)]
 pub async fn statement(
     State(state): State<Arc<AppState>>,
     Path((op, period)): Path<(String, String)>,

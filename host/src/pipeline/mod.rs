@@ -64,7 +64,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Disposition {
     /// Stored now (evaluated, or kept unattributed).
@@ -137,7 +137,7 @@ pub enum StorageFailure {
 }
 
 /// What a `retry-failed` run did.
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct RetryReport {
     pub retried: usize,
     pub accepted: usize,

@@ -49,7 +49,7 @@ pub struct OperatorRecord {
 }
 
 /// What the host does with an event whose time falls in a period the operator has closed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LateEventPolicy {
     /// Accept it; the closed periods it changes are restated, and the difference is paid as
@@ -87,7 +87,7 @@ pub struct FxConversion {
 }
 
 /// Which events a dated activation takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ActivationScope {
     /// Events that occurred at or after `effective_from`.
@@ -108,7 +108,7 @@ pub struct DatedActivation {
 }
 
 /// Per-operator limits set by the platform admin; `None` keeps the host's default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OperatorLimits {
     pub fuel: Option<u64>,
@@ -126,7 +126,7 @@ pub struct OperatorLimits {
     pub stored_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialKind {
     ApiKey,
@@ -206,7 +206,7 @@ pub struct StoredEvent {
     pub fx: Option<FxConversion>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventStatus {
     /// Evaluated (or kept unattributed); its commissions, if any, are in the ledger.
@@ -216,7 +216,7 @@ pub enum EventStatus {
 }
 
 /// Why an evaluation did not finish, by the limit or fault that stopped it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     NoActivePlugin,
@@ -251,7 +251,7 @@ impl FailureKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Failure {
     pub kind: FailureKind,
     pub message: String,
@@ -281,7 +281,7 @@ pub enum StoredLink {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     pub level: String,
     pub message: String,
@@ -393,7 +393,7 @@ pub struct CommissionRecord {
 }
 
 /// What an adjustment restates: a closed period, through one of its settlement entries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Restatement {
     /// `YYYY-MM`.
     pub period: String,
@@ -413,7 +413,7 @@ pub struct ShadowResult {
 }
 
 /// Where a commission is in its life. Every commission starts `pending`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CommissionStatus {
     #[default]
@@ -444,7 +444,7 @@ impl CommissionStatus {
 }
 
 /// One move of a commission's status: the audit trail.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusChange {
     pub status: CommissionStatus,
     pub at: i64,
@@ -472,16 +472,17 @@ pub struct StatusRecord {
 
 /// What a reversal did, decided by the status of the commission it claws back when it is
 /// committed (the README's "Reversals" states the rules).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClawBack {
     /// The reversal's id.
     pub by: String,
     /// The reversal's amount (negative): what it takes back.
+    #[schema(value_type = String)]
     pub amount: Decimal,
     pub outcome: ClawBackOutcome,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClawBackOutcome {
     /// Unpaid and reversed in full: both sides `reversed`, neither payable.
