@@ -14,15 +14,20 @@
 //! | `PUT /v1/operators/{op}/shadow`, `GET .../plugins/{n}/shadow-report` | operator, admin |
 //! | `POST /v1/operators/{op}/periods/{YYYY-MM}/close`, `PUT .../fx-rates` | operator, admin |
 //! | `GET /v1/operators/{op}/periods/{YYYY-MM}/statement[?affiliate=A]`, `PUT .../settings` | operator, admin |
+//! | `POST /v1/operators/{op}/imports`, `GET .../imports/{job}`, `GET .../export` | operator, admin |
 //! | `PUT /v1/operators/{op}/limits`, `POST .../credentials/{kind}/rotate` | admin |
 
 mod auth;
 mod commissions;
 mod error;
 mod events;
+mod export;
+mod import_lines;
+mod imports;
 mod operators;
 mod rate_limit;
 mod replay;
+mod restore;
 mod statement;
 
 use std::sync::Arc;
@@ -122,6 +127,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/operators/{op}/commissions", get(commissions::list))
         .route("/v1/operators/{op}/commissions/{id}", get(commissions::get))
         .route("/v1/operators/{op}/commissions/{id}/status", post(commissions::set_status))
+        .route("/v1/operators/{op}/imports", post(imports::start))
+        .route("/v1/operators/{op}/imports/{job}", get(imports::status))
+        .route("/v1/operators/{op}/export", get(export::export))
         .route("/postback/{op}", get(events::postback))
         // Only the routes above, which all take a credential; the probes below never wait.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::throttle_failures))

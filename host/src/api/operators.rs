@@ -122,13 +122,32 @@ pub async fn upload_plugin(
         ));
     }
     let activate = query_flag(query.as_deref(), "activate")?;
+    let record = add_plugin(&state, &operator.id, wasm.to_vec()).await?;
+    if activate {
+        set_active(&state, &operator.id, record.version).await?;
+    }
+    durable(&state).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "version": record.version, "sha256": record.sha256, "contract": record.contract, "active": activate }),
+        ),
+    ))
+}
+
+/// Validates, compiles and smoke-runs a component, and stores it as the operator's next version.
+pub(super) async fn add_plugin(
+    state: &AppState,
+    operator: &str,
+    wasm: Vec<u8>,
+) -> Result<crate::store::records::PluginRecord, ApiError> {
     let plugins = state.pipeline.plugins().clone();
-    let operator_id = operator.id.clone();
+    let operator_id = operator.to_owned();
     // The smoke run takes an instance from the pool like any evaluation.
-    let slots = state.pipeline.replay_slots(&operator.id).await;
+    let slots = state.pipeline.replay_slots(operator).await;
     let compiling = tokio::task::spawn_blocking(move || {
         let _slots = slots;
-        plugins.prepare(&operator_id, wasm.to_vec())
+        plugins.prepare(&operator_id, wasm)
     });
     // The compile thread cannot be interrupted; past the limit the upload is refused and the
     // prepared plugin, whenever it comes, is dropped unstored.
@@ -146,20 +165,8 @@ pub async fn upload_plugin(
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", rejection.to_string())
         })?;
     let plugins = state.pipeline.plugins().clone();
-    let operator_id = operator.id.clone();
-    let record = tokio::task::spawn_blocking(move || plugins.add(&operator_id, prepared))
-        .await
-        .map_err(ApiError::internal)??;
-    if activate {
-        set_active(&state, &operator.id, record.version).await?;
-    }
-    durable(&state).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(
-            json!({ "version": record.version, "sha256": record.sha256, "contract": record.contract, "active": activate }),
-        ),
-    ))
+    let operator_id = operator.to_owned();
+    Ok(tokio::task::spawn_blocking(move || plugins.add(&operator_id, prepared)).await.map_err(ApiError::internal)??)
 }
 
 #[derive(Deserialize)]
@@ -253,7 +260,7 @@ pub(super) fn existing_version(state: &AppState, operator: &str, version: &str) 
 
 /// Makes `version` the one that evaluates new events. Each event reads the operator once, so
 /// it is evaluated wholly by the old version or wholly by the new.
-async fn set_active(state: &AppState, operator: &str, version: u32) -> Result<(), ApiError> {
+pub(super) async fn set_active(state: &AppState, operator: &str, version: u32) -> Result<(), ApiError> {
     load(state, operator, version).await?;
     state
         .pipeline
