@@ -118,24 +118,36 @@ fn a_csv_import_reads_its_columns_by_the_mapping_and_the_rest_as_attributes() {
                \n\
                t-2,trade,p1,2026-03-03T09:00:00Z,,,6,\n\
                t-3,trade,p1,2026-03-04T09:00:00Z,,,0.5,\n";
-    let mapping = "map.id=txn&map.type=kind&map.customer=player&map.occurred_at=when&map.amount=amt&map.affiliate=partner";
+    let mapping =
+        "map.id=txn&map.type=kind&map.customer=player&map.occurred_at=when&map.amount=amt&map.affiliate=partner";
 
     // A mapping naming a column the header does not have stops at line 1, naming it.
     let (status, refused) = import(&host, &operator, &format!("{mapping}&map.currency=ccy"), "text/csv", csv.into());
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
-    assert_eq!((refused["details"][0]["index"].as_u64(), refused["details"][0]["field"].as_str()), (Some(1), Some("map.currency")));
+    assert_eq!(
+        (refused["details"][0]["index"].as_u64(), refused["details"][0]["field"].as_str()),
+        (Some(1), Some("map.currency"))
+    );
     assert!(refused["message"].as_str().unwrap().contains("txn, kind, player"), "{refused}");
 
     // A quoted cell over two lines is one record, read whole and refused as a webhook would
     // refuse its newline, by the record's first line.
-    let (status, stopped) = import(&host, &operator, &format!("format=csv&job=csv-1&{mapping}"), "text/csv", csv.into());
+    let (status, stopped) =
+        import(&host, &operator, &format!("format=csv&job=csv-1&{mapping}"), "text/csv", csv.into());
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{stopped}");
-    assert_eq!((stopped["details"][0]["index"].as_u64(), stopped["details"][0]["field"].as_str()), (Some(3), Some("attributes.note")));
+    assert_eq!(
+        (stopped["details"][0]["index"].as_u64(), stopped["details"][0]["field"].as_str()),
+        (Some(3), Some("attributes.note"))
+    );
     assert_eq!(stopped["job"]["accepted"], 1);
     let fixed = csv.replace("a note\non two lines", "a note, on one line");
     let (status, done) = import(&host, &operator, &format!("format=csv&job=csv-1&{mapping}"), "text/csv", fixed);
     assert_eq!(status, StatusCode::OK, "{done}");
-    assert_eq!((done["from_line"].as_u64(), done["lines_read"].as_u64(), done["accepted"].as_u64()), (Some(3), Some(6), Some(4)), "{done}");
+    assert_eq!(
+        (done["from_line"].as_u64(), done["lines_read"].as_u64(), done["accepted"].as_u64()),
+        (Some(3), Some(6), Some(4)),
+        "{done}"
+    );
     // 10 on the first deposit, 5 on the first trade, 20 once 10.5 lots are past 10.
     let paid: Vec<(String, String, Decimal)> = host
         .commissions(&operator, "")
@@ -144,7 +156,11 @@ fn a_csv_import_reads_its_columns_by_the_mapping_and_the_rest_as_attributes() {
         .collect();
     assert_eq!(
         paid,
-        [("d-1".into(), "ftd-cpa".into(), dec("10")), ("t-1".into(), "first-trade-cpa".into(), dec("5")), ("t-3".into(), "volume-bonus".into(), dec("20"))]
+        [
+            ("d-1".into(), "ftd-cpa".into(), dec("10")),
+            ("t-1".into(), "first-trade-cpa".into(), dec("5")),
+            ("t-3".into(), "volume-bonus".into(), dec("20"))
+        ]
     );
     let (_, deposit) = host.get(&operator, "/events/d-1");
     assert_eq!(deposit["amount"], "100.00");
@@ -161,7 +177,10 @@ fn the_import_command_streams_a_file_reports_a_bad_line_and_resumes_with_the_com
     let events = &history()[..40];
     let mut lines: Vec<String> = events.iter().map(Value::to_string).collect();
     let good = lines[20].clone();
-    lines[20] = "{\"id\": \"broken\"".into();
+    // Line 21 names an affiliate the operator does not have: the pipeline refuses it in the
+    // middle of its batch, and the 20 lines before it are committed without it.
+    lines[20] = good.replace("aff1", "nobody");
+    assert_ne!(lines[20], good);
     let file = dir.path().join("history.ndjson");
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     let run = |args: &[&str]| {
@@ -170,14 +189,19 @@ fn the_import_command_streams_a_file_reports_a_bad_line_and_resumes_with_the_com
             .env("COMMISSION_HOST_API_KEY", &operator.api_key)
             .output()
             .expect("running commission-host import");
-        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     };
     let file_arg = file.to_str().unwrap();
     let (code, _, stderr) = run(&["import", file_arg, "--operator", "cli", "--url", &host.base]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.starts_with("line 21: "), "{stderr}");
-    assert!(stderr.contains("the 20 lines before it are committed"), "{stderr}");
-    let resume = stderr.lines().find_map(|line| line.trim().strip_prefix("commission-host ")).expect("the command to resume");
+    assert!(stderr.starts_with("line 21: affiliate: unknown affiliate \"nobody\""), "{stderr}");
+    assert!(stderr.contains("the 20 lines before it are committed (20 accepted, 0 duplicate"), "{stderr}");
+    let resume =
+        stderr.lines().find_map(|line| line.trim().strip_prefix("commission-host ")).expect("the command to resume");
     assert!(resume.contains("--job cli-"), "{resume}");
 
     lines[20] = good;
@@ -204,7 +228,14 @@ fn comparable(ledger: &[Value]) -> Vec<(String, String, String, Decimal, String,
         .iter()
         .map(|c| {
             let text = |field: &str| c[field].as_str().unwrap_or_default().to_owned();
-            (text("event_id"), text("affiliate"), text("rule"), amount(&c["amount"]), text("currency"), c["restates"]["period"].clone())
+            (
+                text("event_id"),
+                text("affiliate"),
+                text("rule"),
+                amount(&c["amount"]),
+                text("currency"),
+                c["restates"]["period"].clone(),
+            )
         })
         .collect()
 }
@@ -243,14 +274,26 @@ fn an_export_imported_into_an_empty_host_gives_the_same_ledger_and_verifies() {
     // v2 pays RevShare on the month's NGR; aff1's deal changes with it.
     host.install_plugin(&acme, "revshare");
     host.put_affiliate(&acme, "aff1", None, json!({"revshare_percent": "30"}));
-    host.accept(&acme, json!({"id": "w1", "type": "wager", "customer": "c1", "amount": "1000", "occurred_at": at("2025-09-10")}));
-    host.accept(&acme, json!({"id": "x1", "type": "win", "customer": "c1", "amount": "400", "occurred_at": at("2025-09-11")}));
+    host.accept(
+        &acme,
+        json!({"id": "w1", "type": "wager", "customer": "c1", "amount": "1000", "occurred_at": at("2025-09-10")}),
+    );
+    host.accept(
+        &acme,
+        json!({"id": "x1", "type": "win", "customer": "c1", "amount": "400", "occurred_at": at("2025-09-11")}),
+    );
     let (status, closed) = host.close(&acme, "2025-09");
     assert_eq!(status, StatusCode::OK, "{closed}");
     // A late wager of aff2's customer restates September: 30% of 500 paid as an adjustment.
-    let late = host.accept(&acme, json!({"id": "late", "type": "wager", "customer": "c2", "amount": "500", "occurred_at": at("2025-09-20")}));
+    let late = host.accept(
+        &acme,
+        json!({"id": "late", "type": "wager", "customer": "c2", "amount": "500", "occurred_at": at("2025-09-20")}),
+    );
     assert_eq!(paid(&late), [("aff2".to_owned(), dec("150"))], "{late}");
-    host.accept(&acme, json!({"id": "w2", "type": "wager", "customer": "c1", "amount": "100", "occurred_at": at("2025-10-05")}));
+    host.accept(
+        &acme,
+        json!({"id": "w2", "type": "wager", "customer": "c1", "amount": "100", "occurred_at": at("2025-10-05")}),
+    );
     let original = check_ledger_invariants(&host, &acme);
 
     let response = host.client.get(host.url("/v1/operators/acme/export")).bearer_auth(&acme.api_key).send().unwrap();
@@ -298,5 +341,9 @@ fn an_export_imported_into_an_empty_host_gives_the_same_ledger_and_verifies() {
     assert_eq!(retry["status"], "duplicate", "{retry}");
     // An export goes only onto an operator with no history.
     let (status, refused) = import(&empty, &moved, "format=export", "application/x-ndjson", export);
-    assert_eq!((status, refused["details"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("format")), "{refused}");
+    assert_eq!(
+        (status, refused["details"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("format")),
+        "{refused}"
+    );
 }

@@ -50,11 +50,29 @@ pub const FORMAT: u32 = 1;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ExportLine {
     /// The first line: who this is.
-    Operator { format: u32, id: String, name: String, currency: String, config: Properties, created_at: String },
-    Settings { late_events: LateEventPolicy },
-    FxRates { rates: BTreeMap<String, Decimal>, source: String },
+    Operator {
+        format: u32,
+        id: String,
+        name: String,
+        currency: String,
+        config: Properties,
+        created_at: String,
+    },
+    Settings {
+        late_events: LateEventPolicy,
+    },
+    FxRates {
+        rates: BTreeMap<String, Decimal>,
+        source: String,
+    },
     /// A plugin version, its component in base64.
-    Plugin { version: u32, sha256: String, contract: String, uploaded_at: String, wasm_base64: String },
+    Plugin {
+        version: u32,
+        sha256: String,
+        contract: String,
+        uploaded_at: String,
+        wasm_base64: String,
+    },
     /// Version `version` evaluates new events; with `effective_from`, a dated activation.
     Activate {
         version: u32,
@@ -65,15 +83,34 @@ pub enum ExportLine {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         affiliate: Option<String>,
     },
-    Affiliate { id: String, parent: Option<String>, deal: Properties },
+    Affiliate {
+        id: String,
+        parent: Option<String>,
+        deal: Properties,
+    },
     /// An event as received (the webhook's shape), with the hash its retries are matched by.
-    Event { event: Value, content_sha256: String, received_at: String },
+    Event {
+        event: Value,
+        content_sha256: String,
+        received_at: String,
+    },
     /// A period closed here: its settlements were committed at this point of the ledger.
-    Close { period: String },
+    Close {
+        period: String,
+    },
     /// A move of the status of commission `index` of event `event`.
-    Status { event: String, index: usize, status: CommissionStatus, by: String, note: String, at: String },
+    Status {
+        event: String,
+        index: usize,
+        status: CommissionStatus,
+        by: String,
+        note: String,
+        at: String,
+    },
     /// The last line: a file without it was cut off.
-    End { lines: u64 },
+    End {
+        lines: u64,
+    },
 }
 
 /// `GET /v1/operators/{op}/export`: the operator's history, streamed as NDJSON.
@@ -128,6 +165,9 @@ impl hyper::body::Body for Lines {
     }
 }
 
+/// Rate sets by when they were set: (source, rates).
+type FxSets = BTreeMap<i64, (String, BTreeMap<String, Decimal>)>;
+
 /// Stops the export when the reader is gone.
 struct Gone;
 
@@ -144,7 +184,7 @@ struct Writer<'a> {
     affiliates: HashMap<String, (Option<String>, Properties)>,
     fx_written: Option<i64>,
     /// FX rate sets by the time they were set, as the converted events recorded them.
-    fx_sets: BTreeMap<i64, (String, BTreeMap<String, Decimal>)>,
+    fx_sets: FxSets,
     policy: LateEventPolicy,
     /// Status moves not written yet, by time.
     statuses: BTreeMap<(i64, u64), ExportLine>,
@@ -183,12 +223,8 @@ pub fn write_export(
 }
 
 /// Every rate set the operator's converted events were converted at, by when it was set.
-fn fx_sets(
-    store: &Store,
-    operator: &OperatorRecord,
-    last: u64,
-) -> Result<BTreeMap<i64, (String, BTreeMap<String, Decimal>)>, StoreError> {
-    let mut sets: BTreeMap<i64, (String, BTreeMap<String, Decimal>)> = BTreeMap::new();
+fn fx_sets(store: &Store, operator: &OperatorRecord, last: u64) -> Result<FxSets, StoreError> {
+    let mut sets = FxSets::new();
     for entry in store.events_after(&operator.id, 0) {
         let (seq, id) = entry?;
         if seq > last {
@@ -258,8 +294,7 @@ impl Writer<'_> {
             while let Ok(Some(Some(following))) = &next
                 && settlement_period(&following.event).is_some_and(|next_period| next_period.id == period.id)
             {
-                let Ok(Some(Some(following))) = std::mem::replace(&mut next, order.next().map(read).transpose())
-                else {
+                let Ok(Some(Some(following))) = std::mem::replace(&mut next, order.next().map(read).transpose()) else {
                     unreachable!("matched just above")
                 };
                 run.push(following);
@@ -283,33 +318,31 @@ impl Writer<'_> {
         Ok(Ok(()))
     }
 
-    /// Uploads, dated activations and status moves made before `time`.
+    /// Uploads, dated activations and status moves made up to `time`, in the order they were made.
     fn until(&mut self, time: i64) -> Result<(), Gone> {
-        while let Some(plugin) = self.plugins.get(self.plugins_written)
-            && plugin.uploaded_at <= time
-        {
-            self.write_plugin()?;
+        loop {
+            let upload = self.plugins.get(self.plugins_written).map(|plugin| plugin.uploaded_at);
+            let activation =
+                self.operator.dated_activations.get(self.dated_written).map(|activation| activation.activated_at);
+            let status = self.statuses.first_key_value().map(|(key, _)| key.0);
+            let next = [upload, activation, status].into_iter().flatten().min().filter(|at| *at <= time);
+            let Some(at) = next else { return Ok(()) };
+            if upload == Some(at) {
+                self.write_plugin()?;
+            } else if activation == Some(at) {
+                let activation = self.operator.dated_activations[self.dated_written].clone();
+                self.write_plugins_to(activation.version)?;
+                self.dated_written += 1;
+                self.write(ExportLine::Activate {
+                    version: activation.version,
+                    effective_from: Some(format_time(activation.effective_from)),
+                    scope: Some(activation.scope),
+                    affiliate: activation.affiliate,
+                })?;
+            } else if let Some((_, line)) = self.statuses.pop_first() {
+                self.write(line)?;
+            }
         }
-        while let Some(activation) = self.operator.dated_activations.get(self.dated_written)
-            && activation.activated_at <= time
-        {
-            let activation = activation.clone();
-            self.write_plugins_to(activation.version)?;
-            self.dated_written += 1;
-            self.write(ExportLine::Activate {
-                version: activation.version,
-                effective_from: Some(format_time(activation.effective_from)),
-                scope: Some(activation.scope),
-                affiliate: activation.affiliate,
-            })?;
-        }
-        while let Some(entry) = self.statuses.first_entry()
-            && entry.key().0 <= time
-        {
-            let line = entry.remove();
-            self.write(line)?;
-        }
-        Ok(())
     }
 
     fn write_plugin(&mut self) -> Result<(), Gone> {
@@ -412,7 +445,12 @@ impl Writer<'_> {
             && self.active != Some(active)
         {
             self.active = Some(active);
-            let _ = self.write(ExportLine::Activate { version: active, effective_from: None, scope: None, affiliate: None });
+            let _ = self.write(ExportLine::Activate {
+                version: active,
+                effective_from: None,
+                scope: None,
+                affiliate: None,
+            });
         }
         // Parents before children: each pass writes those whose parent is written.
         let mut waiting = Vec::new();
@@ -430,7 +468,8 @@ impl Writer<'_> {
                 written.insert(record.id.clone());
                 let now = (record.parent.clone(), record.deal.clone());
                 if self.affiliates.get(&record.id) != Some(&now) {
-                    let _ = self.write(ExportLine::Affiliate { id: record.id, parent: record.parent, deal: record.deal });
+                    let _ =
+                        self.write(ExportLine::Affiliate { id: record.id, parent: record.parent, deal: record.deal });
                 }
             }
             waiting = rest;

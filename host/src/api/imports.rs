@@ -79,12 +79,18 @@ pub struct JobView {
 
 fn view(job: &ImportJob) -> JobView {
     let mut job = job.clone();
-    if job.state == ImportState::Running && job.run != this_run() {
+    // A job recorded running that no request runs was cut off: by a restart of the host, or
+    // by its client going away (the handler is dropped with the connection).
+    let key = (job.operator.clone(), job.id.clone());
+    if job.state == ImportState::Running
+        && (job.run != this_run() || !running().lock().expect("running imports lock").contains(&key))
+    {
+        let cause = if job.run != this_run() { "the host stopped" } else { "the request that sent it ended" };
         job.state = ImportState::Stopped;
         job.stopped_at = Some(LineProblem {
             line: job.lines_read + 1,
             field: String::new(),
-            problem: "the host stopped during the import; send the file again with this job to continue".into(),
+            problem: format!("{cause} during the import; send the file again with this job to continue"),
         });
     }
     JobView {
@@ -143,8 +149,12 @@ fn request(query: Option<&str>, headers: &HeaderMap) -> Result<Request, ApiError
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("text/csv"));
-    let mut request =
-        Request { format: if csv_body { "csv" } else { "ndjson" }.into(), job: None, from_line: None, mapping: BTreeMap::new() };
+    let mut request = Request {
+        format: if csv_body { "csv" } else { "ndjson" }.into(),
+        job: None,
+        from_line: None,
+        mapping: BTreeMap::new(),
+    };
     let mut problems = Vec::new();
     for (key, value) in query_params(query)? {
         match key.as_str() {
@@ -180,7 +190,8 @@ fn request(query: Option<&str>, headers: &HeaderMap) -> Result<Request, ApiError
 }
 
 fn valid_job_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    (1..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// `POST /v1/operators/{op}/imports[?format=ndjson|csv|export&job=ID&from_line=N&map.FIELD=COLUMN]`.
@@ -361,7 +372,8 @@ impl Import<'_> {
             };
             let Some((number, line)) = next else { break };
             if request.format == "csv" && number == 1 {
-                let header = Csv::new(&line, &request.mapping).map_err(|(field, problem)| at_line(1, field, problem))?;
+                let header =
+                    Csv::new(&line, &request.mapping).map_err(|(field, problem)| at_line(1, field, problem))?;
                 csv = Some(header);
                 if from <= 1 {
                     self.job.lines_read = 1;
@@ -445,6 +457,8 @@ impl Import<'_> {
     /// before it are sent alone, and the import stops at its line.
     pub(super) async fn flush(&mut self) -> Result<(), Stop> {
         let mut batch = std::mem::take(&mut self.batch);
+        // Once an event is refused, the ones before it are sent alone and the import stops at it.
+        let mut stop = None;
         while !batch.is_empty() {
             let operator = self.operator_record()?;
             self.wait_for_rate(&operator, batch.len()).await;
@@ -464,7 +478,7 @@ impl Import<'_> {
                         None => {
                             self.job.lines_read = batch.last().map_or(self.job.lines_read, |(line, _)| *line);
                             self.save()?;
-                            return Ok(());
+                            break;
                         }
                         Some(index) => {
                             let (line, event) = &batch[index];
@@ -481,8 +495,7 @@ impl Import<'_> {
                     (index, "id".to_owned(), conflict_problem(&batch[index].1.event.id))
                 }
                 Err(IngestError::QuotaExceeded { operator, event, refused }) => {
-                    let index =
-                        event.and_then(|id| batch.iter().position(|(_, e)| e.event.id == id)).unwrap_or(0);
+                    let index = event.and_then(|id| batch.iter().position(|(_, e)| e.event.id == id)).unwrap_or(0);
                     let problem = format!(
                         "operator {operator:?} keeps {} bytes and its quota is {} bytes; the platform admin raises \
                          it with PUT /v1/operators/{operator}/limits",
@@ -493,23 +506,13 @@ impl Import<'_> {
                 Err(error) => return Err(Stop::Error(super::events::ingest_error(error))),
             };
             let (index, field, problem) = refused;
-            let line = batch[index].0;
-            if index == 0 {
-                return Err(at_line(line, field, problem));
-            }
-            // The events before the refused one are sent alone; the import stops at its line.
+            stop = Some(at_line(batch[index].0, field, problem));
             batch.truncate(index);
-            self.batch = Vec::new();
-            let stop = at_line(line, field, problem);
-            Box::pin(self.send_alone(batch)).await?;
-            return Err(stop);
         }
-        Ok(())
-    }
-
-    async fn send_alone(&mut self, batch: Vec<(u64, IncomingEvent)>) -> Result<(), Stop> {
-        self.batch = batch;
-        self.flush().await
+        match stop {
+            Some(stop) => Err(stop),
+            None => Ok(()),
+        }
     }
 
     /// Waits out the operator's events-per-second limit rather than failing the import on it.

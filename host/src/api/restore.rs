@@ -17,9 +17,7 @@ use super::{ApiError, operators};
 use crate::event::{IncomingEvent, affiliate_id_problem, parse_time};
 use crate::pipeline::{IngestError, Period};
 use crate::store::Store;
-use crate::store::records::{
-    AffiliateRecord, DatedActivation, FxRates, OperatorRecord, StatusChange,
-};
+use crate::store::records::{AffiliateRecord, DatedActivation, FxRates, OperatorRecord, StatusChange};
 use crate::terms;
 
 /// A line of an export, ready to be done.
@@ -74,7 +72,9 @@ impl Restore {
             ExportLine::Operator { currency: exported, .. } if exported != currency => Err(at_line(
                 number,
                 "currency",
-                format!("the export's operator pays in {exported}, this one in {currency}: create one paying in {exported}"),
+                format!(
+                    "the export's operator pays in {exported}, this one in {currency}: create one paying in {exported}"
+                ),
             )),
             ExportLine::Event { event, content_sha256, .. } => {
                 let json = serde_json::to_vec(&event).expect("a JSON value serializes");
@@ -99,8 +99,7 @@ impl Restore {
         match *line {
             ExportLine::Operator { config, .. } => {
                 let wire = wire(config);
-                let config =
-                    terms::checked_config("config", wire).map_err(|problems| first(number, problems))?;
+                let config = terms::checked_config("config", wire).map_err(|problems| first(number, problems))?;
                 store.update_operator(&op, |operator| operator.config = config.clone()).map_err(storage)?;
             }
             ExportLine::Settings { late_events } => {
@@ -108,11 +107,14 @@ impl Restore {
             }
             ExportLine::FxRates { rates, source } => {
                 let currency = import.operator_record()?.currency;
-                if let Some((code, _)) = rates
-                    .iter()
-                    .find(|(code, rate)| **code == currency || iso_currency::Currency::from_code(code).is_none() || **rate <= Decimal::ZERO)
-                {
-                    return Err(at_line(number, format!("rates.{code}"), "an ISO 4217 code other than the operator's, at a rate above zero"));
+                if let Some((code, _)) = rates.iter().find(|(code, rate)| {
+                    **code == currency || iso_currency::Currency::from_code(code).is_none() || **rate <= Decimal::ZERO
+                }) {
+                    return Err(at_line(
+                        number,
+                        format!("rates.{code}"),
+                        "an ISO 4217 code other than the operator's, at a rate above zero",
+                    ));
                 }
                 let rates: BTreeMap<String, Decimal> = rates;
                 let fx = FxRates { rates, source, updated_at: crate::event::now_ms() };
@@ -129,12 +131,17 @@ impl Restore {
                     return Err(at_line(
                         number,
                         "version",
-                        format!("stored as version {}, not {version}: import onto an operator with no plugins", record.version),
+                        format!(
+                            "stored as version {}, not {version}: import onto an operator with no plugins",
+                            record.version
+                        ),
                     ));
                 }
             }
             ExportLine::Activate { version, effective_from: None, .. } => {
-                operators::set_active(state, &op, version).await.map_err(|error| at_line(number, "version", error.message().to_owned()))?;
+                operators::set_active(state, &op, version)
+                    .await
+                    .map_err(|error| at_line(number, "version", error.message().to_owned()))?;
             }
             ExportLine::Activate { version, effective_from: Some(from), scope, affiliate } => {
                 let effective_from = time(number, "effective_from", &from)?;
@@ -159,16 +166,18 @@ impl Restore {
                 if let Some(parent) = &parent
                     && store.affiliate(&op, parent).map_err(storage)?.is_none()
                 {
-                    return Err(at_line(number, "parent", format!("affiliate {parent:?} does not exist before this line")));
+                    return Err(at_line(
+                        number,
+                        "parent",
+                        format!("affiliate {parent:?} does not exist before this line"),
+                    ));
                 }
-                let deal = terms::checked_deal("deal", wire(deal))
-                    .map_err(|problems| first(number, problems))?;
+                let deal = terms::checked_deal("deal", wire(deal)).map_err(|problems| first(number, problems))?;
                 let record = AffiliateRecord { id, parent, deal, updated_at: crate::event::now_ms() };
                 let quota = import.operator_record()?.limits.stored_bytes;
-                store
-                    .put_affiliate(&op, &record, quota)
-                    .map_err(storage)?
-                    .map_err(|refused| at_line(number, "stored_bytes", format!("over the operator's quota ({refused:?})")))?;
+                store.put_affiliate(&op, &record, quota).map_err(storage)?.map_err(|refused| {
+                    at_line(number, "stored_bytes", format!("over the operator's quota ({refused:?})"))
+                })?;
             }
             ExportLine::Close { period } => {
                 let period = Period::parse(&period).map_err(|problem| at_line(number, "period", problem))?;

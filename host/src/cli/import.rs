@@ -68,7 +68,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let bar = if terminal {
         let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}").unwrap_or(ProgressStyle::default_bar()),
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}")
+                .unwrap_or(ProgressStyle::default_bar()),
         );
         bar
     } else {
@@ -94,11 +95,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     done.store(true, Ordering::Relaxed);
     let _ = watcher.join();
     bar.finish_and_clear();
-    let response = sent.with_context(|| format!("sending {} to {url} (is the host running there?)", args.file.display()))?;
+    let response =
+        sent.with_context(|| format!("sending {} to {url} (is the host running there?)", args.file.display()))?;
     let status = response.status();
-    let body: Value = response
-        .json()
-        .with_context(|| format!("the answer of {url} ({status}) is not the host's JSON: is --url a commission-host?"))?;
+    let body: Value = response.json().with_context(|| {
+        format!("the answer of {url} ({status}) is not the host's JSON: is --url a commission-host?")
+    })?;
     let job_view = if status.is_success() { &body } else { &body["job"] };
     if status.is_success() {
         println!(
@@ -116,7 +118,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!(
             "line {}: {}{}",
             stopped["line"],
-            stopped["field"].as_str().filter(|field| !field.is_empty()).map(|field| format!("{field}: ")).unwrap_or_default(),
+            stopped["field"]
+                .as_str()
+                .filter(|field| !field.is_empty())
+                .map(|field| format!("{field}: "))
+                .unwrap_or_default(),
             stopped["problem"].as_str().unwrap_or("refused")
         );
         eprintln!(
