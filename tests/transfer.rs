@@ -94,6 +94,8 @@ fn an_ndjson_import_stops_at_a_bad_line_keeps_what_came_before_and_resumes_there
     let (status, again) = import(&host, &imported, "", "application/x-ndjson", ndjson(&events));
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!((again["accepted"].as_u64(), again["duplicate"].as_u64()), (Some(0), Some(300)), "{again}");
+    let (status, named) = host.get(&imported, &format!("/imports/{}", again["job"].as_str().unwrap()));
+    assert_eq!((status, named["state"].as_str()), (StatusCode::OK, Some("done")), "a job named by the host: {named}");
 
     // The same events posted as webhook batches make the same ledger.
     for batch in events.chunks(100) {

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::import_lines::{CSV_FIELDS, Csv, CsvLine, Lines, ndjson_event};
-use super::operators::query_params;
+use super::operators::{query_params, valid_operator_id};
 use super::rate_limit::Verdict;
 use super::restore::{self, Action};
 use super::{ApiError, AppState, auth};
@@ -160,8 +160,10 @@ fn request(query: Option<&str>, headers: &HeaderMap) -> Result<Request, ApiError
         match key.as_str() {
             "format" if ["ndjson", "csv", "export"].contains(&value.as_str()) => request.format = value,
             "format" => problems.push(FieldError::new("format", "one of ndjson, csv, export")),
-            "job" if valid_job_id(&value) => request.job = Some(value),
-            "job" => problems.push(FieldError::new("job", "1 to 64 of a-z, 0-9, - and _")),
+            "job" if valid_operator_id(&value) => request.job = Some(value),
+            "job" => {
+                problems.push(FieldError::new("job", "1 to 64 of a-z, 0-9, - and _, starting with a letter or digit"))
+            }
             "from_line" => match value.parse::<u64>() {
                 Ok(line) if line >= 1 => request.from_line = Some(line),
                 _ => problems.push(FieldError::new("from_line", "a line number, from 1")),
@@ -187,11 +189,6 @@ fn request(query: Option<&str>, headers: &HeaderMap) -> Result<Request, ApiError
         return Err(ApiError::fields("invalid_query", problems));
     }
     Ok(request)
-}
-
-fn valid_job_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// `POST /v1/operators/{op}/imports[?format=ndjson|csv|export&job=ID&from_line=N&map.FIELD=COLUMN]`.
@@ -223,9 +220,13 @@ pub async fn start(
     body: Body,
 ) -> Result<Response, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
+    let admin = auth::is_admin(&state, &headers);
     let request = request(query.as_deref(), &headers)?;
     let store = state.pipeline.store().clone();
-    let id = request.job.clone().unwrap_or_else(|| format!("imp_{}", &crate::secrets::random_text()[..16]));
+    let id = request
+        .job
+        .clone()
+        .unwrap_or_else(|| format!("imp_{}", &crate::secrets::sha256_hex(&crate::secrets::random_text())[..16]));
     let key = (operator.id.clone(), id.clone());
     if !running().lock().expect("running imports lock").insert(key.clone()) {
         return Err(ApiError::new(StatusCode::CONFLICT, "import_running", format!("import job {id:?} is running")));
@@ -269,7 +270,7 @@ pub async fn start(
         },
     };
     store.put_import_job(&job)?;
-    let mut import = Import { state: &state, operator: operator.id.clone(), job, batch: Vec::new() };
+    let mut import = Import { state: &state, operator: operator.id.clone(), admin, job, batch: Vec::new() };
     let outcome = import.run(Lines::new(body), &request).await;
     let failure = match outcome {
         Ok(()) => None,
@@ -351,6 +352,8 @@ pub(super) fn at_line(line: u64, field: impl Into<String>, problem: impl Into<St
 pub(super) struct Import<'a> {
     pub(super) state: &'a AppState,
     pub(super) operator: String,
+    /// Whether the admin sent it: an export's operator config is the admin's to set.
+    pub(super) admin: bool,
     job: ImportJob,
     /// Events read and not yet sent, with their line numbers.
     batch: Vec<(u64, IncomingEvent)>,

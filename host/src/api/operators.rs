@@ -426,7 +426,8 @@ pub(super) fn query_params(query: Option<&str>) -> Result<Vec<(String, String)>,
     Ok(pairs)
 }
 
-fn valid_operator_id(id: &str) -> bool {
+/// 1 to 64 of a-z, 0-9, - and _, starting with a letter or digit: operator ids, and import job ids.
+pub(super) fn valid_operator_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && id.as_bytes()[0].is_ascii_alphanumeric()

@@ -100,7 +100,19 @@ impl Restore {
             ExportLine::Operator { config, .. } => {
                 let wire = wire(config);
                 let config = terms::checked_config("config", wire).map_err(|problems| first(number, problems))?;
-                store.update_operator(&op, |operator| operator.config = config.clone()).map_err(storage)?;
+                if config != import.operator_record()?.config {
+                    // There is no operator route to change it: the admin sets it.
+                    if !import.admin {
+                        return Err(at_line(
+                            number,
+                            "config",
+                            "the export's operator config differs from this operator's: the platform admin creates \
+                             the operator with it (POST /v1/operators with \"config\") or imports the file with the \
+                             admin token",
+                        ));
+                    }
+                    store.update_operator(&op, |operator| operator.config = config.clone()).map_err(storage)?;
+                }
             }
             ExportLine::Settings { late_events } => {
                 store.update_operator(&op, |operator| operator.late_events = late_events).map_err(storage)?;
@@ -195,7 +207,11 @@ impl Restore {
                     return Err(at_line(number, "event", format!("event {event:?} has no commission {index} here")));
                 };
                 store
-                    .change_commission_status(&op, &id, StatusChange { status, at, by, note })
+                    .change_commission_status(
+                        &op,
+                        &id,
+                        StatusChange { status, at, by, note: format!("imported: {note}") },
+                    )
                     .map_err(storage)?
                     .map_err(|refusal| at_line(number, "status", format!("{id} {refusal}")))?;
             }
