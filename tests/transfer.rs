@@ -284,6 +284,8 @@ fn an_export_imported_into_an_empty_host_gives_the_same_ledger_and_verifies() {
         &acme,
         json!({"id": "x1", "type": "win", "customer": "c1", "amount": "400", "occurred_at": at("2025-09-11")}),
     );
+    // aff3 has no event: the close's settlement of it is the first the ledger shows of it.
+    host.put_affiliate(&acme, "aff3", Some("aff1"), json!({}));
     let (status, closed) = host.close(&acme, "2025-09");
     assert_eq!(status, StatusCode::OK, "{closed}");
     // A late wager of aff2's customer restates September: 30% of 500 paid as an adjustment.
@@ -338,6 +340,8 @@ fn an_export_imported_into_an_empty_host_gives_the_same_ledger_and_verifies() {
         body["restated"].clone()
     };
     assert_eq!(statement(&empty, &moved), statement(&host, &acme));
+    let (status, settlement) = empty.get(&moved, "/events/commission-host.period:2025-09:aff3");
+    assert_eq!(status, StatusCode::OK, "aff3 existed at the close: {settlement}");
     // A sender's retry of an event after the move is still a duplicate.
     let (_, retry) = empty.post_events(&moved, &json!({"id": "d1", "type": "deposit", "customer": "c1", "affiliate": "aff1", "amount": "100", "occurred_at": at("2025-09-02")}));
     assert_eq!(retry["status"], "duplicate", "{retry}");
