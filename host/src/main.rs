@@ -82,6 +82,9 @@ enum Command {
         #[command(subcommand)]
         command: cli::PluginCommand,
     },
+    /// Import a file of events (NDJSON, CSV, or an operator's export) into a running host, as a
+    /// resumable job with its progress shown.
+    Import(cli::import::Args),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -140,6 +143,10 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Plugin { command } => {
             end_quietly_on_a_closed_stdout();
             Ok(cli::run(command))
+        }
+        Command::Import(args) => {
+            end_quietly_on_a_closed_stdout();
+            Ok(cli::finish(cli::import::run(args)))
         }
     }
 }

@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::export::{self, Format};
 use super::answers::{CommissionPage, CommissionView, StatusMoved};
+use super::export::{self, Format};
 use super::openapi::ErrorSchema;
 use super::operators::{durable, parse_json, query_params};
 use super::{ApiError, AppState, auth, read_body};

@@ -138,3 +138,10 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+impl ApiError {
+    /// The sentence the answer carries: for a refusal met inside a longer job (an import).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}

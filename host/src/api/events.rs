@@ -216,7 +216,7 @@ async fn ingest(
     state.pipeline.ingest(operator, events).await.map_err(ingest_error)
 }
 
-fn ingest_error(error: IngestError) -> ApiError {
+pub(super) fn ingest_error(error: IngestError) -> ApiError {
     match error {
         IngestError::Conflict(ids) => ApiError::new(
             StatusCode::CONFLICT,

@@ -14,6 +14,7 @@
 //! | `PUT /v1/operators/{op}/shadow`, `GET .../plugins/{n}/shadow-report` | operator, admin |
 //! | `POST /v1/operators/{op}/periods/{YYYY-MM}/close`, `PUT .../fx-rates` | operator, admin |
 //! | `GET /v1/operators/{op}/periods/{YYYY-MM}/statement[?affiliate=A]`, `PUT .../settings` | operator, admin |
+//! | `POST /v1/operators/{op}/imports`, `GET .../imports/{job}`, `GET .../export` | operator, admin |
 //! | `PUT /v1/operators/{op}/limits`, `POST .../credentials/{kind}/rotate` | admin |
 //! | `GET /v1/operators` | admin |
 //! | `GET /v1/operators/{op}/affiliates`, `.../plugins`, `.../events`, `.../periods` | operator, admin |
@@ -28,6 +29,9 @@ mod commissions;
 mod error;
 mod events;
 mod export;
+mod history;
+mod import_lines;
+mod imports;
 mod listings;
 mod openapi;
 mod operators;
@@ -35,6 +39,7 @@ mod payouts;
 mod periods;
 mod rate_limit;
 mod replay;
+mod restore;
 mod statement;
 
 use std::sync::Arc;
@@ -149,6 +154,9 @@ fn credentialed_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(payouts::report))
         .routes(routes!(affiliate_keys::issue))
         .routes(routes!(affiliate_keys::revoke))
+        .routes(routes!(imports::start))
+        .routes(routes!(imports::status))
+        .routes(routes!(history::export))
         .routes(routes!(e::postback))
 }
 

@@ -158,13 +158,35 @@ pub async fn upload_plugin(
         ));
     }
     let activate = query_flag(query.as_deref(), "activate")?;
+    let record = add_plugin(&state, &operator.id, wasm.to_vec()).await?;
+    if activate {
+        set_active(&state, &operator.id, record.version).await?;
+    }
+    durable(&state).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(PluginUploaded {
+            version: record.version,
+            sha256: record.sha256,
+            contract: record.contract,
+            active: activate,
+        }),
+    ))
+}
+
+/// Validates, compiles and smoke-runs a component, and stores it as the operator's next version.
+pub(super) async fn add_plugin(
+    state: &AppState,
+    operator: &str,
+    wasm: Vec<u8>,
+) -> Result<crate::store::records::PluginRecord, ApiError> {
     let plugins = state.pipeline.plugins().clone();
-    let operator_id = operator.id.clone();
+    let operator_id = operator.to_owned();
     // The smoke run takes an instance from the pool like any evaluation.
     let slots = state.pipeline.replay_slots().await;
     let compiling = tokio::task::spawn_blocking(move || {
         let _slots = slots;
-        plugins.prepare(&operator_id, wasm.to_vec())
+        plugins.prepare(&operator_id, wasm)
     });
     // The compile thread cannot be interrupted; past the limit the upload is refused and the
     // prepared plugin, whenever it comes, is dropped unstored.
@@ -182,23 +204,8 @@ pub async fn upload_plugin(
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", rejection.to_string())
         })?;
     let plugins = state.pipeline.plugins().clone();
-    let operator_id = operator.id.clone();
-    let record = tokio::task::spawn_blocking(move || plugins.add(&operator_id, prepared))
-        .await
-        .map_err(ApiError::internal)??;
-    if activate {
-        set_active(&state, &operator.id, record.version).await?;
-    }
-    durable(&state).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(PluginUploaded {
-            version: record.version,
-            sha256: record.sha256,
-            contract: record.contract,
-            active: activate,
-        }),
-    ))
+    let operator_id = operator.to_owned();
+    Ok(tokio::task::spawn_blocking(move || plugins.add(&operator_id, prepared)).await.map_err(ApiError::internal)??)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -303,7 +310,7 @@ pub(super) fn existing_version(state: &AppState, operator: &str, version: &str) 
 
 /// Makes `version` the one that evaluates new events. Each event reads the operator once, so
 /// it is evaluated wholly by the old version or wholly by the new.
-async fn set_active(state: &AppState, operator: &str, version: u32) -> Result<(), ApiError> {
+pub(super) async fn set_active(state: &AppState, operator: &str, version: u32) -> Result<(), ApiError> {
     load(state, operator, version).await?;
     state
         .pipeline
@@ -499,7 +506,8 @@ pub(super) fn query_params(query: Option<&str>) -> Result<Vec<(String, String)>,
     Ok(pairs)
 }
 
-fn valid_operator_id(id: &str) -> bool {
+/// 1 to 64 of a-z, 0-9, - and _, starting with a letter or digit: operator ids, and import job ids.
+pub(super) fn valid_operator_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && id.as_bytes()[0].is_ascii_alphanumeric()

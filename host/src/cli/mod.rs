@@ -12,6 +12,7 @@
 
 mod build;
 mod check;
+pub mod import;
 mod new;
 mod test;
 mod trace;
@@ -43,7 +44,12 @@ pub enum PluginCommand {
 /// Runs a plugin command. An error is printed with its causes, each a sentence that says the
 /// fix, and exits with 2 (1 is `plugin test`'s "some step differs").
 pub fn run(command: PluginCommand) -> ExitCode {
-    execute(command).unwrap_or_else(|error| {
+    finish(execute(command))
+}
+
+/// A command's exit: an error printed with its causes, each a sentence that says the fix, and 2.
+pub fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|error| {
         eprintln!("error: {error}");
         for cause in error.chain().skip(1) {
             eprintln!("  because: {cause}");

@@ -14,6 +14,7 @@
 mod clawback;
 mod deals;
 mod durability;
+pub mod imports;
 pub mod keys;
 mod listings;
 mod payouts;

@@ -1,0 +1,238 @@
+//! An export brought back in: `POST /v1/operators/{op}/imports?format=export` onto an operator
+//! with no history. Each line is done as its route would do it (an upload, an activation, an
+//! affiliate, rates, a setting, a close, a status move), and events go through the ordinary
+//! event path in batches: the ledger is built again by the host itself, not copied, so `verify`
+//! checks it like any other. Events keep the hash they were received with, so a sender's retry
+//! of one after the move is still a `duplicate`.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use rust_decimal::Decimal;
+
+use super::history::{ExportLine, FORMAT};
+use super::import_lines::webhook_event;
+use super::imports::{Import, Stop, at_line};
+use super::{ApiError, operators};
+use crate::event::{IncomingEvent, affiliate_id_problem, parse_time};
+use crate::pipeline::{IngestError, Period};
+use crate::store::Store;
+use crate::store::records::{AffiliateRecord, DatedActivation, FxRates, OperatorRecord, StatusChange};
+use crate::terms;
+
+/// A line of an export, ready to be done.
+pub enum Action {
+    Blank,
+    Event(Box<IncomingEvent>),
+    Line(Box<ExportLine>),
+}
+
+/// What the import has seen of the file.
+#[derive(Default)]
+pub struct Restore {
+    ended: bool,
+}
+
+/// An export is imported onto an operator with no history: no events, plugins or affiliates.
+pub fn check_empty(store: &Store, operator: &OperatorRecord) -> Result<(), ApiError> {
+    if store.last_sequence(&operator.id)? > 0
+        || store.plugin(&operator.id, 1)?.is_some()
+        || !store.affiliate_ids(&operator.id)?.is_empty()
+    {
+        return Err(ApiError::field(
+            "format",
+            format!(
+                "operator {:?} has history already; an export is imported onto a new operator (POST /v1/operators), \
+                 or continued with ?job=",
+                operator.id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn time(line: u64, field: &str, text: &str) -> Result<i64, Stop> {
+    parse_time(text).map_err(|problem| at_line(line, field, problem))
+}
+
+impl Restore {
+    pub fn line(&mut self, number: u64, line: &[u8], currency: &str) -> Result<Action, Stop> {
+        if line.trim_ascii().is_empty() {
+            return Ok(Action::Blank);
+        }
+        if self.ended {
+            return Err(at_line(number, "kind", "a line after the `end` line"));
+        }
+        let parsed: ExportLine = serde_json::from_slice(line)
+            .map_err(|error| at_line(number, "", format!("not a line of an export: {error}")))?;
+        match parsed {
+            ExportLine::Operator { format, .. } if format != FORMAT => {
+                Err(at_line(number, "format", format!("format {format}; this host reads format {FORMAT}")))
+            }
+            ExportLine::Operator { currency: exported, .. } if exported != currency => Err(at_line(
+                number,
+                "currency",
+                format!(
+                    "the export's operator pays in {exported}, this one in {currency}: create one paying in {exported}"
+                ),
+            )),
+            ExportLine::Event { event, content_sha256, .. } => {
+                let json = serde_json::to_vec(&event).expect("a JSON value serializes");
+                let mut incoming = webhook_event(&json, currency)
+                    .map_err(|(field, problem)| at_line(number, format!("event.{field}"), problem))?;
+                if content_sha256.len() == 64 && content_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    incoming.content_sha256 = content_sha256;
+                }
+                Ok(Action::Event(Box::new(incoming)))
+            }
+            other => Ok(Action::Line(Box::new(other))),
+        }
+    }
+
+    /// Does one line that is not an event, as its route would.
+    pub async fn apply(&mut self, import: &mut Import<'_>, number: u64, action: Action) -> Result<(), Stop> {
+        let Action::Line(line) = action else { return Ok(()) };
+        let state = import.state;
+        let store = state.pipeline.store();
+        let op = import.operator.clone();
+        let storage = |error: crate::store::StoreError| Stop::Error(error.into());
+        match *line {
+            ExportLine::Operator { config, .. } => {
+                let wire = wire(config);
+                let config = terms::checked_config("config", wire).map_err(|problems| first(number, problems))?;
+                if config != import.operator_record()?.config {
+                    // There is no operator route to change it: the admin sets it.
+                    if !import.admin {
+                        return Err(at_line(
+                            number,
+                            "config",
+                            "the export's operator config differs from this operator's: the platform admin creates \
+                             the operator with it (POST /v1/operators with \"config\") or imports the file with the \
+                             admin token",
+                        ));
+                    }
+                    store.update_operator(&op, |operator| operator.config = config.clone()).map_err(storage)?;
+                }
+            }
+            ExportLine::Settings { late_events } => {
+                store.update_operator(&op, |operator| operator.late_events = late_events).map_err(storage)?;
+            }
+            ExportLine::FxRates { rates, source } => {
+                let currency = import.operator_record()?.currency;
+                if let Some((code, _)) = rates.iter().find(|(code, rate)| {
+                    **code == currency || iso_currency::Currency::from_code(code).is_none() || **rate <= Decimal::ZERO
+                }) {
+                    return Err(at_line(
+                        number,
+                        format!("rates.{code}"),
+                        "an ISO 4217 code other than the operator's, at a rate above zero",
+                    ));
+                }
+                let rates: BTreeMap<String, Decimal> = rates;
+                let fx = FxRates { rates, source, updated_at: crate::event::now_ms() };
+                store.update_operator(&op, |operator| operator.fx_rates = fx.clone()).map_err(storage)?;
+            }
+            ExportLine::Plugin { version, wasm_base64, .. } => {
+                let wasm = base64::engine::general_purpose::STANDARD
+                    .decode(wasm_base64)
+                    .map_err(|error| at_line(number, "wasm_base64", error.to_string()))?;
+                let record = operators::add_plugin(state, &op, wasm)
+                    .await
+                    .map_err(|error| at_line(number, "wasm_base64", error.message().to_owned()))?;
+                if record.version != version {
+                    return Err(at_line(
+                        number,
+                        "version",
+                        format!(
+                            "stored as version {}, not {version}: import onto an operator with no plugins",
+                            record.version
+                        ),
+                    ));
+                }
+            }
+            ExportLine::Activate { version, effective_from: None, .. } => {
+                operators::set_active(state, &op, version)
+                    .await
+                    .map_err(|error| at_line(number, "version", error.message().to_owned()))?;
+            }
+            ExportLine::Activate { version, effective_from: Some(from), scope, affiliate } => {
+                let effective_from = time(number, "effective_from", &from)?;
+                if store.plugin(&op, version).map_err(storage)?.is_none() {
+                    return Err(at_line(number, "version", format!("no plugin version {version} before this line")));
+                }
+                let activation = DatedActivation {
+                    version,
+                    effective_from,
+                    scope: scope.unwrap_or(crate::store::records::ActivationScope::Events),
+                    affiliate,
+                    activated_at: crate::event::now_ms(),
+                };
+                store
+                    .update_operator(&op, |operator| operator.dated_activations.push(activation.clone()))
+                    .map_err(storage)?;
+            }
+            ExportLine::Affiliate { id, parent, deal } => {
+                if let Some(problem) = affiliate_id_problem(&id) {
+                    return Err(at_line(number, "id", problem));
+                }
+                if let Some(parent) = &parent
+                    && store.affiliate(&op, parent).map_err(storage)?.is_none()
+                {
+                    return Err(at_line(
+                        number,
+                        "parent",
+                        format!("affiliate {parent:?} does not exist before this line"),
+                    ));
+                }
+                let deal = terms::checked_deal("deal", wire(deal)).map_err(|problems| first(number, problems))?;
+                let record = AffiliateRecord { id, parent, deal, updated_at: crate::event::now_ms() };
+                let quota = import.operator_record()?.limits.stored_bytes;
+                store.put_affiliate(&op, &record, quota).map_err(storage)?.map_err(|refused| {
+                    at_line(number, "stored_bytes", format!("over the operator's quota ({refused:?})"))
+                })?;
+            }
+            ExportLine::Close { period } => {
+                let period = Period::parse(&period).map_err(|problem| at_line(number, "period", problem))?;
+                let operator = import.operator_record()?;
+                match state.pipeline.close_period(&operator, &period).await {
+                    Ok(_) => {}
+                    Err(IngestError::Invalid(problems)) => return Err(first(number, problems)),
+                    Err(error) => return Err(Stop::Error(super::events::ingest_error(error))),
+                }
+            }
+            ExportLine::Status { event, index, status, by, note, at, reference } => {
+                let at = time(number, "at", &at)?;
+                let record = store.event(&op, &event).map_err(storage)?;
+                let Some(id) = record.and_then(|record| record.commission_ids.get(index).cloned()) else {
+                    return Err(at_line(number, "event", format!("event {event:?} has no commission {index} here")));
+                };
+                store
+                    .change_commission_status(
+                        &op,
+                        &id,
+                        StatusChange { status, at, by, note: format!("imported: {note}"), reference },
+                    )
+                    .map_err(storage)?
+                    .map_err(|refusal| at_line(number, "status", format!("{id} {refusal}")))?;
+            }
+            ExportLine::End { .. } => self.ended = true,
+            ExportLine::Event { .. } => {}
+        }
+        import.save()
+    }
+
+    /// Whether the file had its `end` line: one without it was cut off.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+}
+
+/// Stored terms as they arrive on the wire, to be checked as a route checks them.
+fn wire(terms: crate::store::records::Properties) -> terms::WireTerms {
+    crate::event::UniqueKeys(terms.into_iter().map(|(key, value)| (key, crate::event::Scalar(value))).collect())
+}
+
+fn first(line: u64, problems: Vec<crate::event::FieldError>) -> Stop {
+    let first = problems.into_iter().next().unwrap_or_else(|| crate::event::FieldError::new("", "refused"));
+    at_line(line, first.field, first.problem)
+}
