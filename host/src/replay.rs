@@ -78,6 +78,7 @@ impl From<&CommissionRecord> for Payout {
 pub struct EventDifference {
     pub event_id: String,
     #[serde(serialize_with = "crate::event::serialize_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub occurred_at: i64,
     pub paid: Vec<Payout>,
     pub replayed: Vec<Payout>,

@@ -7,3 +7,7 @@ the way schemathesis sends `application/octet-stream`.
 import schemathesis
 
 schemathesis.serializer.alias("application/wasm", "application/octet-stream")
+
+# An import's body is lines of text (NDJSON, or CSV with a header row): send generated bodies
+# as text. Whatever schemathesis makes of them is a bad line, refused by number, or nothing.
+schemathesis.serializer.alias("application/x-ndjson", "text/plain")

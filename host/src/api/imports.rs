@@ -207,7 +207,7 @@ fn request(query: Option<&str>, headers: &HeaderMap) -> Result<Request, ApiError
     responses(
         (status = 200, description = "every line was read and committed", body = JobView),
         (status = 409, description = "the job is running already"),
-        (status = 422, description = "stopped at a bad line: `details[0].index` is its number; the lines before it are committed", body = Stopped),
+        (status = 422, description = "a bad query parameter (the error shape), or `import_stopped`: stopped at a bad line, `details[0].index` is its number, the lines before it are committed, and `job` is the job as it stands", body = super::openapi::ErrorSchema),
         (status = 401, description = "not the operator's key nor the admin token"),
     ),
     security(("operator_key" = []), ("admin_token" = []))

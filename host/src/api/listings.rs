@@ -291,14 +291,14 @@ pub async fn plugins(
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct EventsPage {
-    events: Vec<EventView>,
+    events: Vec<ListedEvent>,
     next: Option<String>,
 }
 
 /// An event as the ledger keeps it, without its evaluation's details (`GET .../events/{id}`
 /// has those).
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct EventView {
+pub struct ListedEvent {
     id: String,
     #[serde(rename = "type")]
     kind: String,
@@ -328,9 +328,9 @@ pub struct FailureView {
     message: String,
 }
 
-fn event_view(record: EventRecord<StoredLink>) -> EventView {
+fn event_view(record: EventRecord<StoredLink>) -> ListedEvent {
     let event = record.event;
-    EventView {
+    ListedEvent {
         id: event.id,
         kind: event.kind,
         customer: event.customer,
