@@ -253,6 +253,8 @@ fn commission_statuses_move_with_an_audit_trail_and_respect_the_hold() {
         })
         .collect();
     assert_eq!(trail, [("approved", "operator", "to approved"), ("paid", "operator", "to paid")]);
+    let at = audited["history"][0]["at"].as_str().unwrap_or_default();
+    assert!(at.contains('T') && at.ends_with('Z'), "a status move's time is RFC 3339: {audited}");
     assert_eq!(host.commissions(&acme, "status=paid").len(), 1);
     assert_eq!(host.commissions(&acme, "status=rejected").len(), 1);
     assert_eq!(move_to(&quick_id, "reversed").0, StatusCode::CONFLICT, "only the host reverses");

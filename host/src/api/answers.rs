@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use crate::pipeline::Disposition;
 use crate::store::records::{
     ActivationScope, ClawBack, CommissionStatus, CredentialKind, EventStatus, Failure, LateEventPolicy, LogLine,
-    Restatement, StatusChange,
+    Restatement,
 };
 
 /// `POST /v1/operators`: the operator and its credentials, shown this once.
@@ -139,11 +139,26 @@ pub struct CommissionView {
     #[schema(required = false)]
     status: CommissionStatus,
     #[schema(required = false)]
-    history: Vec<StatusChange>,
+    history: Vec<StatusMoveView>,
     #[schema(required = false)]
     clawed_back: Option<ClawBack>,
     #[schema(required = false)]
     moves_with: Option<String>,
+}
+
+/// One move of a commission's status: the audit trail.
+#[derive(ToSchema)]
+#[allow(dead_code)] // A description of `commissions::history_json`.
+pub struct StatusMoveView {
+    status: CommissionStatus,
+    /// RFC 3339.
+    at: String,
+    /// `admin`, `operator`, or `host`.
+    by: String,
+    note: String,
+    /// For a move to `paid` by a payout run: the payment's reference.
+    #[schema(required = false)]
+    reference: Option<String>,
 }
 
 /// A page of the ledger; `next` is the cursor of the next page, null on the last.
@@ -160,7 +175,7 @@ pub struct CommissionPage {
 pub struct StatusMoved {
     id: String,
     status: CommissionStatus,
-    history: Vec<StatusChange>,
+    history: Vec<StatusMoveView>,
     clawed_back: Option<ClawBack>,
     moves_with: Option<String>,
 }
@@ -247,8 +262,8 @@ pub struct FxConversionView {
     #[schema(value_type = String)]
     rate: Decimal,
     source: String,
-    /// Unix milliseconds.
-    rates_updated_at: i64,
+    /// RFC 3339: when the operator's rates were last set.
+    rates_updated_at: String,
     #[schema(value_type = String)]
     amount: Decimal,
     currency: String,

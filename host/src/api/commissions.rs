@@ -169,7 +169,7 @@ pub async fn get(
     let status = store.commission_status(&operator.id, &id)?;
     let mut answer = commission_json(&commission);
     answer["status"] = json!(status.status);
-    answer["history"] = json!(status.history);
+    answer["history"] = history_json(&status.history);
     reversal_fields(&mut answer, &status);
     Ok(Json(answer))
 }
@@ -230,9 +230,22 @@ pub async fn set_status(
         .change_commission_status(&operator.id, &id, change)?
         .map_err(|refusal| ApiError::new(StatusCode::CONFLICT, "status_transition", format!("{id} {refusal}")))?;
     durable(&state).await?;
-    let mut answer = json!({ "id": id, "status": record.status, "history": record.history });
+    let mut answer = json!({ "id": id, "status": record.status, "history": history_json(&record.history) });
     reversal_fields(&mut answer, &record);
     Ok(Json(answer))
+}
+
+/// A commission's status moves as the API gives them: as stored, the time in RFC 3339 like every
+/// other time in an answer (the store keeps unix milliseconds).
+fn history_json(history: &[StatusChange]) -> Value {
+    history
+        .iter()
+        .map(|change| {
+            let mut view = json!(change);
+            view["at"] = json!(format_time(change.at));
+            view
+        })
+        .collect()
 }
 
 /// How a reversal touched the commission, if one did: `clawed_back` on an original (by which

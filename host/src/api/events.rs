@@ -335,7 +335,11 @@ fn event_json(record: &EventRecord, commissions: Vec<Value>) -> Value {
         "currency": event.currency,
         "affiliate": event.affiliate,
         "attributes": event.attributes,
-        "fx": event.fx,
+        "fx": event.fx.as_ref().map(|fx| {
+            let mut view = json!(fx);
+            view["rates_updated_at"] = json!(format_time(fx.rates_updated_at));
+            view
+        }),
         "received_at": format_time(record.received_at),
         "status": record.status,
         "failure": record.failure,
