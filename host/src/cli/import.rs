@@ -18,15 +18,8 @@ use serde_json::Value;
 pub struct Args {
     /// The file: NDJSON (one webhook event per line), CSV with a header row, or an export.
     file: PathBuf,
-    /// The operator the events are for.
-    #[arg(long)]
-    operator: String,
-    /// The host, e.g. `http://127.0.0.1:8080`.
-    #[arg(long)]
-    url: String,
-    /// The operator's API key (or the admin token).
-    #[arg(long, env = "COMMISSION_HOST_API_KEY", hide_env_values = true)]
-    api_key: String,
+    #[command(flatten)]
+    host: super::Remote,
     /// `ndjson`, `csv` or `export`; by default from the file's extension (`.csv` is CSV).
     #[arg(long)]
     format: Option<String>,
@@ -42,7 +35,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let base = args.url.trim_end_matches('/').to_owned();
+    let base = args.host.base().to_owned();
     let file = std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
     let size = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
     let format = args.format.clone().unwrap_or_else(|| {
@@ -53,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         format!("cli-{:x}", nanos.as_nanos())
     });
-    let mut url = format!("{base}/v1/operators/{}/imports?format={format}&job={job}", args.operator);
+    let mut url = format!("{base}/v1/operators/{}/imports?format={format}&job={job}", args.host.operator);
     if let Some(line) = args.from_line {
         url.push_str(&format!("&from_line={line}"));
     }
@@ -77,8 +70,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let done = Arc::new(AtomicBool::new(false));
     let watcher = watch(
-        format!("{base}/v1/operators/{}/imports/{job}", args.operator),
-        args.api_key.clone(),
+        format!("{base}/v1/operators/{}/imports/{job}", args.host.operator),
+        args.host.api_key.clone(),
         bar.clone(),
         done.clone(),
     );
@@ -88,7 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = reqwest::blocking::Client::builder().timeout(None).build()?;
     let sent = client
         .post(&url)
-        .bearer_auth(&args.api_key)
+        .bearer_auth(&args.host.api_key)
         .header(reqwest::header::CONTENT_TYPE, content_type)
         .body(reqwest::blocking::Body::new(reader))
         .send();
@@ -132,8 +125,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!(
             "  commission-host import {} --operator {} --url {} --format {format} --job {job}",
             args.file.display(),
-            args.operator,
-            args.url
+            args.host.operator,
+            args.host.url
         );
         return Ok(ExitCode::from(1));
     }

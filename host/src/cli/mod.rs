@@ -98,3 +98,24 @@ fn load_component(path: &Path) -> anyhow::Result<(Sandbox, LoadedPlugin)> {
     let plugin = sandbox.load(&artifact)?;
     Ok((sandbox, plugin))
 }
+
+/// Where a command that talks to a running host sends its requests, and as whom.
+#[derive(clap::Args)]
+pub struct Remote {
+    /// The operator.
+    #[arg(long)]
+    operator: String,
+    /// The host, e.g. `http://127.0.0.1:8080`.
+    #[arg(long)]
+    url: String,
+    /// The operator's API key (or the admin token).
+    #[arg(long, env = "COMMISSION_HOST_API_KEY", hide_env_values = true)]
+    api_key: String,
+}
+
+impl Remote {
+    /// The host's URL without a trailing `/`, for paths to follow.
+    fn base(&self) -> &str {
+        self.url.trim_end_matches('/')
+    }
+}

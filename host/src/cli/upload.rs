@@ -11,15 +11,8 @@ use anyhow::Context as _;
 pub struct Args {
     /// The component, as `plugin build` made it.
     plugin: PathBuf,
-    /// The operator whose next plugin version this is.
-    #[arg(long)]
-    operator: String,
-    /// The host, e.g. `http://127.0.0.1:8080`.
-    #[arg(long)]
-    url: String,
-    /// The operator's API key (as created with the operator).
-    #[arg(long, env = "COMMISSION_HOST_API_KEY", hide_env_values = true)]
-    api_key: String,
+    #[command(flatten)]
+    host: super::Remote,
     /// Make the new version evaluate new events at once.
     #[arg(long)]
     activate: bool,
@@ -27,13 +20,12 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let wasm = super::read_component(&args.plugin)?;
-    let url =
-        format!("{}/v1/operators/{}/plugins?activate={}", args.url.trim_end_matches('/'), args.operator, args.activate);
+    let url = format!("{}/v1/operators/{}/plugins?activate={}", args.host.base(), args.host.operator, args.activate);
     // The host compiles the component before it answers: minutes for a large one.
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(300)).build()?;
     let response = client
         .post(&url)
-        .bearer_auth(&args.api_key)
+        .bearer_auth(&args.host.api_key)
         .header(reqwest::header::CONTENT_TYPE, "application/wasm")
         .body(wasm)
         .send()
@@ -56,7 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "uploaded {} as version {} of operator {} (contract {}, sha256 {}){}",
         args.plugin.display(),
         body["version"],
-        args.operator,
+        args.host.operator,
         body["contract"].as_str().unwrap_or("?"),
         body["sha256"].as_str().unwrap_or("?"),
         if args.activate { ", active" } else { "; activate it with POST .../plugins/{version}/activate" }
