@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use common::{Host, Operator, data_dir};
+use common::{Host, Operator, answer, data_dir};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -212,4 +212,178 @@ fn a_thousand_operators_share_a_bounded_number_of_evaluation_threads() {
     for (operator, _) in &operators[..4] {
         assert_eq!(host.commissions(operator, "").len(), 1, "{}", operator.id);
     }
+}
+
+/// The commissions of a batch's answer, per event: status, then (affiliate, amount, rule).
+fn paid_per_event(answer: &Value) -> Vec<(String, Vec<(String, String, String)>)> {
+    answer["results"]
+        .as_array()
+        .expect("a batch's results")
+        .iter()
+        .map(|result| {
+            let commissions = result["commissions"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let paid = commissions
+                .iter()
+                .map(|c| (c["affiliate"].to_string(), c["amount"].to_string(), c["rule"].to_string()))
+                .collect();
+            (result["status"].as_str().unwrap_or_default().to_owned(), paid)
+        })
+        .collect()
+}
+
+/// Deposits, then trades of 4, 6 and 0.5 lots, for `customers` customers of each of
+/// `operators` multi-event operators, one batch per round per operator, on a host started with
+/// `args`. Returns every answer, in order, and the host's metrics at the end.
+fn trading_rounds(operators: usize, customers: usize, args: &[&str]) -> (Vec<Vec<(String, Vec<(String, String, String)>)>>, String) {
+    let (_dir, data) = data_dir();
+    let host = Host::start_with(&data, args);
+    let operators: Vec<Operator> = (0..operators).map(|n| host.multi_event_with_aff1(&format!("op{n}"))).collect();
+    let rounds: [(&str, Option<&str>); 4] = [("deposit", None), ("trade", Some("4")), ("trade", Some("6")), ("trade", Some("0.5"))];
+    let mut answers = Vec::new();
+    for (round, (kind, lots)) in rounds.iter().enumerate() {
+        for operator in &operators {
+            let events: Vec<Value> = (0..customers)
+                .map(|customer| {
+                    let mut event = json!({"id": format!("e{round}-{customer}"), "type": kind,
+                                           "customer": format!("customer-{customer}"), "affiliate": "aff1"});
+                    match lots {
+                        Some(lots) => event["attributes"] = json!({"lots": lots}),
+                        None => event["amount"] = json!("100"),
+                    }
+                    event
+                })
+                .collect();
+            let (status, answer) = host.post_events(operator, &Value::Array(events));
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            answers.push(paid_per_event(&answer));
+        }
+    }
+    for operator in &operators {
+        common::assert_verifies(&host, operator);
+    }
+    (answers, host.metrics())
+}
+
+#[test]
+fn the_state_cache_stays_within_its_bounds_and_answers_as_the_ledger_alone_does() {
+    const TOTAL: usize = 8_000;
+    const PER_OPERATOR: usize = 4_000;
+    let (cached, metrics) = trading_rounds(
+        3,
+        40,
+        &["--state-cache-bytes", &TOTAL.to_string(), "--state-cache-operator-bytes", &PER_OPERATOR.to_string()],
+    );
+    let bytes = metric(&metrics, "commission_host_state_cache_bytes").expect("the cache's bytes");
+    assert!(bytes > 0.0 && bytes <= TOTAL as f64, "{bytes} bytes cached, over {TOTAL}:\n{metrics}");
+    // 40 customers' keys (four each, ~90 bytes an entry) do not fit in 4,000 bytes: entries went.
+    let evictions = metric(&metrics, "commission_host_state_cache_evictions_total").expect("evictions");
+    assert!(evictions > 0.0, "{metrics}");
+    let hits = metric(&metrics, "commission_host_state_cache_hits_total").expect("hits");
+    assert!(hits > 0.0, "nothing was read from the cache:\n{metrics}");
+
+    let (uncached, metrics) = trading_rounds(3, 40, &["--state-cache-bytes", "0"]);
+    assert_eq!(metric(&metrics, "commission_host_state_cache_bytes"), Some(0.0), "{metrics}");
+    assert_eq!(metric(&metrics, "commission_host_state_cache_hits_total"), Some(0.0), "{metrics}");
+    assert_eq!(cached, uncached, "the cache changed what was paid");
+    // What the multi-event plugin pays per customer: 10 on the deposit, 5 on the first trade,
+    // 20 once the lots pass 10.
+    let last = &cached[cached.len() - 1];
+    assert!(last.iter().all(|(status, paid)| status == "accepted" && paid.len() == 1), "{last:?}");
+}
+
+/// Waits until the metric line `name` is at least `at_least`, polling (a bounded number of
+/// times); returns the metrics then.
+fn wait_for_metric(host: &Host, name: &str, at_least: f64) -> String {
+    for _ in 0..2_000 {
+        let metrics = host.metrics();
+        if metric(&metrics, name).is_some_and(|value| value >= at_least) {
+            return metrics;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    panic!("{name} never reached {at_least}:\n{}", host.metrics());
+}
+
+/// A batch of `count` events of the hostile plugin, each working a while and succeeding.
+fn slow_batch(prefix: &str, count: usize) -> Value {
+    Value::Array(
+        (0..count)
+            .map(|n| {
+                json!({"id": format!("{prefix}-{n}"), "type": "deposit", "customer": format!("c{}", n % 7),
+                       "affiliate": "aff1", "attributes": {"attack": "contend", "spin": "300000"}})
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn a_large_batch_gives_the_other_operators_turns_between_its_slices() {
+    const BATCH: usize = 400;
+    let (_dir, data) = data_dir();
+    let host = Arc::new(Host::start_with(&data, &["--evaluation-threads", "1"]));
+    let large = Arc::new(hostile_operator(&host, "large"));
+    let small = host.multi_event_with_aff1("small");
+
+    let batch = {
+        let (host, large) = (host.clone(), large.clone());
+        std::thread::spawn(move || host.post_events(&large, &slow_batch("b", BATCH)))
+    };
+    // Once the batch has been cut at the end of a slice, the small operator's event is taken
+    // at the next turn: before the batch's last event.
+    wait_for_metric(&host, r#"commission_host_sliced_requests_total{operator="large"}"#, 1.0);
+    host.accept(&small, json!({"id": "d-1", "type": "deposit", "customer": "c1", "amount": "100", "affiliate": "aff1"}));
+    let (status, last) = host.get(&large, &format!("/events/b-{}", BATCH - 1));
+    assert_eq!(status, StatusCode::NOT_FOUND, "the small operator waited for the whole batch: {last}");
+
+    let (status, answer) = batch.join().unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), BATCH);
+    assert!(results.iter().all(|result| result["status"] == "accepted"), "{answer}");
+    // Answered whole, each event once, in order: the shared counter counted every event.
+    assert_eq!(host.commissions(&large, "").len(), BATCH);
+    let metrics = host.metrics();
+    let turns = metric(&metrics, r#"commission_host_sequencer_turns_total{operator="large"}"#).unwrap();
+    let slices = metric(&metrics, r#"commission_host_sliced_requests_total{operator="large"}"#).unwrap();
+    assert!(turns >= slices + 1.0 && slices >= 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, r#"commission_host_operator_queue_events{operator="large"}"#), Some(0.0));
+    common::assert_verifies(&host, &large);
+}
+
+#[test]
+fn an_activation_queued_behind_events_takes_effect_after_them() {
+    const BATCH: usize = 1000;
+    let (_dir, data) = data_dir();
+    let host = Arc::new(Host::start_with(&data, &["--evaluation-threads", "1"]));
+    let operator = Arc::new(hostile_operator(&host, "switching"));
+    let (status, uploaded) = host.upload_plugin(&operator, &common::plugin_wasm("multi-event"), false);
+    assert_eq!(status, StatusCode::CREATED, "{uploaded}");
+    let v2 = uploaded["version"].as_u64().unwrap();
+
+    let batch = {
+        let (host, operator) = (host.clone(), operator.clone());
+        std::thread::spawn(move || host.post_events(&operator, &slow_batch("b", BATCH)))
+    };
+    wait_for_metric(&host, r#"commission_host_sequencer_turns_total{operator="switching"}"#, 1.0);
+    let (status, activated) = answer(
+        host.client
+            .post(host.url(&format!("/v1/operators/switching/plugins/{v2}/activate")))
+            .bearer_auth(&operator.api_key)
+            .send(),
+    );
+    assert_eq!(status, StatusCode::OK, "{activated}");
+    // Answered in its turn: after every event queued before it, each evaluated by version 1.
+    for n in [0, BATCH / 2, BATCH - 1] {
+        let (status, event) = host.get(&operator, &format!("/events/b-{n}"));
+        assert_eq!(status, StatusCode::OK, "b-{n} not stored when the activation was answered: {event}");
+        assert_eq!(event["plugin_version"], 1, "{event}");
+    }
+    let (status, answer) = batch.join().unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let after = host.accept(
+        &operator,
+        json!({"id": "after", "type": "deposit", "customer": "new", "amount": "100", "affiliate": "aff1"}),
+    );
+    let (_, stored) = host.get(&operator, "/events/after");
+    assert_eq!(stored["plugin_version"], v2, "{stored} {after}");
 }

@@ -246,3 +246,66 @@ fn the_stored_bytes_quota_is_admin_only_and_checked() {
     host.accept(&acme, json!({"id": "d1", "type": "deposit", "customer": "c1", "amount": "100", "affiliate": "aff1"}));
     assert!(stored_bytes(&host, "acme") > 0);
 }
+
+/// Posts one event of the hostile plugin's default kind (it counts the customer's events in one
+/// key of its state, `customer:{customer}:events`, and pays 1); the answer's status.
+fn counted_event(host: &Host, operator: &Operator, id: &str, customer: &str) -> String {
+    let event = json!({"id": id, "type": "deposit", "customer": customer, "affiliate": "aff1"});
+    let (status, body) = host.post_events(operator, &event);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["status"].as_str().unwrap().to_owned()
+}
+
+/// The stored event's failure kind, if it failed.
+fn failure_kind(host: &Host, operator: &Operator, id: &str) -> Option<String> {
+    let (status, event) = host.get(operator, &format!("/events/{id}"));
+    assert_eq!(status, StatusCode::OK, "{event}");
+    event["failure"]["kind"].as_str().map(str::to_owned)
+}
+
+#[test]
+fn an_event_past_the_state_quota_is_stored_as_failed_writing_nothing_and_retried_once_raised() {
+    // Each customer's key and value take 19 bytes (`customer:cN:events` and `1`): 5 fit in 100.
+    let quota = ["--state-quota-bytes", "100"];
+    let (_dir, data) = data_dir();
+    let host = Host::start_with(&data, &quota);
+    let operator = host.create_operator("hoarder");
+    host.install_plugin(&operator, "hostile");
+    host.put_affiliate(&operator, "aff1", None, json!({}));
+
+    let statuses: Vec<String> =
+        (0..8).map(|n| counted_event(&host, &operator, &format!("e{n}"), &format!("c{n}"))).collect();
+    assert_eq!(statuses, ["accepted"; 5].into_iter().chain(["failed"; 3]).collect::<Vec<_>>());
+    for n in 5..8 {
+        assert_eq!(failure_kind(&host, &operator, &format!("e{n}")).as_deref(), Some("state_quota"));
+    }
+    let (_, failed) = host.get(&operator, "/events/e5");
+    let message = failed["failure"]["message"].as_str().unwrap();
+    assert!(message.contains("quota of 100") && message.contains(r#"{"state_bytes": N}"#), "{message}");
+    assert_eq!(failed["commissions"], json!([]), "a refused event pays nothing: {failed}");
+    // A write that keeps the state as large is never refused: c0's count goes from 1 to 2.
+    assert_eq!(counted_event(&host, &operator, "again", "c0"), "accepted");
+    assert_eq!(host.commissions(&operator, "").len(), 6);
+
+    // After a crash the count is made again from the ledger: the quota still holds.
+    host.kill();
+    let host = Host::start_with(&data, &quota);
+    assert_eq!(counted_event(&host, &operator, "late", "c9"), "failed");
+    assert_eq!(failure_kind(&host, &operator, "late").as_deref(), Some("state_quota"));
+
+    // The operator's own quota overrides the host's; the failed events then go through.
+    let (status, limits) = put_limits(&host, "hoarder", json!({"state_bytes": 1_000}));
+    assert_eq!((status, limits["state_bytes"].as_u64()), (StatusCode::OK, Some(1_000)), "{limits}");
+    let (status, report) = answer(
+        host.client
+            .post(host.url("/v1/operators/hoarder/events/retry-failed"))
+            .bearer_auth(&operator.api_key)
+            .send(),
+    );
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!((report["retried"].as_u64(), report["accepted"].as_u64()), (Some(4), Some(4)), "{report}");
+    assert_eq!(host.commissions(&operator, "").len(), 10);
+    assert_verifies(&host, &operator);
+    let (status, body) = put_limits(&host, "hoarder", json!({"state_bytes": 0}));
+    assert_eq!((status, body["details"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("state_bytes")));
+}

@@ -8,7 +8,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use commission_host::api::{self, AppState, BodyLimits};
 use commission_host::metrics::Metrics;
-use commission_host::pipeline::{DEFAULT_QUEUE_EVENTS, Pipeline, Scheduling};
+use commission_host::pipeline::{
+    CacheBounds, DEFAULT_CACHE_BYTES, DEFAULT_OPERATOR_CACHE_BYTES, DEFAULT_QUEUE_EVENTS, Pipeline, Scheduling,
+};
 use commission_host::plugins::PluginRegistry;
 use commission_host::sandbox::{Limits, Sandbox};
 use commission_host::store::Store;
@@ -70,6 +72,17 @@ enum Command {
         /// fit is refused with 503 and Retry-After, nothing of it written.
         #[arg(long, default_value_t = DEFAULT_QUEUE_EVENTS)]
         operator_queue_events: usize,
+        /// Bytes of plugin state the sequencers keep in memory between turns, over all
+        /// operators (the least recently used go first); 0 reads the ledger every time.
+        #[arg(long, default_value_t = DEFAULT_CACHE_BYTES)]
+        state_cache_bytes: usize,
+        /// Bytes of plugin state kept in memory for one operator, within --state-cache-bytes.
+        #[arg(long, default_value_t = DEFAULT_OPERATOR_CACHE_BYTES)]
+        state_cache_operator_bytes: usize,
+        /// The quota on the plugin state each operator stores, in bytes, for operators without
+        /// their own (`state_bytes` in PUT /v1/operators/{op}/limits); none unless given.
+        #[arg(long)]
+        state_quota_bytes: Option<u64>,
     },
     /// Print the HTTP API's OpenAPI 3.1 document (what `GET /openapi.json` serves).
     Openapi {
@@ -108,6 +121,9 @@ fn main() -> anyhow::Result<ExitCode> {
             max_connections_per_peer,
             evaluation_threads,
             operator_queue_events,
+            state_cache_bytes,
+            state_cache_operator_bytes,
+            state_quota_bytes,
         } => {
             init_tracing(log_format);
             let limits = BodyLimits {
@@ -126,7 +142,12 @@ fn main() -> anyhow::Result<ExitCode> {
             let scheduling = Scheduling {
                 evaluation_threads: evaluation_threads.unwrap_or(Scheduling::default().evaluation_threads),
                 queue_events: operator_queue_events,
+                state_cache: CacheBounds { total_bytes: state_cache_bytes, operator_bytes: state_cache_operator_bytes },
+                state_quota_bytes,
             };
+            if state_quota_bytes == Some(0) {
+                anyhow::bail!("--state-quota-bytes must be at least 1 (leave it out for no quota)");
+            }
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(serve(data, listen, demo.then_some(demo_plugin), limits, connections, scheduling))?;
             Ok(ExitCode::SUCCESS)

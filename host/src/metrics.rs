@@ -3,6 +3,9 @@
 //! Labels are bounded: operators are few and created by the admin; event types are free text
 //! chosen by senders, so only the common kinds get their own label value and the rest count as
 //! `other`.
+//!
+//! It depends on nothing of the crate: every module reports into it, so an import from here
+//! into the data path would close a cycle.
 
 use std::sync::atomic::AtomicU64;
 
@@ -12,8 +15,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use crate::pipeline::Disposition;
 
 const KNOWN_KINDS: &[&str] = &[
     "registration",
@@ -76,6 +77,12 @@ pub struct Metrics {
     pub throttled_seconds: Family<OperatorLabels, Counter<f64, AtomicU64>>,
     pub process_threads: Gauge,
     pub stored_bytes: Family<OperatorLabels, Gauge>,
+    pub state_cache_bytes: Gauge,
+    pub state_cache_evictions: Counter,
+    pub state_cache_hits: Counter,
+    pub state_cache_misses: Counter,
+    pub sequencer_turns: Family<OperatorLabels, Counter>,
+    pub sliced_requests: Family<OperatorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -193,6 +200,38 @@ impl Default for Metrics {
             "Bytes each operator keeps in the ledger, as counted against its stored_bytes quota",
             stored_bytes.clone(),
         );
+        let state_cache_bytes = Gauge::default();
+        registry.register(
+            "state_cache_bytes",
+            "Bytes of plugin state the sequencers keep in memory, over all operators (--state-cache-bytes)",
+            state_cache_bytes.clone(),
+        );
+        let state_cache_evictions = Counter::default();
+        registry.register(
+            "state_cache_evictions",
+            "Plugin state entries dropped from memory to keep the state cache within its bounds",
+            state_cache_evictions.clone(),
+        );
+        let state_cache_hits = Counter::default();
+        registry.register("state_cache_hits", "Plugin state reads answered from memory", state_cache_hits.clone());
+        let state_cache_misses = Counter::default();
+        registry.register(
+            "state_cache_misses",
+            "Plugin state reads that went to the ledger",
+            state_cache_misses.clone(),
+        );
+        let sequencer_turns = Family::default();
+        registry.register(
+            "sequencer_turns",
+            "Turns each operator's sequencer took on an evaluation thread",
+            sequencer_turns.clone(),
+        );
+        let sliced_requests = Family::default();
+        registry.register(
+            "sliced_requests",
+            "Times a request's events were left for the operator's next turn at the end of a time slice",
+            sliced_requests.clone(),
+        );
         Self {
             registry,
             events,
@@ -216,6 +255,12 @@ impl Default for Metrics {
             throttled_seconds,
             process_threads,
             stored_bytes,
+            state_cache_bytes,
+            state_cache_evictions,
+            state_cache_hits,
+            state_cache_misses,
+            sequencer_turns,
+            sliced_requests,
         }
     }
 }
@@ -230,13 +275,14 @@ impl Metrics {
         text
     }
 
-    pub fn count_event(&self, operator: &str, kind: &str, status: Disposition) {
+    /// Counts an answered event; `status` is its disposition's name.
+    pub fn count_event(&self, operator: &str, kind: &str, status: &'static str) {
         let kind = if KNOWN_KINDS.contains(&kind) { kind } else { "other" };
         self.events
             .get_or_create(&EventLabels {
                 operator: operator.to_owned(),
                 kind: kind.to_owned(),
-                status: status.as_str(),
+                status,
             })
             .inc();
     }

@@ -74,6 +74,7 @@ pub struct EffectiveLimits {
     pub max_log_lines: usize,
     pub events_per_second: Option<u32>,
     pub stored_bytes: Option<u64>,
+    pub state_bytes: Option<u64>,
 }
 
 /// A rotated credential's new value.

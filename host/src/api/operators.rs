@@ -271,10 +271,14 @@ pub async fn activate_plugin(
         activated_at: now_ms(),
     };
     load(&state, &operator.id, version).await?;
+    let (owned, dated) = (operator.id.clone(), activation.clone());
     state
         .pipeline
-        .store()
-        .update_operator(&operator.id, |record| record.dated_activations.push(activation.clone()))?
+        .in_order(&operator.id, move |pipeline| {
+            pipeline.store().update_operator(&owned, |record| record.dated_activations.push(dated.clone()))
+        })
+        .await
+        .map_err(super::events::ingest_error)??
         .ok_or_else(|| ApiError::not_found("operator vanished"))?;
     durable(&state).await?;
     tracing::info!(operator = %operator.id, version, ?activation, "plugin activated from a date");
@@ -312,10 +316,15 @@ pub(super) fn existing_version(state: &AppState, operator: &str, version: &str) 
 /// it is evaluated wholly by the old version or wholly by the new.
 pub(super) async fn set_active(state: &AppState, operator: &str, version: u32) -> Result<(), ApiError> {
     load(state, operator, version).await?;
+    // In the operator's turn: the events queued before it are evaluated by the version before.
+    let owned = operator.to_owned();
     state
         .pipeline
-        .store()
-        .update_operator(operator, |record| record.active_plugin = Some(version))?
+        .in_order(operator, move |pipeline| {
+            pipeline.store().update_operator(&owned, |record| record.active_plugin = Some(version))
+        })
+        .await
+        .map_err(super::events::ingest_error)??
         .ok_or_else(|| ApiError::not_found("operator vanished"))?;
     tracing::info!(operator, version, "plugin activated");
     Ok(())
@@ -548,6 +557,7 @@ pub async fn put_limits(
         ("max_log_lines", limits.max_log_lines.map(|v| v as u64), ceilings.max_log_lines as u64),
         ("events_per_second", limits.events_per_second.map(u64::from), u64::from(u32::MAX)),
         ("stored_bytes", limits.stored_bytes, u64::MAX),
+        ("state_bytes", limits.state_bytes, u64::MAX),
     ];
     let problems: Vec<FieldError> = checks
         .into_iter()
@@ -561,10 +571,13 @@ pub async fn put_limits(
     if !problems.is_empty() {
         return Err(ApiError::fields("invalid_limits", problems));
     }
+    // In the operator's turn: its events queued before are evaluated under the limits before.
+    let owned = op.clone();
     state
         .pipeline
-        .store()
-        .update_operator(&op, |operator| operator.limits = limits)?
+        .in_order(&op, move |pipeline| pipeline.store().update_operator(&owned, |operator| operator.limits = limits))
+        .await
+        .map_err(super::events::ingest_error)??
         .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
     durable(&state).await?;
     let effective = effective_limits(state.pipeline.sandbox_limits(), &limits);
@@ -578,6 +591,7 @@ pub async fn put_limits(
         max_log_lines: effective.max_log_lines,
         events_per_second: limits.events_per_second,
         stored_bytes: limits.stored_bytes,
+        state_bytes: limits.state_bytes,
     }))
 }
 
@@ -756,10 +770,15 @@ pub async fn put_settings(
     auth::operator(&state, &headers, &op)?;
     let body = read_body(body, state.limits.json()).await?;
     let request: SettingsBody = parse_json(&body)?;
+    // In the operator's turn, ordered with its events like a close.
+    let (owned, late_events) = (op.clone(), request.late_events);
     let operator = state
         .pipeline
-        .store()
-        .update_operator(&op, |operator| operator.late_events = request.late_events)?
+        .in_order(&op, move |pipeline| {
+            pipeline.store().update_operator(&owned, |operator| operator.late_events = late_events)
+        })
+        .await
+        .map_err(super::events::ingest_error)??
         .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
     durable(&state).await?;
     tracing::info!(operator = %operator.id, late_events = ?operator.late_events, "settings changed");

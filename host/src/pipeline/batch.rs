@@ -18,23 +18,25 @@
 //! - an evaluation refused as an invalid result: a reversal can only name a commission that is
 //!   committed, since commission ids are given at commit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::sequencer::{Ingest, TurnReport};
+use super::state_cache::StateCache;
 use super::{EventOutcome, IngestError, Pipeline, Prepared};
 use crate::committer::{CommitError, MAX_GROUP};
 use crate::event::IncomingEvent;
 use crate::restate::closed_period_of;
 use crate::sandbox::StateSource;
 use crate::store::records::{CustomerBinding, FailureKind, LateEventPolicy, OperatorRecord, StoredEvent};
-use crate::store::{EventCommit, Store};
+use crate::store::{CommitOutcome, EventCommit, Store};
 
 /// What a batch's evaluated, not yet committed events wrote, read through by the events after
-/// them.
+/// them; under it, the operator's committed state, from the [`StateCache`] or the store.
 pub(super) struct PendingWrites {
     store: Arc<Store>,
+    cache: Arc<StateCache>,
     operator: String,
     writes: Mutex<Writes>,
 }
@@ -45,11 +47,20 @@ struct Writes {
     state: HashMap<String, Option<Vec<u8>>>,
     bindings: HashMap<String, CustomerBinding>,
     event_ids: HashSet<String>,
+    /// What the pending writes add to the operator's stored state bytes; `None` once a read
+    /// for it failed (the count is then dropped at the commit, and made again).
+    added: Option<i64>,
 }
 
 impl PendingWrites {
-    fn new(store: Arc<Store>, operator: &str) -> Self {
-        Self { store, operator: operator.to_owned(), writes: Mutex::default() }
+    pub(super) fn new(pipeline: &Pipeline, operator: &str) -> Self {
+        let writes = Writes { added: Some(0), ..Writes::default() };
+        Self {
+            store: pipeline.store.clone(),
+            cache: pipeline.state_cache().clone(),
+            operator: operator.to_owned(),
+            writes: Mutex::new(writes),
+        }
     }
 
     fn writes(&self) -> std::sync::MutexGuard<'_, Writes> {
@@ -64,13 +75,46 @@ impl PendingWrites {
         self.writes().event_ids.contains(id)
     }
 
-    fn add(&self, commit: &EventCommit) {
+    /// What `writes` would add to the operator's stored state bytes, over the state as the
+    /// pending writes leave it.
+    pub(super) fn added_by(&self, writes: &BTreeMap<String, Option<Vec<u8>>>) -> anyhow::Result<i64> {
+        let mut added = 0i64;
+        for (key, value) in writes {
+            let entry = |value: Option<&Vec<u8>>| value.map_or(0, |value| (key.len() + value.len()) as i64);
+            added += entry(value.as_ref()) - entry(self.get(key)?.as_ref());
+        }
+        Ok(added)
+    }
+
+    /// The operator's stored state bytes, with the pending writes.
+    pub(super) fn state_bytes(&self) -> Result<u64, IngestError> {
+        let committed = self.cache.state_bytes(&self.operator, || self.store.plugin_state_bytes(&self.operator))?;
+        let added = self.writes().added;
+        added
+            .map(|added| committed.saturating_add_signed(added))
+            .ok_or_else(|| IngestError::Internal("the state read for the quota failed earlier in this turn".into()))
+    }
+
+    pub(super) fn add(&self, commit: &EventCommit) {
+        let added = self.added_by(&commit.state_writes).ok();
         let mut writes = self.writes();
+        writes.added = writes.added.zip(added).map(|(before, more)| before + more);
         writes.state.extend(commit.state_writes.iter().map(|(key, value)| (key.clone(), value.clone())));
         if let Some(binding) = &commit.new_binding {
             writes.bindings.insert(commit.record.event.customer.clone(), binding.clone());
         }
         writes.event_ids.insert(commit.record.event.id.clone());
+    }
+
+    /// After the commit of the pending events: if each of them was committed, the cache takes
+    /// their writes; else it forgets the operator, so nothing it keeps can be a write that did
+    /// not happen.
+    pub(super) fn done(&self, all_committed: bool) {
+        let writes = self.writes();
+        match writes.added {
+            Some(added) if all_committed => self.cache.stored(&self.operator, &writes.state, added),
+            _ => self.cache.forget(&self.operator),
+        }
     }
 }
 
@@ -79,7 +123,12 @@ impl StateSource for PendingWrites {
         if let Some(value) = self.writes().state.get(key) {
             return Ok(value.clone());
         }
-        Ok(self.store.state_value(&self.operator, key)?)
+        if let Some(value) = self.cache.get(&self.operator, key) {
+            return Ok(value);
+        }
+        let value = self.store.state_value(&self.operator, key)?;
+        self.cache.put(&self.operator, key, value.clone());
+        Ok(value)
     }
 }
 
@@ -94,6 +143,20 @@ struct Request {
     error: Option<IngestError>,
 }
 
+/// A request whose turn ended before its last event: its events still to evaluate (with their
+/// places), first in the operator's queue for its next turn. Its answer waits for all of them.
+pub(super) struct Resume {
+    request: Request,
+    events: VecDeque<(usize, IncomingEvent)>,
+}
+
+impl Resume {
+    /// The events it still holds, for the queue's count.
+    pub(super) fn events(&self) -> usize {
+        self.events.len()
+    }
+}
+
 /// A turn's requests, and their events evaluated over [`PendingWrites`], waiting to commit
 /// together.
 pub(super) struct Group<'a> {
@@ -104,24 +167,30 @@ pub(super) struct Group<'a> {
     places: Vec<(usize, usize)>,
     commits: Vec<EventCommit>,
     requests: Vec<Request>,
+    /// When the turn's slice ends: a request still evaluating then is left for the next turn.
+    deadline: Instant,
+    /// That request, and its events not evaluated yet.
+    sliced: Option<(usize, VecDeque<(usize, IncomingEvent)>)>,
 }
 
 impl Pipeline {
-    pub(super) fn group(&self, operator: &str) -> Group<'_> {
+    pub(super) fn group(&self, operator: &str, deadline: Instant) -> Group<'_> {
         Group {
             pipeline: self,
             operator: operator.to_owned(),
-            pending: Arc::new(PendingWrites::new(self.store.clone(), operator)),
+            pending: Arc::new(PendingWrites::new(self, operator)),
             places: Vec::new(),
             commits: Vec::new(),
             requests: Vec::new(),
+            deadline,
+            sliced: None,
         }
     }
 }
 
 impl Group<'_> {
-    /// Takes a request: checks it whole, then evaluates its events in order. Returns how many
-    /// events it held.
+    /// Takes a request: checks it whole, then evaluates its events in order, until the end of
+    /// the turn's slice. Returns how many events it held.
     pub(super) fn add(&mut self, ingest: Ingest, report: &mut TurnReport) -> usize {
         let Ingest { operator, events, received_at, answer } = ingest;
         let count = events.len();
@@ -134,6 +203,24 @@ impl Group<'_> {
             self.drop_uncommitted(request);
         }
         count
+    }
+
+    /// Goes on with a request an earlier turn left at the end of its slice: it was checked
+    /// whole then, and nothing of the operator's ran since.
+    pub(super) fn resume(&mut self, resume: Resume, report: &mut TurnReport) {
+        let Resume { request, events } = resume;
+        let operator = request.operator.clone();
+        let index = self.requests.len();
+        self.requests.push(request);
+        if let Err(error) = self.evaluate_from(index, &operator, events, report) {
+            self.fail(index, error);
+            self.drop_uncommitted(index);
+        }
+    }
+
+    /// Whether the slice ended in the middle of a request: the turn takes no more.
+    pub(super) fn is_sliced(&self) -> bool {
+        self.sliced.is_some()
     }
 
     fn take(
@@ -149,11 +236,27 @@ impl Group<'_> {
         }
         let operator = self.requests[request].operator.clone();
         self.pipeline.check_batch(&operator, &mut events)?;
-        for (place, IncomingEvent { event, content_sha256 }) in events.into_iter().enumerate() {
+        self.evaluate_from(request, &operator, events.into_iter().enumerate().collect(), report)
+    }
+
+    /// Evaluates the request's events in order; at the end of the slice, keeps the rest for
+    /// the next turn (at least one event is evaluated per turn).
+    fn evaluate_from(
+        &mut self,
+        request: usize,
+        operator: &OperatorRecord,
+        mut events: VecDeque<(usize, IncomingEvent)>,
+        report: &mut TurnReport,
+    ) -> Result<(), IngestError> {
+        while let Some((place, IncomingEvent { event, content_sha256 })) = events.pop_front() {
             if self.requests[request].error.is_some() {
                 break;
             }
-            self.evaluate(request, &operator, place, event, content_sha256, report)?;
+            self.evaluate(request, operator, place, event, content_sha256, report)?;
+            if !events.is_empty() && Instant::now() >= self.deadline {
+                self.sliced = Some((request, events));
+                break;
+            }
         }
         Ok(())
     }
@@ -179,7 +282,7 @@ impl Group<'_> {
         let prepared = {
             let _span = tracing::info_span!("event", operator = %operator.id, event = %event.id).entered();
             let received_at = self.requests[request].received_at;
-            pipeline.prepare(operator, &event, &content_sha256, received_at, None, Some(&self.pending))?
+            pipeline.prepare(operator, &event, &content_sha256, received_at, None, &self.pending)?
         };
         match prepared {
             Prepared::Stored(outcome) => {
@@ -236,13 +339,14 @@ impl Group<'_> {
         }
         let commits = std::mem::take(&mut self.commits);
         let places = std::mem::take(&mut self.places);
-        self.pending = Arc::new(PendingWrites::new(self.pipeline.store.clone(), &self.operator));
+        let pending = std::mem::replace(&mut self.pending, Arc::new(PendingWrites::new(self.pipeline, &self.operator)));
         let events: Vec<(StoredEvent, String)> =
             commits.iter().map(|commit| (commit.record.event.clone(), commit.record.content_sha256.clone())).collect();
         let started = Instant::now();
         let committed = match self.pipeline.committer.commit_in_order(commits) {
             Ok(committed) => committed,
             Err(error) => {
+                pending.done(false);
                 for (request, _) in places {
                     self.fail(request, commit_failed(&error));
                 }
@@ -250,6 +354,7 @@ impl Group<'_> {
             }
         };
         self.pipeline.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        pending.done(committed.iter().all(|outcome| matches!(outcome, Ok(CommitOutcome::Committed { .. }))));
         for (((request, place), (event, content_sha256)), committed) in places.into_iter().zip(events).zip(committed) {
             if self.requests[request].error.is_some() {
                 continue;
@@ -285,7 +390,7 @@ impl Group<'_> {
         }
         let commits = std::mem::take(&mut self.commits);
         let places = std::mem::take(&mut self.places);
-        self.pending = Arc::new(PendingWrites::new(self.pipeline.store.clone(), &self.operator));
+        self.pending = Arc::new(PendingWrites::new(self.pipeline, &self.operator));
         for (place, commit) in places.into_iter().zip(commits) {
             if place.0 != request {
                 self.pending.add(&commit);
@@ -295,10 +400,19 @@ impl Group<'_> {
         }
     }
 
-    /// Commits what is left and answers every request of the turn.
-    pub(super) fn finish(mut self, report: &mut TurnReport) {
+    /// Commits what is left and answers every request of the turn but one the slice ended in,
+    /// which is returned, to go on in the operator's next turn.
+    pub(super) fn finish(mut self, report: &mut TurnReport) -> Option<Resume> {
         self.commit(report);
-        for request in self.requests {
+        let mut sliced = self.sliced.take();
+        let mut resume = None;
+        for (index, request) in self.requests.into_iter().enumerate() {
+            if request.error.is_none()
+                && let Some((_, events)) = sliced.take_if(|(of, _)| *of == index)
+            {
+                resume = Some(Resume { request, events });
+                continue;
+            }
             let answer = match request.error {
                 Some(error) => Err(error),
                 None => Ok(request
@@ -310,6 +424,7 @@ impl Group<'_> {
             // A sender that stopped waiting has nothing to be told: its events are stored.
             let _ = request.answer.send(answer);
         }
+        resume
     }
 }
 

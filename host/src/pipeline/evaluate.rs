@@ -21,7 +21,7 @@ use crate::store::records::{
     ActivationScope, ChainLink, CommissionRecord, CustomerBinding, EvaluationRecord, EventRecord, EventStatus, Failure,
     FailureKind, LateEventPolicy, LogLine, OperatorLimits, OperatorRecord, StoredEvent,
 };
-use crate::store::{CommitOutcome, EventCommit, Store};
+use crate::store::{CommitOutcome, EventCommit};
 
 /// An event ready to commit, or the outcome of finding it stored already.
 pub(super) enum Prepared {
@@ -43,17 +43,6 @@ pub(crate) struct Evaluated {
 impl Evaluated {
     fn failed(failure: Failure) -> Self {
         Self { failure: Some(failure), ..Self::default() }
-    }
-}
-
-struct OperatorState {
-    store: Arc<Store>,
-    operator: String,
-}
-
-impl StateSource for OperatorState {
-    fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(self.store.state_value(&self.operator, key)?)
     }
 }
 
@@ -89,6 +78,35 @@ fn version_for(operator: &OperatorRecord, event: &StoredEvent, binding: &Custome
         }
         None => operator.active_plugin.map(|version| (version, format!("v{version}: the operator's active version"))),
     }
+}
+
+/// The `state_quota` failure of an event whose `writes` would take the operator's plugin state
+/// past `quota`, if they would.
+fn over_state_quota(
+    operator: &OperatorRecord,
+    pending: &PendingWrites,
+    writes: &BTreeMap<String, Option<Vec<u8>>>,
+    quota: u64,
+) -> Result<Option<Failure>, IngestError> {
+    let added = pending.added_by(writes).map_err(|error| IngestError::Internal(format!("reading plugin state: {error:#}")))?;
+    if added <= 0 {
+        return Ok(None);
+    }
+    let stored = pending.state_bytes()?;
+    let after = stored.saturating_add_signed(added);
+    if after <= quota {
+        return Ok(None);
+    }
+    let id = &operator.id;
+    Ok(Some(Failure {
+        kind: FailureKind::StateQuota,
+        message: format!(
+            "its state writes would take operator {id}'s plugin state to {after} bytes, past its quota of {quota} \
+             (it keeps {stored}); nothing of the event was written. Have the plugin keep less, or have the platform \
+             admin raise the quota with PUT /v1/operators/{id}/limits {{\"state_bytes\": N}}, then POST \
+             /v1/operators/{id}/events/retry-failed"
+        ),
+    }))
 }
 
 /// The host's limits with the operator's overrides (already checked against the ceilings).
@@ -143,8 +161,8 @@ pub(crate) enum Run {
 }
 
 impl Pipeline {
-    /// Attributes and evaluates one event against the committed ledger, or, with `pending`,
-    /// against the ledger as a batch's evaluated events will leave it (see [`super::batch`]).
+    /// Attributes and evaluates one event against the ledger as `pending` leaves it: the
+    /// committed ledger with the writes of the turn's evaluated events (see [`super::batch`]).
     pub(super) fn prepare(
         &self,
         operator: &OperatorRecord,
@@ -152,7 +170,7 @@ impl Pipeline {
         content_sha256: &str,
         received_at: i64,
         retry_of: Option<u32>,
-        pending: Option<&Arc<PendingWrites>>,
+        pending: &Arc<PendingWrites>,
     ) -> Result<Prepared, IngestError> {
         if retry_of.is_none()
             && let Some(existing) = self.store.event(&operator.id, &event.id)?
@@ -171,7 +189,7 @@ impl Pipeline {
                 None,
             ),
             None => {
-                let binding = match pending.and_then(|pending| pending.binding(&event.customer)) {
+                let binding = match pending.binding(&event.customer) {
                     Some(binding) => Some(binding),
                     None => self.store.binding(&operator.id, &event.customer)?,
                 };
@@ -189,10 +207,7 @@ impl Pipeline {
         let attributed_to = binding.as_ref().map(|binding| binding.affiliate.clone());
         let evaluated = match &binding {
             Some(binding) => {
-                let state: Arc<dyn StateSource> = match pending {
-                    Some(pending) => pending.clone(),
-                    None => Arc::new(OperatorState { store: self.store.clone(), operator: operator.id.clone() }),
-                };
+                let state: Arc<dyn StateSource> = pending.clone();
                 self.not_reversed_twice(operator, self.evaluate(operator, event, binding, settlement.as_ref(), state)?)?
             }
             // Kept, paying nothing: there is no one to pay.
@@ -246,6 +261,23 @@ impl Pipeline {
             }
             None => (evaluated.commissions, evaluated.state_writes, None),
         };
+        // A settlement is never refused (below); an event past the state quota is stored as
+        // failed, writing nothing.
+        let (commissions, state_writes) = match self.state_quota(operator) {
+            Some(quota) if settlement.is_none() && record.failure.is_none() && !state_writes.is_empty() => {
+                match over_state_quota(operator, pending, &state_writes, quota)? {
+                    Some(failure) => {
+                        record.status = EventStatus::Failed;
+                        record.failure = Some(failure);
+                        record.restated = false;
+                        (Vec::new(), BTreeMap::new())
+                    }
+                    None => (commissions, state_writes),
+                }
+            }
+            _ => (commissions, state_writes),
+        };
+        let expected_last_seq = expected_last_seq.filter(|_| record.failure.is_none());
         Ok(Prepared::Ready(EventCommit {
             operator: operator.id.clone(),
             record,

@@ -21,6 +21,7 @@ mod close;
 mod evaluate;
 mod period;
 mod sequencer;
+mod state_cache;
 
 pub use checks::{FindReversed, ROUNDING, ReversedCommission, checked_commissions, to_minor_units};
 pub use evaluate::effective_limits;
@@ -29,6 +30,7 @@ pub(crate) use period::settlement_period;
 pub use period::{Period, RESERVED_PREFIX, SETTLEMENT_KIND, SETTLEMENT_PREFIX};
 
 pub use sequencer::{DEFAULT_QUEUE_EVENTS, EvaluationSlots, Scheduling};
+pub use state_cache::{CacheBounds, DEFAULT_CACHE_BYTES, DEFAULT_OPERATOR_CACHE_BYTES};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,7 +48,8 @@ use crate::sandbox::{Limits, Sandbox};
 use crate::store::records::{
     CommissionRecord, EventRecord, FxConversion, LateEventPolicy, OperatorRecord, StoredEvent,
 };
-use crate::store::{Durability, DurabilityError, QuotaExceeded, Store, StoreError};
+use crate::store::{CommitOutcome, Durability, DurabilityError, QuotaExceeded, Store, StoreError};
+use batch::PendingWrites;
 use evaluate::Prepared;
 use sequencer::{Ingest, Job, Sequencers};
 
@@ -357,7 +360,7 @@ impl Pipeline {
 
     /// Counts an event's outcome in the metrics.
     fn counted(&self, operator: &str, outcome: EventOutcome) -> EventOutcome {
-        self.metrics.count_event(operator, &outcome.record.event.kind, outcome.disposition);
+        self.metrics.count_event(operator, &outcome.record.event.kind, outcome.disposition.as_str());
         if let (Disposition::Failed, Some(failure)) = (outcome.disposition, &outcome.record.failure) {
             self.metrics
                 .failures
@@ -382,12 +385,16 @@ impl Pipeline {
         // Every log line of this event's evaluation and commit carries its ids.
         let _span = tracing::info_span!("event", operator = %operator.id, event = %event.id).entered();
         for _ in 0..2 {
-            let commit = match self.prepare(operator, &event, &content_sha256, received_at, retry_of, None)? {
+            let pending = Arc::new(PendingWrites::new(self, &operator.id));
+            let commit = match self.prepare(operator, &event, &content_sha256, received_at, retry_of, &pending)? {
                 Prepared::Stored(outcome) => return Ok(self.counted(&operator.id, outcome)),
                 Prepared::Ready(commit) => commit,
             };
+            pending.add(&commit);
             let started = Instant::now();
-            let committed = self.committer.commit(commit)?;
+            let committed = self.committer.commit(commit);
+            pending.done(matches!(committed, Ok(CommitOutcome::Committed { .. })));
+            let committed = committed?;
             self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             if let Some(outcome) = self.committed_outcome(&operator.id, &event.id, committed, &content_sha256)? {
                 return Ok(self.counted(&operator.id, outcome));

@@ -42,6 +42,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use super::batch::Resume;
+use super::state_cache::{CacheBounds, StateCache};
 use super::{EventOutcome, IngestError, Period, Pipeline, RetryReport};
 use crate::committer::MAX_GROUP;
 use crate::event::IncomingEvent;
@@ -56,13 +58,18 @@ pub const MAX_PENALTY: Duration = Duration::from_secs(1);
 /// The default bound on the events waiting in one operator's queue.
 pub const DEFAULT_QUEUE_EVENTS: usize = 4096;
 
-/// How evaluation is shared out.
+/// How evaluation is shared out, and what the sequencers may keep of plugin state.
 #[derive(Debug, Clone, Copy)]
 pub struct Scheduling {
     /// Turns evaluating at once, over all operators: each holds one blocking thread.
     pub evaluation_threads: usize,
     /// Events one operator's queue holds; a request that does not fit gets 503.
     pub queue_events: usize,
+    /// The bounds of the plugin state kept in memory between turns ([`StateCache`]).
+    pub state_cache: CacheBounds,
+    /// The quota on an operator's stored plugin state, for operators without their own
+    /// (`state_bytes` in their limits); `None`: no quota.
+    pub state_quota_bytes: Option<u64>,
 }
 
 impl Default for Scheduling {
@@ -70,6 +77,8 @@ impl Default for Scheduling {
         Self {
             evaluation_threads: std::thread::available_parallelism().map_or(2, |threads| threads.get()),
             queue_events: DEFAULT_QUEUE_EVENTS,
+            state_cache: CacheBounds::default(),
+            state_quota_bytes: None,
         }
     }
 }
@@ -78,7 +87,7 @@ impl Scheduling {
     /// Within what the sandbox's instance pool can serve, with room left for replays.
     fn checked(self) -> Self {
         let most = MAX_CONCURRENT_INSTANCES as usize / 2;
-        Self { evaluation_threads: self.evaluation_threads.clamp(1, most), queue_events: self.queue_events.max(1) }
+        Self { evaluation_threads: self.evaluation_threads.clamp(1, most), queue_events: self.queue_events.max(1), ..self }
     }
 }
 
@@ -92,10 +101,17 @@ pub(super) struct Ingest {
     pub(super) answer: Answer<Vec<EventOutcome>>,
 }
 
+/// A change to the operator (an activation, its settings, its limits), made in its turn; it
+/// answers through the channel it closes over.
+pub(super) type Change = Box<dyn FnOnce(&Pipeline) + Send>;
+
 pub(super) enum Job {
     Ingest(Ingest),
+    /// A request a turn left at the end of its slice: always first in the queue.
+    Resume(Resume),
     Close { operator: OperatorRecord, period: Period, answer: Answer<Vec<EventOutcome>> },
     RetryFailed { operator: OperatorRecord, answer: Answer<RetryReport> },
+    Change(Change),
 }
 
 impl Job {
@@ -103,7 +119,8 @@ impl Job {
     fn events(&self) -> usize {
         match self {
             Job::Ingest(ingest) => ingest.events.len(),
-            Job::Close { .. } | Job::RetryFailed { .. } => 0,
+            Job::Resume(resume) => resume.events(),
+            Job::Close { .. } | Job::RetryFailed { .. } | Job::Change(_) => 0,
         }
     }
 }
@@ -143,6 +160,18 @@ impl Queue {
             .set(state.events as i64);
         Some(job)
     }
+
+    /// Puts the rest of a request a turn left back at the front: nothing of the operator's
+    /// runs before it is done.
+    fn push_front(&self, job: Job, metrics: &Metrics) {
+        let mut state = self.state();
+        state.events += job.events();
+        state.jobs.push_front(job);
+        metrics
+            .queue_events
+            .get_or_create(&OperatorLabels { operator: self.operator.clone() })
+            .set(state.events as i64);
+    }
 }
 
 /// Every operator's queue, and the slots their turns share.
@@ -151,10 +180,11 @@ pub(super) struct Sequencers {
     threads: Arc<Semaphore>,
     replays: Arc<Semaphore>,
     scheduling: Scheduling,
+    cache: Arc<StateCache>,
 }
 
 impl Sequencers {
-    pub(super) fn new(scheduling: Scheduling, metrics: &Metrics) -> Self {
+    pub(super) fn new(scheduling: Scheduling, metrics: &Arc<Metrics>) -> Self {
         let scheduling = scheduling.checked();
         metrics.evaluation_threads.set(scheduling.evaluation_threads as i64);
         Self {
@@ -162,6 +192,7 @@ impl Sequencers {
             threads: Arc::new(Semaphore::new(scheduling.evaluation_threads)),
             replays: Arc::new(Semaphore::new(MAX_CONCURRENT_INSTANCES as usize - scheduling.evaluation_threads)),
             scheduling,
+            cache: Arc::new(StateCache::new(scheduling.state_cache, metrics.clone())),
         }
     }
 
@@ -218,6 +249,30 @@ impl TurnReport {
 }
 
 impl Pipeline {
+    pub(super) fn state_cache(&self) -> &Arc<StateCache> {
+        &self.sequencers.cache
+    }
+
+    /// The quota on the operator's stored plugin state: its own, else the host's.
+    pub(super) fn state_quota(&self, operator: &OperatorRecord) -> Option<u64> {
+        operator.limits.state_bytes.or(self.sequencers.scheduling.state_quota_bytes)
+    }
+
+    /// Runs `change` in the operator's turn, after the jobs queued before it and before those
+    /// queued after: an activation or a settings change takes effect at that point of the
+    /// operator's event order. Waits for its answer.
+    pub async fn in_order<T: Send + 'static>(
+        &self,
+        operator: &str,
+        change: impl FnOnce(&Pipeline) -> T + Send + 'static,
+    ) -> Result<T, IngestError> {
+        let (answer, answered) = oneshot::channel();
+        let job = Job::Change(Box::new(move |pipeline: &Pipeline| {
+            let _ = answer.send(Ok(change(pipeline)));
+        }));
+        self.queued(operator, job, answered).await
+    }
+
     /// Puts a job on the operator's queue, starting its task if it is idle; refuses it if the
     /// queue is full (a request is taken whole into an empty queue, however large).
     pub(super) fn submit(&self, operator: &str, job: Job) -> Result<(), IngestError> {
@@ -260,6 +315,7 @@ impl Pipeline {
                 tokio::time::sleep(penalty).await;
             }
             let permit = self.sequencers.threads.clone().acquire_owned().await.expect("the semaphore is never closed");
+            self.metrics.sequencer_turns.get_or_create(&labels).inc();
             let slot = InFlight::new(self.metrics.clone(), permit, true);
             let (pipeline, turn_queue) = (self.clone(), queue.clone());
             let turn = tokio::task::spawn_blocking(move || {
@@ -279,29 +335,61 @@ impl Pipeline {
     }
 
     /// One turn, on a blocking thread: a command alone, or checked events, job after job, until
-    /// the time slice or the group is full.
+    /// the time slice or the group is full. A request still evaluating at the end of the slice
+    /// (a large batch) goes on in the operator's next turn, so that other operators get theirs
+    /// meanwhile; its answer waits for all its events, as ever.
     fn turn(&self, queue: &Queue) -> TurnReport {
         let started = Instant::now();
         let mut report = TurnReport::default();
-        match queue.pop(false, &self.metrics) {
-            None => {}
+        let mut group = match queue.pop(false, &self.metrics) {
+            None => return report,
             Some(Job::Close { operator, period, answer }) => {
-                let _ = answer.send(self.close_in_turn(&operator, &period));
+                let _ = answer.send(self.close_in_turn(&self.current(operator), &period));
+                return report;
             }
             Some(Job::RetryFailed { operator, answer }) => {
-                let _ = answer.send(self.retry_failed_in_turn(&operator));
+                let _ = answer.send(self.retry_failed_in_turn(&self.current(operator)));
+                return report;
+            }
+            Some(Job::Change(change)) => {
+                change(self);
+                return report;
+            }
+            Some(Job::Resume(resume)) => {
+                let mut group = self.group(&queue.operator, started + TIME_SLICE);
+                group.resume(resume, &mut report);
+                group
             }
             Some(Job::Ingest(first)) => {
-                let mut group = self.group(&first.operator.id);
-                let mut events = group.add(first, &mut report);
-                while started.elapsed() < TIME_SLICE && events < MAX_GROUP {
-                    let Some(Job::Ingest(next)) = queue.pop(true, &self.metrics) else { break };
-                    events += group.add(next, &mut report);
-                }
-                group.finish(&mut report);
+                let mut group = self.group(&queue.operator, started + TIME_SLICE);
+                group.add(self.current_ingest(first), &mut report);
+                group
             }
+        };
+        let mut events = 0;
+        while !group.is_sliced() && started.elapsed() < TIME_SLICE && events < MAX_GROUP {
+            let Some(Job::Ingest(next)) = queue.pop(true, &self.metrics) else { break };
+            events += group.add(self.current_ingest(next), &mut report);
+        }
+        if let Some(resume) = group.finish(&mut report) {
+            self.metrics.sliced_requests.get_or_create(&OperatorLabels { operator: queue.operator.clone() }).inc();
+            queue.push_front(Job::Resume(resume), &self.metrics);
         }
         report
+    }
+
+    /// The operator as it is now, in its turn: a change queued before a job (an activation, a
+    /// setting) applies to it, whenever the job's request read the operator.
+    fn current(&self, operator: OperatorRecord) -> OperatorRecord {
+        match self.store.operator(&operator.id) {
+            Ok(Some(current)) => current,
+            // Read again at its commit; the record the request was checked with will do.
+            Ok(None) | Err(_) => operator,
+        }
+    }
+
+    fn current_ingest(&self, ingest: Ingest) -> Ingest {
+        Ingest { operator: self.current(ingest.operator), ..ingest }
     }
 
     /// A slot for work off the live path that runs plugins: a verify, a statement, a backtest,

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{StoreError, keys};
+use super::{Store, StoreError, keys};
 
 /// The trees whose keys and values count. Not counted: plugins (a few per operator, bounded by
 /// the upload limit), shadow results, statements, commission statuses and the small indexes
@@ -59,6 +59,21 @@ pub(super) fn count_once(db: &sled::Db, stored_bytes: &sled::Tree) -> Result<(),
         tracing::info!(operators = totals.len(), "counted each operator's stored bytes, once");
     }
     Ok(())
+}
+
+impl Store {
+    /// The bytes of plugin state the operator stores (its keys without the operator's prefix,
+    /// and their values), counted now over its range of the state tree: what its `state_bytes`
+    /// quota holds. The pipeline counts once per process and keeps the count from then on.
+    pub fn plugin_state_bytes(&self, operator: &str) -> Result<u64, StoreError> {
+        let prefix = keys::operator_prefix(operator);
+        let mut total = 0u64;
+        for entry in self.state.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            total += (key.len() - prefix.len() + value.len()) as u64;
+        }
+        Ok(total)
+    }
 }
 
 #[cfg(test)]

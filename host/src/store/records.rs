@@ -124,6 +124,11 @@ pub struct OperatorLimits {
     /// `quota_exceeded`. `None`: no quota.
     #[serde(default)]
     pub stored_bytes: Option<u64>,
+    /// What the operator's plugin may keep in its state, in bytes (keys and values); an event
+    /// whose writes would take it past is stored as failed (`state_quota`), writing nothing.
+    /// `None`: the host's `--state-quota-bytes`, if set.
+    #[serde(default)]
+    pub state_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -231,6 +236,9 @@ pub enum FailureKind {
     /// A late event whose restatement of the closed periods could not be computed: an earlier
     /// event did not replay to the end, or a total overflowed. Nothing of it was written.
     Restatement,
+    /// Its state writes would have taken the operator's plugin state past its `state_bytes`
+    /// quota. Nothing of it was written; retried once the quota is raised or state freed.
+    StateQuota,
 }
 
 impl FailureKind {
@@ -247,6 +255,7 @@ impl FailureKind {
             FailureKind::InvalidResult => "invalid_result",
             FailureKind::LimitExceeded => "limit_exceeded",
             FailureKind::Restatement => "restatement",
+            FailureKind::StateQuota => "state_quota",
         }
     }
 }
