@@ -360,11 +360,15 @@ fn an_activation_queued_behind_events_takes_effect_after_them() {
     assert_eq!(status, StatusCode::CREATED, "{uploaded}");
     let v2 = uploaded["version"].as_u64().unwrap();
 
+    // The first activation took a turn of its own.
+    let turns = r#"commission_host_sequencer_turns_total{operator="switching"}"#;
+    let before = metric(&host.metrics(), turns).unwrap_or(0.0);
     let batch = {
         let (host, operator) = (host.clone(), operator.clone());
         std::thread::spawn(move || host.post_events(&operator, &slow_batch("b", BATCH)))
     };
-    wait_for_metric(&host, r#"commission_host_sequencer_turns_total{operator="switching"}"#, 1.0);
+    // The batch's turn has begun: the activation queues behind it.
+    wait_for_metric(&host, turns, before + 1.0);
     let (status, activated) = answer(
         host.client
             .post(host.url(&format!("/v1/operators/switching/plugins/{v2}/activate")))

@@ -14,8 +14,12 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::pipeline::RESERVED_PREFIX;
 use crate::store::records::StoredEvent;
+
+/// Ids and types that start with this are the host's own (its settlements); senders may not
+/// use them. Here, with the checks of what senders send, so that the event module depends on
+/// nothing of the data path.
+pub const RESERVED_PREFIX: &str = "commission-host.";
 
 pub const MAX_BATCH: usize = 1000;
 const MAX_ID_CHARS: usize = 128;

@@ -4,8 +4,7 @@
 use crate::sandbox::PluginPeriod;
 use crate::store::records::StoredEvent;
 
-/// Ids and types that start with this are the host's own; senders may not use them.
-pub const RESERVED_PREFIX: &str = "commission-host.";
+pub use crate::event::RESERVED_PREFIX;
 /// The type of the ledger entry a period's settlement is stored as.
 pub const SETTLEMENT_KIND: &str = "commission-host.settlement";
 /// How a settlement entry's id starts; `{period}:{affiliate}` follows.

@@ -12,21 +12,31 @@
 //!
 //! What goes through the queue: checked events (a postback, a webhook or a batch: one job each)
 //! and the commands that must be ordered with them: a period close (its settlements count every
-//! event before it, and every event after it is late) and a retry of failed events. A command
-//! runs alone in its turn, and runs its own evaluations directly (a close's settlements, a late
-//! event's restatement): it never queues onto the queue it is served from, which would wait for
-//! itself.
+//! event before it, and every event after it is late), a retry of failed events, and a change
+//! of the operator (an activation, its settings, its limits: [`Pipeline::in_order`]), which so
+//! takes effect at a defined point of the operator's event order. A command runs alone in its
+//! turn, and runs its own evaluations directly (a close's settlements, a late event's
+//! restatement): it never queues onto the queue it is served from, which would wait for itself.
+//! Each job is evaluated with the operator's record as it is in its turn, so a change queued
+//! before it applies to it.
 //!
 //! Scheduling: the operator's task runs only while it has jobs (started by the first, ended
 //! when the queue is empty), so an idle operator costs a map entry. A turn evaluates on a
 //! blocking thread, and needs one of [`Scheduling::evaluation_threads`] slots of a semaphore
 //! shared by every operator; tokio's semaphore is FIFO, so busy operators take turns. A turn
 //! ends after [`TIME_SLICE`] or [`MAX_GROUP`] events, whichever comes first, and gives its slot
-//! back: 1,000 busy operators share the slots, not 1,000 threads. An operator whose evaluations
+//! back: 1,000 busy operators share the slots, not 1,000 threads. A request still evaluating at
+//! the end of the slice (a batch of a thousand events) is cut there: what it evaluated is
+//! committed, and the rest goes back to the front of the operator's queue, so other operators
+//! take their turns meanwhile and nothing of this operator's runs before it is done; its answer
+//! still waits for all its events, and says what each did, as a batch's answer always has. An operator whose evaluations
 //! keep hitting their limits (fuel, time, memory, a trap) waits a penalty before its next turn,
 //! without a slot, so it takes less than its share; its events wait, none is lost. Each queue is
 //! bounded in events ([`Scheduling::queue_events`]): a request that does not fit is refused
 //! whole ([`IngestError::QueueFull`]), nothing of it written.
+//!
+//! Between turns the operator's plugin state that turns read and wrote stays in memory
+//! ([`super::state_cache`]), within a bound per operator and one in total.
 //!
 //! Towards scale-out: everything an operator's sequencer needs is the operator's part of the
 //! ledger (its events in sequence order, its state, its bindings) and its jobs. Started on
