@@ -11,8 +11,11 @@ GOOD_CONNECTIONS=${GOOD_CONNECTIONS:-4}
 HOSTILE_CONNECTIONS=${HOSTILE_CONNECTIONS:-8}
 export COMMISSION_HOST_ADMIN_TOKEN=bench-admin-token-0123456789abcdef
 
-cargo build --release -p commission-host >/dev/null
-cargo build-plugins >/dev/null
+# NO_BUILD=1 runs the binary and plugins already built (say, by `cargo test --release`).
+if [ -z "${NO_BUILD:-}" ]; then
+  cargo build --release -p commission-host >/dev/null
+  cargo build-plugins >/dev/null
+fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 

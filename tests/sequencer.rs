@@ -214,8 +214,12 @@ fn a_thousand_operators_share_a_bounded_number_of_evaluation_threads() {
     }
 }
 
-/// The commissions of a batch's answer, per event: status, then (affiliate, amount, rule).
-fn paid_per_event(answer: &Value) -> Vec<(String, Vec<(String, String, String)>)> {
+/// What one event of a batch's answer did: its status, and its commissions' (affiliate, amount,
+/// rule).
+type Paid = (String, Vec<(String, String, String)>);
+
+/// What each event of a batch's answer did.
+fn paid_per_event(answer: &Value) -> Vec<Paid> {
     answer["results"]
         .as_array()
         .expect("a batch's results")
@@ -234,11 +238,12 @@ fn paid_per_event(answer: &Value) -> Vec<(String, Vec<(String, String, String)>)
 /// Deposits, then trades of 4, 6 and 0.5 lots, for `customers` customers of each of
 /// `operators` multi-event operators, one batch per round per operator, on a host started with
 /// `args`. Returns every answer, in order, and the host's metrics at the end.
-fn trading_rounds(operators: usize, customers: usize, args: &[&str]) -> (Vec<Vec<(String, Vec<(String, String, String)>)>>, String) {
+fn trading_rounds(operators: usize, customers: usize, args: &[&str]) -> (Vec<Vec<Paid>>, String) {
     let (_dir, data) = data_dir();
     let host = Host::start_with(&data, args);
     let operators: Vec<Operator> = (0..operators).map(|n| host.multi_event_with_aff1(&format!("op{n}"))).collect();
-    let rounds: [(&str, Option<&str>); 4] = [("deposit", None), ("trade", Some("4")), ("trade", Some("6")), ("trade", Some("0.5"))];
+    let rounds: [(&str, Option<&str>); 4] =
+        [("deposit", None), ("trade", Some("4")), ("trade", Some("6")), ("trade", Some("0.5"))];
     let mut answers = Vec::new();
     for (round, (kind, lots)) in rounds.iter().enumerate() {
         for operator in &operators {
@@ -331,7 +336,10 @@ fn a_large_batch_gives_the_other_operators_turns_between_its_slices() {
     // Once the batch has been cut at the end of a slice, the small operator's event is taken
     // at the next turn: before the batch's last event.
     wait_for_metric(&host, r#"commission_host_sliced_requests_total{operator="large"}"#, 1.0);
-    host.accept(&small, json!({"id": "d-1", "type": "deposit", "customer": "c1", "amount": "100", "affiliate": "aff1"}));
+    host.accept(
+        &small,
+        json!({"id": "d-1", "type": "deposit", "customer": "c1", "amount": "100", "affiliate": "aff1"}),
+    );
     let (status, last) = host.get(&large, &format!("/events/b-{}", BATCH - 1));
     assert_eq!(status, StatusCode::NOT_FOUND, "the small operator waited for the whole batch: {last}");
 

@@ -297,10 +297,7 @@ fn an_event_past_the_state_quota_is_stored_as_failed_writing_nothing_and_retried
     let (status, limits) = put_limits(&host, "hoarder", json!({"state_bytes": 1_000}));
     assert_eq!((status, limits["state_bytes"].as_u64()), (StatusCode::OK, Some(1_000)), "{limits}");
     let (status, report) = answer(
-        host.client
-            .post(host.url("/v1/operators/hoarder/events/retry-failed"))
-            .bearer_auth(&operator.api_key)
-            .send(),
+        host.client.post(host.url("/v1/operators/hoarder/events/retry-failed")).bearer_auth(&operator.api_key).send(),
     );
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!((report["retried"].as_u64(), report["accepted"].as_u64()), (Some(4), Some(4)), "{report}");

@@ -278,13 +278,7 @@ impl Metrics {
     /// Counts an answered event; `status` is its disposition's name.
     pub fn count_event(&self, operator: &str, kind: &str, status: &'static str) {
         let kind = if KNOWN_KINDS.contains(&kind) { kind } else { "other" };
-        self.events
-            .get_or_create(&EventLabels {
-                operator: operator.to_owned(),
-                kind: kind.to_owned(),
-                status,
-            })
-            .inc();
+        self.events.get_or_create(&EventLabels { operator: operator.to_owned(), kind: kind.to_owned(), status }).inc();
     }
 }
 

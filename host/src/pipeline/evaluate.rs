@@ -88,7 +88,8 @@ fn over_state_quota(
     writes: &BTreeMap<String, Option<Vec<u8>>>,
     quota: u64,
 ) -> Result<Option<Failure>, IngestError> {
-    let added = pending.added_by(writes).map_err(|error| IngestError::Internal(format!("reading plugin state: {error:#}")))?;
+    let added =
+        pending.added_by(writes).map_err(|error| IngestError::Internal(format!("reading plugin state: {error:#}")))?;
     if added <= 0 {
         return Ok(None);
     }

@@ -14,6 +14,14 @@
 //!
 //! Each step is a seam: events could come from a log instead of HTTP, evaluation could run on
 //! another node, the commit could go to another store, without the others changing.
+//!
+//! Which way the dependencies go: `event`, `store`, `sandbox`, `metrics` and `committer` know
+//! nothing of the pipeline (`metrics` knows nothing of the crate at all: everything reports into
+//! it); `plugins` sits on the store, the sandbox and the metrics; the pipeline sits on all of
+//! them. One cycle is left: `restate` and `replay` replay the ledger through the pipeline's
+//! evaluation ([`Pipeline::run_plugin`]), and the pipeline calls `restate` for a late event. To
+//! break it, that evaluation (the referral chain, the version, the sandbox run and its checks)
+//! would move into a module of its own under both.
 
 mod batch;
 mod checks;

@@ -97,7 +97,11 @@ impl Scheduling {
     /// Within what the sandbox's instance pool can serve, with room left for replays.
     fn checked(self) -> Self {
         let most = MAX_CONCURRENT_INSTANCES as usize / 2;
-        Self { evaluation_threads: self.evaluation_threads.clamp(1, most), queue_events: self.queue_events.max(1), ..self }
+        Self {
+            evaluation_threads: self.evaluation_threads.clamp(1, most),
+            queue_events: self.queue_events.max(1),
+            ..self
+        }
     }
 }
 
@@ -119,8 +123,15 @@ pub(super) enum Job {
     Ingest(Ingest),
     /// A request a turn left at the end of its slice: always first in the queue.
     Resume(Resume),
-    Close { operator: OperatorRecord, period: Period, answer: Answer<Vec<EventOutcome>> },
-    RetryFailed { operator: OperatorRecord, answer: Answer<RetryReport> },
+    Close {
+        operator: OperatorRecord,
+        period: Period,
+        answer: Answer<Vec<EventOutcome>>,
+    },
+    RetryFailed {
+        operator: OperatorRecord,
+        answer: Answer<RetryReport>,
+    },
     Change(Change),
 }
 
