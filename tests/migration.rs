@@ -86,7 +86,10 @@ fn answers(host: &Host, operator: &Operator, affiliates: &[&str], closed: &[&str
     read.insert("events".into(), pages(host, operator, "/events"));
     read.insert("commissions".into(), pages(host, operator, "/commissions"));
     for affiliate in affiliates {
-        read.insert(format!("commissions of {affiliate}"), pages(host, operator, &format!("/commissions?affiliate={affiliate}")));
+        read.insert(
+            format!("commissions of {affiliate}"),
+            pages(host, operator, &format!("/commissions?affiliate={affiliate}")),
+        );
         for period in closed {
             let (status, body) = host.get(operator, &format!("/periods/{period}/statement?affiliate={affiliate}"));
             read.insert(format!("statement {period} {affiliate}"), json!({"status": status.as_u16(), "body": body}));
@@ -166,7 +169,10 @@ fn record_the_fixture() {
     host.put_affiliate(&told, "aff1", None, json!({}));
     let pay = |id: &str, amount: &str| {
         let attributes = json!({"attack": "pay", "amount": amount});
-        host.accept(&told, json!({"id": id, "type": "sale", "customer": id, "affiliate": "aff1", "attributes": attributes}))
+        host.accept(
+            &told,
+            json!({"id": id, "type": "sale", "customer": id, "affiliate": "aff1", "attributes": attributes}),
+        )
     };
     let first = pay("t1", "10");
     let second = pay("t2", "20");
@@ -176,7 +182,8 @@ fn record_the_fixture() {
     let refund = json!({"id": "t1-refund", "type": "refund", "customer": "t1",
         "attributes": {"attack": "clawback", "of": t1, "amount": "10"}});
     assert_eq!(host.post_events(&told, &refund).0, StatusCode::OK);
-    let failing = json!({"id": "t4", "type": "sale", "customer": "t4", "affiliate": "aff1", "attributes": {"attack": "fail"}});
+    let failing =
+        json!({"id": "t4", "type": "sale", "customer": "t4", "affiliate": "aff1", "attributes": {"attack": "fail"}});
     assert_eq!(host.post_events(&told, &failing).0, StatusCode::OK);
     let (status, body) = answer(
         host.client
@@ -191,9 +198,12 @@ fn record_the_fixture() {
     host.install_plugin(&multi, "multi-event");
     host.put_affiliate(&multi, "parent", None, json!({}));
     host.put_affiliate(&multi, "aff1", Some("parent"), json!({}));
-    for (id, customer, kind, amount) in
-        [("m1", "c1", "deposit", "100"), ("m2", "c2", "deposit", "50"), ("m3", "c1", "trade", "20"), ("m4", "c2", "chargeback", "50")]
-    {
+    for (id, customer, kind, amount) in [
+        ("m1", "c1", "deposit", "100"),
+        ("m2", "c2", "deposit", "50"),
+        ("m3", "c1", "trade", "20"),
+        ("m4", "c2", "chargeback", "50"),
+    ] {
         let event = json!({"id": id, "type": kind, "customer": customer, "affiliate": "aff1", "amount": amount, "currency": "USD"});
         assert_eq!(host.post_events(&multi, &event).0, StatusCode::OK, "{id}");
     }

@@ -351,9 +351,9 @@ impl LedgerTx<'_> {
 const SEQ_BYTES: usize = 8;
 
 fn read_seq(bytes: &[u8]) -> TxResult<u64> {
-    let bytes: [u8; SEQ_BYTES] = bytes.try_into().map_err(|_| {
-        ConflictableTransactionError::Abort(Abort::Decode("a sequence number is not 8 bytes".into()))
-    })?;
+    let bytes: [u8; SEQ_BYTES] = bytes
+        .try_into()
+        .map_err(|_| ConflictableTransactionError::Abort(Abort::Decode("a sequence number is not 8 bytes".into())))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -439,7 +439,6 @@ impl Store {
             TransactionError::Storage(error) => StoreError::Sled(error),
         })
     }
-
 }
 
 #[cfg(test)]

@@ -40,8 +40,8 @@ pub(super) fn resolve_links<E>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::deposit;
     use super::super::ledger::LedgerEntry;
+    use super::super::tests::deposit;
     use super::super::{CommitOutcome, Store};
     use super::*;
     use crate::store::records::EvaluationRecord;

@@ -187,7 +187,9 @@ impl Store {
             Some(affiliate) => {
                 let prefix = keys::key(operator, &[affiliate.as_bytes(), b""]);
                 let lower = match after {
-                    Some((seq, index)) => Bound::Excluded(keys::commission_by_affiliate(operator, affiliate, seq, index)),
+                    Some((seq, index)) => {
+                        Bound::Excluded(keys::commission_by_affiliate(operator, affiliate, seq, index))
+                    }
                     None => Bound::Included(prefix.clone()),
                 };
                 let mut read = Positions::new(self, operator);

@@ -41,7 +41,9 @@ fn convert(db: &sled::Db, batch: usize, max_steps: Option<usize>) -> Result<bool
         Some(newer) if newer > FORMAT => {
             return Err(StoreError::Decode {
                 tree: "the data directory",
-                detail: format!("it is of format {newer}, written by a newer release; this release reads up to {FORMAT}"),
+                detail: format!(
+                    "it is of format {newer}, written by a newer release; this release reads up to {FORMAT}"
+                ),
             });
         }
         _ => {}

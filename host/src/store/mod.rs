@@ -461,7 +461,6 @@ impl Store {
     pub fn is_reversed(&self, operator: &str, id: &str) -> Result<bool, StoreError> {
         Ok(self.reversals.contains_key(keys::text(operator, id))?)
     }
-
 }
 
 fn parse_commission_id(id: &str) -> Option<LedgerPosition> {
