@@ -90,7 +90,7 @@ impl Store {
         let prefix = keys::operator_prefix(operator);
         self.ledger
             .range(keys::sequence(operator, after.saturating_add(1))..)
-            .take_while(move |entry| entry.as_ref().map_or(true, |(key, _)| key.starts_with(&prefix)))
+            .take_while(move |entry| !matches!(entry, Ok((key, _)) if !key.starts_with(&prefix)))
             .map(|entry| {
                 let (key, value) = entry?;
                 Ok((seq_of(&key), value))
