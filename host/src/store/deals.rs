@@ -40,6 +40,7 @@ pub(super) fn resolve_links<E>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::ledger::LedgerEntry;
     use super::super::tests::deposit;
     use super::super::{CommitOutcome, Store};
     use super::*;
@@ -72,7 +73,7 @@ mod tests {
         assert!(outcomes.iter().all(|outcome| matches!(outcome, CommitOutcome::Committed { .. })), "{outcomes:?}");
 
         // As stored: a few hundred bytes of references, none of the deals' text.
-        let stored = store.events.get(keys::text("op", "e2")).unwrap().expect("stored");
+        let stored = store.ledger.get(keys::sequence("op", 2)).unwrap().expect("stored");
         assert!(stored.len() < 3_000, "{} bytes stored for one event", stored.len());
         assert!(!String::from_utf8_lossy(&stored).contains("0:0:0:0:"), "a deal's text is in the event");
         // Each deal version is kept once, however many events use it.
@@ -86,7 +87,12 @@ mod tests {
         let mut old = deposit("old", "c3", "customer:c3").record;
         old.seq = 3;
         old.evaluation = Some(evaluated(large_chain(2)));
-        store.events.insert(keys::text("op", "old"), super::super::to_json(&old)).unwrap();
+        let inline = old.clone().map_links(|link| {
+            Ok::<_, std::convert::Infallible>(StoredLink::Inline { affiliate: link.affiliate, deal: link.deal })
+        });
+        let entry = LedgerEntry { record: inline.unwrap_or_else(|never| match never {}), commissions: Vec::new() };
+        store.ledger.insert(keys::sequence("op", 3), super::super::to_json(&entry)).unwrap();
+        store.events.insert(keys::text("op", "old"), 3u64.to_be_bytes().as_slice()).unwrap();
         let read = store.event("op", "old").unwrap().expect("the old event");
         assert_eq!(read.evaluation, old.evaluation);
         assert_eq!(read.seq, 3);

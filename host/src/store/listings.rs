@@ -9,7 +9,8 @@ use std::ops::Bound;
 
 use sled::Tree;
 
-use super::records::{AffiliateRecord, CommissionRecord, EventRecord, OperatorRecord, PluginRecord, StoredLink};
+use super::ledger::LedgerEntry;
+use super::records::{AffiliateRecord, EventRecord, OperatorRecord, PluginRecord, StoredLink};
 use super::{Store, StoreError, decode, keys};
 
 /// A page looks at a bounded number of entries, so a filter that matches little cannot make one
@@ -69,29 +70,18 @@ impl Store {
     ) -> Result<Page<EventRecord<StoredLink>, u64>, StoreError> {
         let mut found = Vec::new();
         let mut last = None;
-        for (scanned, entry) in self.events_after(operator, after.unwrap_or(0)).enumerate() {
-            let (seq, id) = entry?;
+        for (scanned, entry) in self.entries_after(operator, after.unwrap_or(0)).enumerate() {
+            let (seq, value) = entry?;
             if found.len() == limit || scanned == SCAN_LIMIT {
                 return Ok((found, last));
             }
             last = Some(seq);
-            let Some(bytes) = self.events.get(keys::text(operator, &id))? else { continue };
-            let record: EventRecord<StoredLink> = decode("events", &bytes)?;
+            let record = decode::<LedgerEntry>("ledger", &value)?.record;
             if keep(&record) {
                 found.push(record);
             }
         }
         Ok((found, None))
-    }
-
-    /// Every event of `operator`, in id order, with its chain as stored.
-    pub fn all_events(&self, operator: &str) -> impl Iterator<Item = Result<EventRecord<StoredLink>, StoreError>> + '_ {
-        self.events.scan_prefix(keys::operator_prefix(operator)).map(|entry| decode("events", &entry?.1))
-    }
-
-    /// Every commission of `operator`, in ledger order.
-    pub fn all_commissions(&self, operator: &str) -> impl Iterator<Item = Result<CommissionRecord, StoreError>> + '_ {
-        self.commissions.scan_prefix(keys::operator_prefix(operator)).map(|entry| decode("commissions", &entry?.1))
     }
 }
 

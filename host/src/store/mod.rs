@@ -1,41 +1,43 @@
 //! The ledger on sled: operators, plugins, affiliates, events, plugin state and commissions.
 //!
-//! Each event is committed in a serializable sled transaction over every tree it touches: the
-//! dedup entry (the event record itself), the customer's attribution, the plugin's state writes
-//! and the commissions. All or nothing, so an event is applied at most once and never half.
-//! Events waiting together share one transaction ([`Store::commit_events`], driven by the
-//! [`crate::committer`]), each still all or nothing within it.
-//! Nothing is acknowledged until [`Durability`] has flushed it: sled keeps writes in memory
-//! until a flush.
+//! Each event is one record in the `ledger` tree, committed in a serializable sled transaction
+//! with the few indexes queries read (see [`commit`]): all or nothing, so an event is applied at
+//! most once and never half. Events waiting together share one transaction
+//! ([`Store::commit_events`], driven by the [`crate::committer`]), each still all or nothing
+//! within it. Nothing is acknowledged until [`Durability`] has flushed it: sled keeps writes in
+//! memory until a flush.
 //!
-//! On a `Corruption` report at start-up the host refuses to serve (see the README's recovery
-//! section) rather than guess.
+//! A data directory of an earlier format is converted at start-up, once ([`migrate`]). On a
+//! `Corruption` report at start-up the host refuses to serve (see the README's recovery section)
+//! rather than guess.
 
 mod clawback;
+mod commit;
 mod deals;
 mod durability;
 pub mod imports;
 pub mod keys;
+mod ledger;
 mod listings;
+mod migrate;
 mod payouts;
 mod quota;
 pub mod records;
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::path::Path;
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
-use deals::{deal_version, resolve_links};
+pub use commit::{CommitOutcome, EventCommit, HeldBack};
 pub use durability::{Durability, DurabilityError};
 pub use payouts::MoveOutcome;
 pub use quota::QuotaExceeded;
 use quota::read_u64;
 use records::{
-    AffiliateRecord, CommissionRecord, CustomerBinding, EventRecord, EventStatus, OperatorRecord, PluginRecord,
-    ShadowResult, StatusChange, StatusRecord, StoredLink,
+    AffiliateRecord, CommissionRecord, CustomerBinding, OperatorRecord, PluginRecord, ShadowResult, StatusChange,
+    StatusRecord,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -62,13 +64,16 @@ pub struct Store {
     artifacts: Tree,
     affiliates: Tree,
     customers: Tree,
+    /// (operator, sequence number) -> the event's record with its commissions (see [`commit`]):
+    /// the ledger, in the order events took effect.
+    ledger: Tree,
+    /// (operator, event id) -> its sequence number: dedup and look-ups by id.
     events: Tree,
     /// Per operator, the number of the last committed event: the ledger's order.
     sequences: Tree,
-    event_order: Tree,
     failed_events: Tree,
     state: Tree,
-    commissions: Tree,
+    /// (operator, affiliate, sequence number, index) -> the commission's position.
     commissions_by_affiliate: Tree,
     /// A reversed commission's key -> the key of the reversal: each is clawed back once.
     reversals: Tree,
@@ -93,331 +98,11 @@ pub struct Store {
     payouts: Tree,
 }
 
-/// Everything one evaluated event writes, committed together by [`Store::commit_events`].
-pub struct EventCommit {
-    pub operator: String,
-    /// The record to store; its `seq` and `commission_ids` are assigned by the commit.
-    pub record: EventRecord,
-    /// For a retry: the attempts count of the failed record it replaces. The commit goes
-    /// through only if that record is still the one stored.
-    pub replaces_failed_attempt: Option<u32>,
-    pub new_binding: Option<CustomerBinding>,
-    /// The state values the evaluation read; the commit goes through only if they are unchanged.
-    pub state_reads: BTreeMap<String, Option<Vec<u8>>>,
-    /// `None` deletes the key.
-    pub state_writes: BTreeMap<String, Option<Vec<u8>>>,
-    /// The commissions to store; their ids are assigned by the commit.
-    pub commissions: Vec<CommissionRecord>,
-    /// For an event computed from a replay of the whole ledger (a late event's restatement):
-    /// the operator's last sequence number the replay saw. The commit goes through only if no
-    /// event was committed since.
-    pub expected_last_seq: Option<u64>,
-    /// The operator's quota on stored bytes: the commit goes through only if what it adds
-    /// keeps the operator within it.
-    pub stored_bytes_quota: Option<u64>,
-}
-
-#[derive(Debug)]
-pub enum CommitOutcome {
-    /// Stored as the operator's next event in ledger order, with its commissions.
-    Committed { record: Box<EventRecord>, commissions: Vec<CommissionRecord> },
-    /// The event id is taken: by this event earlier (a retry) or by another one (a conflict).
-    Exists(Box<EventRecord>),
-    /// What the evaluation read has changed since: evaluate again.
-    Stale,
-    /// Nothing of it was written: it would take the operator past its quota.
-    QuotaExceeded(QuotaExceeded),
-}
-
-/// The customers whose events a group holds back: one of their events in it was not committed,
-/// so the ones after it, evaluated as if it were, must not be either.
-#[derive(Default)]
-pub struct HeldBack<'a>(std::collections::HashSet<(&'a str, &'a str)>);
-
-impl<'a> HeldBack<'a> {
-    pub fn holds(&self, commit: &'a EventCommit) -> bool {
-        self.0.contains(&(commit.operator.as_str(), commit.record.event.customer.as_str()))
-    }
-
-    /// Notes what became of `commit` (`None`: it failed).
-    pub fn note(&mut self, commit: &'a EventCommit, outcome: Option<&CommitOutcome>) {
-        if !matches!(outcome, Some(CommitOutcome::Committed { .. })) {
-            self.0.insert((commit.operator.as_str(), commit.record.event.customer.as_str()));
-        }
-    }
-}
-
-/// An [`EventCommit`] with its keys made before the transaction, which holds sled's global lock
-/// while it runs: what is left in it is the reads, the writes, and encoding what depends on the
-/// sequence number the transaction assigns.
-struct PreparedCommit<'a> {
-    commit: &'a EventCommit,
-    event_key: Vec<u8>,
-    /// The record as stored, its chain referencing deal versions; `seq` and `commission_ids`
-    /// are set by the transaction.
-    stored: EventRecord<StoredLink>,
-    /// The deal versions the chain references, each once: (key, JSON).
-    deals: Vec<(Vec<u8>, Vec<u8>)>,
-    binding: Option<(Vec<u8>, Vec<u8>)>,
-    reads: Vec<(Vec<u8>, &'a Option<Vec<u8>>)>,
-    writes: Vec<(Vec<u8>, &'a Option<Vec<u8>>)>,
-    /// For each commission that claws another back, the reversed commission's keys.
-    reversed: Vec<Option<ReversedKeys>>,
-}
-
-/// Where a reversed commission is kept.
-struct ReversedKeys {
-    /// Under its id: in `reversals` and `commission_status`.
-    by_id: Vec<u8>,
-    /// In `commissions`; `None` for an id that is not a commission's.
-    record: Option<Vec<u8>>,
-}
-
-impl<'a> PreparedCommit<'a> {
-    fn new(commit: &'a EventCommit) -> Self {
-        let operator = commit.operator.as_str();
-        let key = |name: &str| keys::text(operator, name);
-        let mut deals: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let stored = commit
-            .record
-            .clone()
-            .map_links(|link| {
-                let (sha256, json) = deal_version(&link.deal);
-                let deal_key = key(&sha256);
-                if !deals.iter().any(|(known, _)| *known == deal_key) {
-                    deals.push((deal_key, json));
-                }
-                Ok::<_, std::convert::Infallible>(StoredLink::Reference {
-                    affiliate: link.affiliate,
-                    deal_sha256: sha256,
-                })
-            })
-            .unwrap_or_else(|never| match never {});
-        Self {
-            commit,
-            event_key: key(&commit.record.event.id),
-            stored,
-            deals,
-            binding: commit.new_binding.as_ref().map(|binding| (key(&commit.record.event.customer), to_json(binding))),
-            reads: commit.state_reads.iter().map(|(name, value)| (key(name), value)).collect(),
-            writes: commit.state_writes.iter().map(|(name, value)| (key(name), value)).collect(),
-            reversed: commit
-                .commissions
-                .iter()
-                .map(|commission| {
-                    commission.reverses.as_deref().map(|id| ReversedKeys {
-                        by_id: key(id),
-                        record: parse_commission_id(id).map(|(seq, index)| keys::commission(operator, seq, index)),
-                    })
-                })
-                .collect(),
-        }
-    }
-}
-
-/// The trees an event commit touches, as one transaction sees them.
-struct LedgerTx<'t> {
-    events: &'t TransactionalTree,
-    sequences: &'t TransactionalTree,
-    event_order: &'t TransactionalTree,
-    failed_events: &'t TransactionalTree,
-    customers: &'t TransactionalTree,
-    state: &'t TransactionalTree,
-    commissions: &'t TransactionalTree,
-    by_affiliate: &'t TransactionalTree,
-    reversals: &'t TransactionalTree,
-    statuses: &'t TransactionalTree,
-    deals: &'t TransactionalTree,
-    stored_bytes: &'t TransactionalTree,
-}
-
-type TxResult<T> = Result<T, ConflictableTransactionError<Abort>>;
-
-impl LedgerTx<'_> {
-    /// Applies one commit, or nothing of it: every check comes before the first write, so a
-    /// commit that is `Exists`, `Stale` or `QuotaExceeded` leaves the transaction as it found
-    /// it, and the other commits of the group go on. A stored record that cannot be decoded
-    /// aborts the whole transaction instead (see the committer, which then commits the group's
-    /// events alone).
-    fn apply(&self, prepared: &PreparedCommit<'_>) -> TxResult<CommitOutcome> {
-        let commit = prepared.commit;
-        let operator = commit.operator.as_str();
-        let retried = match self.events.get(&prepared.event_key)? {
-            Some(existing) => {
-                let stored_bytes = existing.len();
-                let existing = self.resolve(operator, decode_in_tx(&existing)?)?;
-                let is_the_failure_we_retry =
-                    commit.replaces_failed_attempt == Some(existing.attempts) && existing.status == EventStatus::Failed;
-                if !is_the_failure_we_retry {
-                    return Ok(CommitOutcome::Exists(Box::new(existing)));
-                }
-                Some((existing.seq, stored_bytes))
-            }
-            None if commit.replaces_failed_attempt.is_some() => return Ok(CommitOutcome::Stale),
-            None => None,
-        };
-        if let Some((key, _)) = &prepared.binding
-            && self.customers.get(key)?.is_some()
-        {
-            return Ok(CommitOutcome::Stale);
-        }
-        for (key, expected) in &prepared.reads {
-            if self.state.get(key)?.as_deref() != expected.as_deref() {
-                return Ok(CommitOutcome::Stale);
-            }
-        }
-        let seq = match self.sequences.get(operator.as_bytes())? {
-            Some(last) => {
-                u64::from_be_bytes(last.as_ref().try_into().map_err(|_| {
-                    ConflictableTransactionError::Abort(Abort::Decode("a sequence is not 8 bytes".into()))
-                })?) + 1
-            }
-            None => 1,
-        };
-        if commit.expected_last_seq.is_some_and(|expected| expected + 1 != seq) {
-            return Ok(CommitOutcome::Stale);
-        }
-        // Checked before the commit too; here it is a race, settled by evaluating again.
-        let reversed: Vec<&Vec<u8>> = prepared.reversed.iter().flatten().map(|keys| &keys.by_id).collect();
-        for (index, key) in reversed.iter().enumerate() {
-            if reversed[..index].contains(key) || self.reversals.get(key)?.is_some() {
-                return Ok(CommitOutcome::Stale);
-            }
-        }
-
-        let commissions: Vec<CommissionRecord> = commit
-            .commissions
-            .iter()
-            .enumerate()
-            .map(|(index, commission)| CommissionRecord {
-                id: CommissionRecord::id_for(seq, index),
-                ..commission.clone()
-            })
-            .collect();
-        let commission_ids: Vec<String> = commissions.iter().map(|commission| commission.id.clone()).collect();
-        let stored = to_json(&EventRecord { seq, commission_ids: commission_ids.clone(), ..prepared.stored.clone() });
-        let sequence_key = keys::sequence(operator, seq);
-        let commission_entries: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = commissions
-            .iter()
-            .enumerate()
-            .map(|(index, commission)| {
-                let key = keys::commission(operator, seq, index as u16);
-                let by_affiliate = keys::commission_by_affiliate(operator, &commission.affiliate, seq, index as u16);
-                (key, to_json(commission), by_affiliate)
-            })
-            .collect();
-        let mut new_deals = Vec::new();
-        for (key, deal) in &prepared.deals {
-            if self.deals.get(key)?.is_none() {
-                new_deals.push((key, deal));
-            }
-        }
-
-        // What the commit adds to the operator's stored bytes, before anything is written.
-        let entry = |key: &[u8], value: usize| (key.len() + value) as i64;
-        let mut added = entry(&prepared.event_key, stored.len());
-        match retried {
-            // A retry replaces the failed record, and its place in the order by one as long.
-            Some((_, earlier)) => added -= entry(&prepared.event_key, earlier),
-            None => added += entry(&sequence_key, commit.record.event.id.len()),
-        }
-        if let Some((key, value)) = &prepared.binding {
-            added += entry(key, value.len());
-        }
-        for (key, value) in &prepared.writes {
-            added += value.as_ref().map_or(0, |value| entry(key, value.len()));
-            added -= self.state.get(key)?.map_or(0, |old| entry(key, old.len()));
-        }
-        for (key, value, by_affiliate) in &commission_entries {
-            added += entry(key, value.len()) + entry(by_affiliate, key.len());
-        }
-        for (key, deal) in &new_deals {
-            added += entry(key, deal.len());
-        }
-        let used = self.stored_bytes(operator)?;
-        let after = used.saturating_add_signed(added);
-        if let Some(quota) = commit.stored_bytes_quota
-            && added > 0
-            && after > quota
-        {
-            return Ok(CommitOutcome::QuotaExceeded(QuotaExceeded { used, needed: added as u64, quota }));
-        }
-
-        if let Some((earlier_seq, _)) = retried {
-            // The retry takes effect now: it moves to the end of the ledger order.
-            self.event_order.remove(keys::sequence(operator, earlier_seq))?;
-            self.failed_events.remove(keys::sequence(operator, earlier_seq))?;
-        }
-        if let Some((key, value)) = &prepared.binding {
-            self.customers.insert(key.as_slice(), value.as_slice())?;
-        }
-        for (key, value) in &prepared.writes {
-            match value {
-                Some(value) => self.state.insert(key.as_slice(), value.as_slice())?,
-                None => self.state.remove(key.as_slice())?,
-            };
-        }
-        for (key, deal) in new_deals {
-            self.deals.insert(key.as_slice(), deal.as_slice())?;
-        }
-        self.stored_bytes.insert(operator.as_bytes(), after.to_be_bytes().as_slice())?;
-        self.sequences.insert(operator.as_bytes(), seq.to_be_bytes().as_slice())?;
-        self.events.insert(prepared.event_key.as_slice(), stored)?;
-        self.event_order.insert(sequence_key.as_slice(), commit.record.event.id.as_bytes())?;
-        if commit.record.status == EventStatus::Failed {
-            self.failed_events.insert(sequence_key.as_slice(), commit.record.event.id.as_bytes())?;
-        }
-        for ((commission, (key, value, by_affiliate)), reversed) in
-            commissions.iter().zip(commission_entries).zip(&prepared.reversed)
-        {
-            if let Some(reversed) = reversed {
-                self.reversals.insert(reversed.by_id.as_slice(), key.as_slice())?;
-                let mut status: StatusRecord = match self.statuses.get(&reversed.by_id)? {
-                    Some(bytes) => decode_in_tx(&bytes)?,
-                    None => StatusRecord::default(),
-                };
-                let original: CommissionRecord = match &reversed.record {
-                    Some(record) => self.commissions.get(record)?,
-                    None => None,
-                }
-                .map(|bytes| decode_in_tx(&bytes))
-                .transpose()?
-                .ok_or_else(|| {
-                    let id = commission.reverses.as_deref().unwrap_or_default();
-                    ConflictableTransactionError::Abort(Abort::Decode(format!(
-                        "the reversed commission {id} is missing"
-                    )))
-                })?;
-                if let Some(own) = clawback::claw_back(&mut status, original.amount, commission) {
-                    self.statuses.insert(keys::text(operator, &commission.id), to_json(&own))?;
-                }
-                self.statuses.insert(reversed.by_id.as_slice(), to_json(&status))?;
-            }
-            self.commissions.insert(key.as_slice(), value)?;
-            self.by_affiliate.insert(by_affiliate, key)?;
-        }
-        let record = EventRecord { seq, commission_ids, ..commit.record.clone() };
-        Ok(CommitOutcome::Committed { record: Box::new(record), commissions })
-    }
-
-    fn stored_bytes(&self, operator: &str) -> TxResult<u64> {
-        Ok(self.stored_bytes.get(operator.as_bytes())?.as_deref().map_or(0, read_u64))
-    }
-
-    /// A stored record with its deals, read in this transaction.
-    fn resolve(&self, operator: &str, record: EventRecord<StoredLink>) -> TxResult<EventRecord> {
-        resolve_links(
-            operator,
-            record,
-            |key| Ok(self.deals.get(key)?),
-            |detail| ConflictableTransactionError::Abort(Abort::Decode(detail)),
-        )
-    }
-}
-
 enum Abort {
     Decode(String),
 }
+
+type TxResult<T> = Result<T, ConflictableTransactionError<Abort>>;
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -441,12 +126,11 @@ impl Store {
             artifacts: tree("artifacts")?,
             affiliates: tree("affiliates")?,
             customers: tree("customers")?,
+            ledger: tree("ledger")?,
             events: tree("events")?,
             sequences: tree("sequences")?,
-            event_order: tree("event_order")?,
             failed_events: tree("failed_events")?,
             state: tree("state")?,
-            commissions: tree("commissions")?,
             commissions_by_affiliate: tree("commissions_by_affiliate")?,
             reversals: tree("reversals")?,
             commission_status: tree("commission_status")?,
@@ -460,6 +144,7 @@ impl Store {
             payouts: tree("payouts")?,
             db,
         };
+        migrate::to_current(&store.db)?;
         quota::count_once(&store.db, &store.stored_bytes)?;
         Ok(store)
     }
@@ -613,18 +298,6 @@ impl Store {
 
     // Events
 
-    /// An event, with the deal terms its chain was evaluated with.
-    pub fn event(&self, operator: &str, id: &str) -> Result<Option<EventRecord>, StoreError> {
-        let Some(stored) = get_json(&self.events, "events", &keys::text(operator, id))? else { return Ok(None) };
-        resolve_links(
-            operator,
-            stored,
-            |key| Ok(self.deals.get(key)?),
-            |detail| StoreError::Decode { tree: "deals", detail },
-        )
-        .map(Some)
-    }
-
     /// Ids of the operator's failed events, oldest first.
     pub fn failed_event_ids(&self, operator: &str) -> Result<Vec<String>, StoreError> {
         self.failed_events
@@ -635,91 +308,6 @@ impl Store {
 
     pub fn state_value(&self, operator: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.state.get(keys::text(operator, key))?.map(|value| value.to_vec()))
-    }
-
-    /// Commits a group of events in one transaction, each with everything it caused or with
-    /// nothing (see [`CommitOutcome`]), in the order given: a later commit sees the earlier
-    /// ones' writes, as if each had its own transaction.
-    ///
-    /// A customer's events keep their order: once one of them is not committed (`Exists`,
-    /// `Stale`), its later events in the group are `Stale` too, since they were evaluated after
-    /// it (a batch evaluates its events before committing them; see the pipeline's `batch`).
-    ///
-    /// An event's sequence number is taken from the operator's counter inside the
-    /// transaction, so the numbers are the exact order in which events took effect, with no
-    /// gaps: replaying events by number reproduces the state and the ledger.
-    pub fn commit_events(&self, group: &[EventCommit]) -> Result<Vec<CommitOutcome>, StoreError> {
-        let prepared: Vec<PreparedCommit<'_>> = group.iter().map(PreparedCommit::new).collect();
-        let trees = (
-            &self.events,
-            &self.sequences,
-            &self.event_order,
-            &self.failed_events,
-            &self.customers,
-            &self.state,
-            &self.commissions,
-            &self.commissions_by_affiliate,
-            &self.reversals,
-            &self.commission_status,
-            &self.deals,
-            &self.stored_bytes,
-        );
-        let result = trees.transaction(
-            |(
-                events,
-                sequences,
-                event_order,
-                failed_events,
-                customers,
-                state,
-                commissions,
-                by_affiliate,
-                reversals,
-                statuses,
-                deals,
-                stored_bytes,
-            )| {
-                let tx = LedgerTx {
-                    events,
-                    sequences,
-                    event_order,
-                    failed_events,
-                    customers,
-                    state,
-                    commissions,
-                    by_affiliate,
-                    reversals,
-                    statuses,
-                    deals,
-                    stored_bytes,
-                };
-                let mut held_back = HeldBack::default();
-                // Once an operator's event is refused for its quota, so are its later ones in
-                // the group: none is written after one that was not.
-                let mut over_quota: BTreeMap<&str, QuotaExceeded> = BTreeMap::new();
-                prepared
-                    .iter()
-                    .map(|commit| {
-                        if let Some(refused) = over_quota.get(commit.commit.operator.as_str()) {
-                            return Ok(CommitOutcome::QuotaExceeded(*refused));
-                        }
-                        if held_back.holds(commit.commit) {
-                            return Ok(CommitOutcome::Stale);
-                        }
-                        let outcome = tx.apply(commit)?;
-                        if let CommitOutcome::QuotaExceeded(refused) = &outcome {
-                            over_quota.insert(&commit.commit.operator, *refused);
-                        }
-                        held_back.note(commit.commit, Some(&outcome));
-                        Ok(outcome)
-                    })
-                    .collect::<TxResult<Vec<_>>>()
-            },
-        );
-        result.map_err(|error| match error {
-            TransactionError::Abort(Abort::Decode(detail)) => StoreError::Decode { tree: "events", detail },
-            TransactionError::Storage(error) => StoreError::Sled(error),
-        })
     }
 
     /// The ids of the operator's settlement entries (`{prefix}{period}:{affiliate}`), in
@@ -743,21 +331,6 @@ impl Store {
         let skip = keys::operator_prefix(operator).len();
         let last = self.events.scan_prefix(settlement_key_prefix(operator, prefix, None)).next_back().transpose()?;
         Ok(last.map(|(key, _)| String::from_utf8_lossy(&key[skip..]).into_owned()))
-    }
-
-    /// The operator's event that occurred first, the host's own entries (ids starting with
-    /// `reserved`) aside: (when it occurred, its id). Reads every event: asked once, at the
-    /// operator's first close.
-    pub fn earliest_event(&self, operator: &str, reserved: &str) -> Result<Option<(i64, String)>, StoreError> {
-        let mut earliest: Option<(i64, String)> = None;
-        for entry in self.events.scan_prefix(keys::operator_prefix(operator)) {
-            let record: EventRecord<StoredLink> = decode("events", &entry?.1)?;
-            let event = record.event;
-            if !event.id.starts_with(reserved) && earliest.as_ref().is_none_or(|(at, _)| event.occurred_at < *at) {
-                earliest = Some((event.occurred_at, event.id));
-            }
-        }
-        Ok(earliest)
     }
 
     /// The statement of `affiliate` for `period` as the close computed it, if it was stored.
@@ -791,22 +364,6 @@ impl Store {
             .get(operator.as_bytes())?
             .and_then(|last| last.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0))
-    }
-
-    /// The ledger entries after `after`, in order: (sequence number, event id).
-    pub fn events_after(
-        &self,
-        operator: &str,
-        after: u64,
-    ) -> impl Iterator<Item = Result<(u64, String), StoreError>> + '_ {
-        self.event_order
-            .range(keys::sequence(operator, after.saturating_add(1))..keys::sequence(operator, u64::MAX))
-            .map(|entry| {
-                let (key, id) = entry?;
-                let seq =
-                    key.len().checked_sub(8).and_then(|start| key[start..].try_into().ok()).map(u64::from_be_bytes);
-                Ok((seq.unwrap_or_default(), String::from_utf8_lossy(&id).into_owned()))
-            })
     }
 
     /// How far shadow `version` of the operator has gone through the ledger (0: not started).
@@ -865,13 +422,6 @@ impl Store {
             .collect()
     }
 
-    /// The ids of the operator's events in ledger order (the order they took effect).
-    pub fn event_ids_in_order(&self, operator: &str) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
-        self.event_order
-            .scan_prefix(keys::operator_prefix(operator))
-            .map(|entry| Ok(String::from_utf8_lossy(&entry?.1).into_owned()))
-    }
-
     /// Every state key and value of the operator.
     pub fn state_entries(&self, operator: &str) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
         let prefix = keys::operator_prefix(operator);
@@ -907,79 +457,9 @@ impl Store {
         })
     }
 
-    /// One commission, by id.
-    pub fn commission(&self, operator: &str, id: &str) -> Result<Option<CommissionRecord>, StoreError> {
-        Ok(self.commission_records(operator, &[id.to_owned()])?.pop())
-    }
-
     /// Whether the commission `id` has been clawed back already.
     pub fn is_reversed(&self, operator: &str, id: &str) -> Result<bool, StoreError> {
         Ok(self.reversals.contains_key(keys::text(operator, id))?)
-    }
-
-    // Commissions
-
-    /// Up to `limit` commissions of `operator` after `after`, in ledger order, that pass
-    /// `keep`; with the position to continue from when there may be more.
-    pub fn commissions(
-        &self,
-        operator: &str,
-        affiliate: Option<&str>,
-        after: Option<LedgerPosition>,
-        limit: usize,
-        keep: impl Fn(&CommissionRecord) -> bool,
-    ) -> Result<(Vec<CommissionRecord>, Option<LedgerPosition>), StoreError> {
-        // A page looks at a bounded number of entries, so a filter that matches little
-        // cannot make one request scan the whole ledger.
-        const SCAN_LIMIT: usize = 10_000;
-        let (tree, prefix, start) = match affiliate {
-            Some(affiliate) => (
-                &self.commissions_by_affiliate,
-                keys::key(operator, &[affiliate.as_bytes(), b""]),
-                after.map(|(seq, index)| keys::commission_by_affiliate(operator, affiliate, seq, index)),
-            ),
-            None => (
-                &self.commissions,
-                keys::operator_prefix(operator),
-                after.map(|(seq, index)| keys::commission(operator, seq, index)),
-            ),
-        };
-        let lower = match start {
-            Some(start) => Bound::Excluded(start),
-            None => Bound::Included(prefix.clone()),
-        };
-        let mut found = Vec::new();
-        let mut last = None;
-        for (scanned, entry) in tree.range::<Vec<u8>, _>((lower, Bound::Unbounded)).enumerate() {
-            let (key, value) = entry?;
-            if !key.starts_with(&prefix) {
-                return Ok((found, None));
-            }
-            if found.len() == limit || scanned == SCAN_LIMIT {
-                return Ok((found, last));
-            }
-            last = keys::commission_position(&key);
-            let value = match affiliate {
-                Some(_) => match self.commissions.get(&value)? {
-                    Some(value) => value,
-                    None => continue,
-                },
-                None => value,
-            };
-            let commission: CommissionRecord = decode("commissions", &value)?;
-            if keep(&commission) {
-                found.push(commission);
-            }
-        }
-        Ok((found, None))
-    }
-
-    pub fn commission_records(&self, operator: &str, ids: &[String]) -> Result<Vec<CommissionRecord>, StoreError> {
-        ids.iter()
-            .filter_map(|id| parse_commission_id(id))
-            .map(|(seq, index)| get_json(&self.commissions, "commissions", &keys::commission(operator, seq, index)))
-            .filter_map(Result::transpose)
-            .collect()
     }
 }
 
@@ -1025,7 +505,7 @@ fn get_json<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::records::StoredEvent;
+    use crate::store::records::{EventRecord, EventStatus, StoredEvent};
 
     /// A deposit of `customer` that read `read` as absent and writes it; no commissions.
     pub(super) fn deposit(id: &str, customer: &str, read: &str) -> EventCommit {

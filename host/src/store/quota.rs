@@ -11,8 +11,8 @@ use super::{Store, StoreError, keys};
 /// The trees whose keys and values count. Not counted: plugins (a few per operator, bounded by
 /// the upload limit), shadow results, statements, commission statuses and the small indexes
 /// (sequences, failed events, reversals).
-const COUNTED_TREES: [&str; 8] =
-    ["affiliates", "customers", "events", "event_order", "state", "commissions", "commissions_by_affiliate", "deals"];
+const COUNTED_TREES: [&str; 7] =
+    ["affiliates", "customers", "ledger", "events", "state", "commissions_by_affiliate", "deals"];
 
 /// The key in `stored_bytes` that says every operator's bytes were counted. Operator ids start
 /// with a letter or digit, so it is no operator's.
@@ -58,6 +58,12 @@ pub(super) fn count_once(db: &sled::Db, stored_bytes: &sled::Tree) -> Result<(),
     if !totals.is_empty() {
         tracing::info!(operators = totals.len(), "counted each operator's stored bytes, once");
     }
+    Ok(())
+}
+
+/// Has the counts made again by the next [`count_once`] (after a change of the trees' format).
+pub(super) fn recount(db: &sled::Db) -> Result<(), StoreError> {
+    db.open_tree("stored_bytes")?.remove(COUNTED_MARKER)?;
     Ok(())
 }
 
