@@ -259,7 +259,7 @@ impl Pipeline {
             let bytes = store.put_checkpoint(&operator.id, seq, Some(&period.id), &state)?;
             let book = PeriodBook { period: period.id.clone(), seq, ..PeriodBook::default() };
             store.put_period_books(&operator.id, [&book])?;
-            tracing::debug!(operator = %operator.id, period = %period.id, seq, bytes, keys = state.len(), "checkpoint before the month's settlements");
+            tracing::info!(operator = %operator.id, period = %period.id, seq, bytes, keys = state.len(), "checkpoint before the month's settlements");
         }
         Ok(state)
     }
