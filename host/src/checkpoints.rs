@@ -221,6 +221,7 @@ impl Pipeline {
                 continue;
             };
             let mut list: Vec<PeriodBook> = books.values().cloned().collect();
+            list[k].late.push(record.event.id.clone());
             let mut read = |book: &PeriodBook| Ok(checkpoints.get(&book.period).cloned());
             let adjustments = match self.resettle(operator, &mut list, k, &writes, &mut read) {
                 Ok(Some((resettled, live))) => {

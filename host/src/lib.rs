@@ -23,5 +23,6 @@ pub mod sandbox;
 pub mod secrets;
 pub mod server;
 pub mod shadow;
+pub mod statements;
 pub mod store;
 pub mod terms;

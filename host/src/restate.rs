@@ -61,7 +61,7 @@ pub(crate) struct Entry {
 }
 
 /// The values, before an evaluation, of the state keys it wrote.
-pub(crate) type Before = BTreeMap<String, Option<Vec<u8>>>;
+pub type Before = BTreeMap<String, Option<Vec<u8>>>;
 
 /// The sequence number of each settled period's first settlement entry, by period id.
 pub(crate) fn first_settlements<'a>(records: impl IntoIterator<Item = &'a EventRecord>) -> HashMap<String, u64> {
@@ -315,6 +315,7 @@ impl Pipeline {
                 crate::checkpoints::add_paid(book, &restates.settlement, std::slice::from_ref(adjustment));
             }
         }
+        books[k].late.push(draft.event.id.clone());
         store.put_pending_books(&operator.id, &draft.event.id, last_seq + 1, &books[k..])?;
         let mut state_writes = writes.clone();
         state_writes.extend(live);
@@ -423,71 +424,7 @@ impl Pipeline {
         let entries = restated_order(records);
         let mut statements: BTreeMap<String, AffiliateStatement> = BTreeMap::new();
         self.replay_entries(operator, &entries, |entry, evaluated, before| -> Result<(), IngestError> {
-            let record = &entry.record;
-            let Some(affiliate) = &record.attributed_to else { return Ok(()) };
-            let statement = |of: &String| AffiliateStatement { affiliate: of.clone(), ..AffiliateStatement::default() };
-            match settlement_period(&record.event) {
-                Some(settled) if settled.id == period.id => {
-                    let statement = statements.entry(affiliate.clone()).or_insert_with(|| statement(affiliate));
-                    statement.carried_in = before.iter().map(|(key, value)| (key.clone(), text(value))).collect();
-                    statement.carried_out =
-                        evaluated.state_writes.iter().map(|(key, value)| (key.clone(), text(value))).collect();
-                    statement.settlement = Some(SettlementLine {
-                        event_id: record.event.id.clone(),
-                        plugin_version: record.evaluation.as_ref().map_or(0, |e| e.plugin_version),
-                        commissions: evaluated.commissions.iter().map(Payout::from).collect(),
-                        failure: evaluated.failure.as_ref().map(|failure| failure.message.clone()),
-                        logs: evaluated_logs(evaluated),
-                    });
-                }
-                Some(_) => {}
-                None if (period.starts_at..period.ends_at).contains(&record.event.occurred_at) => {
-                    let changes: Vec<StateChange> = before
-                        .iter()
-                        .map(|(key, was)| StateChange {
-                            key: key.clone(),
-                            before: text(was),
-                            after: text(evaluated.state_writes.get(key).unwrap_or(&None)),
-                        })
-                        .collect();
-                    let event = &record.event;
-                    let (amount, currency) = match &event.fx {
-                        Some(fx) => (Some(fx.amount), Some(fx.currency.clone())),
-                        None => (event.amount, event.currency.clone()),
-                    };
-                    let line = StatementLine {
-                        event_id: event.id.clone(),
-                        kind: event.kind.clone(),
-                        occurred_at: format_time(event.occurred_at),
-                        received_at: format_time(record.received_at),
-                        amount,
-                        currency,
-                        late: entry.late,
-                        through: None,
-                        contribution: contribution(&changes),
-                        changes,
-                        commissions: evaluated.commissions.iter().map(Payout::from).collect(),
-                        logs: evaluated_logs(evaluated),
-                    };
-                    // An upline the event paid (an override) sees it on its own statement too:
-                    // what it needs to check the override against the sub-affiliate's activity.
-                    let uplines: std::collections::BTreeSet<&String> = evaluated
-                        .commissions
-                        .iter()
-                        .map(|commission| &commission.affiliate)
-                        .filter(|paid| *paid != affiliate)
-                        .collect();
-                    for upline in uplines {
-                        statements
-                            .entry(upline.clone())
-                            .or_insert_with(|| statement(upline))
-                            .lines
-                            .push(StatementLine { through: Some(affiliate.clone()), ..line.clone() });
-                    }
-                    statements.entry(affiliate.clone()).or_insert_with(|| statement(affiliate)).lines.push(line);
-                }
-                None => {}
-            }
+            add_to_statements(&mut statements, period, &entry.record, entry.late, evaluated, before);
             Ok(())
         })?;
         Ok(statements)
@@ -517,6 +454,83 @@ impl Pipeline {
             self.store().put_statement(&operator.id, &period.id, &affiliate, &statement)?;
         }
         Ok(())
+    }
+}
+
+/// Adds what one replayed ledger entry shows to `period`'s statements: a settlement of the
+/// period its affiliate's carried-in, settlement and carried-out; an event of the period a line
+/// (on its affiliate's statement, and on those of the uplines it paid an override).
+pub(crate) fn add_to_statements(
+    statements: &mut BTreeMap<String, AffiliateStatement>,
+    period: &Period,
+    record: &EventRecord,
+    late: bool,
+    evaluated: &Evaluated,
+    before: &Before,
+) {
+    let Some(affiliate) = &record.attributed_to else { return };
+    let statement = |of: &String| AffiliateStatement { affiliate: of.clone(), ..AffiliateStatement::default() };
+    match settlement_period(&record.event) {
+        Some(settled) if settled.id == period.id => {
+            let statement = statements.entry(affiliate.clone()).or_insert_with(|| statement(affiliate));
+            statement.carried_in = before.iter().map(|(key, value)| (key.clone(), text(value))).collect();
+            statement.carried_out =
+                evaluated.state_writes.iter().map(|(key, value)| (key.clone(), text(value))).collect();
+            statement.settlement = Some(SettlementLine {
+                event_id: record.event.id.clone(),
+                plugin_version: record.evaluation.as_ref().map_or(0, |e| e.plugin_version),
+                commissions: evaluated.commissions.iter().map(Payout::from).collect(),
+                failure: evaluated.failure.as_ref().map(|failure| failure.message.clone()),
+                logs: evaluated_logs(evaluated),
+            });
+        }
+        Some(_) => {}
+        None if (period.starts_at..period.ends_at).contains(&record.event.occurred_at) => {
+            let changes: Vec<StateChange> = before
+                .iter()
+                .map(|(key, was)| StateChange {
+                    key: key.clone(),
+                    before: text(was),
+                    after: text(evaluated.state_writes.get(key).unwrap_or(&None)),
+                })
+                .collect();
+            let event = &record.event;
+            let (amount, currency) = match &event.fx {
+                Some(fx) => (Some(fx.amount), Some(fx.currency.clone())),
+                None => (event.amount, event.currency.clone()),
+            };
+            let line = StatementLine {
+                event_id: event.id.clone(),
+                kind: event.kind.clone(),
+                occurred_at: format_time(event.occurred_at),
+                received_at: format_time(record.received_at),
+                amount,
+                currency,
+                late,
+                through: None,
+                contribution: contribution(&changes),
+                changes,
+                commissions: evaluated.commissions.iter().map(Payout::from).collect(),
+                logs: evaluated_logs(evaluated),
+            };
+            // An upline the event paid (an override) sees it on its own statement too:
+            // what it needs to check the override against the sub-affiliate's activity.
+            let uplines: std::collections::BTreeSet<&String> = evaluated
+                .commissions
+                .iter()
+                .map(|commission| &commission.affiliate)
+                .filter(|paid| *paid != affiliate)
+                .collect();
+            for upline in uplines {
+                statements
+                    .entry(upline.clone())
+                    .or_insert_with(|| statement(upline))
+                    .lines
+                    .push(StatementLine { through: Some(affiliate.clone()), ..line.clone() });
+            }
+            statements.entry(affiliate.clone()).or_insert_with(|| statement(affiliate)).lines.push(line);
+        }
+        None => {}
     }
 }
 

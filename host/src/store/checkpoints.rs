@@ -62,6 +62,9 @@ pub struct PeriodBook {
     pub seq: u64,
     /// Its settlement entries' ids, in ledger order.
     pub settlements: Vec<String>,
+    /// The ids of the late events booked into the month, in the order they arrived.
+    #[serde(default)]
+    pub late: Vec<String>,
     /// What the late events booked into the month wrote, in order (a later write wins).
     pub booked: BTreeMap<String, Option<String>>,
     /// What its settlements write, as last restated.
