@@ -102,7 +102,10 @@ fn a_restatement_whose_replay_fails_keeps_the_live_state_and_fails_the_late_even
     let report = host.verify(&casino);
     assert_eq!(report["complete"], false, "{report}");
     let differences = report["differences"].as_array().unwrap();
-    assert!(differences.iter().any(|d| d["event_id"] == "s1" && d["replay_failure"]["kind"] == "out_of_fuel"), "{report}");
+    assert!(
+        differences.iter().any(|d| d["event_id"] == "s1" && d["replay_failure"]["kind"] == "out_of_fuel"),
+        "{report}"
+    );
 
     // The limit raised again (the defaults): October closes on the live state it had,
     // NGR 2,000 x 30% = 600.

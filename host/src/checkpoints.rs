@@ -313,9 +313,7 @@ pub(crate) fn paid_totals(book: &PeriodBook, settlement: &str) -> Result<Totals,
     let mut totals = Totals::new();
     for (affiliate, rule, currency, amount) in book.paid.get(settlement).into_iter().flatten() {
         let total = totals.entry((affiliate.clone(), rule.clone(), currency.clone())).or_default();
-        crate::replay::checked_add(total, *amount, || {
-            format!("total paid to {affiliate} under {rule} in {currency}")
-        })?;
+        crate::replay::checked_add(total, *amount, || format!("total paid to {affiliate} under {rule} in {currency}"))?;
     }
     Ok(totals)
 }

@@ -99,7 +99,8 @@ impl Pipeline {
         let mut paid: BTreeMap<String, SettlementPaid> = BTreeMap::new();
         for id in &books[j].settlements {
             let Some(record) = store.event(&operator.id, id)? else { continue };
-            paid.entry(id.clone()).or_default().at_close = store.commission_records(&operator.id, &record.commission_ids)?;
+            paid.entry(id.clone()).or_default().at_close =
+                store.commission_records(&operator.id, &record.commission_ids)?;
         }
         let mut late: Vec<EventRecord> = Vec::new();
         for id in books[..=j].iter().flat_map(|book| &book.late) {
