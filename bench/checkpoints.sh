@@ -62,11 +62,11 @@ for size in $SIZES; do
   echo "late event into the latest closed month, ten months: $(late "ten$size" "$key10" late10 10) ms"
   echo "late event into the oldest of ten closed months:     $(late "ten$size" "$key10" late11 01) ms"
   t=$(curl -s -o /dev/null -w '%{time_total}\n' "$H/v1/operators/one$size/periods/2025-01/statement?affiliate=aff1" -H "Authorization: Bearer $key1" | ms)
-  echo "one affiliate's statement (recomputed), one month:   $t ms"
+  echo "one affiliate's statement (from storage), one month: $t ms"
   t=$(curl -s -o "$work/verify.out" -w '%{time_total}\n' -X POST "$H/v1/operators/one$size/verify" -H "Authorization: Bearer $key1" | ms)
   echo "full verify, one month: $t ms ($(( size * 1000 / (t + 1) )) events/s): $(head -c 120 "$work/verify.out")"
   for op in "one$size" "ten$size"; do
-    grep "checkpoint before" "$work/host.err" | grep "operator=$op " \
+    sed 's/\x1b\[[0-9;]*m//g' "$work/host.err" | grep "checkpoint before" | grep "operator=\"\?$op\"\? " \
       | sed -E 's/.*seq=([0-9]+).*bytes=([0-9]+).*keys=([0-9]+).*/\1 \2 \3/' \
       | awk -v op="$op" '{ n++; b += $2; k = $3 } END { printf "checkpoints of %s: %d, %d bytes of JSON in all, %d state keys in the last\n", op, n, b, k }'
   done
