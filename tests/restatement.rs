@@ -1,8 +1,8 @@
 //! Restatements and replays that cannot complete, through the real host with the reference
 //! plugins built from source (issue 19, items 3 and 8):
 //!
-//! - a late event whose restatement meets an earlier event that no longer replays (the operator's
-//!   fuel lowered since) is stored as failed, naming that event, and writes nothing: the live
+//! - a late event whose restatement meets a settlement that no longer runs (the operator's
+//!   fuel lowered since) is stored as failed, naming that settlement, and writes nothing: the live
 //!   state is kept, the next close pays what it should, verify says the replay is incomplete,
 //!   and `retry-failed` restates it once the limit is raised again;
 //! - totals of amounts near the decimal's maximum are a clear 422, never a 500, and the host
@@ -71,24 +71,25 @@ fn a_restatement_whose_replay_fails_keeps_the_live_state_and_fails_the_late_even
         json!({"id": "o1", "type": "wager", "customer": "p1", "amount": "2000", "occurred_at": at("2025-10-05")}),
     );
 
-    // The operator's fuel is lowered below what a deposit or a wager takes (fuel is
+    // The operator's fuel is lowered below what September's settlement takes (fuel is
     // deterministic: the same event always takes the same), but not below a registration's.
+    let settlement = "commission-host.period:2025-09:aff";
     let registration = fuel_used(&host, &casino, "r0");
-    let cheapest_other = fuel_used(&host, &casino, "p1-d").min(fuel_used(&host, &casino, "s1"));
-    assert!(registration < cheapest_other, "a registration ({registration}) must take less fuel than {cheapest_other}");
-    let lowered = registration + (cheapest_other - registration) / 2;
+    let settle = fuel_used(&host, &casino, settlement);
+    assert!(registration < settle, "a registration ({registration}) must take less fuel than a settlement ({settle})");
+    let lowered = registration + (settle - registration) / 2;
     host.put_limits(&casino, json!({"fuel": lowered}));
 
     // A late registration (September is closed; the policy is `adjust`): it evaluates live
-    // within the lowered fuel, but its restatement replays September from the start, and the
-    // deposit p1-d no longer replays. Restating without it would write a state without
-    // October's NGR (and close October at 0): the late event fails instead, naming p1-d.
+    // within the lowered fuel, but its restatement runs September's settlement again from the
+    // month's checkpoint, and the settlement no longer runs. Restating without it would leave
+    // September's carryover unknown: the late event fails instead, naming the settlement.
     let late = json!({"id": "late-reg", "type": "registration", "customer": "p2", "affiliate": "aff", "occurred_at": at("2025-09-20")});
     let failed = event(&host, &casino, late.clone());
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["failure"]["kind"], "restatement", "{failed}");
     let message = failed["failure"]["message"].as_str().unwrap();
-    assert!(message.contains("p1-d") && message.contains("out of fuel"), "{message}");
+    assert!(message.contains(settlement) && message.contains("out of fuel"), "{message}");
     assert_eq!(failed["commissions"], json!([]), "{failed}");
     // Sent again: the same failed event, nothing more written.
     let again = event(&host, &casino, late);
@@ -96,12 +97,13 @@ fn a_restatement_whose_replay_fails_keeps_the_live_state_and_fails_the_late_even
     let (_, stored) = host.get(&casino, "/events/late-reg");
     assert_eq!((stored["status"].as_str(), stored["attempts"].as_u64()), (Some("failed"), Some(1)), "{stored}");
 
-    // Verify cannot replay the ledger under these limits, and says so.
+    // Verify cannot replay the ledger under these limits (the wager s1 runs out of fuel too),
+    // and says so.
     let report = host.verify(&casino);
     assert_eq!(report["complete"], false, "{report}");
     let differences = report["differences"].as_array().unwrap();
     assert!(
-        differences.iter().any(|d| d["event_id"] == "p1-d" && d["replay_failure"]["kind"] == "out_of_fuel"),
+        differences.iter().any(|d| d["event_id"] == "s1" && d["replay_failure"]["kind"] == "out_of_fuel"),
         "{report}"
     );
 

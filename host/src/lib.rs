@@ -10,6 +10,7 @@
 //! sandbox, and [`plugins::validate`] is the validation an upload does.
 
 pub mod api;
+pub mod checkpoints;
 pub mod committer;
 pub mod event;
 pub mod fixtures;
@@ -22,5 +23,6 @@ pub mod sandbox;
 pub mod secrets;
 pub mod server;
 pub mod shadow;
+pub mod statements;
 pub mod store;
 pub mod terms;

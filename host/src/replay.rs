@@ -10,16 +10,16 @@
 //!   differ from what was paid? Every attributed event goes through N (failed ones included),
 //!   so N's own state builds up as it would have live.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::pipeline::{IngestError, Pipeline, Run, settlement_period};
-use crate::restate::{Totals, add_to, first_settlements, missed_by_settlement, restated_order};
+use crate::restate::missed_by_settlement;
 use crate::sandbox::StateSource;
-use crate::store::records::{CommissionRecord, EventRecord, Failure, OperatorRecord};
+use crate::store::records::{CommissionRecord, EventRecord, Failure, FailureKind, OperatorRecord};
 
 /// The plugin state of a replay: starts empty, takes each successful evaluation's writes.
 #[derive(Default)]
@@ -32,6 +32,16 @@ impl StateSource for ScratchState {
 }
 
 impl ScratchState {
+    /// A replay that starts from a checkpoint.
+    pub(crate) fn from_state(state: BTreeMap<String, Vec<u8>>) -> Self {
+        Self(Mutex::new(state))
+    }
+
+    /// The state as it stands: a checkpoint of the replay.
+    pub(crate) fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
+        self.0.lock().expect("scratch state lock").clone()
+    }
+
     pub(crate) fn value(&self, key: &str) -> Option<Vec<u8>> {
         self.0.lock().expect("scratch state lock").get(key).cloned()
     }
@@ -97,10 +107,25 @@ pub struct VerifyReport {
     /// State keys whose replayed value differs from the stored one; `None` when events arrived
     /// during the verify, so the stored state had moved on and was not compared.
     pub state_keys_differing: Option<Vec<String>>,
+    /// Stored checkpoints (of plugin state, before each month's settlements) that do not read
+    /// back or differ from the state the replay had at their place.
+    pub checkpoints_differing: Vec<CheckpointDifference>,
     /// Every accepted event replayed to the end. `false` when a replay failed (a limit lowered
     /// since, say: see the differences' `replay_failure`): the ledger could not be reproduced,
     /// and the replayed state compared is one the live ledger never had.
     pub complete: bool,
+}
+
+/// A stored checkpoint that a replay of the ledger does not confirm.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CheckpointDifference {
+    /// The month whose settlements it precedes.
+    pub period: String,
+    /// Its ledger position: the state is the one just before this sequence number.
+    pub seq: u64,
+    pub problem: String,
+    /// The state keys whose stored value differs from the replayed one.
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -192,77 +217,110 @@ impl TimeRange {
 }
 
 impl Pipeline {
-    /// Replays every accepted event through the version that evaluated it, in restated order
-    /// (late events before the settlements of their period, see [`crate::restate`]), and
-    /// compares. A settlement restated by late events is compared, per affiliate, rule and
-    /// currency, with what it paid at the close plus the adjustments made for it since. An
-    /// event committed after its period's settlement, neither restated nor taken as received,
-    /// is reported too: the settlement missed it.
+    /// Replays every accepted event through the version that evaluated it, in ledger order, as
+    /// live did (see [`crate::checkpoints`]: a late event is evaluated where it arrived and
+    /// restates the closed months from their checkpoints), and compares: each event's own
+    /// commissions, a late event's adjustments, the final state, and each stored checkpoint
+    /// with the state the replay had there. An event committed after its period's settlement,
+    /// neither restated nor taken as received, is reported too: the settlement missed it.
     pub fn verify(&self, operator: &OperatorRecord) -> Result<VerifyReport, IngestError> {
         let store = self.store();
         let last_sequence = store.last_sequence(&operator.id)?;
-        let records: Vec<EventRecord> = self.records_in_order(operator, last_sequence).collect::<Result<_, _>>()?;
-        let first_settlement = first_settlements(&records);
-        let entries = restated_order(records);
-        let settlements = self.settlements_paid(operator, &entries)?;
-        // A settlement from the month of the earliest late event on can be restated (a carryover
-        // carries the change into later months), and a restatement that changes its amount by
-        // less than a cent pays no adjustment yet changes its explanation: compare such a
-        // settlement by amounts only.
-        let earliest_late = entries.iter().filter(|entry| entry.late).map(|entry| entry.record.event.occurred_at).min();
+        let mut first_settlement: HashMap<String, u64> = HashMap::new();
         let mut report = VerifyReport {
             events_replayed: 0,
             events_matching: 0,
             differences: Vec::new(),
             state_keys_differing: None,
+            checkpoints_differing: Vec::new(),
             complete: true,
         };
-        let replayed_state =
-            self.replay_entries(operator, &entries, |entry, evaluated, _| -> Result<(), IngestError> {
-                let record = &entry.record;
-                let replayed: Vec<Payout> = evaluated.commissions.iter().map(Payout::from).collect();
-                let (paid, matching) = match settlements.get(&record.event.id) {
-                    Some(settlement)
-                        if !settlement.adjustments.is_empty()
-                            || earliest_late.is_some_and(|late| late <= record.event.occurred_at) =>
-                    {
-                        let paid =
-                            settlement.at_close.iter().chain(&settlement.adjustments).map(Payout::from).collect();
-                        let mut totals = Totals::new();
-                        for payout in &replayed {
-                            add_to(&mut totals, payout)?;
-                        }
-                        let nonzero = |totals: Totals| -> Totals {
-                            totals.into_iter().filter(|(_, amount)| !amount.is_zero()).collect()
-                        };
-                        let matching = nonzero(settlement.totals()?) == nonzero(totals);
-                        (paid, matching)
-                    }
-                    _ => {
-                        let paid = self.paid(operator, record)?;
-                        let matching = paid == replayed;
-                        (paid, matching)
+        let replay = self.replay_ledger(operator, last_sequence, |record, evaluated, adjustments| {
+            if let Some(period) = settlement_period(&record.event) {
+                first_settlement.entry(period.id).or_insert(record.seq);
+            }
+            let mut replayed: Vec<Payout> = evaluated.commissions.iter().map(Payout::from).collect();
+            let mut paid = self.paid(operator, record)?;
+            let mut matching = paid == replayed;
+            let mut failure = evaluated.failure.clone();
+            if let Some(adjustments) = adjustments {
+                let ledger: Vec<Payout> = self
+                    .store()
+                    .commission_records(&operator.id, &record.commission_ids)?
+                    .iter()
+                    .filter(|commission| commission.restates.is_some())
+                    .map(Payout::from)
+                    .collect();
+                let computed: Vec<Payout> = match adjustments {
+                    Ok(adjustments) => adjustments.iter().map(Payout::from).collect(),
+                    Err(message) => {
+                        failure.get_or_insert(Failure { kind: FailureKind::Restatement, message: message.clone() });
+                        Vec::new()
                     }
                 };
-                report.events_replayed += 1;
-                report.complete &= evaluated.failure.is_none();
-                let problem = missed_by_settlement(&first_settlement, record);
-                if evaluated.failure.is_none() && matching && problem.is_none() {
-                    report.events_matching += 1;
-                } else {
-                    report.differences.push(EventDifference {
-                        event_id: record.event.id.clone(),
-                        occurred_at: record.event.occurred_at,
-                        paid,
-                        replayed,
-                        replay_failure: evaluated.failure.clone(),
-                        problem,
-                    });
+                // By amount: an adjustment's explanation names when it was computed.
+                let amounts = |payouts: &[Payout]| {
+                    let mut amounts: Vec<_> = payouts
+                        .iter()
+                        .map(|p| (p.affiliate.clone(), p.rule.clone(), p.currency.clone(), p.amount))
+                        .collect();
+                    amounts.sort();
+                    amounts
+                };
+                matching &= amounts(&ledger) == amounts(&computed);
+                paid.extend(ledger);
+                replayed.extend(computed);
+            }
+            report.events_replayed += 1;
+            report.complete &= evaluated.failure.is_none();
+            let problem = missed_by_settlement(&first_settlement, record);
+            if failure.is_none() && matching && problem.is_none() {
+                report.events_matching += 1;
+            } else {
+                report.differences.push(EventDifference {
+                    event_id: record.event.id.clone(),
+                    occurred_at: record.event.occurred_at,
+                    paid,
+                    replayed,
+                    replay_failure: failure,
+                    problem,
+                });
+            }
+            Ok(())
+        })?;
+        for (period, replayed) in &replay.checkpoints {
+            let Some(book) = replay.books.get(period) else { continue };
+            let stored = store.stored_checkpoints(&operator.id)?;
+            let Some(checkpoint) = stored.iter().find(|checkpoint| checkpoint.period.as_deref() == Some(period)) else {
+                continue;
+            };
+            let difference = match store.checkpoint_state(&operator.id, checkpoint.seq)? {
+                None => Some((
+                    "the stored checkpoint does not read back: it, or one before it, is missing or was altered (its \
+                     digest does not match)"
+                        .to_owned(),
+                    Vec::new(),
+                )),
+                Some(state) if state != *replayed => {
+                    let keys: std::collections::BTreeSet<&String> = state.keys().chain(replayed.keys()).collect();
+                    let differing =
+                        keys.into_iter().filter(|key| state.get(*key) != replayed.get(*key)).cloned().collect();
+                    Some(("the stored checkpoint differs from the state the replay had there".to_owned(), differing))
                 }
-                Ok(())
-            })?;
+                Some(_) => None,
+            };
+            if let Some((problem, keys)) = difference {
+                report.checkpoints_differing.push(CheckpointDifference {
+                    period: period.clone(),
+                    seq: book.seq.max(checkpoint.seq),
+                    problem,
+                    keys,
+                });
+            }
+        }
         if store.last_sequence(&operator.id)? == last_sequence {
             let stored = store.state_entries(&operator.id)?;
+            let replayed_state = &replay.state;
             let keys: std::collections::BTreeSet<&String> = stored.keys().chain(replayed_state.keys()).collect();
             report.state_keys_differing =
                 Some(keys.into_iter().filter(|key| stored.get(*key) != replayed_state.get(*key)).cloned().collect());

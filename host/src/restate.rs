@@ -61,7 +61,7 @@ pub(crate) struct Entry {
 }
 
 /// The values, before an evaluation, of the state keys it wrote.
-pub(crate) type Before = BTreeMap<String, Option<Vec<u8>>>;
+pub type Before = BTreeMap<String, Option<Vec<u8>>>;
 
 /// The sequence number of each settled period's first settlement entry, by period id.
 pub(crate) fn first_settlements<'a>(records: impl IntoIterator<Item = &'a EventRecord>) -> HashMap<String, u64> {
@@ -145,7 +145,7 @@ impl From<StoreError> for RestateError {
 }
 
 impl RestateError {
-    fn failed(message: String) -> Self {
+    pub(crate) fn failed(message: String) -> Self {
         Self::Failed(Failure { kind: FailureKind::Restatement, message })
     }
 }
@@ -259,52 +259,88 @@ impl Pipeline {
         Ok(paid)
     }
 
-    /// Restates the closed periods with `draft`, a late event evaluated but not committed, in
-    /// place (see the module's docs).
-    pub(crate) fn restate(&self, operator: &OperatorRecord, draft: &EventRecord) -> Result<Restated, RestateError> {
+    /// Restates the closed periods with `draft`, a late event evaluated but not committed, whose
+    /// evaluation wrote `writes`: books them into its month and re-runs that month's settlements
+    /// and those of the closed months after it from their checkpoints ([`crate::checkpoints`]).
+    pub(crate) fn restate(
+        &self,
+        operator: &OperatorRecord,
+        draft: &EventRecord,
+        writes: &BTreeMap<String, Option<Vec<u8>>>,
+    ) -> Result<Restated, RestateError> {
         let store = self.store();
         let last_seq = store.last_sequence(&operator.id)?;
-        let mut records: Vec<EventRecord> = self.records_in_order(operator, last_seq).collect::<Result<_, _>>()?;
-        records.push(EventRecord { seq: last_seq + 1, ..draft.clone() });
-        let entries = restated_order(records);
-        let paid = self.settlements_paid(operator, &entries)?;
-        // Settlement id -> (period, version, replayed totals, replayed explanations).
-        let mut restated: BTreeMap<String, (String, u32, Totals, Vec<String>)> = BTreeMap::new();
-        let state = self.replay_entries(operator, &entries, |entry, evaluated, _| {
-            // Without this event's writes the replayed state is not the ledger's: stop, rather
-            // than restate (and overwrite the live state) on a replay that skipped it.
-            if let Some(failure) = &evaluated.failure {
-                let event = &entry.record.event.id;
-                tracing::warn!(operator = %operator.id, late = %draft.event.id, replayed = %event, reason = %failure.message, "a restatement's replay failed; the late event is stored as failed");
-                return Err(RestateError::failed(format!(
-                    "restating the closed periods failed: the replay of event {event} did not finish ({}: {}). \
-                     Nothing was restated and the live state is unchanged; fix the cause (raise the operator's \
-                     limits with PUT /v1/operators/{}/limits, say), then POST /v1/operators/{}/events/retry-failed",
-                    failure.kind.as_str(),
-                    failure.message,
-                    operator.id,
-                    operator.id
-                )));
+        let month = Period::containing(draft.event.occurred_at)
+            .ok_or_else(|| IngestError::Internal("a late event outside the calendar".into()))?;
+        let mut rebuilt = None;
+        let mut books = match self.checked_books(operator)? {
+            Some(books) => books,
+            None => {
+                let replay = self.rebuild_books(operator)?;
+                let books = replay.books.values().cloned().collect();
+                rebuilt = Some(replay.checkpoints);
+                books
             }
-            let (Some(period), Some(evaluation)) = (settlement_period(&entry.record.event), &entry.record.evaluation)
-            else {
-                return Ok(());
-            };
-            let mut totals = Totals::new();
-            for commission in &evaluated.commissions {
-                add_to(&mut totals, &Payout::from(commission)).map_err(overflow)?;
+        };
+        // Booked into its month; into the next closed one if its month was closed with nothing
+        // to settle.
+        let Some(k) = books.iter().position(|book| book.period >= month.id) else {
+            return Ok(Restated { adjustments: Vec::new(), state_writes: writes.clone(), last_seq });
+        };
+        let resettled = match &rebuilt {
+            Some(checkpoints) => {
+                self.resettle(operator, &mut books, k, writes, &mut |book| Ok(checkpoints.get(&book.period).cloned()))?
             }
-            let explanations = evaluated.commissions.iter().map(|c| c.explanation.clone()).collect();
-            restated.insert(entry.record.event.id.clone(), (period.id, evaluation.plugin_version, totals, explanations));
-            Ok(())
-        })?;
+            None => self.resettle(operator, &mut books, k, writes, &mut |book| {
+                Ok(store.checkpoint_state(&operator.id, book.seq)?)
+            })?,
+        };
+        let (resettled, live) = match resettled {
+            Some(found) => found,
+            // A checkpoint is missing or altered: replay the ledger once, and go on from it.
+            None => {
+                tracing::warn!(operator = %operator.id, late = %draft.event.id, "a checkpoint could not be read; replaying the ledger");
+                let replay = self.rebuild_books(operator)?;
+                books = replay.books.values().cloned().collect();
+                let checkpoints = replay.checkpoints;
+                self.resettle(operator, &mut books, k, writes, &mut |book| Ok(checkpoints.get(&book.period).cloned()))?
+                    .ok_or_else(|| IngestError::Internal("a replayed checkpoint is missing".into()))?
+            }
+        };
+        let adjustments = self.adjustments(operator, draft, &resettled, &books, now_ms())?;
+        for adjustment in &adjustments {
+            if let Some(restates) = &adjustment.restates
+                && let Some(book) = books.iter_mut().find(|book| book.period == restates.period)
+            {
+                crate::checkpoints::add_paid(book, &restates.settlement, std::slice::from_ref(adjustment));
+            }
+        }
+        books[k].late.push(draft.event.id.clone());
+        store.put_pending_books(&operator.id, &draft.event.id, last_seq + 1, &books[k..])?;
+        let mut state_writes = writes.clone();
+        state_writes.extend(live);
+        Ok(Restated { adjustments, state_writes, last_seq })
+    }
 
+    /// The adjustments that pay the difference between what each re-run settlement pays now and
+    /// what `books` say it paid (at the close plus earlier adjustments), on `draft`'s behalf.
+    pub(crate) fn adjustments(
+        &self,
+        operator: &OperatorRecord,
+        draft: &EventRecord,
+        resettled: &[crate::checkpoints::Resettled],
+        books: &[crate::store::checkpoints::PeriodBook],
+        now: i64,
+    ) -> Result<Vec<CommissionRecord>, RestateError> {
+        let store = self.store();
         let open = self.open_period(operator)?;
-        let now = now_ms();
         let mut adjustments = Vec::new();
-        for (settlement, (period, version, replayed, explanations)) in restated {
-            let before =
-                paid.get(&settlement).map(SettlementPaid::totals).transpose().map_err(overflow)?.unwrap_or_default();
+        for settled in resettled {
+            let crate::checkpoints::Resettled { settlement, period, version, totals: replayed, explanations } = settled;
+            let before = match books.iter().find(|book| book.period == *period) {
+                Some(book) => crate::checkpoints::paid_totals(book, settlement).map_err(overflow)?,
+                None => Totals::new(),
+            };
             let keys: std::collections::BTreeSet<_> = before.keys().chain(replayed.keys()).cloned().collect();
             for key in keys {
                 let was = before.get(&key).copied().unwrap_or_default();
@@ -339,7 +375,7 @@ impl Pipeline {
                         "restates {period} after late event {}: {period} now pays {now_pays} {currency} ({why}); {was} paid before",
                         draft.event.id
                     ),
-                    plugin_version: version,
+                    plugin_version: *version,
                     occurred_at: open.starts_at,
                     created_at: now,
                     reverses: None,
@@ -352,16 +388,7 @@ impl Pipeline {
                 });
             }
         }
-
-        let live = store.state_entries(&operator.id)?;
-        let mut state_writes: BTreeMap<String, Option<Vec<u8>>> =
-            live.keys().filter(|key| !state.contains_key(*key)).map(|key| (key.clone(), None)).collect();
-        for (key, value) in state {
-            if live.get(&key) != Some(&value) {
-                state_writes.insert(key, Some(value));
-            }
-        }
-        Ok(Restated { adjustments, state_writes, last_seq })
+        Ok(adjustments)
     }
 
     /// The period adjustments are paid in: the month after the operator's latest closed one.
@@ -397,71 +424,7 @@ impl Pipeline {
         let entries = restated_order(records);
         let mut statements: BTreeMap<String, AffiliateStatement> = BTreeMap::new();
         self.replay_entries(operator, &entries, |entry, evaluated, before| -> Result<(), IngestError> {
-            let record = &entry.record;
-            let Some(affiliate) = &record.attributed_to else { return Ok(()) };
-            let statement = |of: &String| AffiliateStatement { affiliate: of.clone(), ..AffiliateStatement::default() };
-            match settlement_period(&record.event) {
-                Some(settled) if settled.id == period.id => {
-                    let statement = statements.entry(affiliate.clone()).or_insert_with(|| statement(affiliate));
-                    statement.carried_in = before.iter().map(|(key, value)| (key.clone(), text(value))).collect();
-                    statement.carried_out =
-                        evaluated.state_writes.iter().map(|(key, value)| (key.clone(), text(value))).collect();
-                    statement.settlement = Some(SettlementLine {
-                        event_id: record.event.id.clone(),
-                        plugin_version: record.evaluation.as_ref().map_or(0, |e| e.plugin_version),
-                        commissions: evaluated.commissions.iter().map(Payout::from).collect(),
-                        failure: evaluated.failure.as_ref().map(|failure| failure.message.clone()),
-                        logs: evaluated_logs(evaluated),
-                    });
-                }
-                Some(_) => {}
-                None if (period.starts_at..period.ends_at).contains(&record.event.occurred_at) => {
-                    let changes: Vec<StateChange> = before
-                        .iter()
-                        .map(|(key, was)| StateChange {
-                            key: key.clone(),
-                            before: text(was),
-                            after: text(evaluated.state_writes.get(key).unwrap_or(&None)),
-                        })
-                        .collect();
-                    let event = &record.event;
-                    let (amount, currency) = match &event.fx {
-                        Some(fx) => (Some(fx.amount), Some(fx.currency.clone())),
-                        None => (event.amount, event.currency.clone()),
-                    };
-                    let line = StatementLine {
-                        event_id: event.id.clone(),
-                        kind: event.kind.clone(),
-                        occurred_at: format_time(event.occurred_at),
-                        received_at: format_time(record.received_at),
-                        amount,
-                        currency,
-                        late: entry.late,
-                        through: None,
-                        contribution: contribution(&changes),
-                        changes,
-                        commissions: evaluated.commissions.iter().map(Payout::from).collect(),
-                        logs: evaluated_logs(evaluated),
-                    };
-                    // An upline the event paid (an override) sees it on its own statement too:
-                    // what it needs to check the override against the sub-affiliate's activity.
-                    let uplines: std::collections::BTreeSet<&String> = evaluated
-                        .commissions
-                        .iter()
-                        .map(|commission| &commission.affiliate)
-                        .filter(|paid| *paid != affiliate)
-                        .collect();
-                    for upline in uplines {
-                        statements
-                            .entry(upline.clone())
-                            .or_insert_with(|| statement(upline))
-                            .lines
-                            .push(StatementLine { through: Some(affiliate.clone()), ..line.clone() });
-                    }
-                    statements.entry(affiliate.clone()).or_insert_with(|| statement(affiliate)).lines.push(line);
-                }
-                None => {}
-            }
+            add_to_statements(&mut statements, period, &entry.record, entry.late, evaluated, before);
             Ok(())
         })?;
         Ok(statements)
@@ -494,8 +457,85 @@ impl Pipeline {
     }
 }
 
+/// Adds what one replayed ledger entry shows to `period`'s statements: a settlement of the
+/// period its affiliate's carried-in, settlement and carried-out; an event of the period a line
+/// (on its affiliate's statement, and on those of the uplines it paid an override).
+pub(crate) fn add_to_statements(
+    statements: &mut BTreeMap<String, AffiliateStatement>,
+    period: &Period,
+    record: &EventRecord,
+    late: bool,
+    evaluated: &Evaluated,
+    before: &Before,
+) {
+    let Some(affiliate) = &record.attributed_to else { return };
+    let statement = |of: &String| AffiliateStatement { affiliate: of.clone(), ..AffiliateStatement::default() };
+    match settlement_period(&record.event) {
+        Some(settled) if settled.id == period.id => {
+            let statement = statements.entry(affiliate.clone()).or_insert_with(|| statement(affiliate));
+            statement.carried_in = before.iter().map(|(key, value)| (key.clone(), text(value))).collect();
+            statement.carried_out =
+                evaluated.state_writes.iter().map(|(key, value)| (key.clone(), text(value))).collect();
+            statement.settlement = Some(SettlementLine {
+                event_id: record.event.id.clone(),
+                plugin_version: record.evaluation.as_ref().map_or(0, |e| e.plugin_version),
+                commissions: evaluated.commissions.iter().map(Payout::from).collect(),
+                failure: evaluated.failure.as_ref().map(|failure| failure.message.clone()),
+                logs: evaluated_logs(evaluated),
+            });
+        }
+        Some(_) => {}
+        None if (period.starts_at..period.ends_at).contains(&record.event.occurred_at) => {
+            let changes: Vec<StateChange> = before
+                .iter()
+                .map(|(key, was)| StateChange {
+                    key: key.clone(),
+                    before: text(was),
+                    after: text(evaluated.state_writes.get(key).unwrap_or(&None)),
+                })
+                .collect();
+            let event = &record.event;
+            let (amount, currency) = match &event.fx {
+                Some(fx) => (Some(fx.amount), Some(fx.currency.clone())),
+                None => (event.amount, event.currency.clone()),
+            };
+            let line = StatementLine {
+                event_id: event.id.clone(),
+                kind: event.kind.clone(),
+                occurred_at: format_time(event.occurred_at),
+                received_at: format_time(record.received_at),
+                amount,
+                currency,
+                late,
+                through: None,
+                contribution: contribution(&changes),
+                changes,
+                commissions: evaluated.commissions.iter().map(Payout::from).collect(),
+                logs: evaluated_logs(evaluated),
+            };
+            // An upline the event paid (an override) sees it on its own statement too:
+            // what it needs to check the override against the sub-affiliate's activity.
+            let uplines: std::collections::BTreeSet<&String> = evaluated
+                .commissions
+                .iter()
+                .map(|commission| &commission.affiliate)
+                .filter(|paid| *paid != affiliate)
+                .collect();
+            for upline in uplines {
+                statements
+                    .entry(upline.clone())
+                    .or_insert_with(|| statement(upline))
+                    .lines
+                    .push(StatementLine { through: Some(affiliate.clone()), ..line.clone() });
+            }
+            statements.entry(affiliate.clone()).or_insert_with(|| statement(affiliate)).lines.push(line);
+        }
+        None => {}
+    }
+}
+
 /// A late event whose restatement overflows a decimal fails with a message that says which total.
-fn overflow(error: AmountOverflow) -> RestateError {
+pub(crate) fn overflow(error: AmountOverflow) -> RestateError {
     RestateError::failed(format!("restating the closed periods failed: {error}; nothing was restated"))
 }
 

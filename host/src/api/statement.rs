@@ -34,6 +34,7 @@ use crate::store::records::OperatorRecord;
         ("period" = String, Path, pattern = r"^[0-9]{4}-[0-9]{2}$", description = "YYYY-MM"),
         ("affiliate" = Option<String>, Query, description = "only this affiliate's statement"),
         ("format" = Option<String>, Query, description = "`csv` for what the month paid as CSV (or `Accept: text/csv`)"),
+        ("recompute" = Option<bool>, Query, description = "`true`: recompute the statement as closed from the ledger and compare it with the stored one"),
     ),
     responses((status = 200, description = "the period's statements, or what it paid as CSV", content(
         (PeriodStatement = "application/json"),
@@ -48,7 +49,7 @@ pub async fn statement(
 ) -> Result<Response, ApiError> {
     let (operator, reader) = auth::reader(&state, &headers, &op)?;
     let period = Period::parse(&period).map_err(|problem| ApiError::field("period", problem))?;
-    let (mut affiliate, mut format) = (None, None);
+    let (mut affiliate, mut format, mut recompute) = (None, None, false);
     let mut problems = Vec::new();
     for (key, value) in query_params(query.as_deref())? {
         match key.as_str() {
@@ -57,7 +58,11 @@ pub async fn statement(
                 Some(problem) => problems.push(FieldError::new("affiliate", problem)),
             },
             "format" => format = Format::read(&value, &mut problems),
-            other => problems.push(FieldError::new(other, "unknown parameter; known: affiliate, format")),
+            "recompute" => match value.parse() {
+                Ok(value) => recompute = value,
+                Err(_) => problems.push(FieldError::new("recompute", "true or false")),
+            },
+            other => problems.push(FieldError::new(other, "unknown parameter; known: affiliate, format, recompute")),
         }
     }
     if !problems.is_empty() {
@@ -92,16 +97,33 @@ pub async fn statement(
     let answer = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
         let _slots = slots;
         let error = super::replay::replay_error;
-        let as_closed = pipeline.period_statements(&operator, &period, StatementView::AsClosed).map_err(error)?;
-        let restated = pipeline.period_statements(&operator, &period, StatementView::Restated).map_err(error)?;
-        let paid = pipeline.period_paid(&operator, &period).map_err(error)?;
         let store = pipeline.store();
+        // From storage (a key read per affiliate), unless asked to recompute or not stored.
+        let stored_closed = match recompute {
+            true => None,
+            false => stored_statements(&pipeline, &operator, &period, affiliate.as_deref())?,
+        };
+        let as_closed = match &stored_closed {
+            Some(stored) => stored.clone(),
+            None => pipeline.period_statements(&operator, &period, StatementView::AsClosed).map_err(error)?,
+        };
+        let restated = match pipeline.restated_statements(&operator, &period).map_err(error)? {
+            Some(restated) => restated,
+            None => pipeline.period_statements(&operator, &period, StatementView::Restated).map_err(error)?,
+        };
+        let paid = match pipeline.period_paid_from_books(&operator, &period).map_err(error)? {
+            Some(paid) => paid,
+            None => pipeline.period_paid(&operator, &period).map_err(error)?,
+        };
         let mut affiliates = Vec::new();
         for (id, closed) in as_closed {
             if affiliate.as_ref().is_some_and(|wanted| *wanted != id) {
                 continue;
             }
-            let stored: Option<AffiliateStatement> = store.statement(&operator.id, &period.id, &id)?;
+            let stored: Option<AffiliateStatement> = match stored_closed {
+                Some(_) => None,
+                None => store.statement(&operator.id, &period.id, &id)?,
+            };
             let settlement_paid = paid.get(&period.settlement_id(&id));
             let at_close = settlement_paid.map(|paid| paid.at_close.iter().map(commission_json).collect::<Vec<_>>());
             let adjustments =
@@ -119,6 +141,7 @@ pub async fn statement(
             let mut entry = json!({
                 "affiliate": id,
                 "stored_at_close": match &stored {
+                    None if stored_closed.is_some() => "stored",
                     None => "missing",
                     Some(stored) if *stored == closed => "matches",
                     Some(_) => "differs",
@@ -143,6 +166,29 @@ pub async fn statement(
     Ok(Json(answer).into_response())
 }
 
+/// The statements stored at the close, for `affiliate` or every affiliate settled: `None` if
+/// any is not stored (a month closed before statements were kept).
+fn stored_statements(
+    pipeline: &Pipeline,
+    operator: &OperatorRecord,
+    period: &Period,
+    affiliate: Option<&str>,
+) -> Result<Option<std::collections::BTreeMap<String, AffiliateStatement>>, ApiError> {
+    let store = pipeline.store();
+    let mut statements = std::collections::BTreeMap::new();
+    for id in store.settlement_ids(&operator.id, SETTLEMENT_PREFIX, Some(&period.id))? {
+        let Some(settled) = id.strip_prefix(&period.settlement_id("")) else { continue };
+        if affiliate.is_some_and(|wanted| wanted != settled) {
+            continue;
+        }
+        match store.statement(&operator.id, &period.id, settled)? {
+            Some(statement) => statements.insert(settled.to_owned(), statement),
+            None => return Ok(None),
+        };
+    }
+    Ok(Some(statements))
+}
+
 /// What the period paid, as CSV: a row per commission of each affiliate's settlement, those it
 /// paid at the close (`paid_as` `at_close`) then the adjustments late events made to it since
 /// (`adjustment`), each with the settlement's affiliate. A payment run's input.
@@ -153,7 +199,10 @@ fn paid_csv(
     affiliate: Option<&str>,
     reader: &auth::Reader,
 ) -> Result<Vec<u8>, ApiError> {
-    let paid = pipeline.period_paid(operator, period).map_err(super::replay::replay_error)?;
+    let paid = match pipeline.period_paid_from_books(operator, period).map_err(super::replay::replay_error)? {
+        Some(paid) => paid,
+        None => pipeline.period_paid(operator, period).map_err(super::replay::replay_error)?,
+    };
     let store = pipeline.store();
     let header = ["period", "settlement_affiliate", "paid_as"].into_iter().chain(export::COMMISSION_COLUMNS);
     let mut rows: Vec<Vec<String>> = vec![header.map(str::to_owned).collect()];

@@ -48,6 +48,8 @@ impl Pipeline {
         period: &Period,
     ) -> Result<Vec<EventOutcome>, IngestError> {
         self.check_close_order(operator, period)?;
+        // The state the settlements start from: the month's checkpoint (issue 15).
+        let before = self.checkpoint_close(operator, period)?;
         let mut outcomes = Vec::new();
         for affiliate in self.store.affiliate_ids(&operator.id)? {
             let event = StoredEvent {
@@ -64,6 +66,13 @@ impl Pipeline {
             let content_sha256 = hex::encode(sha2::Sha256::digest(event.id.as_bytes()));
             outcomes.push(self.evaluate_and_commit(operator, event, content_sha256, now_ms(), None)?);
         }
+        let committed: Vec<_> = outcomes
+            .iter()
+            .filter(|outcome| outcome.disposition == super::Disposition::Accepted)
+            .filter(|outcome| outcome.record.status == EventStatus::Accepted)
+            .map(|outcome| (outcome.record.event.id.clone(), outcome.commissions.clone()))
+            .collect();
+        self.book_close(operator, period, &before, &committed)?;
         // The statements as this close computed them, kept to compare later recomputations with.
         self.store_closed_statements(operator, period)?;
         Ok(outcomes)

@@ -238,7 +238,7 @@ impl Pipeline {
             taken_as_received: closed && !late,
         };
         let restated = if late {
-            match self.restate(operator, &record) {
+            match self.restate(operator, &record, &evaluated.state_writes) {
                 Ok(restated) => Some(Ok(restated)),
                 Err(RestateError::Ingest(error)) => return Err(error),
                 Err(RestateError::Failed(failure)) => Some(Err(failure)),

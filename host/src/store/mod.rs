@@ -11,6 +11,7 @@
 //! `Corruption` report at start-up the host refuses to serve (see the README's recovery section)
 //! rather than guess.
 
+pub mod checkpoints;
 mod clawback;
 mod commit;
 mod deals;

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Issue 15: what a late event, a statement and verify cost as history grows. For each size in
+# SIZES, two RevShare operators (10 affiliates, 500 customers) are filled through the import
+# route: one with every event in one month (2025-01), closed; one with the events spread over
+# ten months (2025-01 to 2025-10), each closed in order. Then, timed through HTTP (curl):
+# a late wager into the latest closed month, into the oldest of ten, one affiliate's statement,
+# and a full verify (events/s). Usage: SIZES="10000 100000 1000000" bench/checkpoints.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZES=${SIZES:-"10000 100000"}
+export COMMISSION_HOST_ADMIN_TOKEN=bench-admin-token-0123456789abcdef
+cargo build --release -p commission-host >/dev/null
+[ -e target/wasm32-wasip2/plugin/revshare.wasm ] || cargo build-plugins >/dev/null
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+H=http://127.0.0.1:18083
+target/release/commission-host serve --data "$work/data" --listen 127.0.0.1:18083 >"$work/host.out" 2>"$work/host.err" &
+until grep -q listening "$work/host.out"; do sleep 0.2; done
+admin=(-H "Authorization: Bearer $COMMISSION_HOST_ADMIN_TOKEN")
+ms() { awk '{ printf "%d", $1 * 1000 }'; }
+
+setup() { # operator months size
+  local op=$1 months=$2 size=$3 created key
+  created=$(curl -s -X POST $H/v1/operators "${admin[@]}" -d "{\"id\":\"$op\",\"name\":\"$op\",\"currency\":\"USD\"}")
+  key=$(echo "$created" | sed -E 's/.*"api_key":"([^"]+)".*/\1/')
+  curl -s -o /dev/null -X PUT $H/v1/operators/$op/limits "${admin[@]}" -d '{"stored_bytes": 100000000000}'
+  curl -s -o /dev/null -X POST "$H/v1/operators/$op/plugins?activate=true" -H "Authorization: Bearer $key" \
+    -H 'Content-Type: application/wasm' --data-binary @target/wasm32-wasip2/plugin/revshare.wasm
+  for a in 0 1 2 3 4 5 6 7 8 9; do
+    curl -s -o /dev/null -X PUT $H/v1/operators/$op/affiliates/aff$a -H "Authorization: Bearer $key" \
+      -d '{"deal":{"revshare_percent":"30"}}'
+  done
+  awk -v n="$size" -v months="$months" 'BEGIN {
+    for (c = 0; c < 500; c++)
+      printf "{\"id\":\"r%d\",\"type\":\"registration\",\"customer\":\"c%d\",\"affiliate\":\"aff%d\",\"occurred_at\":\"2025-01-01T00:00:00Z\"}\n", c, c, c % 10
+    for (i = 500; i < n; i++) {
+      m = 1 + int((i - 500) * months / (n - 500)); day = 1 + (i % 27)
+      printf "{\"id\":\"e%d\",\"type\":\"%s\",\"customer\":\"c%d\",\"amount\":\"%d\",\"occurred_at\":\"2025-%02d-%02dT%02d:00:00Z\"}\n",
+        i, (i % 3 == 0 ? "win" : "wager"), i % 500, 1 + i % 50, m, day, i % 24
+    }
+  }' >"$work/$op.ndjson"
+  local started=$(date +%s)
+  curl -s -o "$work/$op.import" -X POST "$H/v1/operators/$op/imports?format=ndjson" -H "Authorization: Bearer $key" \
+    -H 'Content-Type: application/x-ndjson' --data-binary @"$work/$op.ndjson"
+  echo "   imported $size events in $(( $(date +%s) - started )) s: $(head -c 200 "$work/$op.import")" >&2
+  for m in $(seq 1 "$months"); do
+    curl -s -o /dev/null -X POST "$H/v1/operators/$op/periods/2025-$(printf %02d "$m")/close" -H "Authorization: Bearer $key"
+  done
+  echo "$key"
+}
+
+late() { # operator key id month -> ms
+  curl -s -o "$work/late.out" -w '%{time_total}\n' -X POST "$H/v1/operators/$1/events" -H "Authorization: Bearer $2" \
+    -d "{\"id\":\"$3\",\"type\":\"wager\",\"customer\":\"c1\",\"amount\":\"100\",\"occurred_at\":\"2025-$4-20T10:00:00Z\"}" | ms
+}
+
+for size in $SIZES; do
+  key1=$(setup "one$size" 1 "$size")
+  key10=$(setup "ten$size" 10 "$size")
+  echo "== $size events of history ($(du -sh "$work/data" | cut -f1) on disk for both)"
+  echo "late event into the latest closed month, one month:  $(late "one$size" "$key1" late1 01) ms"
+  echo "late event into the latest closed month, ten months: $(late "ten$size" "$key10" late10 10) ms"
+  echo "late event into the oldest of ten closed months:     $(late "ten$size" "$key10" late11 01) ms"
+  t=$(curl -s -o /dev/null -w '%{time_total}\n' "$H/v1/operators/one$size/periods/2025-01/statement?affiliate=aff1" -H "Authorization: Bearer $key1" | ms)
+  echo "one affiliate's statement (from storage), one month: $t ms"
+  t=$(curl -s -o "$work/verify.out" -w '%{time_total}\n' -X POST "$H/v1/operators/one$size/verify" -H "Authorization: Bearer $key1" | ms)
+  echo "full verify, one month: $t ms ($(( size * 1000 / (t + 1) )) events/s): $(head -c 120 "$work/verify.out")"
+  for op in "one$size" "ten$size"; do
+    sed 's/\x1b\[[0-9;]*m//g' "$work/host.err" | grep "checkpoint before" | grep "operator=\"\?$op\"\? " \
+      | sed -E 's/.*seq=([0-9]+).*bytes=([0-9]+).*keys=([0-9]+).*/\1 \2 \3/' \
+      | awk -v op="$op" '{ n++; b += $2; k = $3 } END { printf "checkpoints of %s: %d, %d bytes of JSON in all, %d state keys in the last\n", op, n, b, k }'
+  done
+done

@@ -1,0 +1,121 @@
+//! Period statements from checkpoints (issue 15): a closed month's restated statement, and what
+//! its settlements paid, in time proportional to the month's late events and settlements.
+//!
+//! Under the rule for late events ([`crate::checkpoints`]) the on-time events of a month never
+//! change once it is closed, so their lines are those of the statement stored at the close.
+//! The restated statement adds the month's late events, in the order they arrived, each
+//! evaluated over the month's checkpoint as the months before now leave it, and runs the
+//! settlements again on that state with the late events' writes as booked: what a restatement
+//! ran. Each statement is stored per (operator, month, affiliate), so one affiliate's is one
+//! key read, not a decode of every other affiliate's events. Without a book, checkpoint or
+//! stored statement (a month closed before these were kept), the callers replay the ledger.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::pipeline::{IngestError, Period, Pipeline, Run};
+use crate::replay::ScratchState;
+use crate::restate::{AffiliateStatement, Before, SettlementPaid, add_to_statements};
+use crate::store::checkpoints::{apply, decode_writes};
+use crate::store::records::{EventRecord, EventStatus, OperatorRecord};
+
+impl Pipeline {
+    /// The month's statements as restated now, per affiliate, from its checkpoint; `None` when
+    /// what that needs is not stored.
+    pub fn restated_statements(
+        &self,
+        operator: &OperatorRecord,
+        period: &Period,
+    ) -> Result<Option<BTreeMap<String, AffiliateStatement>>, IngestError> {
+        let store = self.store();
+        let Some(books) = self.checked_books(operator)? else { return Ok(None) };
+        let Some(j) = books.iter().position(|book| book.period == period.id) else { return Ok(None) };
+        let book = &books[j];
+        let Some(mut base) = store.checkpoint_state(&operator.id, book.seq)? else { return Ok(None) };
+        for earlier in &books[..j] {
+            apply(&mut base, &decode_writes(&earlier.booked));
+            apply(&mut base, &decode_writes(&earlier.settled));
+        }
+        let mut statements = BTreeMap::new();
+        for id in &book.settlements {
+            let Some(affiliate) = id.strip_prefix(&period.settlement_id("")) else { continue };
+            let Some(stored) = store.statement::<AffiliateStatement>(&operator.id, &period.id, affiliate)? else {
+                return Ok(None);
+            };
+            statements.insert(affiliate.to_owned(), stored);
+        }
+        let scratch = Arc::new(ScratchState::from_state(base));
+        for id in &book.late {
+            self.add_replayed(operator, period, id, true, &scratch, &mut statements)?;
+        }
+        // The state the restatement settled on: the late events' writes as they were booked.
+        scratch.apply(decode_writes(&book.booked));
+        for id in &book.settlements {
+            self.add_replayed(operator, period, id, false, &scratch, &mut statements)?;
+        }
+        Ok(Some(statements))
+    }
+
+    /// Replays stored event `id` over `scratch` and adds it to the statements.
+    fn add_replayed(
+        &self,
+        operator: &OperatorRecord,
+        period: &Period,
+        id: &str,
+        late: bool,
+        scratch: &Arc<ScratchState>,
+        statements: &mut BTreeMap<String, AffiliateStatement>,
+    ) -> Result<(), IngestError> {
+        let Some(record) = self.store().event(&operator.id, id)? else { return Ok(()) };
+        let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { return Ok(()) };
+        let evaluated = self.run_plugin(
+            operator,
+            &record.event,
+            evaluation.chain.clone(),
+            evaluation.plugin_version,
+            crate::pipeline::settlement_period(&record.event).as_ref(),
+            scratch.clone(),
+            Run::Replay,
+        )?;
+        let before: Before = evaluated.state_writes.keys().map(|key| (key.clone(), scratch.value(key))).collect();
+        add_to_statements(statements, period, &record, late, &evaluated, &before);
+        if evaluated.failure.is_none() {
+            scratch.apply(evaluated.state_writes);
+        }
+        Ok(())
+    }
+
+    /// What each of the month's settlements paid, at the close and in adjustments since, from
+    /// its book: the settlements' own commissions and those of the late events into it or into
+    /// a month before it; `None` without a book.
+    pub fn period_paid_from_books(
+        &self,
+        operator: &OperatorRecord,
+        period: &Period,
+    ) -> Result<Option<BTreeMap<String, SettlementPaid>>, IngestError> {
+        let store = self.store();
+        let Some(books) = self.checked_books(operator)? else { return Ok(None) };
+        let Some(j) = books.iter().position(|book| book.period == period.id) else { return Ok(None) };
+        let mut paid: BTreeMap<String, SettlementPaid> = BTreeMap::new();
+        for id in &books[j].settlements {
+            let Some(record) = store.event(&operator.id, id)? else { continue };
+            paid.entry(id.clone()).or_default().at_close =
+                store.commission_records(&operator.id, &record.commission_ids)?;
+        }
+        let mut late: Vec<EventRecord> = Vec::new();
+        for id in books[..=j].iter().flat_map(|book| &book.late) {
+            late.extend(store.event(&operator.id, id)?);
+        }
+        late.sort_by_key(|record| record.seq);
+        for record in late {
+            for commission in store.commission_records(&operator.id, &record.commission_ids)? {
+                if let Some(restates) = &commission.restates
+                    && restates.period == period.id
+                {
+                    paid.entry(restates.settlement.clone()).or_default().adjustments.push(commission);
+                }
+            }
+        }
+        Ok(Some(paid))
+    }
+}

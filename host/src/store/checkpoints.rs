@@ -1,0 +1,273 @@
+//! Checkpoints of plugin state and the books of closed months (issue 15).
+//!
+//! Why: every restatement, statement and verify used to replay the operator's whole ledger. A
+//! **checkpoint** is the operator's plugin state as it stood at a ledger position (just before
+//! a month's first settlement), so a restatement starts there instead of at event 1. It is
+//! stored as a delta from the operator's previous checkpoint (the keys whose value changed, a
+//! deleted key as `null`) with the sha256 of the whole state it stands for: reading one folds the
+//! deltas up to it and checks the digest, so a checkpoint that is missing, or one that was
+//! altered, or one after a missing delta, reads as absent (and the caller replays the ledger
+//! instead) rather than as a wrong state.
+//!
+//! A **period book** says, for one closed month, what a restatement needs besides the
+//! checkpoint: the writes of the late events booked into the month, the writes its settlements
+//! make as last restated, and what each settlement paid (at the close plus adjustments). A late
+//! event's new books are written before its commit as `pending`, tagged with the sequence number
+//! and id the event commits with; a reader takes the pending book only if that event is in the
+//! ledger at that position, so a crash between the two writes leaves the book as it was.
+//!
+//! These trees are derived data: deleting them loses nothing (a restatement rebuilds them by a
+//! replay of the ledger).
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use super::{Store, StoreError, decode, keys, to_json};
+
+/// Plugin state writes: `None` deletes the key.
+pub type Writes = BTreeMap<String, Option<Vec<u8>>>;
+/// A whole plugin state.
+pub type State = BTreeMap<String, Vec<u8>>;
+
+const CHECKPOINTS: &str = "checkpoints";
+const BOOKS: &str = "period_books";
+
+/// One stored checkpoint: a delta from the operator's previous one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredCheckpoint {
+    /// The state is the one just before the event of this sequence number.
+    pub seq: u64,
+    /// The month whose first settlement it precedes.
+    pub period: Option<String>,
+    /// sha256 (hex) of the whole state, see [`state_digest`].
+    pub digest: String,
+    /// How many keys the whole state holds.
+    pub keys: usize,
+    /// The delta is the whole state (the first checkpoint, or one after a broken chain):
+    /// reading starts over from it.
+    #[serde(default)]
+    pub full: bool,
+    /// The keys changed since the previous checkpoint; `None`: deleted.
+    pub delta: BTreeMap<String, Option<String>>,
+}
+
+/// What a restatement needs to know of one closed month besides its checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeriodBook {
+    pub period: String,
+    /// Its checkpoint's position: the sequence number of its first settlement.
+    pub seq: u64,
+    /// Its settlement entries' ids, in ledger order.
+    pub settlements: Vec<String>,
+    /// The ids of the late events booked into the month, in the order they arrived.
+    #[serde(default)]
+    pub late: Vec<String>,
+    /// What the late events booked into the month wrote, in order (a later write wins).
+    pub booked: BTreeMap<String, Option<String>>,
+    /// What its settlements write, as last restated.
+    pub settled: BTreeMap<String, Option<String>>,
+    /// Per settlement id: (affiliate, rule, currency, amount) paid at the close and since.
+    pub paid: BTreeMap<String, Vec<(String, String, String, Decimal)>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredBook {
+    book: PeriodBook,
+    pending: Option<PendingBook>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PendingBook {
+    seq: u64,
+    event: String,
+    book: PeriodBook,
+}
+
+/// A state value in a book or a checkpoint's delta: base64, so any bytes round-trip in JSON.
+pub fn encode_value(value: &Option<Vec<u8>>) -> Option<String> {
+    use base64::Engine as _;
+    value.as_ref().map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+pub fn decode_value(value: &Option<String>) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    value.as_ref().and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
+}
+
+pub fn encode_writes(writes: &Writes) -> BTreeMap<String, Option<String>> {
+    writes.iter().map(|(key, value)| (key.clone(), encode_value(value))).collect()
+}
+
+pub fn decode_writes(writes: &BTreeMap<String, Option<String>>) -> Writes {
+    writes.iter().map(|(key, value)| (key.clone(), decode_value(value))).collect()
+}
+
+/// The sha256 of a whole state: each key and value, length-prefixed, in key order.
+pub fn state_digest(state: &State) -> String {
+    let mut hasher = sha2::Sha256::new();
+    for (key, value) in state {
+        hasher.update((key.len() as u64).to_be_bytes());
+        hasher.update(key.as_bytes());
+        hasher.update((value.len() as u64).to_be_bytes());
+        hasher.update(value);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Applies `writes` to `state`.
+pub fn apply(state: &mut State, writes: &Writes) {
+    for (key, value) in writes {
+        match value {
+            Some(value) => state.insert(key.clone(), value.clone()),
+            None => state.remove(key),
+        };
+    }
+}
+
+impl Store {
+    fn checkpoint_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(CHECKPOINTS)?)
+    }
+
+    fn book_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(BOOKS)?)
+    }
+
+    /// The operator's stored checkpoints, in ledger order, undecodable ones left out.
+    pub fn stored_checkpoints(&self, operator: &str) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let mut checkpoints = Vec::new();
+        for entry in self.checkpoint_tree()?.scan_prefix(keys::operator_prefix(operator)) {
+            let (_, value) = entry?;
+            if let Ok(checkpoint) = serde_json::from_slice::<StoredCheckpoint>(&value) {
+                checkpoints.push(checkpoint);
+            }
+        }
+        Ok(checkpoints)
+    }
+
+    /// The whole state at the checkpoint at `seq`: `None` if there is none, or it (or a delta
+    /// before it) is missing or altered, so that its digest does not match.
+    pub fn checkpoint_state(&self, operator: &str, seq: u64) -> Result<Option<State>, StoreError> {
+        let mut state = State::new();
+        for entry in self.checkpoint_tree()?.range(keys::sequence(operator, 0)..=keys::sequence(operator, seq)) {
+            let (_, value) = entry?;
+            let Ok(checkpoint) = serde_json::from_slice::<StoredCheckpoint>(&value) else { continue };
+            if checkpoint.full {
+                state.clear();
+            }
+            apply(&mut state, &decode_writes(&checkpoint.delta));
+            if checkpoint.seq == seq {
+                return Ok((state_digest(&state) == checkpoint.digest).then_some(state));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stores `state` as the checkpoint at `seq`, as a delta from the operator's latest
+    /// checkpoint before it (if that one reads back whole; else in full). Returns the bytes
+    /// written.
+    pub fn put_checkpoint(
+        &self,
+        operator: &str,
+        seq: u64,
+        period: Option<&str>,
+        state: &State,
+    ) -> Result<usize, StoreError> {
+        let tree = self.checkpoint_tree()?;
+        let previous = match tree.range(keys::sequence(operator, 0)..keys::sequence(operator, seq)).next_back() {
+            Some(entry) => {
+                let (_, value) = entry?;
+                let previous: Option<StoredCheckpoint> = serde_json::from_slice(&value).ok();
+                match previous {
+                    Some(previous) => self.checkpoint_state(operator, previous.seq)?,
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        let full = previous.is_none();
+        let delta: Writes = match previous {
+            Some(previous) => previous
+                .keys()
+                .filter(|key| !state.contains_key(*key))
+                .map(|key| (key.clone(), None))
+                .chain(
+                    state
+                        .iter()
+                        .filter(|(key, value)| previous.get(*key) != Some(*value))
+                        .map(|(key, value)| (key.clone(), Some(value.clone()))),
+                )
+                .collect(),
+            // The chain before it is broken: this one starts a new one, in full.
+            None => state.iter().map(|(key, value)| (key.clone(), Some(value.clone()))).collect(),
+        };
+        let checkpoint = StoredCheckpoint {
+            seq,
+            period: period.map(str::to_owned),
+            digest: state_digest(state),
+            keys: state.len(),
+            full,
+            delta: encode_writes(&delta),
+        };
+        let bytes = to_json(&checkpoint);
+        let written = bytes.len();
+        tree.insert(keys::sequence(operator, seq), bytes)?;
+        Ok(written)
+    }
+
+    /// The operator's books of closed months, by period id, each as committed (a pending one
+    /// only once its late event is in the ledger where it said).
+    pub fn period_books(&self, operator: &str) -> Result<BTreeMap<String, PeriodBook>, StoreError> {
+        let mut books = BTreeMap::new();
+        for entry in self.book_tree()?.scan_prefix(keys::operator_prefix(operator)) {
+            let (_, value) = entry?;
+            let stored: StoredBook = decode(BOOKS, &value)?;
+            let book = match stored.pending {
+                Some(pending) if self.committed_at(operator, &pending.event, pending.seq)? => pending.book,
+                _ => stored.book,
+            };
+            books.insert(book.period.clone(), book);
+        }
+        Ok(books)
+    }
+
+    fn committed_at(&self, operator: &str, event: &str, seq: u64) -> Result<bool, StoreError> {
+        Ok(self.event(operator, event)?.is_some_and(|record| record.seq == seq && record.restated))
+    }
+
+    /// Stores books as they stand (a close, or a rebuild: nothing pending).
+    pub fn put_period_books<'a>(
+        &self,
+        operator: &str,
+        books: impl IntoIterator<Item = &'a PeriodBook>,
+    ) -> Result<(), StoreError> {
+        let tree = self.book_tree()?;
+        for book in books {
+            let stored = StoredBook { book: book.clone(), pending: None };
+            tree.insert(keys::text(operator, &book.period), to_json(&stored))?;
+        }
+        Ok(())
+    }
+
+    /// Stores books as a late event will leave them once it commits as `event` at `seq`.
+    pub fn put_pending_books<'a>(
+        &self,
+        operator: &str,
+        event: &str,
+        seq: u64,
+        books: impl IntoIterator<Item = &'a PeriodBook>,
+    ) -> Result<(), StoreError> {
+        let tree = self.book_tree()?;
+        let current = self.period_books(operator)?;
+        for book in books {
+            let committed = current.get(&book.period).cloned().unwrap_or_else(|| book.clone());
+            let pending = PendingBook { seq, event: event.to_owned(), book: book.clone() };
+            let stored = StoredBook { book: committed, pending: Some(pending) };
+            tree.insert(keys::text(operator, &book.period), to_json(&stored))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,271 @@
+//! Checkpoints and the rule for late events (issue 15), through the real host with RevShare
+//! built from source: a late event is evaluated where it arrives and booked into the month it
+//! occurred in, after that month's on-time events; the month's settlements and those of the
+//! closed months after it run again from the checkpoints taken before each close. Worked by
+//! hand, and against a ledger that got the same events in time; with checkpoints deleted and
+//! altered on disk (the host falls back on a replay, and verify names the altered one); under
+//! concurrent load; and the late deposit dated before a customer's first on a hybrid deal.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Host, Operator, data_dir, dec, paid};
+use reqwest::StatusCode;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+fn close(host: &Host, operator: &Operator, period: &str) -> Value {
+    let (status, body) = host.close(operator, period);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+fn money(host: &Host, operator: &Operator, id: &str, kind: &str, amount: &str, at: &str) -> Value {
+    host.accept(operator, json!({"id": id, "type": kind, "customer": "p1", "amount": amount, "occurred_at": at}))
+}
+
+/// RevShare 30 % with negative carryover, four months closed:
+/// October NGR -1,000 pays 0 and carries -1,000; November +600: -400, pays 0;
+/// December +300: -100, pays 0; January +1,000: 900 x 30 % = 270.
+fn four_closed_months(host: &Host, id: &str) -> Operator {
+    let casino = host.create_operator(id);
+    host.install_plugin(&casino, "revshare");
+    host.put_affiliate(&casino, "carry", None, json!({"revshare_percent": "30"}));
+    host.accept(
+        &casino,
+        json!({"id": "p1-r", "type": "registration", "customer": "p1", "affiliate": "carry", "occurred_at": "2025-10-01T08:00:00Z"}),
+    );
+    money(host, &casino, "o1", "win", "1000", "2025-10-02T10:00:00Z");
+    money(host, &casino, "n1", "wager", "600", "2025-11-02T10:00:00Z");
+    money(host, &casino, "d1", "wager", "300", "2025-12-02T10:00:00Z");
+    money(host, &casino, "j1", "wager", "1000", "2026-01-02T10:00:00Z");
+    let settled = |period| paid(&close(host, &casino, period)["settlements"][0]);
+    assert_eq!(settled("2025-10"), []);
+    assert_eq!(settled("2025-11"), []);
+    assert_eq!(settled("2025-12"), []);
+    assert_eq!(settled("2026-01"), [("carry".into(), dec("270"))]);
+    casino
+}
+
+/// (period restated, amount) of a late event's adjustments.
+fn adjustments(answer: &Value) -> Vec<(String, Decimal)> {
+    answer["commissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["restates"]["period"].as_str().unwrap_or("").to_owned(), common::amount(&c["amount"])))
+        .collect()
+}
+
+/// The two late events of the hand-worked example, with what each must pay.
+fn send_the_late_events(host: &Host, casino: &Operator) {
+    // A wager of 800 on 20 October. October: -1,000 + 800 = -200, pays 0, carries -200.
+    // November: -200 + 600 = 400 pays 120 (0 before); December 300 pays 90 (0 before);
+    // January 1,000 pays 300 (270 before).
+    let late = money(host, casino, "late-oct", "wager", "800", "2025-10-20T10:00:00Z");
+    assert_eq!(
+        adjustments(&late),
+        [("2025-11".into(), dec("120")), ("2025-12".into(), dec("90")), ("2026-01".into(), dec("30"))],
+        "{late}"
+    );
+    // A win of 500 on 20 November, booked after November's wager: -200 + 600 - 500 = -100,
+    // pays 0 (120 paid: -120) and carries -100; December -100 + 300 = 200 pays 60 (90 paid:
+    // -30); January 1,000 pays 300, as paid.
+    let late = money(host, casino, "late-nov", "win", "500", "2025-11-20T10:00:00Z");
+    assert_eq!(adjustments(&late), [("2025-11".into(), dec("-120")), ("2025-12".into(), dec("-30"))], "{late}");
+    assert_eq!(host.totals(casino), [("carry".to_owned(), dec("360"))].into(), "270 + 240 - 150");
+}
+
+/// The same events, each sent in time, closed month by month: what a replay under the rule gives.
+fn the_same_events_in_time(host: &Host) -> Operator {
+    let casino = host.create_operator("intime");
+    host.install_plugin(&casino, "revshare");
+    host.put_affiliate(&casino, "carry", None, json!({"revshare_percent": "30"}));
+    host.accept(
+        &casino,
+        json!({"id": "p1-r", "type": "registration", "customer": "p1", "affiliate": "carry", "occurred_at": "2025-10-01T08:00:00Z"}),
+    );
+    money(host, &casino, "o1", "win", "1000", "2025-10-02T10:00:00Z");
+    money(host, &casino, "late-oct", "wager", "800", "2025-10-20T10:00:00Z");
+    close(host, &casino, "2025-10");
+    money(host, &casino, "n1", "wager", "600", "2025-11-02T10:00:00Z");
+    money(host, &casino, "late-nov", "win", "500", "2025-11-20T10:00:00Z");
+    close(host, &casino, "2025-11");
+    money(host, &casino, "d1", "wager", "300", "2025-12-02T10:00:00Z");
+    close(host, &casino, "2025-12");
+    money(host, &casino, "j1", "wager", "1000", "2026-01-02T10:00:00Z");
+    close(host, &casino, "2026-01");
+    casino
+}
+
+fn assert_verifies_with_checkpoints(host: &Host, operator: &Operator) {
+    common::assert_verifies(host, operator);
+    let report = host.verify(operator);
+    assert_eq!(report["checkpoints_differing"], json!([]), "{report}");
+    assert_eq!(report["complete"], true, "{report}");
+}
+
+#[test]
+fn a_late_event_into_the_oldest_closed_month_restates_every_later_one_as_if_it_had_come_in_time() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let casino = four_closed_months(&host, "casino");
+    send_the_late_events(&host, &casino);
+
+    // In time, the same events pay the same per month: 0, 0, 60, 300.
+    let intime = the_same_events_in_time(&host);
+    assert_eq!(host.totals(&intime), host.totals(&casino));
+    // The restated carryover is the live one: February's NGR 100 after January's 0 pays 30 in
+    // both ledgers.
+    for operator in [&casino, &intime] {
+        money(&host, operator, "f1", "wager", "100", "2026-02-02T10:00:00Z");
+        assert_eq!(paid(&close(&host, operator, "2026-02")["settlements"][0]), [("carry".into(), dec("30"))]);
+        assert_verifies_with_checkpoints(&host, operator);
+    }
+}
+
+/// Stops the host as an operator would (SIGTERM), so that the data directory can be edited.
+fn stop(host: Host) {
+    let pid = host.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    host.wait_exit();
+}
+
+/// Edits the stored checkpoints of the data directory: `edit` gets each (period, checkpoint)
+/// and answers the new value, or `None` to delete it.
+fn edit_checkpoints(data: &std::path::Path, mut edit: impl FnMut(&str, Value) -> Option<Value>) {
+    let db = sled::open(data).unwrap();
+    let tree = db.open_tree("checkpoints").unwrap();
+    for entry in tree.iter() {
+        let (key, value) = entry.unwrap();
+        let checkpoint: Value = serde_json::from_slice(&value).unwrap();
+        let period = checkpoint["period"].as_str().unwrap_or_default().to_owned();
+        match edit(&period, checkpoint) {
+            Some(edited) => tree.insert(key, serde_json::to_vec(&edited).unwrap()).unwrap(),
+            None => tree.remove(key).unwrap(),
+        };
+    }
+    db.flush().unwrap();
+}
+
+#[test]
+fn an_altered_checkpoint_is_reported_by_verify_and_a_missing_one_falls_back_on_a_replay() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let casino = four_closed_months(&host, "casino");
+    assert_verifies_with_checkpoints(&host, &casino);
+    stop(host);
+
+    // October's carryover of -1,000 becomes 0 in the checkpoint before December's settlement,
+    // as a disk error or a hand might; November's checkpoint is deleted.
+    use base64::Engine as _;
+    let zero = base64::engine::general_purpose::STANDARD.encode("0");
+    let mut altered = 0;
+    edit_checkpoints(&data, |period, mut checkpoint| match period {
+        "2025-11" => None,
+        "2025-10" => {
+            let delta = checkpoint["delta"].as_object_mut().unwrap();
+            for (key, value) in delta.iter_mut() {
+                if key.ends_with(":ngr:2025-10") {
+                    *value = json!(zero);
+                    altered += 1;
+                }
+            }
+            Some(checkpoint)
+        }
+        _ => Some(checkpoint),
+    });
+    assert_eq!(altered, 1, "October's NGR is in its checkpoint");
+
+    let host = Host::start(&data);
+    let report = host.verify(&casino);
+    let periods: Vec<&str> =
+        report["checkpoints_differing"].as_array().unwrap().iter().map(|d| d["period"].as_str().unwrap()).collect();
+    assert!(periods.contains(&"2025-10"), "the altered checkpoint is named: {report}");
+    assert!(report["checkpoints_differing"][0]["problem"].as_str().unwrap().contains("altered"), "{report}");
+    // The ledger itself is sound.
+    assert_eq!(report["differences"], json!([]), "{report}");
+
+    // The restatement does not use them: the same hand-worked adjustments, from a replay, which
+    // also stores sound checkpoints again.
+    send_the_late_events(&host, &casino);
+    assert_verifies_with_checkpoints(&host, &casino);
+}
+
+#[test]
+fn a_late_deposit_dated_before_a_customers_first_on_a_hybrid_deal_restates_and_verifies_clean() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let casino = host.create_operator("casino");
+    host.install_plugin(&casino, "revshare");
+    host.put_affiliate(&casino, "hybrid", None, json!({"revshare_percent": "20", "cpa": "50"}));
+    host.accept(
+        &casino,
+        json!({"id": "q1-r", "type": "registration", "customer": "q1", "affiliate": "hybrid", "occurred_at": "2025-11-01T08:00:00Z"}),
+    );
+    host.accept(
+        &casino,
+        json!({"id": "q1-w", "type": "wager", "customer": "q1", "amount": "500", "occurred_at": "2025-11-02T08:00:00Z"}),
+    );
+    assert_eq!(paid(&close(&host, &casino, "2025-11")["settlements"][0]), [("hybrid".into(), dec("100"))]);
+
+    // The customer's first deposit arrives in December, and pays the CPA.
+    let first = host.accept(
+        &casino,
+        json!({"id": "q1-dec", "type": "deposit", "customer": "q1", "amount": "100", "occurred_at": "2025-12-05T08:00:00Z"}),
+    );
+    assert_eq!(paid(&first), [("hybrid".into(), dec("50"))]);
+    // A deposit dated 10 November arrives after it: booked into November after its on-time
+    // events, and evaluated where it arrived, it is not the first deposit: no second CPA, and a
+    // deposit is no NGR, so November pays the same.
+    let late = host.accept(
+        &casino,
+        json!({"id": "q1-nov", "type": "deposit", "customer": "q1", "amount": "100", "occurred_at": "2025-11-10T08:00:00Z"}),
+    );
+    assert_eq!(paid(&late), [], "{late}");
+    // A late wager of 1,000 on 11 November: November NGR 1,500 at 20 % = 300, 100 paid: +200.
+    let wager = host.accept(
+        &casino,
+        json!({"id": "q1-nov-w", "type": "wager", "customer": "q1", "amount": "1000", "occurred_at": "2025-11-11T08:00:00Z"}),
+    );
+    assert_eq!(adjustments(&wager), [("2025-11".into(), dec("200"))], "{wager}");
+    assert_eq!(host.totals(&casino), [("hybrid".to_owned(), dec("350"))].into(), "100 + 50 + 200");
+    // The replay evaluates each event where it arrived too: the CPA on q1-dec, none on q1-nov.
+    assert_verifies_with_checkpoints(&host, &casino);
+}
+
+#[test]
+fn late_events_under_concurrent_load_commit_and_none_is_refused() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let casino = four_closed_months(&host, "casino");
+    // February's on-time traffic, in batches, while the late events arrive.
+    let loader = {
+        let (client, url, key) = (host.client.clone(), host.url("/v1/operators/casino/events"), casino.api_key.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut sent = 0;
+            for batch in 0..40 {
+                if started.elapsed() > Duration::from_secs(20) {
+                    break;
+                }
+                let events: Vec<Value> = (0..50)
+                    .map(|i| json!({"id": format!("f{batch}-{i}"), "type": "wager", "customer": "p1", "amount": "1", "occurred_at": "2026-02-03T10:00:00Z"}))
+                    .collect();
+                let response = client.post(&url).bearer_auth(&key).json(&events).send().unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                sent += 50;
+            }
+            sent
+        })
+    };
+    let started = Instant::now();
+    send_the_late_events(&host, &casino);
+    assert!(started.elapsed() < Duration::from_secs(30), "the late events waited {:?}", started.elapsed());
+    let sent = loader.join().unwrap();
+    assert!(sent > 0);
+    let (_, events) = host.get(&casino, "/events?status=failed");
+    assert_eq!(events["events"], json!([]), "{events}");
+    assert_verifies_with_checkpoints(&host, &casino);
+}
