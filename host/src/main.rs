@@ -70,6 +70,9 @@ enum Command {
         /// fit is refused with 503 and Retry-After, nothing of it written.
         #[arg(long, default_value_t = DEFAULT_QUEUE_EVENTS)]
         operator_queue_events: usize,
+        /// Leave out the operator console and affiliate portal (the HTML pages under /console/).
+        #[arg(long)]
+        no_console: bool,
     },
     /// Print the HTTP API's OpenAPI 3.1 document (what `GET /openapi.json` serves).
     Openapi {
@@ -108,6 +111,7 @@ fn main() -> anyhow::Result<ExitCode> {
             max_connections_per_peer,
             evaluation_threads,
             operator_queue_events,
+            no_console,
         } => {
             init_tracing(log_format);
             let limits = BodyLimits {
@@ -128,7 +132,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 queue_events: operator_queue_events,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(serve(data, listen, demo.then_some(demo_plugin), limits, connections, scheduling))?;
+            runtime.block_on(serve(data, listen, demo.then_some(demo_plugin), limits, connections, scheduling, !no_console))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Openapi { write } => {
@@ -229,6 +233,7 @@ async fn serve(
     body_limits: BodyLimits,
     connections: server::ConnectionLimits,
     scheduling: Scheduling,
+    console: bool,
 ) -> anyhow::Result<()> {
     let admin_token = match std::env::var("COMMISSION_HOST_ADMIN_TOKEN") {
         Ok(token) if token.chars().count() >= MIN_ADMIN_TOKEN_CHARS => token,
@@ -268,7 +273,9 @@ async fn serve(
             error = pipeline.storage_failed() => Some(error),
         }
     };
-    if let Some(error) = server::serve(listener, api::router(state.clone()), connections, stop).await {
+    let router = api::router(state.clone());
+    let router = if console { commission_host::console::router(router) } else { router };
+    if let Some(error) = server::serve(listener, router, connections, stop).await {
         // Exiting with an error lets the supervisor (systemd, Kubernetes) start the host again;
         // opening the ledger anew recovers it from its log once the disk can take writes.
         anyhow::bail!("the ledger cannot write again in this process, so the host stops: {error}");
