@@ -99,7 +99,10 @@ async fn text(client: &Client, css: &str) -> String {
 }
 
 async fn fill(client: &Client, css: &str, value: &str) {
-    let input = client.find(Locator::Css(css)).await.unwrap_or_else(|error| panic!("no {css}: {error}"));
+    let Ok(input) = client.find(Locator::Css(css)).await else {
+        let url = client.current_url().await.map(|url| url.to_string()).unwrap_or_default();
+        panic!("no {css} on {url}: {}", client.source().await.unwrap_or_default());
+    };
     input.clear().await.unwrap();
     input.send_keys(value).await.unwrap();
 }
@@ -118,6 +121,7 @@ async fn fetch(client: &Client, url: &str, init: Value) -> (u16, String) {
 
 async fn sign_in(client: &Client, host: &Host, operator: &str, key: &str, affiliate: &str) {
     client.goto(&host.url("/console/")).await.unwrap();
+    client.wait().for_element(Locator::Css("#f-operator")).await.unwrap();
     fill(client, "#f-operator", operator).await;
     fill(client, "#f-key", key).await;
     fill(client, "#f-affiliate", affiliate).await;
@@ -155,10 +159,16 @@ fn seed(host: &Host) -> Operator {
     assert_eq!(status, 200, "{body}");
     let (status, closed) = host.close(&casino, "2025-10");
     assert_eq!(status, 200, "{closed}");
-    host.accept(&casino, json!({"id": "c-w2", "type": "wager", "customer": "p1", "amount": "500", "occurred_at": at("2025-11-03")}));
+    host.accept(
+        &casino,
+        json!({"id": "c-w2", "type": "wager", "customer": "p1", "amount": "500", "occurred_at": at("2025-11-03")}),
+    );
     let (status, closed) = host.close(&casino, "2025-11");
     assert_eq!(status, 200, "{closed}");
-    let late = host.accept(&casino, json!({"id": "c-late", "type": "wager", "customer": "p1", "amount": "50", "occurred_at": at("2025-10-20")}));
+    let late = host.accept(
+        &casino,
+        json!({"id": "c-late", "type": "wager", "customer": "p1", "amount": "50", "occurred_at": at("2025-10-20")}),
+    );
     assert_eq!(late["commissions"][0]["amount"], "15.00", "{late}");
     casino
 }
@@ -174,6 +184,7 @@ fn an_operator_and_an_affiliate_use_the_console_in_a_real_browser() {
         let client = browser(&driver).await;
         let key = operator_session(&client, &host, &casino).await;
         click(&client, "form[action='/console/sign-out'] button").await;
+        client.wait().for_element(Locator::Css("form[action='/console/sign-in']")).await.unwrap();
         affiliate_session(&client, &host, &key).await;
         client.close().await.unwrap();
     });
@@ -217,8 +228,10 @@ async fn operator_session(client: &Client, host: &Host, casino: &Operator) -> St
     screenshot(client, "affiliates").await;
 
     // A POST without the CSRF token, or with another, is refused with a page that says why.
-    let form = |csrf: &str| json!({"method": "POST", "body": format!("id=intruder&parent=&deal=&csrf={csrf}"),
-        "headers": {"Content-Type": "application/x-www-form-urlencoded"}});
+    let form = |csrf: &str| {
+        json!({"method": "POST", "body": format!("id=intruder&parent=&deal=&csrf={csrf}"),
+        "headers": {"Content-Type": "application/x-www-form-urlencoded"}})
+    };
     for csrf in ["", "forged"] {
         let (status, page) = fetch(client, "/console/affiliates", form(csrf)).await;
         assert_eq!(status, 403, "{page}");

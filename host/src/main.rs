@@ -132,7 +132,15 @@ fn main() -> anyhow::Result<ExitCode> {
                 queue_events: operator_queue_events,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(serve(data, listen, demo.then_some(demo_plugin), limits, connections, scheduling, !no_console))?;
+            runtime.block_on(serve(
+                data,
+                listen,
+                demo.then_some(demo_plugin),
+                limits,
+                connections,
+                scheduling,
+                !no_console,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Openapi { write } => {

@@ -65,42 +65,48 @@ pub fn bare(title: &str, body: Markup) -> Response {
 
 /// A signed-in page: the navigation of the session's role, then `body`.
 pub fn page(session: &Session, title: &str, body: Markup) -> Response {
-    let html = document(title, html! {
-                header {
-                    strong { "commission-host" }
-                    nav aria-label="console" {
-                        @match &session.who {
-                            Who::Affiliate(_) => { a href="/console/portal" { "Portal" } }
-                            _ => {
-                                a href="/console/overview" { "Overview" }
-                                a href="/console/plugins" { "Plugins" }
-                                a href="/console/affiliates" { "Affiliates" }
-                                a href="/console/ledger" { "Ledger" }
-                                a href="/console/periods" { "Periods" }
+    let html = document(
+        title,
+        html! {
+                    header {
+                        strong { "commission-host" }
+                        nav aria-label="console" {
+                            @match &session.who {
+                                Who::Affiliate(_) => { a href="/console/portal" { "Portal" } }
+                                _ => {
+                                    a href="/console/overview" { "Overview" }
+                                    a href="/console/plugins" { "Plugins" }
+                                    a href="/console/affiliates" { "Affiliates" }
+                                    a href="/console/ledger" { "Ledger" }
+                                    a href="/console/periods" { "Periods" }
+                                }
                             }
                         }
+                        span {
+                            "Operator " code { (session.operator) }
+                            @if let Who::Affiliate(affiliate) = &session.who { ", affiliate " code { (affiliate) } }
+                        }
+                        form method="post" action="/console/sign-out" {
+                            (csrf(session))
+                            button type="submit" { "Sign out" }
+                        }
                     }
-                    span {
-                        "Operator " code { (session.operator) }
-                        @if let Who::Affiliate(affiliate) = &session.who { ", affiliate " code { (affiliate) } }
-                    }
-                    form method="post" action="/console/sign-out" {
-                        (csrf(session))
-                        button type="submit" { "Sign out" }
-                    }
-                }
-                main { h1 { (title) } (body) }
-    });
+                    main { h1 { (title) } (body) }
+        },
+    );
     Html(html.into_string()).into_response()
 }
 
 /// An error page: the status and what went wrong (the API's message).
 pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
-    let html = document(title, html! { main {
-            h1 { (title) }
-            p.problem role="alert" { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) ": " (message) }
-            p { a href="/console/" { "Back to the console" } }
-    } });
+    let html = document(
+        title,
+        html! { main {
+                h1 { (title) }
+                p.problem role="alert" { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) ": " (message) }
+                p { a href="/console/" { "Back to the console" } }
+        } },
+    );
     (status, Html(html.into_string())).into_response()
 }
 

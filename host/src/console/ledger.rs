@@ -38,7 +38,12 @@ pub async fn page(signed: Signed, RawQuery(raw): RawQuery) -> Page {
     render(&signed, &filter_query(raw.as_deref()), None, None).await
 }
 
-async fn render(signed: &Signed, filters: &[(String, String)], notice: Option<Markup>, payout: Option<&Answer>) -> Page {
+async fn render(
+    signed: &Signed,
+    filters: &[(String, String)],
+    notice: Option<Markup>,
+    payout: Option<&Answer>,
+) -> Page {
     let query = encode(filters);
     let answer = signed.get(&format!("/commissions?limit=200&{query}")).await;
     let value = |name: &str| filters.iter().find(|(key, _)| key == name).map_or("", |(_, value)| value.as_str());

@@ -119,9 +119,11 @@ impl Answer {
     /// The problem the API named for `field`, if any (`details[].field`).
     pub fn problem(&self, field: &str) -> Option<String> {
         let json = self.json();
-        json["details"].as_array()?.iter().find(|detail| detail["field"] == field).map(|detail| {
-            detail["problem"].as_str().map(str::to_owned).unwrap_or_else(|| self.message())
-        })
+        json["details"]
+            .as_array()?
+            .iter()
+            .find(|detail| detail["field"] == field)
+            .map(|detail| detail["problem"].as_str().map(str::to_owned).unwrap_or_else(|| self.message()))
     }
 
     /// The answer passed on as it is (a CSV export, byte for byte).

@@ -42,8 +42,10 @@ pub async fn page(signed: Signed) -> Page {
         entry.1 = entry.1.checked_add(amount).unwrap_or(entry.1);
     }
     let days: Vec<_> = per_day.into_iter().rev().take(DAYS).collect::<Vec<_>>().into_iter().rev().collect();
-    let event_bars: Vec<(String, Decimal)> = days.iter().map(|(day, (events, _))| (day.get(5..).unwrap_or(day).to_owned(), *events)).collect();
-    let paid_bars: Vec<(String, Decimal)> = days.iter().map(|(day, (_, paid))| (day.get(5..).unwrap_or(day).to_owned(), *paid)).collect();
+    let event_bars: Vec<(String, Decimal)> =
+        days.iter().map(|(day, (events, _))| (day.get(5..).unwrap_or(day).to_owned(), *events)).collect();
+    let paid_bars: Vec<(String, Decimal)> =
+        days.iter().map(|(day, (_, paid))| (day.get(5..).unwrap_or(day).to_owned(), *paid)).collect();
     let failed: Vec<&Value> = events.iter().filter(|event| event["status"] == "failed").collect();
     let active = plugins.iter().find(|plugin| plugin["active"] == true);
     let shadow = plugins.iter().find(|plugin| plugin["shadow"] == true);

@@ -111,7 +111,13 @@ async fn render(signed: &Signed, uploaded: Option<String>, refused: Option<(&str
     Ok(response)
 }
 
-fn backtest_form(session: &super::session::Session, version: &str, from: &str, to: &str, refused: Option<&Answer>) -> Markup {
+fn backtest_form(
+    session: &super::session::Session,
+    version: &str,
+    from: &str,
+    to: &str,
+    refused: Option<&Answer>,
+) -> Markup {
     html! {
         form method="post" action=(format!("/console/plugins/{version}/backtest")) {
             (layout::csrf(session))
@@ -167,8 +173,9 @@ pub async fn shadow_report(signed: Signed, Path(version): Path<String>) -> Page 
 
 pub async fn backtest(Path(version): Path<String>, Posted { signed, form }: Posted) -> Page {
     let (from, to) = (form.get("from"), form.get("to"));
-    let answer =
-        signed.api(Method::POST, &format!("/plugins/{}/replay", enc(&version)), Some(&json!({"from": from, "to": to}))).await;
+    let answer = signed
+        .api(Method::POST, &format!("/plugins/{}/replay", enc(&version)), Some(&json!({"from": from, "to": to})))
+        .await;
     let refused = (!answer.ok()).then_some(&answer);
     let body = html! {
         (backtest_form(&signed.session, &version, from, to, refused))

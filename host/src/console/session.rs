@@ -273,7 +273,8 @@ fn sign_in_form(session: &Session, input: &SignInInput, status: Option<StatusCod
 pub async fn sign_in(State(console): State<Arc<Console>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(peer)| *peer);
-    let Some((old_id, old)) = cookie_value(&parts.headers).and_then(|id| console.sessions.get(&id).map(|s| (id, s))) else {
+    let Some((old_id, old)) = cookie_value(&parts.headers).and_then(|id| console.sessions.get(&id).map(|s| (id, s)))
+    else {
         return csrf_refused();
     };
     let Ok(body) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else { return csrf_refused() };
@@ -298,7 +299,9 @@ pub async fn sign_in(State(console): State<Arc<Console>>, request: Request) -> R
     let who = match probe.status {
         StatusCode::OK => Who::Operator,
         StatusCode::FORBIDDEN if affiliate.is_empty() => {
-            input.problems.push(("affiliate", "this is an affiliate's key: give the affiliate id it was issued for".into()));
+            input
+                .problems
+                .push(("affiliate", "this is an affiliate's key: give the affiliate id it was issued for".into()));
             return sign_in_form(&old, &input, Some(StatusCode::UNPROCESSABLE_ENTITY));
         }
         StatusCode::FORBIDDEN => {
