@@ -97,8 +97,8 @@ async fn render(
                 button type="submit" { "Approve the ticked commissions" }
             }
             @if let Some(next) = listing["next"].as_str() {
-                @let mut more = filters.iter().filter(|(key, _)| key != "cursor").cloned().collect::<Vec<_>>();
-                @let _ = more.push(("cursor".to_owned(), next.to_owned()));
+                @let more: Vec<_> = filters.iter().filter(|(key, _)| key != "cursor").cloned()
+                    .chain([("cursor".to_owned(), next.to_owned())]).collect();
                 p { a href=(format!("/console/ledger?{}", encode(&more))) { "Next page" } }
             }
         }
