@@ -1,7 +1,7 @@
 //! commission-host: a multi-tenant engine for event-driven affiliate commissions.
 //!
 //! Follow an event from the socket to the store:
-//! [`server`] (hyper) -> [`api`] (routes, auth, JSON errors) -> [`event`] (parse and check) ->
+//! [`server`] (hyper) -> [`api`] (routes, auth, JSON errors; [`console`]'s pages call it) -> [`event`] (parse and check) ->
 //! [`pipeline`] (one sequencer per operator: attribute, evaluate in order, commit, flush) -> [`sandbox`] (the
 //! operator's WebAssembly plugin) -> [`committer`] (one sled transaction for every event
 //! waiting) -> [`store`] (sled, group flush).
@@ -12,6 +12,7 @@
 pub mod api;
 pub mod checkpoints;
 pub mod committer;
+pub mod console;
 pub mod event;
 pub mod fixtures;
 pub mod metrics;

@@ -83,6 +83,9 @@ enum Command {
         /// their own (`state_bytes` in PUT /v1/operators/{op}/limits); none unless given.
         #[arg(long)]
         state_quota_bytes: Option<u64>,
+        /// Leave out the operator console and affiliate portal (the HTML pages under /console/).
+        #[arg(long)]
+        no_console: bool,
     },
     /// Print the HTTP API's OpenAPI 3.1 document (what `GET /openapi.json` serves).
     Openapi {
@@ -124,6 +127,7 @@ fn main() -> anyhow::Result<ExitCode> {
             state_cache_bytes,
             state_cache_operator_bytes,
             state_quota_bytes,
+            no_console,
         } => {
             init_tracing(log_format);
             let limits = BodyLimits {
@@ -149,7 +153,15 @@ fn main() -> anyhow::Result<ExitCode> {
                 anyhow::bail!("--state-quota-bytes must be at least 1 (leave it out for no quota)");
             }
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(serve(data, listen, demo.then_some(demo_plugin), limits, connections, scheduling))?;
+            runtime.block_on(serve(
+                data,
+                listen,
+                demo.then_some(demo_plugin),
+                limits,
+                connections,
+                scheduling,
+                !no_console,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Openapi { write } => {
@@ -250,6 +262,7 @@ async fn serve(
     body_limits: BodyLimits,
     connections: server::ConnectionLimits,
     scheduling: Scheduling,
+    console: bool,
 ) -> anyhow::Result<()> {
     let admin_token = match std::env::var("COMMISSION_HOST_ADMIN_TOKEN") {
         Ok(token) if token.chars().count() >= MIN_ADMIN_TOKEN_CHARS => token,
@@ -289,7 +302,9 @@ async fn serve(
             error = pipeline.storage_failed() => Some(error),
         }
     };
-    if let Some(error) = server::serve(listener, api::router(state.clone()), connections, stop).await {
+    let router = api::router(state.clone());
+    let router = if console { commission_host::console::router(router) } else { router };
+    if let Some(error) = server::serve(listener, router, connections, stop).await {
         // Exiting with an error lets the supervisor (systemd, Kubernetes) start the host again;
         // opening the ledger anew recovers it from its log once the disk can take writes.
         anyhow::bail!("the ledger cannot write again in this process, so the host stops: {error}");
