@@ -10,6 +10,7 @@
 //! sandbox, and [`plugins::validate`] is the validation an upload does.
 
 pub mod api;
+pub mod cluster;
 pub mod committer;
 pub mod event;
 pub mod fixtures;
