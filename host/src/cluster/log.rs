@@ -59,7 +59,7 @@ impl Log {
             .connect(servers)
             .await
             .map_err(|error| anyhow::anyhow!("connecting to NATS at {}: {error}", servers.join(",")))?;
-        let jetstream = jetstream::ContextBuilder::new().timeout(Duration::from_secs(5)).build(client.clone());
+        let jetstream = jetstream::ContextBuilder::new().timeout(Duration::from_secs(10)).build(client.clone());
         let started = Instant::now();
         loop {
             match Self::make(&client, &jetstream, replicas, lease).await {
@@ -89,28 +89,35 @@ impl Log {
         };
         let events = jetstream.get_or_create_stream(stream(EVENTS, "ch.events.*")).await?;
         let ledger = jetstream.get_or_create_stream(stream(LEDGER, "ch.ledger.*")).await?;
-        let bucket = |bucket: &str| kv::Config {
-            bucket: bucket.to_owned(),
-            history: 1,
-            max_age: lease,
-            num_replicas: replicas,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        };
-        let owners = key_value(jetstream, bucket("ch_owners")).await?;
-        let nodes = key_value(jetstream, bucket("ch_nodes")).await?;
+        let owners = key_value(jetstream, "ch_owners", replicas, lease).await?;
+        let nodes = key_value(jetstream, "ch_nodes", replicas, lease).await?;
         Ok(Log { client: client.clone(), jetstream: jetstream.clone(), events, ledger, owners, nodes })
     }
 }
 
-/// The bucket, made if missing (another node may make it at the same moment).
-async fn key_value(jetstream: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
-    let bucket = config.bucket.clone();
-    match jetstream.get_key_value(&bucket).await {
-        Ok(store) => Ok(store),
-        Err(_) => match jetstream.create_key_value(config).await {
-            Ok(store) => Ok(store),
-            Err(_) => Ok(jetstream.get_key_value(&bucket).await?),
-        },
-    }
+/// The bucket, made if missing (another node may make it at the same moment). Its stream is
+/// made here, shaped as async-nats makes a bucket's: its `create_key_value` first reads the
+/// account's info, which a 2.9 server gives without fields the client requires.
+async fn key_value(
+    jetstream: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    lease: Duration,
+) -> anyhow::Result<kv::Store> {
+    jetstream
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: lease,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+    Ok(jetstream.get_key_value(bucket).await?)
 }

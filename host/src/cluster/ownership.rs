@@ -104,9 +104,16 @@ impl Cluster {
     /// Takes the free operators this node should own.
     async fn claim(self: &Arc<Self>, free_for: &mut HashMap<String, u32>) -> anyhow::Result<()> {
         let operators = self.pipeline.store().operators()?;
-        let nodes: Vec<String> = {
-            use futures_util::TryStreamExt as _;
-            self.log.nodes.keys().await?.try_collect().await?
+        // Without the live nodes, every node is the preferred one: the create decides.
+        let nodes: Vec<String> = match self.log.nodes.keys().await {
+            Ok(keys) => {
+                use futures_util::TryStreamExt as _;
+                keys.try_collect().await.unwrap_or_default()
+            }
+            Err(error) => {
+                tracing::debug!(%error, "could not list the live nodes");
+                Vec::new()
+            }
         };
         for operator in operators {
             let operator = operator.id;
