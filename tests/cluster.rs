@@ -118,7 +118,12 @@ fn set_up(host: &Host) {
 
 /// An operator as the admin acts for it, on any node.
 fn as_admin(id: &str) -> Operator {
-    Operator { id: id.into(), api_key: ADMIN_TOKEN.into(), postback_token: String::new(), webhook_secret: String::new() }
+    Operator {
+        id: id.into(),
+        api_key: ADMIN_TOKEN.into(),
+        postback_token: String::new(),
+        webhook_secret: String::new(),
+    }
 }
 
 /// What the senders saw.
@@ -132,19 +137,29 @@ struct Seen {
 
 /// Sends `event` to a random node until one acknowledges it (200), as a retrying client does:
 /// a refused connection, a 5xx or a 202 is sent again, to another node.
-fn deliver(client: &Client, nodes: &[String], operator: &str, event: &Value, rng: &mut Rng, seen: &Mutex<Seen>) -> Value {
+fn deliver(
+    client: &Client,
+    nodes: &[String],
+    operator: &str,
+    event: &Value,
+    rng: &mut Rng,
+    seen: &Mutex<Seen>,
+) -> Value {
     let started = Instant::now();
     for attempt in 0..600u32 {
         assert!(started.elapsed() < Duration::from_secs(60), "event {event} not acknowledged within 60 s");
         let node = &nodes[rng.below(0..nodes.len() as u64) as usize];
-        let sent = client.post(format!("{node}/v1/operators/{operator}/events")).bearer_auth(ADMIN_TOKEN).json(event).send();
+        let sent =
+            client.post(format!("{node}/v1/operators/{operator}/events")).bearer_auth(ADMIN_TOKEN).json(event).send();
         if let Ok(response) = sent {
             let status = response.status();
             let body: Value = response.json().unwrap_or(Value::Null);
             match status {
                 StatusCode::OK => return body,
                 StatusCode::ACCEPTED => seen.lock().unwrap().pending += 1,
-                status if status.is_server_error() => seen.lock().unwrap().server_errors.push(format!("{status} {body}")),
+                status if status.is_server_error() => {
+                    seen.lock().unwrap().server_errors.push(format!("{status} {body}"))
+                }
                 status => panic!("{event} got {status}: {body}"),
             }
         }
@@ -307,16 +322,29 @@ fn single_node_run(dir: &Path, seen: &Seen) -> BTreeMap<String, Vec<(String, Str
 
 /// Every acknowledged event is in the ledger, accepted exactly once; per customer, the ledger
 /// accepted them in the order they were sent; the owner's view pays what a single host pays.
-fn check_ledger(nats: &Nats, hosts: &HashMap<String, Host>, seen: &Seen, single: &BTreeMap<String, Vec<(String, String, String, String)>>) {
+fn check_ledger(
+    nats: &Nats,
+    hosts: &HashMap<String, Host>,
+    seen: &Seen,
+    single: &BTreeMap<String, Vec<(String, String, String, String)>>,
+) {
     for operator in OPERATORS {
         let (outcomes, order) = committed(&ledger(nats, operator));
         let sent: Vec<&Value> = seen.acknowledged.get(operator).into_iter().flatten().collect();
         let sent_ids: HashSet<&str> = sent.iter().map(|event| event["id"].as_str().unwrap()).collect();
         for id in &sent_ids {
             let accepted = outcomes.get(*id).map_or(0, |all| all.iter().filter(|d| *d == "accepted").count());
-            assert_eq!(accepted, 1, "{operator}: event {id} is accepted {accepted} times in the ledger: {:?}", outcomes.get(*id));
+            assert_eq!(
+                accepted,
+                1,
+                "{operator}: event {id} is accepted {accepted} times in the ledger: {:?}",
+                outcomes.get(*id)
+            );
         }
-        assert!(order.iter().all(|id| sent_ids.contains(id.as_str())), "{operator}: the ledger accepted an event never acknowledged");
+        assert!(
+            order.iter().all(|id| sent_ids.contains(id.as_str())),
+            "{operator}: the ledger accepted an event never acknowledged"
+        );
         let mut per_customer: HashMap<&str, Vec<&str>> = HashMap::new();
         for id in &order {
             per_customer.entry(id.rsplit_once('-').unwrap().0).or_default().push(id);
@@ -330,7 +358,11 @@ fn check_ledger(nats: &Nats, hosts: &HashMap<String, Host>, seen: &Seen, single:
         }
         assert_eq!(per_customer, sent_per_customer, "{operator}: per-customer order");
         let owner = owner(nats, operator);
-        assert_eq!(paid(&hosts[&owner], operator), single[operator], "{operator}: the owner's commissions against a single host's");
+        assert_eq!(
+            paid(&hosts[&owner], operator),
+            single[operator],
+            "{operator}: the owner's commissions against a single host's"
+        );
     }
 }
 

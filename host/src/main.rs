@@ -174,7 +174,15 @@ fn main() -> anyhow::Result<ExitCode> {
                 queue_events: operator_queue_events,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(serve(data, listen, demo.then_some(demo_plugin), limits, connections, scheduling, cluster))?;
+            runtime.block_on(serve(
+                data,
+                listen,
+                demo.then_some(demo_plugin),
+                limits,
+                connections,
+                scheduling,
+                cluster,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Openapi { write } => {

@@ -151,7 +151,11 @@ impl Cluster {
     }
 
     /// Publishes a request to the operator's events stream; waits for the owner's answer.
-    async fn publish(&self, operator: &OperatorRecord, events: Vec<IncomingEvent>) -> Result<Vec<crate::pipeline::EventOutcome>, IngestError> {
+    async fn publish(
+        &self,
+        operator: &OperatorRecord,
+        events: Vec<IncomingEvent>,
+    ) -> Result<Vec<crate::pipeline::EventOutcome>, IngestError> {
         let ids: Vec<String> = events.iter().map(|incoming| incoming.event.id.clone()).collect();
         let message_id = message_id(&operator.id, &events);
         let waiting = self.waiters.wait();
@@ -160,7 +164,8 @@ impl Cluster {
             received_at: now_ms(),
             reply: waiting.reply.clone(),
         };
-        let payload = bytes::Bytes::from(serde_json::to_vec(&request).map_err(|error| IngestError::Internal(error.to_string()))?);
+        let payload =
+            bytes::Bytes::from(serde_json::to_vec(&request).map_err(|error| IngestError::Internal(error.to_string()))?);
         let subject = events_subject(&operator.id);
         let mut ack = self.send(&subject, &payload, &message_id).await?;
         if ack.duplicate {

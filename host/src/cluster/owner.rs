@@ -163,7 +163,9 @@ impl Cluster {
                 let sequence = message.info().map_err(|error| anyhow::anyhow!("{error}"))?.stream_sequence;
                 match serde_json::from_slice::<Request>(&message.payload) {
                     Ok(request) => group.push((sequence, request)),
-                    Err(error) => tracing::error!(%operator, sequence, %error, "a request that does not parse; skipped"),
+                    Err(error) => {
+                        tracing::error!(%operator, sequence, %error, "a request that does not parse; skipped")
+                    }
                 }
                 if group.len() >= MAX_GROUP_REQUESTS {
                     break;
@@ -186,12 +188,15 @@ impl Cluster {
                     let entry: Entry = serde_json::from_slice(&message.payload).map_err(anyhow::Error::from)?;
                     (message.sequence, entry.events_sequence())
                 }
-                Err(error) if error.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Err(error)
+                    if error.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
                     (0, 0)
                 }
                 Err(error) => return Err(Stopped::Failed(error.into())),
             };
-            let mut tenure = Tenure { operator: operator.to_owned(), lease, last_entry, events_sequence, before: last_entry };
+            let mut tenure =
+                Tenure { operator: operator.to_owned(), lease, last_entry, events_sequence, before: last_entry };
             let takeover = Entry::Takeover { node: self.node.clone(), lease, events_sequence };
             match self.write(&mut tenure, &takeover).await {
                 Ok(()) => return Ok(tenure),
@@ -234,7 +239,12 @@ impl Cluster {
                 let applying: Vec<_> = committed
                     .into_iter()
                     .filter(|request| request.answer.committed())
-                    .map(|request| (request.sequence, Request { events: request.events, received_at: request.received_at, reply: request.reply }))
+                    .map(|request| {
+                        (
+                            request.sequence,
+                            Request { events: request.events, received_at: request.received_at, reply: request.reply },
+                        )
+                    })
                     .collect();
                 requests += applying.len();
                 for (sequence, answer) in self.sequence(&tenure.operator, applying).await {
@@ -256,7 +266,10 @@ impl Cluster {
             Ok(Some(record)) => record,
             Ok(None) => {
                 let message = format!("operator {operator} is unknown to node {}", self.node);
-                return requests.into_iter().map(|(seq, _)| (seq, Answer::Unavailable { message: message.clone() })).collect();
+                return requests
+                    .into_iter()
+                    .map(|(seq, _)| (seq, Answer::Unavailable { message: message.clone() }))
+                    .collect();
             }
             Err(error) => {
                 return requests
@@ -292,7 +305,10 @@ impl Cluster {
                 let events = request
                     .events
                     .iter()
-                    .map(|event| super::wire::Event { event: event.event.clone(), content_sha256: event.content_sha256.clone() })
+                    .map(|event| super::wire::Event {
+                        event: event.event.clone(),
+                        content_sha256: event.content_sha256.clone(),
+                    })
                     .collect();
                 (request.reply.clone(), request.received_at, events)
             })
@@ -367,7 +383,10 @@ impl Cluster {
 
     /// The last ledger sequence this node's view applied for `operator` (0: none).
     fn position(&self, operator: &str) -> u64 {
-        std::fs::read_to_string(self.position_file(operator)).ok().and_then(|text| text.trim().parse().ok()).unwrap_or(0)
+        std::fs::read_to_string(self.position_file(operator))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// Notes how far the view got. Not synced: a position lost in a crash only makes the next

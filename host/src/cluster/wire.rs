@@ -78,12 +78,25 @@ pub struct Committed {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Answer {
-    Outcomes { outcomes: Vec<Outcome> },
-    Conflict { ids: Vec<String> },
-    Invalid { problems: Vec<Problem> },
-    QuotaExceeded { event: Option<String>, used: u64, needed: u64, quota: u64 },
+    Outcomes {
+        outcomes: Vec<Outcome>,
+    },
+    Conflict {
+        ids: Vec<String>,
+    },
+    Invalid {
+        problems: Vec<Problem>,
+    },
+    QuotaExceeded {
+        event: Option<String>,
+        used: u64,
+        needed: u64,
+        quota: u64,
+    },
     /// Refused for a reason of the owner's node (a full disk, a full queue): nothing written.
-    Unavailable { message: String },
+    Unavailable {
+        message: String,
+    },
 }
 
 impl Answer {
@@ -127,12 +140,9 @@ impl From<Result<Vec<EventOutcome>, IngestError>> for Answer {
                     .map(|problem| Problem { index: problem.index, field: problem.field, problem: problem.problem })
                     .collect(),
             },
-            Err(IngestError::QuotaExceeded { event, refused, .. }) => Answer::QuotaExceeded {
-                event,
-                used: refused.used,
-                needed: refused.needed,
-                quota: refused.quota,
-            },
+            Err(IngestError::QuotaExceeded { event, refused, .. }) => {
+                Answer::QuotaExceeded { event, used: refused.used, needed: refused.needed, quota: refused.quota }
+            }
             Err(other) => Answer::Unavailable { message: other.to_string() },
         }
     }

@@ -265,9 +265,8 @@ impl Pipeline {
         self.submit(&operator.id, job)?;
         let (durability, id) = (self.durability.clone(), operator.id.clone());
         Ok(async move {
-            let outcomes = answered
-                .await
-                .map_err(|_| IngestError::Internal(format!("operator {id}'s sequencer stopped")))??;
+            let outcomes =
+                answered.await.map_err(|_| IngestError::Internal(format!("operator {id}'s sequencer stopped")))??;
             durability.wait().await?;
             Ok(outcomes)
         })
