@@ -286,9 +286,12 @@ fn committed(entries: &[Value]) -> (HashMap<String, Vec<String>>, Vec<String>) {
     (outcomes, order)
 }
 
+/// Commissions as (event, affiliate, rule, amount).
+type Paid = Vec<(String, String, String, String)>;
+
 /// The commissions of an operator as (event, affiliate, rule, amount), sorted: what two ledgers
 /// must agree on (commission ids are each ledger's own).
-fn paid(host: &Host, operator: &str) -> Vec<(String, String, String, String)> {
+fn paid(host: &Host, operator: &str) -> Paid {
     let mut paid: Vec<_> = host
         .commissions(&as_admin(operator), "")
         .iter()
@@ -303,7 +306,7 @@ fn paid(host: &Host, operator: &str) -> Vec<(String, String, String, String)> {
 
 /// What a single host pays for the same acknowledged events, each sent once in the order the
 /// senders had them acknowledged.
-fn single_node_run(dir: &Path, seen: &Seen) -> BTreeMap<String, Vec<(String, String, String, String)>> {
+fn single_node_run(dir: &Path, seen: &Seen) -> BTreeMap<String, Paid> {
     let host = Host::start(&dir.join("single"));
     set_up(&host);
     let mut paid_by = BTreeMap::new();
@@ -326,7 +329,7 @@ fn check_ledger(
     nats: &Nats,
     hosts: &HashMap<String, Host>,
     seen: &Seen,
-    single: &BTreeMap<String, Vec<(String, String, String, String)>>,
+    single: &BTreeMap<String, Paid>,
 ) {
     for operator in OPERATORS {
         let (outcomes, order) = committed(&ledger(nats, operator));
