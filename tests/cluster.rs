@@ -325,12 +325,7 @@ fn single_node_run(dir: &Path, seen: &Seen) -> BTreeMap<String, Paid> {
 
 /// Every acknowledged event is in the ledger, accepted exactly once; per customer, the ledger
 /// accepted them in the order they were sent; the owner's view pays what a single host pays.
-fn check_ledger(
-    nats: &Nats,
-    hosts: &HashMap<String, Host>,
-    seen: &Seen,
-    single: &BTreeMap<String, Paid>,
-) {
+fn check_ledger(nats: &Nats, hosts: &HashMap<String, Host>, seen: &Seen, single: &BTreeMap<String, Paid>) {
     for operator in OPERATORS {
         let (outcomes, order) = committed(&ledger(nats, operator));
         let sent: Vec<&Value> = seen.acknowledged.get(operator).into_iter().flatten().collect();
