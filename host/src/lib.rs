@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod checkpoints;
+pub mod cluster;
 pub mod committer;
 pub mod console;
 pub mod event;

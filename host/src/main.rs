@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use commission_host::api::{self, AppState, BodyLimits};
+use commission_host::cluster::{Cluster, ClusterConfig};
 use commission_host::metrics::Metrics;
 use commission_host::pipeline::{
     CacheBounds, DEFAULT_CACHE_BYTES, DEFAULT_OPERATOR_CACHE_BYTES, DEFAULT_QUEUE_EVENTS, Pipeline, Scheduling,
@@ -86,6 +87,8 @@ enum Command {
         /// Leave out the operator console and affiliate portal (the HTML pages under /console/).
         #[arg(long)]
         no_console: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Print the HTTP API's OpenAPI 3.1 document (what `GET /openapi.json` serves).
     Openapi {
@@ -101,6 +104,47 @@ enum Command {
     /// Import a file of events (NDJSON, CSV, or an operator's export) into a running host, as a
     /// resumable job with its progress shown.
     Import(cli::import::Args),
+}
+
+/// `serve`'s cluster mode: several nodes on NATS JetStream (see `host/src/cluster/mod.rs`).
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Join a cluster through these NATS servers (comma-separated `nats://host:port`), with
+    /// JetStream. Without it the host runs alone on its sled directory, as always.
+    #[arg(long, value_delimiter = ',', requires = "node")]
+    cluster: Vec<String>,
+    /// This node's name, unique in the cluster.
+    #[arg(long, requires = "cluster")]
+    node: Option<String>,
+    /// Replicas of the cluster's streams and buckets (at most the NATS servers).
+    #[arg(long, default_value_t = 3)]
+    cluster_replicas: usize,
+    /// How long an operator's lease lasts unrenewed, in ms: a dead owner is replaced after it.
+    #[arg(long, default_value_t = 3000)]
+    lease_ms: u64,
+    /// How long a node waits for the owner's commit before answering 202 (the events are then
+    /// durable in the log, not yet committed).
+    #[arg(long, default_value_t = 10)]
+    cluster_answer_secs: u64,
+}
+
+impl ClusterArgs {
+    fn config(self) -> anyhow::Result<Option<ClusterConfig>> {
+        let Some(node) = self.node else { return Ok(None) };
+        if node.is_empty() || !node.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            anyhow::bail!("--node must be 1 or more of a-z, A-Z, 0-9, - and _");
+        }
+        if self.lease_ms < 300 || self.cluster_answer_secs == 0 || self.cluster_replicas == 0 {
+            anyhow::bail!("--lease-ms must be at least 300, --cluster-answer-secs and --cluster-replicas at least 1");
+        }
+        Ok(Some(ClusterConfig {
+            servers: self.cluster,
+            node,
+            replicas: self.cluster_replicas,
+            lease: Duration::from_millis(self.lease_ms),
+            answer_deadline: Duration::from_secs(self.cluster_answer_secs),
+        }))
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -128,8 +172,10 @@ fn main() -> anyhow::Result<ExitCode> {
             state_cache_operator_bytes,
             state_quota_bytes,
             no_console,
+            cluster,
         } => {
             init_tracing(log_format);
+            let cluster = cluster.config()?;
             let limits = BodyLimits {
                 plugin_bytes: max_plugin_bytes,
                 read_timeout: Duration::from_secs(body_timeout_secs),
@@ -161,6 +207,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 connections,
                 scheduling,
                 !no_console,
+                cluster,
             ))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -263,6 +310,7 @@ async fn serve(
     connections: server::ConnectionLimits,
     scheduling: Scheduling,
     console: bool,
+    cluster: Option<ClusterConfig>,
 ) -> anyhow::Result<()> {
     let admin_token = match std::env::var("COMMISSION_HOST_ADMIN_TOKEN") {
         Ok(token) if token.chars().count() >= MIN_ADMIN_TOKEN_CHARS => token,
@@ -288,6 +336,10 @@ async fn serve(
         .await
         .with_context(|| format!("listening on {listen} (is another host running there? choose one with --listen)"))?;
     let address = listener.local_addr()?;
+    let cluster = match cluster {
+        Some(config) => Some(Cluster::join(config, pipeline.clone(), data.clone(), format!("http://{address}")).await?),
+        None => None,
+    };
     if let Some(plugin) = demo_plugin {
         demo::set_up(&pipeline, &plugin, address).await?;
     }
@@ -302,12 +354,19 @@ async fn serve(
             error = pipeline.storage_failed() => Some(error),
         }
     };
-    let router = api::router(state.clone());
+    let router = match &cluster {
+        Some(cluster) => cluster.route_reads(api::router(state.clone())),
+        None => api::router(state.clone()),
+    };
+    // The console calls the API router in process, so in a cluster its reads are forwarded too.
     let router = if console { commission_host::console::router(router) } else { router };
     if let Some(error) = server::serve(listener, router, connections, stop).await {
         // Exiting with an error lets the supervisor (systemd, Kubernetes) start the host again;
         // opening the ledger anew recovers it from its log once the disk can take writes.
         anyhow::bail!("the ledger cannot write again in this process, so the host stops: {error}");
+    }
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
     }
     state.pipeline.make_durable().await?;
     tracing::info!("stopped; the ledger is flushed");

@@ -108,6 +108,11 @@ impl ApiError {
         }
     }
 
+    /// The same answer, with a `Retry-After` header.
+    pub fn with_retry_after(self, after: std::time::Duration) -> Self {
+        Self { retry_after: Some(after), ..self }
+    }
+
     pub fn unavailable(error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "storage unavailable");
         Self::new(

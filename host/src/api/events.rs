@@ -233,6 +233,23 @@ pub(super) fn ingest_error(error: IngestError) -> ApiError {
         }
         IngestError::QueueFull { operator, queued, capacity } => ApiError::queue_full(&operator, queued, capacity),
         IngestError::NotDurable(error) => ApiError::unavailable(error),
+        // The cluster's answer past its deadline: the events are durable, not yet committed.
+        IngestError::Pending { operator, events } => ApiError::new(
+            StatusCode::ACCEPTED,
+            "pending",
+            format!(
+                "the cluster's log holds these events durably, but operator {operator:?}'s owner had not committed \
+                 them within the answer's deadline; it will. Read each at {}, or send the request again: an event \
+                 already committed answers `duplicate`",
+                events.iter().map(|id| format!("/v1/operators/{operator}/events/{id}")).collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        IngestError::LogUnavailable(problem) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log_unavailable",
+            format!("the cluster's log did not take the events ({problem}); nothing was acknowledged, retry later"),
+        )
+        .with_retry_after(std::time::Duration::from_secs(1)),
         IngestError::Overflow(error) => super::replay::overflow_error(&error),
         IngestError::Internal(message) => ApiError::internal(message),
     }

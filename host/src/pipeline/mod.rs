@@ -41,7 +41,9 @@ pub use sequencer::{DEFAULT_QUEUE_EVENTS, EvaluationSlots, Scheduling};
 pub use state_cache::{CacheBounds, DEFAULT_CACHE_BYTES, DEFAULT_OPERATOR_CACHE_BYTES};
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -73,6 +75,18 @@ pub struct Pipeline {
     sequencers: Arc<Sequencers>,
     durability: Durability,
     metrics: Arc<Metrics>,
+    /// Where [`Pipeline::ingest`] sends checked events instead of this process's sequencers:
+    /// the cluster's log (`serve --cluster`); unset on the embedded default.
+    route: Arc<OnceLock<Arc<dyn EventRoute>>>,
+}
+
+/// A request's answer, as the events' route gives it.
+pub type Answered<'a> = Pin<Box<dyn Future<Output = Result<Vec<EventOutcome>, IngestError>> + Send + 'a>>;
+
+/// Another way for checked events to reach their operator's sequencer: in a cluster, through
+/// the operator's replicated stream to the node that owns the operator ([`crate::cluster`]).
+pub trait EventRoute: Send + Sync {
+    fn ingest<'a>(&'a self, operator: &'a OperatorRecord, events: Vec<IncomingEvent>) -> Answered<'a>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
@@ -120,6 +134,13 @@ pub enum IngestError {
     /// The operator's queue is full: nothing of the request was written.
     #[error("operator {operator}'s queue is full ({queued} events wait; it holds {capacity})")]
     QueueFull { operator: String, queued: usize, capacity: usize },
+    /// In a cluster: the events are durable in the operator's stream, but its owner had not
+    /// committed them within the answer's deadline; they will be (`events` are their ids).
+    #[error("operator {operator}'s events are durable in the cluster's log and wait for their commit")]
+    Pending { operator: String, events: Vec<String> },
+    /// In a cluster: the log could not take the events; nothing of the request was written.
+    #[error("the cluster's log is unavailable: {0}")]
+    LogUnavailable(String),
     #[error(transparent)]
     NotDurable(#[from] DurabilityError),
     /// A report's total (a backtest's, a statement's) does not fit a decimal.
@@ -177,6 +198,14 @@ impl Pipeline {
             sandbox,
             plugins,
             metrics,
+            route: Arc::default(),
+        }
+    }
+
+    /// Sends checked events through `route` from now on (once; `serve --cluster`).
+    pub fn route_events(&self, route: Arc<dyn EventRoute>) {
+        if self.route.set(route).is_err() {
+            tracing::warn!("the events' route was set already; kept the first");
         }
     }
 
@@ -218,18 +247,40 @@ impl Pipeline {
     }
 
     /// Queues a request's events on the operator's sequencer, which checks them whole, then
-    /// evaluates and commits them in order; answers once all of them are durable.
+    /// evaluates and commits them in order; answers once all of them are durable. In a cluster
+    /// the events go through the operator's stream to its owner instead ([`EventRoute`]).
     pub async fn ingest(
         &self,
         operator: &OperatorRecord,
         events: Vec<IncomingEvent>,
     ) -> Result<Vec<EventOutcome>, IngestError> {
+        if let Some(route) = self.route.get() {
+            return route.ingest(operator, events).await;
+        }
+        self.sequence_events(operator, events, now_ms())?.await
+    }
+
+    /// Puts a request's events on this process's sequencer for the operator now (so that
+    /// requests submitted one after the other are evaluated in that order), received at
+    /// `received_at`; the future answers once they are committed and durable. The cluster's
+    /// owner of an operator feeds it from the operator's stream, in stream order.
+    pub fn sequence_events(
+        &self,
+        operator: &OperatorRecord,
+        events: Vec<IncomingEvent>,
+        received_at: i64,
+    ) -> Result<impl Future<Output = Result<Vec<EventOutcome>, IngestError>> + Send + 'static, IngestError> {
         self.check_quota(operator)?;
         let (answer, answered) = oneshot::channel();
-        let job = Job::Ingest(Ingest { operator: operator.clone(), events, received_at: now_ms(), answer });
-        let outcomes = self.queued(&operator.id, job, answered).await?;
-        self.durability.wait().await?;
-        Ok(outcomes)
+        let job = Job::Ingest(Ingest { operator: operator.clone(), events, received_at, answer });
+        self.submit(&operator.id, job)?;
+        let (durability, id) = (self.durability.clone(), operator.id.clone());
+        Ok(async move {
+            let outcomes =
+                answered.await.map_err(|_| IngestError::Internal(format!("operator {id}'s sequencer stopped")))??;
+            durability.wait().await?;
+            Ok(outcomes)
+        })
     }
 
     /// Submits `job` and waits for its answer.

@@ -1,0 +1,123 @@
+//! The replicated streams and buckets the cluster runs on, made at start-up if missing.
+//!
+//! - `CH_EVENTS`, subjects `ch.events.<operator>`: the requests the nodes received, in the order
+//!   JetStream stored them, which is the order the operator's owner evaluates them in. Published
+//!   with `Nats-Msg-Id` = operator and event id, which JetStream deduplicates within its window
+//!   (2 minutes): a request a node sent twice (a publish retried after a lost ack) is stored
+//!   once. Senders retry for days, so the window decides nothing about `duplicate`: the
+//!   owner's ledger does, by event id, forever.
+//! - `CH_LEDGER`, subjects `ch.ledger.<operator>`: the owner's ledger entries (what it
+//!   committed and the answers), each written with the subject's last sequence expected.
+//! - KV `ch_owners` (an operator's lease, [`super::ownership`]) and `ch_nodes` (live nodes).
+//!
+//! All with the replicas asked for (3 in the tests): a write is acknowledged once a quorum of
+//! replicas holds it.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv, stream};
+
+/// The events stream.
+pub const EVENTS: &str = "CH_EVENTS";
+/// The ledger stream.
+pub const LEDGER: &str = "CH_LEDGER";
+
+pub fn events_subject(operator: &str) -> String {
+    format!("ch.events.{operator}")
+}
+
+pub fn ledger_subject(operator: &str) -> String {
+    format!("ch.ledger.{operator}")
+}
+
+/// The operator a ledger subject is of.
+pub fn operator_of_ledger(subject: &str) -> Option<&str> {
+    subject.strip_prefix("ch.ledger.")
+}
+
+/// JetStream's deduplication window for the events stream.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The cluster's handles, once its streams and buckets exist.
+#[derive(Clone)]
+pub struct Log {
+    pub client: async_nats::Client,
+    pub jetstream: jetstream::Context,
+    pub events: stream::Stream,
+    pub ledger: stream::Stream,
+    pub owners: kv::Store,
+    pub nodes: kv::Store,
+}
+
+impl Log {
+    /// Connects and makes what is missing; retries while the servers elect their JetStream
+    /// leader (a cluster that just started), for up to a minute.
+    pub async fn open(servers: &[String], name: &str, replicas: usize, lease: Duration) -> anyhow::Result<Log> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .connect(servers)
+            .await
+            .map_err(|error| anyhow::anyhow!("connecting to NATS at {}: {error}", servers.join(",")))?;
+        let jetstream = jetstream::ContextBuilder::new().timeout(Duration::from_secs(10)).build(client.clone());
+        let started = Instant::now();
+        loop {
+            match Self::make(&client, &jetstream, replicas, lease).await {
+                Ok(log) => return Ok(log),
+                Err(error) if started.elapsed() < Duration::from_secs(60) => {
+                    tracing::info!(%error, "waiting for JetStream");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => return Err(error.context("setting up the cluster's streams")),
+            }
+        }
+    }
+
+    async fn make(
+        client: &async_nats::Client,
+        jetstream: &jetstream::Context,
+        replicas: usize,
+        lease: Duration,
+    ) -> anyhow::Result<Log> {
+        let stream = |name: &str, subjects: &str| stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subjects.to_owned()],
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        };
+        let events = jetstream.get_or_create_stream(stream(EVENTS, "ch.events.*")).await?;
+        let ledger = jetstream.get_or_create_stream(stream(LEDGER, "ch.ledger.*")).await?;
+        let owners = key_value(jetstream, "ch_owners", replicas, lease).await?;
+        let nodes = key_value(jetstream, "ch_nodes", replicas, lease).await?;
+        Ok(Log { client: client.clone(), jetstream: jetstream.clone(), events, ledger, owners, nodes })
+    }
+}
+
+/// The bucket, made if missing (another node may make it at the same moment). Its stream is
+/// made here, shaped as async-nats makes a bucket's: its `create_key_value` first reads the
+/// account's info, which a 2.9 server gives without fields the client requires.
+async fn key_value(
+    jetstream: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    lease: Duration,
+) -> anyhow::Result<kv::Store> {
+    jetstream
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: lease,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+    Ok(jetstream.get_key_value(bucket).await?)
+}

@@ -1,0 +1,187 @@
+//! What travels through JetStream: an operator's checked request on its events stream, and the
+//! owner's ledger entries (what it committed, and the answers) on the ledger stream.
+//!
+//! JSON, so that an operator's stream can be read with the `nats` tool when something goes
+//! wrong. The types of the pipeline that are stored in sled already serialise (the event, its
+//! record, its commissions); the rest are mirrored here, so that the pipeline's own types stay
+//! free of the wire.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{FieldError, IncomingEvent};
+use crate::pipeline::{Disposition, EventOutcome, IngestError};
+use crate::store::QuotaExceeded;
+use crate::store::records::{CommissionRecord, EventRecord, StoredEvent};
+
+/// One request's checked events, as the receiving node published them.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub events: Vec<Event>,
+    /// When the receiving node took the request: the events' `received_at`, whichever node
+    /// evaluates them.
+    pub received_at: i64,
+    /// Names the waiting receiver's answer in the ledger entry.
+    pub reply: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Event {
+    pub event: StoredEvent,
+    pub content_sha256: String,
+}
+
+impl From<IncomingEvent> for Event {
+    fn from(incoming: IncomingEvent) -> Self {
+        Self { event: incoming.event, content_sha256: incoming.content_sha256 }
+    }
+}
+
+impl From<Event> for IncomingEvent {
+    fn from(event: Event) -> Self {
+        Self { event: event.event, content_sha256: event.content_sha256 }
+    }
+}
+
+/// One message on an operator's ledger subject. Each is published with the subject's last
+/// sequence expected (the fence, see [`super::ownership`]).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    /// A node took the operator (its lease's revision): from here on, only its entries follow.
+    Takeover { node: String, lease: u64, events_sequence: u64 },
+    /// Requests of the events stream, in its order, as the owner committed them.
+    Committed { node: String, lease: u64, requests: Vec<Committed> },
+}
+
+impl Entry {
+    /// The last events-stream sequence this entry accounts for.
+    pub fn events_sequence(&self) -> u64 {
+        match self {
+            Entry::Takeover { events_sequence, .. } => *events_sequence,
+            Entry::Committed { requests, .. } => requests.last().map_or(0, |request| request.sequence),
+        }
+    }
+}
+
+/// One request of the events stream and what its commit answered.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Committed {
+    /// Its sequence in the events stream.
+    pub sequence: u64,
+    pub reply: String,
+    pub received_at: i64,
+    pub events: Vec<Event>,
+    pub answer: Answer,
+}
+
+/// [`crate::pipeline::Pipeline::ingest`]'s result, on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Answer {
+    Outcomes {
+        outcomes: Vec<Outcome>,
+    },
+    Conflict {
+        ids: Vec<String>,
+    },
+    Invalid {
+        problems: Vec<Problem>,
+    },
+    QuotaExceeded {
+        event: Option<String>,
+        used: u64,
+        needed: u64,
+        quota: u64,
+    },
+    /// Refused for a reason of the owner's node (a full disk, a full queue): nothing written.
+    Unavailable {
+        message: String,
+    },
+}
+
+impl Answer {
+    /// Whether the request's events were committed (some of them may be duplicates).
+    pub fn committed(&self) -> bool {
+        matches!(self, Answer::Outcomes { .. })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub disposition: String,
+    pub record: EventRecord,
+    pub commissions: Vec<CommissionRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Problem {
+    pub index: Option<usize>,
+    pub field: String,
+    pub problem: String,
+}
+
+impl From<Result<Vec<EventOutcome>, IngestError>> for Answer {
+    fn from(result: Result<Vec<EventOutcome>, IngestError>) -> Self {
+        match result {
+            Ok(outcomes) => Answer::Outcomes {
+                outcomes: outcomes
+                    .into_iter()
+                    .map(|outcome| Outcome {
+                        disposition: outcome.disposition.as_str().to_owned(),
+                        record: outcome.record,
+                        commissions: outcome.commissions,
+                    })
+                    .collect(),
+            },
+            Err(IngestError::Conflict(ids)) => Answer::Conflict { ids },
+            Err(IngestError::Invalid(problems)) => Answer::Invalid {
+                problems: problems
+                    .into_iter()
+                    .map(|problem| Problem { index: problem.index, field: problem.field, problem: problem.problem })
+                    .collect(),
+            },
+            Err(IngestError::QuotaExceeded { event, refused, .. }) => {
+                Answer::QuotaExceeded { event, used: refused.used, needed: refused.needed, quota: refused.quota }
+            }
+            Err(other) => Answer::Unavailable { message: other.to_string() },
+        }
+    }
+}
+
+impl Answer {
+    /// The answer as the pipeline gives it, for `operator`.
+    pub fn into_result(self, operator: &str) -> Result<Vec<EventOutcome>, IngestError> {
+        match self {
+            Answer::Outcomes { outcomes } => Ok(outcomes
+                .into_iter()
+                .map(|outcome| EventOutcome {
+                    disposition: disposition(&outcome.disposition),
+                    record: outcome.record,
+                    commissions: outcome.commissions,
+                })
+                .collect()),
+            Answer::Conflict { ids } => Err(IngestError::Conflict(ids)),
+            Answer::Invalid { problems } => Err(IngestError::Invalid(
+                problems
+                    .into_iter()
+                    .map(|problem| FieldError { index: problem.index, field: problem.field, problem: problem.problem })
+                    .collect(),
+            )),
+            Answer::QuotaExceeded { event, used, needed, quota } => Err(IngestError::QuotaExceeded {
+                operator: operator.to_owned(),
+                event,
+                refused: QuotaExceeded { used, needed, quota },
+            }),
+            Answer::Unavailable { message } => Err(IngestError::LogUnavailable(message)),
+        }
+    }
+}
+
+fn disposition(text: &str) -> Disposition {
+    match text {
+        "duplicate" => Disposition::Duplicate,
+        "failed" => Disposition::Failed,
+        "conflict" => Disposition::Conflict,
+        _ => Disposition::Accepted,
+    }
+}

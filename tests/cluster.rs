@@ -1,0 +1,488 @@
+//! Several hosts on NATS JetStream (`serve --cluster`): three `nats-server -js` processes as a
+//! cluster (R3 streams), three hosts, loopback only, load over two operators with duplicates
+//! and retries, and a node killed, stopped or paused mid-load.
+//!
+//! Needs Debian's `nats-server` (2.9.10): `apt-get install -y nats-server` (`.ci/run` does).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use common::{ADMIN_TOKEN, Host, Operator, Rng};
+use futures_util::StreamExt as _;
+use reqwest::StatusCode;
+use reqwest::blocking::Client;
+use serde_json::{Value, json};
+
+const OPERATORS: [&str; 2] = ["busy", "calm"];
+const LEASE_MS: &str = "1500";
+
+/// Three nats-server processes clustered on loopback, each with its own store; killed on drop.
+struct Nats {
+    servers: Vec<Option<Child>>,
+    ports: Vec<u16>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port()
+}
+
+fn nats_server() -> PathBuf {
+    for candidate in ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"] {
+        if Command::new(candidate).arg("--version").output().is_ok_and(|out| out.status.success()) {
+            return PathBuf::from(candidate);
+        }
+    }
+    panic!("nats-server is not installed: the cluster tests need it. Install it with `apt-get install -y nats-server`");
+}
+
+impl Nats {
+    fn start(dir: &Path) -> Nats {
+        let binary = nats_server();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_list =
+            routes.iter().map(|port| format!("\"nats-route://127.0.0.1:{port}\"")).collect::<Vec<_>>().join(", ");
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let config = dir.join(format!("nats{i}.conf"));
+            let store = dir.join(format!("nats{i}"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\", max_file_store: 256MB, max_memory_store: 64MB }}\n\
+                     cluster {{ name: c1, listen: 127.0.0.1:{}, routes: [{route_list}] }}\n",
+                    ports[i],
+                    store.display(),
+                    routes[i]
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(dir.join(format!("nats{i}.log"))).unwrap();
+            let child = Command::new(&binary)
+                .arg("-c")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("starting nats-server");
+            servers.push(Some(child));
+        }
+        let started = Instant::now();
+        for port in &ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(started.elapsed() < Duration::from_secs(20), "nats-server did not listen on {port}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Nats { servers, ports }
+    }
+
+    fn urls(&self) -> String {
+        self.ports.iter().map(|port| format!("nats://127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for server in self.servers.iter_mut().flatten() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+}
+
+/// A host of the cluster, with its name.
+fn node(dir: &Path, nats: &Nats, name: &str) -> Host {
+    let data = dir.join(name);
+    Host::start_with(
+        &data,
+        &["--cluster", &nats.urls(), "--node", name, "--lease-ms", LEASE_MS, "--evaluation-threads", "1"],
+    )
+}
+
+/// The same operators on a host: the multi-event plugin and the affiliate `aff1`. (Plugins and
+/// affiliates are not replicated yet: each node is given them.)
+fn set_up(host: &Host) {
+    for id in OPERATORS {
+        host.multi_event_with_aff1(id);
+    }
+}
+
+/// An operator as the admin acts for it, on any node.
+fn as_admin(id: &str) -> Operator {
+    Operator {
+        id: id.into(),
+        api_key: ADMIN_TOKEN.into(),
+        postback_token: String::new(),
+        webhook_secret: String::new(),
+    }
+}
+
+/// What the senders saw.
+#[derive(Default)]
+struct Seen {
+    /// Per operator, the events acknowledged, in each sender's order.
+    acknowledged: HashMap<String, Vec<Value>>,
+    server_errors: Vec<String>,
+    pending: usize,
+}
+
+/// Sends `event` to a random node until one acknowledges it (200), as a retrying client does:
+/// a refused connection, a 5xx or a 202 is sent again, to another node.
+fn deliver(
+    client: &Client,
+    nodes: &[String],
+    operator: &str,
+    event: &Value,
+    rng: &mut Rng,
+    seen: &Mutex<Seen>,
+) -> Value {
+    let started = Instant::now();
+    for attempt in 0..600u32 {
+        assert!(started.elapsed() < Duration::from_secs(60), "event {event} not acknowledged within 60 s");
+        let node = &nodes[rng.below(0..nodes.len() as u64) as usize];
+        let sent =
+            client.post(format!("{node}/v1/operators/{operator}/events")).bearer_auth(ADMIN_TOKEN).json(event).send();
+        if let Ok(response) = sent {
+            let status = response.status();
+            let body: Value = response.json().unwrap_or(Value::Null);
+            match status {
+                StatusCode::OK => return body,
+                StatusCode::ACCEPTED => seen.lock().unwrap().pending += 1,
+                status if status.is_server_error() => {
+                    seen.lock().unwrap().server_errors.push(format!("{status} {body}"))
+                }
+                status => panic!("{event} got {status}: {body}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20 * u64::from(attempt.min(10))));
+    }
+    panic!("event {event} was never acknowledged");
+}
+
+/// Four senders, each with its own customers, one event at a time (per-customer order), over
+/// both operators (three in four to `busy`); one event in ten sent again to another node.
+/// `during` runs once `trigger_after` events are acknowledged.
+fn load(nodes: Vec<String>, customers: u64, trigger_after: usize, during: impl FnOnce()) -> Seen {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let senders: Vec<_> = (0..4u64)
+        .map(|sender| {
+            let (nodes, seen, acknowledged) = (nodes.clone(), seen.clone(), acknowledged.clone());
+            std::thread::spawn(move || {
+                let client = Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+                let mut rng = Rng::new(sender * 7919 + 1);
+                for customer in 0..customers {
+                    let operator = if rng.chance(75) { OPERATORS[0] } else { OPERATORS[1] };
+                    let id = format!("s{sender}-c{customer}");
+                    let mut events =
+                        vec![json!({"id": format!("{id}-d"), "type": "deposit", "customer": id, "amount": "50", "affiliate": "aff1"})];
+                    for trade in 0..rng.below(0..4) {
+                        let lots = ["0.5", "4", "6", "12"][rng.below(0..4) as usize];
+                        events.push(json!({"id": format!("{id}-t{trade}"), "type": "trade", "customer": id, "attributes": {"lots": lots}}));
+                    }
+                    for event in events {
+                        let answer = deliver(&client, &nodes, operator, &event, &mut rng, &seen);
+                        assert!(["accepted", "duplicate"].contains(&answer["status"].as_str().unwrap_or("")), "{answer}");
+                        if rng.chance(10) {
+                            let again = deliver(&client, &nodes, operator, &event, &mut rng, &seen);
+                            assert_eq!(again["status"], "duplicate", "{again}");
+                        }
+                        seen.lock().unwrap().acknowledged.entry(operator.to_owned()).or_default().push(event);
+                        acknowledged.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while acknowledged.load(Ordering::Relaxed) < trigger_after {
+        assert!(started.elapsed() < Duration::from_secs(60), "the load did not reach {trigger_after} events");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    during();
+    for sender in senders {
+        sender.join().expect("a sender panicked");
+    }
+    Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap()
+}
+
+/// Runs `work` on a small runtime with a NATS client.
+fn with_nats<T>(nats: &Nats, work: impl AsyncFnOnce(async_nats::Client) -> T) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let urls: Vec<String> = nats.urls().split(',').map(str::to_owned).collect();
+        let client = async_nats::connect(&urls[..]).await.expect("connect to NATS");
+        work(client).await
+    })
+}
+
+/// The node that holds the operator's lease, waiting up to 20 s for one.
+fn owner(nats: &Nats, operator: &str) -> String {
+    with_nats(nats, async |client| {
+        let kv = async_nats::jetstream::new(client).get_key_value("ch_owners").await.expect("the leases' bucket");
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(value)) = kv.get(operator).await
+                && let Ok(holder) = serde_json::from_slice::<Value>(&value)
+            {
+                return holder["node"].as_str().unwrap().to_owned();
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "no owner for {operator}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// Every entry on the operator's ledger subject, in order.
+fn ledger(nats: &Nats, operator: &str) -> Vec<Value> {
+    with_nats(nats, async |client| {
+        let stream = async_nats::jetstream::new(client).get_stream("CH_LEDGER").await.expect("the ledger stream");
+        let subject = format!("ch.ledger.{operator}");
+        let last = stream.get_last_raw_message_by_subject(&subject).await.expect("a ledger entry").sequence;
+        let consumer =
+            stream.create_consumer(OrderedConfig { filter_subject: subject, ..Default::default() }).await.unwrap();
+        let mut messages = consumer.messages().await.unwrap();
+        let mut entries = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await else { break };
+            let message = message.unwrap();
+            let sequence = message.info().unwrap().stream_sequence;
+            entries.push(serde_json::from_slice(&message.payload).unwrap());
+            if sequence >= last {
+                return entries;
+            }
+        }
+        panic!("read {} ledger entries of {operator}, not up to {last}", entries.len());
+    })
+}
+
+/// Per event id, the outcomes the ledger committed it with ("accepted", "duplicate", ...), in
+/// ledger order; and the ids accepted, in order.
+fn committed(entries: &[Value]) -> (HashMap<String, Vec<String>>, Vec<String>) {
+    let mut outcomes: HashMap<String, Vec<String>> = HashMap::new();
+    let mut order = Vec::new();
+    for entry in entries.iter().filter(|entry| entry["kind"] == "committed") {
+        for request in entry["requests"].as_array().unwrap() {
+            for outcome in request["answer"]["outcomes"].as_array().into_iter().flatten() {
+                let id = outcome["record"]["event"]["id"].as_str().unwrap().to_owned();
+                let disposition = outcome["disposition"].as_str().unwrap().to_owned();
+                if disposition == "accepted" {
+                    order.push(id.clone());
+                }
+                outcomes.entry(id).or_default().push(disposition);
+            }
+        }
+    }
+    (outcomes, order)
+}
+
+/// Commissions as (event, affiliate, rule, amount).
+type Paid = Vec<(String, String, String, String)>;
+
+/// The commissions of an operator as (event, affiliate, rule, amount), sorted: what two ledgers
+/// must agree on (commission ids are each ledger's own).
+fn paid(host: &Host, operator: &str) -> Paid {
+    let mut paid: Vec<_> = host
+        .commissions(&as_admin(operator), "")
+        .iter()
+        .map(|c| {
+            let field = |name: &str| c[name].as_str().unwrap_or_default().to_owned();
+            (field("event_id"), field("affiliate"), field("rule"), field("amount"))
+        })
+        .collect();
+    paid.sort();
+    paid
+}
+
+/// What a single host pays for the same acknowledged events, each sent once in the order the
+/// senders had them acknowledged.
+fn single_node_run(dir: &Path, seen: &Seen) -> BTreeMap<String, Paid> {
+    let host = Host::start(&dir.join("single"));
+    set_up(&host);
+    let mut paid_by = BTreeMap::new();
+    for operator in OPERATORS {
+        let mut sent = HashSet::new();
+        for event in seen.acknowledged.get(operator).into_iter().flatten() {
+            if sent.insert(event["id"].as_str().unwrap().to_owned()) {
+                let (status, body) = host.post_events(&as_admin(operator), event);
+                assert_eq!(status, StatusCode::OK, "{body}");
+            }
+        }
+        paid_by.insert(operator.to_owned(), paid(&host, operator));
+    }
+    paid_by
+}
+
+/// Every acknowledged event is in the ledger, accepted exactly once; per customer, the ledger
+/// accepted them in the order they were sent; the owner's view pays what a single host pays.
+fn check_ledger(nats: &Nats, hosts: &HashMap<String, Host>, seen: &Seen, single: &BTreeMap<String, Paid>) {
+    for operator in OPERATORS {
+        let (outcomes, order) = committed(&ledger(nats, operator));
+        let sent: Vec<&Value> = seen.acknowledged.get(operator).into_iter().flatten().collect();
+        let sent_ids: HashSet<&str> = sent.iter().map(|event| event["id"].as_str().unwrap()).collect();
+        for id in &sent_ids {
+            let accepted = outcomes.get(*id).map_or(0, |all| all.iter().filter(|d| *d == "accepted").count());
+            assert_eq!(
+                accepted,
+                1,
+                "{operator}: event {id} is accepted {accepted} times in the ledger: {:?}",
+                outcomes.get(*id)
+            );
+        }
+        assert!(
+            order.iter().all(|id| sent_ids.contains(id.as_str())),
+            "{operator}: the ledger accepted an event never acknowledged"
+        );
+        let mut per_customer: HashMap<&str, Vec<&str>> = HashMap::new();
+        for id in &order {
+            per_customer.entry(id.rsplit_once('-').unwrap().0).or_default().push(id);
+        }
+        let mut sent_per_customer: HashMap<&str, Vec<&str>> = HashMap::new();
+        for event in &sent {
+            let id = event["id"].as_str().unwrap();
+            if !sent_per_customer.get(event["customer"].as_str().unwrap()).is_some_and(|ids| ids.contains(&id)) {
+                sent_per_customer.entry(event["customer"].as_str().unwrap()).or_default().push(id);
+            }
+        }
+        assert_eq!(per_customer, sent_per_customer, "{operator}: per-customer order");
+        let owner = owner(nats, operator);
+        assert_eq!(
+            paid(&hosts[&owner], operator),
+            single[operator],
+            "{operator}: the owner's commissions against a single host's"
+        );
+    }
+}
+
+#[test]
+fn killing_the_owner_of_a_busy_operator_mid_load_loses_nothing_acknowledged_and_pays_nothing_twice() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (nats, mut hosts) = cluster(dir.path());
+    let nodes: Vec<String> = hosts.values().map(|host| host.base.clone()).collect();
+    let victim = owner(&nats, "busy");
+    let host = hosts.remove(&victim).unwrap();
+    let mut killed_at = None;
+    let seen = load(nodes, 12, 60, || {
+        killed_at = Some(Instant::now());
+        host.kill();
+    });
+    println!(
+        "killed {victim} (owner of busy) mid-load; {} events acknowledged, {} 202s, {} 5xx, in {:?} after the kill",
+        seen.acknowledged.values().map(Vec::len).sum::<usize>(),
+        seen.pending,
+        seen.server_errors.len(),
+        killed_at.unwrap().elapsed()
+    );
+    let new_owner = owner(&nats, "busy");
+    assert_ne!(new_owner, victim, "another node owns the operator");
+    let single = single_node_run(dir.path(), &seen);
+    check_ledger(&nats, &hosts, &seen, &single);
+}
+
+/// The scenarios run one at a time: each is a cluster of six processes, on loopback.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Three NATS servers and three hosts named a, b and c, with the operators set up on each.
+fn cluster(dir: &Path) -> (Nats, HashMap<String, Host>) {
+    let nats = Nats::start(dir);
+    let hosts: HashMap<String, Host> =
+        ["a", "b", "c"].into_iter().map(|name| (name.to_owned(), node(dir, &nats, name))).collect();
+    for host in hosts.values() {
+        set_up(host);
+    }
+    (nats, hosts)
+}
+
+fn signal(host: &Host, signal: i32) {
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(host.pid() as i32, signal) }, 0, "signal {signal} to the host");
+}
+
+#[test]
+fn a_host_stopped_with_sigterm_hands_its_operators_over_with_no_5xx_to_retrying_clients() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (nats, mut hosts) = cluster(dir.path());
+    let nodes: Vec<String> = hosts.values().map(|host| host.base.clone()).collect();
+    let victim = owner(&nats, "busy");
+    let host = hosts.remove(&victim).unwrap();
+    let seen = load(nodes, 10, 40, || signal(&host, libc::SIGTERM));
+    assert!(seen.server_errors.is_empty(), "5xx seen by clients: {:?}", seen.server_errors);
+    assert!(host.wait_exit(), "the host exits 0 after SIGTERM");
+    let new_owner = owner(&nats, "busy");
+    assert_ne!(new_owner, victim, "another node owns the operator");
+    let single = single_node_run(dir.path(), &seen);
+    check_ledger(&nats, &hosts, &seen, &single);
+
+    // A node on an empty data directory, once the others have left, takes both operators and
+    // rebuilds its view from the ledger stream: the same commissions.
+    let fresh = node(dir.path(), &nats, "d");
+    set_up(&fresh);
+    for (_, host) in hosts.drain() {
+        signal(&host, libc::SIGTERM);
+        assert!(host.wait_exit(), "the host exits 0 after SIGTERM");
+    }
+    for operator in OPERATORS {
+        let started = Instant::now();
+        while owner(&nats, operator) != "d" {
+            assert!(started.elapsed() < Duration::from_secs(20), "the fresh node did not take {operator}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(paid(&fresh, operator), single[operator], "{operator}: the rebuilt node's commissions");
+    }
+}
+
+#[test]
+fn an_owner_paused_past_its_lease_writes_nothing_after_the_new_owner_took_over() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (nats, hosts) = cluster(dir.path());
+    let nodes: Vec<String> = hosts.values().map(|host| host.base.clone()).collect();
+    let victim = owner(&nats, "busy");
+    let paused = &hosts[&victim];
+    let lease = Duration::from_millis(LEASE_MS.parse().unwrap());
+    let seen = std::thread::scope(|scope| {
+        load(nodes, 14, 40, || {
+            signal(paused, libc::SIGSTOP);
+            scope.spawn(move || {
+                std::thread::sleep(lease * 3);
+                signal(paused, libc::SIGCONT);
+            });
+        })
+    });
+    // The paused node's work in hand, if any, meets the fence once it runs again.
+    std::thread::sleep(lease * 2);
+    let entries = ledger(&nats, "busy");
+    let tenures: Vec<(usize, &str)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| entry["kind"] == "takeover")
+        .map(|(place, entry)| (place, entry["node"].as_str().unwrap()))
+        .collect();
+    let first_of_victim = tenures.iter().position(|(_, node)| *node == victim).expect("the victim's tenure");
+    let (taken_over_at, new_owner) = *tenures[first_of_victim..]
+        .iter()
+        .find(|(_, node)| *node != victim)
+        .expect("another node took the operator over while the owner was paused");
+    let late: Vec<&Value> = entries[taken_over_at..].iter().filter(|entry| entry["node"] == victim.as_str()).collect();
+    assert!(late.is_empty(), "the paused owner wrote after {new_owner} took over: {late:?}");
+    let log = paused.log();
+    println!(
+        "{victim} paused; {new_owner} took over at entry {taken_over_at} of {}; the paused node's log says: {:?}",
+        entries.len(),
+        log.lines().filter(|line| line.contains("fenced") || line.contains("lost the lease")).collect::<Vec<_>>()
+    );
+    let single = single_node_run(dir.path(), &seen);
+    check_ledger(&nats, &hosts, &seen, &single);
+}
