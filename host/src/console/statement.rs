@@ -35,11 +35,12 @@ fn affiliate_statement(entry: &Value) -> Markup {
     html! {
         section aria-label=(format!("affiliate {}", text(&entry["affiliate"]))) {
             h2 { "Affiliate " (text(&entry["affiliate"])) }
-            p { "As closed, recomputed from the stored events: "
+            p {
                 @match entry["stored_at_close"].as_str() {
-                    Some("matches") => { "equal to the statement stored at the close." }
-                    Some("differs") => { strong { "differs from the statement stored at the close." } }
-                    _ => { "no statement was stored at the close." }
+                    Some("stored") => { "As closed: the statement stored at the close." }
+                    Some("matches") => { "As closed, recomputed from the ledger: equal to the statement stored at the close." }
+                    Some("differs") => { strong { "As closed, recomputed from the ledger: it differs from the statement stored at the close." } }
+                    _ => { "As closed, recomputed from the ledger: no statement was stored at the close." }
                 }
             }
             @if differs {
