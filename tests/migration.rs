@@ -91,7 +91,10 @@ fn answers(host: &Host, operator: &Operator, affiliates: &[&str], closed: &[&str
             pages(host, operator, &format!("/commissions?affiliate={affiliate}")),
         );
         for period in closed {
-            let (status, body) = host.get(operator, &format!("/periods/{period}/statement?affiliate={affiliate}"));
+            // `recompute=true`: the release that wrote the fixture recomputed the statement as
+            // closed from the ledger on every call; this one answers from storage unless asked.
+            let path = format!("/periods/{period}/statement?affiliate={affiliate}&recompute=true");
+            let (status, body) = host.get(operator, &path);
             read.insert(format!("statement {period} {affiliate}"), json!({"status": status.as_u16(), "body": body}));
         }
     }
@@ -118,7 +121,13 @@ fn answers(host: &Host, operator: &Operator, affiliates: &[&str], closed: &[&str
     }
     read.insert("periods".into(), host.get(operator, "/periods").1);
     read.insert("export".into(), export(host, operator));
-    read.insert("verify".into(), host.verify(operator));
+    let mut verify = host.verify(operator);
+    // A field added after the fixture's release (checkpoints, issue 15): nothing in it for a
+    // migrated ledger, whose months were closed before checkpoints were kept.
+    if let Some(differing) = verify.as_object_mut().and_then(|report| report.remove("checkpoints_differing")) {
+        assert_eq!(differing, json!([]), "checkpoints differ after the migration");
+    }
+    read.insert("verify".into(), verify);
     Value::Object(read)
 }
 
