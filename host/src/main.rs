@@ -199,16 +199,16 @@ fn main() -> anyhow::Result<ExitCode> {
                 anyhow::bail!("--state-quota-bytes must be at least 1 (leave it out for no quota)");
             }
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(serve(
+            runtime.block_on(serve(ServeConfig {
                 data,
                 listen,
-                demo.then_some(demo_plugin),
-                limits,
+                demo_plugin: demo.then_some(demo_plugin),
+                body_limits: limits,
                 connections,
                 scheduling,
-                !no_console,
+                console: !no_console,
                 cluster,
-            ))?;
+            }))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Openapi { write } => {
@@ -302,16 +302,21 @@ fn keep_data_private(data: &Path) -> anyhow::Result<()> {
 /// The shortest admin token taken: the admin routes are open to the network, and guessed at.
 const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
-async fn serve(
+/// What `serve` was asked for, once its flags are checked.
+struct ServeConfig {
     data: PathBuf,
     listen: SocketAddr,
     demo_plugin: Option<PathBuf>,
     body_limits: BodyLimits,
     connections: server::ConnectionLimits,
     scheduling: Scheduling,
+    /// Whether to serve the HTML console and affiliate portal under /console/.
     console: bool,
     cluster: Option<ClusterConfig>,
-) -> anyhow::Result<()> {
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let ServeConfig { data, listen, demo_plugin, body_limits, connections, scheduling, console, cluster } = config;
     let admin_token = match std::env::var("COMMISSION_HOST_ADMIN_TOKEN") {
         Ok(token) if token.chars().count() >= MIN_ADMIN_TOKEN_CHARS => token,
         Ok(_) => {
