@@ -445,7 +445,7 @@ impl Store {
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::super::tests::deposit;
+    use super::super::tests::{cpa_of_ten, deposit};
     use super::*;
 
     /// Every key of every tree, with its value: (tree, key) -> value.
@@ -475,28 +475,7 @@ mod tests {
 
     fn paying(id: &str, customer: &str, affiliates: &[&str]) -> EventCommit {
         let mut event = deposit(id, customer, &format!("customer:{customer}"));
-        event.commissions = affiliates
-            .iter()
-            .map(|affiliate| CommissionRecord {
-                id: String::new(),
-                event_id: id.into(),
-                affiliate: (*affiliate).into(),
-                customer: customer.into(),
-                amount: rust_decimal::Decimal::TEN,
-                currency: "USD".into(),
-                rule: "cpa".into(),
-                explanation: "cpa".into(),
-                plugin_version: 1,
-                occurred_at: 0,
-                created_at: 0,
-                reverses: None,
-                fx_rate: None,
-                version_reason: String::new(),
-                hold_until: None,
-                restates: None,
-                unrounded_amount: None,
-            })
-            .collect();
+        event.commissions = affiliates.iter().map(|affiliate| cpa_of_ten(id, affiliate, customer)).collect();
         event
     }
 

@@ -508,6 +508,29 @@ mod tests {
     use super::*;
     use crate::store::records::{EventRecord, EventStatus, StoredEvent};
 
+    /// A CPA of 10 USD paid to `affiliate` for `customer`'s event `event_id`.
+    pub(super) fn cpa_of_ten(event_id: &str, affiliate: &str, customer: &str) -> CommissionRecord {
+        CommissionRecord {
+            id: String::new(),
+            event_id: event_id.into(),
+            affiliate: affiliate.into(),
+            customer: customer.into(),
+            amount: rust_decimal::Decimal::TEN,
+            currency: "USD".into(),
+            rule: "cpa".into(),
+            explanation: "cpa".into(),
+            plugin_version: 1,
+            occurred_at: 0,
+            created_at: 0,
+            reverses: None,
+            fx_rate: None,
+            version_reason: String::new(),
+            hold_until: None,
+            restates: None,
+            unrounded_amount: None,
+        }
+    }
+
     /// A deposit of `customer` that read `read` as absent and writes it; no commissions.
     pub(super) fn deposit(id: &str, customer: &str, read: &str) -> EventCommit {
         EventCommit {
@@ -640,25 +663,7 @@ mod tests {
         let directory = tempfile::tempdir().expect("a temporary directory");
         let store = Store::open(directory.path()).expect("sled opens");
         let mut paid = deposit("d1", "c1", "customer:c1");
-        let commission = CommissionRecord {
-            id: String::new(),
-            event_id: "d1".into(),
-            affiliate: "aff".into(),
-            customer: "c1".into(),
-            amount: rust_decimal::Decimal::TEN,
-            currency: "USD".into(),
-            rule: "cpa".into(),
-            explanation: "cpa".into(),
-            plugin_version: 1,
-            occurred_at: 0,
-            created_at: 0,
-            reverses: None,
-            fx_rate: None,
-            version_reason: String::new(),
-            hold_until: None,
-            restates: None,
-            unrounded_amount: None,
-        };
+        let commission = cpa_of_ten("d1", "aff", "c1");
         paid.commissions = vec![commission.clone()];
         let cpa = committed(&store.commit_events(&[paid]).unwrap()[0]).commission_ids[0].clone();
 
