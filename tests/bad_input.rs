@@ -3,7 +3,7 @@
 //! connections. Each gets a clear 4xx (JSON naming the field and the problem) or, for the
 //! slow and the idle, a timeout; the host stays up, within a memory bound, and writes nothing.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -3,7 +3,7 @@
 //! by one pay the same, and batches racing on state shared by their customers count each
 //! customer once.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

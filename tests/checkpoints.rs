@@ -6,7 +6,7 @@
 //! altered on disk (the host falls back on a replay, and verify names the altered one); under
 //! concurrent load; and the late deposit dated before a customer's first on a hybrid deal.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

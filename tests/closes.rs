@@ -5,7 +5,7 @@
 //! 1970 or before anything of the operator's cannot be closed. Amounts are worked by hand, and
 //! in the property test from the events the host accepted.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -4,7 +4,7 @@
 //!
 //! Needs Debian's `nats-server` (2.9.10): `apt-get install -y nats-server` (`.ci/run` does).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;

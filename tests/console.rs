@@ -13,7 +13,7 @@
 //!
 //! Without chromedriver the test fails, saying to install `chromium-driver`.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -11,7 +11,7 @@
 //! `CRASH_LOOP_CYCLES` sets the number of kills (20 by default; more for a nightly run) and
 //! `CRASH_LOOP_SEED` replays a printed draw.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -8,7 +8,7 @@
 //! Mounting needs root (CI runs as root); elsewhere the test says why it skips. A second test
 //! takes the same path anywhere, with a file-size limit in place of a full disk.
 
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

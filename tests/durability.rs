@@ -1,7 +1,7 @@
 //! An acknowledged event is on disk: kill the host (SIGKILL, no shutdown) right after it
 //! answered, start it again on the same directory, and everything is there, exactly once.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 //! `plugin new` writes the crate, its `cargo test` passes, `plugin build` makes the component,
 //! and `plugin test` passes its fixtures through it.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Events in over HTTP, the operator's plugin decides, commissions out: the core path, end to
 //! end, with amounts worked out by hand from the deal terms.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 //! policy, taken as received under `as_received` (with multi-event), and explained line by
 //! line in the period statement.
 
-mod common;
+use crate::common;
 
 use common::{Host, Operator, amount, answer, data_dir, dec, paid};
 use reqwest::StatusCode;

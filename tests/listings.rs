@@ -3,7 +3,7 @@
 //! another client writes; and the commissions listing and a period statement as CSV, which
 //! parse back (RFC 4180 quoting of commas and quotes) to the JSON's values row for row.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

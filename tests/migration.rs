@@ -5,9 +5,9 @@
 //!
 //! The fixture (`tests/fixtures/format-1.tar.xz` and `format-1-answers.json`) was written by
 //! that release through [`record_the_fixture`] (ignored: it is run once, by hand, on the old
-//! release, with `cargo test --release --test migration -- --ignored`).
+//! release, with `cargo test --release --test suites -- migration:: --ignored`).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

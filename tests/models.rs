@@ -2,7 +2,7 @@
 //! guide: RevShare with and without negative carryover over closed months, a hybrid deal,
 //! clawbacks that reference what they reverse, and a plugin built against the old contract.
 
-mod common;
+use crate::common;
 
 use common::{Host, Operator, amount, answer, data_dir, dec, paid, plugin_wasm};
 use reqwest::StatusCode;

@@ -4,7 +4,7 @@
 //! three-level tree, prop-trading challenges. Every
 //! amount below is worked out by hand in the comments beside it.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

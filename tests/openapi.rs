@@ -5,7 +5,7 @@
 //! ones. schemathesis is used from PATH when there, otherwise installed with pip into
 //! `target/python-tools` (as the Python plugin's test installs componentize-py).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,7 +5,7 @@
 //! negative balance into the next month. And the affiliate keys: what one opens, and that
 //! another affiliate's lines and the operator's routes stay shut to it.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -2,7 +2,7 @@
 //! a rate per operator, credentials rotated without downtime, uploads refused before they can
 //! hurt, and activation that never mixes two versions in one event.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

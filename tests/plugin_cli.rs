@@ -2,7 +2,7 @@
 //! good and wrong fixtures, `plugin check`, `plugin trace`, `plugin upload`, and the fixture
 //! runner's agreement with the server itself.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -11,7 +11,7 @@
 //! and RevShare, each once sent concurrently and once one by one. `PROPTEST_CASES` sets the
 //! number of cases (128 by default).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,7 +1,7 @@
 //! Replays that write nothing: verify reproduces the ledger from the stored events, and a
 //! backtest shows what another plugin version would have paid, worked out here by hand.
 
-mod common;
+use crate::common;
 
 use common::{Host, data_dir, dec, plugin_wasm};
 use reqwest::StatusCode;

@@ -8,7 +8,7 @@
 //! - totals of amounts near the decimal's maximum are a clear 422, never a 500, and the host
 //!   keeps serving.
 
-mod common;
+use crate::common;
 
 use common::{Host, Operator, answer, data_dir, dec, paid};
 use reqwest::StatusCode;

@@ -3,7 +3,7 @@
 //! currency and the rounding of amounts to minor units; and the multi-event plugin clawing back
 //! what it paid, whatever the deal says by the time of the chargeback. Amounts worked by hand.
 
-mod common;
+use crate::common;
 
 use common::{Host, Operator, amount, data_dir, dec, paid};
 use reqwest::StatusCode;

@@ -2,7 +2,7 @@
 //! for customers who start from then, decided at the boundary to the millisecond, with the
 //! reason recorded on each commission, and nothing recorded before ever changed.
 
-mod common;
+use crate::common;
 
 use common::{Host, Operator, answer, data_dir, dec, paid, plugin_wasm};
 use reqwest::StatusCode;

@@ -1,7 +1,7 @@
 //! An operator's plugin is untrusted code: whatever it does, the event is kept, the reason is
 //! recorded, and the host and other operators carry on.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

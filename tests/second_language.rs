@@ -7,7 +7,7 @@
 //! `target/python-tools` (CI installs it first, see `.ci/run`). Run with `--nocapture` to see
 //! the measured size, compile and per-event figures the README quotes.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! And what an outside probe found (issue 20): slow bodies, credentials cut off early, operator
 //! ids told apart, guessing, a readable data directory.
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};

@@ -3,7 +3,7 @@
 //! refuses what does not fit and loses nothing it took, and a thousand operators do not mean a
 //! thousand threads.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! its writes are refused with a 403 `quota_exceeded`, nothing half-written, while the other
 //! operators go on.
 
-mod common;
+use crate::common;
 
 use common::{ADMIN_TOKEN, Host, Operator, answer, assert_verifies, data_dir, dec};
 use reqwest::StatusCode;

@@ -2,7 +2,7 @@
 //! as resumable jobs, the `import` command, and an export that an empty host imports into the
 //! same ledger.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
