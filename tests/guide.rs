@@ -78,5 +78,5 @@ fn the_plugin_authors_guide_runs_as_written() {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}\n--- stderr\n{stderr}");
     }
     assert!(stdout.contains("built ") && stdout.contains("my_deal.wasm"), "{stdout}");
-    assert!(stdout.contains("test result: ok. 2 passed"), "the template's native tests: {stdout}");
+    assert!(stdout.contains("test result: ok. 3 passed"), "the template's native tests: {stdout}");
 }

@@ -518,7 +518,7 @@ fn each_reference_plugins_fixtures_pass_through_plugin_test() {
     let binary = Path::new(env!("CARGO_BIN_EXE_commission-host"));
     let components = binary.parent().unwrap().parent().unwrap().join("wasm32-wasip2/plugin");
     let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for (plugin, steps) in [("cpa", 32), ("milestones", 10), ("forex-ib", 8), ("prop-challenge", 12)] {
+    for (plugin, steps) in [("cpa", 32), ("milestones", 11), ("forex-ib", 8), ("prop-challenge", 12)] {
         let fixtures = repository.join(format!("plugins/{plugin}/fixtures/{plugin}.ndjson"));
         let output = Command::new(binary)
             .args(["plugin", "test"])

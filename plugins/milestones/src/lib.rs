@@ -68,6 +68,12 @@ impl Plugin for Milestones {
             }
             "deposit" => {
                 let amount = event.amount.ok_or_else(|| Error::new("a deposit without an amount"))?;
+                // No money in (0, negative, or an FX conversion that rounded to 0) is no deposit:
+                // it neither reaches a `deposit` step nor counts towards `deposits`.
+                if amount <= Decimal::ZERO {
+                    info!("deposit of {amount}: no money in, no milestone");
+                    return Ok(vec![]);
+                }
                 state::add_decimal(&customer_key(customer, "deposits"), amount)?;
             }
             _ => {}

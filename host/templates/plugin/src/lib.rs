@@ -1,7 +1,8 @@
 //! {{name}}: an operator's commission rules, as a commission-host plugin.
 //!
 //! The template pays a CPA on each customer's first deposit, once per customer, from the deal
-//! term `ftd_cpa` (default 10) and only from `ftd_min_deposit` (default 0). Change `evaluate` to
+//! term `ftd_cpa` (default 10), for a deposit of more than 0 and at least `ftd_min_deposit`
+//! (default 0). Change `evaluate` to
 //! the operator's deal; the SDK's `models` docs have an example per commission model.
 
 use commission_plugin_sdk::prelude::*;
@@ -17,7 +18,9 @@ impl Plugin for Rules {
         let affiliate = context.affiliate();
         let amount = event.amount.ok_or_else(|| Error::new("a deposit without an amount"))?;
         let minimum = affiliate.deal.decimal_or("ftd_min_deposit", Decimal::ZERO)?;
-        if amount < minimum {
+        // No money in (0, negative, or an FX conversion that rounded to 0) is no first deposit,
+        // whatever the minimum says.
+        if amount <= Decimal::ZERO || amount < minimum {
             info!(
                 "deposit {amount} is below ftd_min_deposit {minimum}: not a qualifying first deposit"
             );
@@ -56,6 +59,19 @@ mod tests {
             ["aff1 25 ftd-cpa"]
         );
         assert_eq!(Rules::evaluate(&deposit("d-2"), &context).unwrap(), []);
+    }
+
+    #[test]
+    fn a_deposit_of_nothing_is_no_first_deposit() {
+        testing::reset();
+        let context = testing::context("acme", "USD", [testing::affiliate("aff1", &[])]);
+        let deposit = |id, amount| Event::new(id, "deposit", "c1", 0).with_amount(amount, "USD");
+        assert_eq!(Rules::evaluate(&deposit("d-0", Decimal::ZERO), &context).unwrap(), []);
+        assert_eq!(Rules::evaluate(&deposit("d-1", Decimal::from(-5)), &context).unwrap(), []);
+        assert_eq!(
+            testing::paid(&Rules::evaluate(&deposit("d-2", Decimal::ONE), &context).unwrap()),
+            ["aff1 10 ftd-cpa"]
+        );
     }
 
     /// The same file `commission-host plugin test` runs through the built component.
