@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::sequencer::{Ingest, TurnReport};
+use super::sequencer::{Ingest, TurnReport, TurnSlot};
 use super::state_cache::StateCache;
 use super::{EventOutcome, IngestError, Pipeline, Prepared};
 use crate::committer::{CommitError, MAX_GROUP};
@@ -171,10 +171,12 @@ pub(super) struct Group<'a> {
     deadline: Instant,
     /// That request, and its events not evaluated yet.
     sliced: Option<(usize, VecDeque<(usize, IncomingEvent)>)>,
+    /// The turn's evaluation slot, given back before the last commit ([`TurnSlot`]).
+    slot: TurnSlot,
 }
 
 impl Pipeline {
-    pub(super) fn group(&self, operator: &str, deadline: Instant) -> Group<'_> {
+    pub(super) fn group(&self, operator: &str, deadline: Instant, slot: TurnSlot) -> Group<'_> {
         Group {
             pipeline: self,
             operator: operator.to_owned(),
@@ -184,6 +186,7 @@ impl Pipeline {
             requests: Vec::new(),
             deadline,
             sliced: None,
+            slot,
         }
     }
 }
@@ -321,6 +324,7 @@ impl Group<'_> {
         if self.requests[request].error.is_some() {
             return Ok(());
         }
+        self.slot.hold();
         let started = Instant::now();
         let received_at = self.requests[request].received_at;
         let outcome = self.pipeline.evaluate_and_commit(operator, event, content_sha256, received_at, None)?;
@@ -403,6 +407,8 @@ impl Group<'_> {
     /// Commits what is left and answers every request of the turn but one the slice ended in,
     /// which is returned, to go on in the operator's next turn.
     pub(super) fn finish(mut self, report: &mut TurnReport) -> Option<Resume> {
+        // Its evaluations are done: another operator's turn evaluates while this one commits.
+        self.slot.release();
         self.commit(report);
         let mut sliced = self.sliced.take();
         let mut resume = None;

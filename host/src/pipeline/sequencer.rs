@@ -25,8 +25,12 @@
 //! blocking thread, and needs one of [`Scheduling::evaluation_threads`] slots of a semaphore
 //! shared by every operator; tokio's semaphore is FIFO, so busy operators take turns. A turn
 //! ends after [`TIME_SLICE`] or [`MAX_GROUP`] events, whichever comes first, and gives its slot
-//! back: 1,000 busy operators share the slots, not 1,000 threads. A request still evaluating at
-//! the end of the slice (a batch of a thousand events) is cut there: what it evaluated is
+//! back: 1,000 busy operators share the slots, not 1,000 threads. A turn gives its slot back
+//! once its evaluations are done, before its last group commits ([`TurnSlot`]): the commit
+//! runs beside the next operator's evaluations instead of holding a slot idle. The turn's
+//! thread still waits for that commit, so the operator's next turn evaluates over it; the
+//! threads so waiting are at most one per operator, and one group commit answers them all.
+//! A request still evaluating at the end of the slice (a batch of a thousand events) is cut there: what it evaluated is
 //! committed, and the rest goes back to the front of the operator's queue, so other operators
 //! take their turns meanwhile and nothing of this operator's runs before it is done; its answer
 //! still waits for all its events, and says what each did, as a batch's answer always has. An operator whose evaluations
@@ -337,13 +341,13 @@ impl Pipeline {
             }
             let permit = self.sequencers.threads.clone().acquire_owned().await.expect("the semaphore is never closed");
             self.metrics.sequencer_turns.get_or_create(&labels).inc();
-            let slot = InFlight::new(self.metrics.clone(), permit, true);
+            let slot = TurnSlot {
+                threads: self.sequencers.threads.clone(),
+                metrics: self.metrics.clone(),
+                held: Some(InFlight::new(self.metrics.clone(), permit, true)),
+            };
             let (pipeline, turn_queue) = (self.clone(), queue.clone());
-            let turn = tokio::task::spawn_blocking(move || {
-                let _slot = slot;
-                pipeline.turn(&turn_queue)
-            })
-            .await;
+            let turn = tokio::task::spawn_blocking(move || pipeline.turn(&turn_queue, slot)).await;
             match turn {
                 Ok(report) => {
                     let mut state = queue.state();
@@ -359,7 +363,7 @@ impl Pipeline {
     /// the time slice or the group is full. A request still evaluating at the end of the slice
     /// (a large batch) goes on in the operator's next turn, so that other operators get theirs
     /// meanwhile; its answer waits for all its events, as ever.
-    fn turn(&self, queue: &Queue) -> TurnReport {
+    fn turn(&self, queue: &Queue, slot: TurnSlot) -> TurnReport {
         let started = Instant::now();
         let mut report = TurnReport::default();
         let mut group = match queue.pop(false, &self.metrics) {
@@ -377,12 +381,12 @@ impl Pipeline {
                 return report;
             }
             Some(Job::Resume(resume)) => {
-                let mut group = self.group(&queue.operator, started + TIME_SLICE);
+                let mut group = self.group(&queue.operator, started + TIME_SLICE, slot);
                 group.resume(resume, &mut report);
                 group
             }
             Some(Job::Ingest(first)) => {
-                let mut group = self.group(&queue.operator, started + TIME_SLICE);
+                let mut group = self.group(&queue.operator, started + TIME_SLICE, slot);
                 group.add(self.current_ingest(first), &mut report);
                 group
             }
@@ -420,6 +424,35 @@ impl Pipeline {
     pub async fn replay_slots(&self) -> EvaluationSlots {
         let permit = self.sequencers.replays.clone().acquire_owned().await.expect("the semaphore is never closed");
         EvaluationSlots { _slot: InFlight::new(self.metrics.clone(), permit, false) }
+    }
+}
+
+/// A turn's evaluation slot. The turn gives it back once its evaluations are done, before its
+/// last group's commit: while that commits (and the turn's thread waits for it, so that the
+/// operator's next turn sees it committed), another operator's turn evaluates in the slot. An
+/// event the commit sends back to be evaluated again (a guard: with one writer per operator the
+/// store never finds what it read changed) takes a slot again first.
+pub(super) struct TurnSlot {
+    threads: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    held: Option<InFlight>,
+}
+
+impl TurnSlot {
+    /// Gives the slot back: the turn evaluates nothing more unless it takes one again.
+    pub(super) fn release(&mut self) {
+        self.held = None;
+    }
+
+    /// Holds a slot, waiting for one if the turn gave its own back. On the turn's blocking
+    /// thread, so it may block.
+    pub(super) fn hold(&mut self) {
+        if self.held.is_none() {
+            let permit = tokio::runtime::Handle::current()
+                .block_on(self.threads.clone().acquire_owned())
+                .expect("the semaphore is never closed");
+            self.held = Some(InFlight::new(self.metrics.clone(), permit, true));
+        }
     }
 }
 

@@ -12,8 +12,10 @@
 //! and the stored-bytes count. The format before (1) also kept each event's place in the order and
 //! each commission in trees of their own; [`super::migrate`] converts it.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
+use serde::Serialize;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
@@ -84,8 +86,8 @@ struct PreparedCommit<'a> {
     commit: &'a EventCommit,
     event_key: Vec<u8>,
     /// The record as stored, its chain referencing deal versions; `seq` and `commission_ids`
-    /// are set by the transaction.
-    stored: EventRecord<StoredLink>,
+    /// are set in place by the transaction (each time it runs), which so copies no record.
+    stored: RefCell<EventRecord<StoredLink>>,
     /// The deal versions the chain references, each once: (key, JSON).
     deals: Vec<(Vec<u8>, Vec<u8>)>,
     binding: Option<(Vec<u8>, Vec<u8>)>,
@@ -93,6 +95,14 @@ struct PreparedCommit<'a> {
     writes: Vec<(Vec<u8>, &'a Option<Vec<u8>>)>,
     /// For each commission that claws another back, the reversed commission's keys.
     reversed: Vec<Option<ReversedKeys>>,
+}
+
+/// A [`LedgerEntry`] as written, borrowing what it holds: the same JSON, without a copy of the
+/// record and its commissions per event inside the transaction (which holds sled's lock).
+#[derive(Serialize)]
+struct LedgerEntryRef<'a> {
+    record: &'a EventRecord<StoredLink>,
+    commissions: &'a [CommissionRecord],
 }
 
 /// Where a reversed commission is kept.
@@ -127,7 +137,7 @@ impl<'a> PreparedCommit<'a> {
         Self {
             commit,
             event_key: key(&commit.record.event.id),
-            stored,
+            stored: RefCell::new(stored),
             deals,
             binding: commit.new_binding.as_ref().map(|binding| (key(&commit.record.event.customer), to_json(binding))),
             reads: commit.state_reads.iter().map(|(name, value)| (key(name), value)).collect(),
@@ -226,10 +236,12 @@ impl LedgerTx<'_> {
             })
             .collect();
         let commission_ids: Vec<String> = commissions.iter().map(|commission| commission.id.clone()).collect();
-        let stored = to_json(&LedgerEntry {
-            record: EventRecord { seq, commission_ids: commission_ids.clone(), ..prepared.stored.clone() },
-            commissions: commissions.clone(),
-        });
+        let stored = {
+            let mut record = prepared.stored.borrow_mut();
+            record.seq = seq;
+            record.commission_ids.clone_from(&commission_ids);
+            to_json(&LedgerEntryRef { record: &record, commissions: &commissions })
+        };
         let ledger_key = keys::sequence(operator, seq);
         // Commissions by affiliate: the commission's position, which names its event's record.
         let by_affiliate: Vec<(Vec<u8>, Vec<u8>)> = commissions
