@@ -1,0 +1,68 @@
+//! Shadow mode's own trees: a shadow version's state, results and progress through the ledger,
+//! apart from the live ledger, so a shadow can never change what is paid.
+
+use std::collections::BTreeMap;
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use super::records::ShadowResult;
+use super::{Store, StoreError, decode, keys, to_json};
+
+impl Store {
+    /// How far shadow `version` of the operator has gone through the ledger (0: not started).
+    pub fn shadow_progress(&self, operator: &str, version: u32) -> Result<u64, StoreError> {
+        Ok(self
+            .shadow_progress
+            .get(keys::plugin(operator, version))?
+            .and_then(|seq| seq.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    pub fn shadow_state_value(&self, operator: &str, version: u32, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = keys::key(operator, &[&version.to_be_bytes(), key.as_bytes()]);
+        Ok(self.shadow_state.get(key)?.map(|value| value.to_vec()))
+    }
+
+    /// Records a shadow result with its state writes and progress, together. Shadow mode has one
+    /// writer per (operator, version), so nothing here can conflict.
+    pub fn commit_shadow(
+        &self,
+        operator: &str,
+        version: u32,
+        result: &ShadowResult,
+        state_writes: &BTreeMap<String, Option<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
+        let progress_key = keys::plugin(operator, version);
+        let result_key = keys::key(operator, &[&version.to_be_bytes(), &result.seq.to_be_bytes()]);
+        let result_value = to_json(result);
+        let writes: Vec<(Vec<u8>, &Option<Vec<u8>>)> = state_writes
+            .iter()
+            .map(|(key, value)| (keys::key(operator, &[&version.to_be_bytes(), key.as_bytes()]), value))
+            .collect();
+        (&self.shadow_state, &self.shadow_results, &self.shadow_progress)
+            .transaction(|(state, results, progress)| {
+                for (key, value) in &writes {
+                    match value {
+                        Some(value) => state.insert(key.as_slice(), value.as_slice())?,
+                        None => state.remove(key.as_slice())?,
+                    };
+                }
+                results.insert(result_key.as_slice(), result_value.as_slice())?;
+                progress.insert(progress_key.as_slice(), result.seq.to_be_bytes().as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|error| match error {
+                TransactionError::Storage(error) => StoreError::Sled(error),
+                TransactionError::Abort(()) => unreachable!("the shadow transaction never aborts"),
+            })
+    }
+
+    /// Every result of shadow `version`, in ledger order.
+    pub fn shadow_results(&self, operator: &str, version: u32) -> Result<Vec<ShadowResult>, StoreError> {
+        self.shadow_results
+            .scan_prefix(keys::key(operator, &[&version.to_be_bytes()]))
+            .map(|entry| decode("shadow_results", &entry?.1))
+            .collect()
+    }
+}
