@@ -576,7 +576,8 @@ pub async fn put_limits(
         return Err(ApiError::fields("invalid_limits", problems));
     }
     // In the operator's turn: its events queued before are evaluated under the limits before.
-    let record = state.pipeline.store().operator(&op)?.ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
+    let record =
+        state.pipeline.store().operator(&op)?.ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
     changed(&state, &record, Command::Limits { limits }, &format!("no operator {op:?}")).await?;
     durable(&state).await?;
     let effective = effective_limits(state.pipeline.sandbox_limits(), &limits);

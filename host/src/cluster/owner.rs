@@ -250,7 +250,9 @@ impl Cluster {
                         let events: Vec<IncomingEvent> = request.events.into_iter().map(Into::into).collect();
                         match self.pipeline.sequence_events(&record, events, request.received_at) {
                             Ok(answered) => Box::pin(answered.map(Answer::from)),
-                            Err(error) => Box::pin(std::future::ready(Answer::from(Err::<Vec<EventOutcome>, _>(error)))),
+                            Err(error) => {
+                                Box::pin(std::future::ready(Answer::from(Err::<Vec<EventOutcome>, _>(error))))
+                            }
                         }
                     }
                 };

@@ -22,15 +22,25 @@ use crate::store::records::{DatedActivation, LateEventPolicy, OperatorLimits, Op
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     /// Settle a month (`YYYY-MM`) for every affiliate.
-    Close { period: String },
+    Close {
+        period: String,
+    },
     /// Evaluate the failed events again with the active plugin.
     RetryFailed,
     /// Make a plugin version evaluate every event from here on.
-    Activate { version: u32 },
+    Activate {
+        version: u32,
+    },
     /// Make a plugin version evaluate the events from a date.
-    ActivateDated { activation: DatedActivation },
-    Settings { late_events: LateEventPolicy },
-    Limits { limits: OperatorLimits },
+    ActivateDated {
+        activation: DatedActivation,
+    },
+    Settings {
+        late_events: LateEventPolicy,
+    },
+    Limits {
+        limits: OperatorLimits,
+    },
 }
 
 /// What a command did.

@@ -32,8 +32,8 @@ mod period;
 mod sequencer;
 mod state_cache;
 
-pub use command::{Command, Commanded, Done};
 pub use checks::{FindReversed, ROUNDING, ReversedCommission, checked_commissions, to_minor_units};
+pub use command::{Command, Commanded, Done};
 pub use evaluate::effective_limits;
 pub(crate) use evaluate::{Evaluated, Run};
 pub(crate) use period::settlement_period;
