@@ -32,6 +32,8 @@ use crate::store::records::{CredentialKind, EventRecord, OperatorRecord};
         (status = 200, description = "each event's outcome", body = WebhookAnswer),
         (status = 403, description = "`quota_exceeded`: the operator is at its quota of stored bytes", body = ErrorSchema),
         (status = 409, description = "an event id already used with other content", body = IdConflict),
+        (status = 202, description = "`pending`, with `--cluster` only: the events are durable in the cluster's log, but the operator's owner had not committed them within `--cluster-answer-secs`; the message names each event's URL. Read them there or send the request again (`duplicate` once committed)", body = ErrorSchema),
+        (status = 503, description = "`log_unavailable`, with `--cluster` only: the cluster's log did not take the events; nothing was acknowledged. Retry after `Retry-After`", body = ErrorSchema),
     )
 )]
 pub async fn webhook(
@@ -86,6 +88,8 @@ pub async fn webhook(
         (status = 200, description = "the event's outcome", body = EventOutcomeView),
         (status = 403, description = "`quota_exceeded`", body = ErrorSchema),
         (status = 409, description = "the id was already used with other content", body = IdConflict),
+        (status = 202, description = "`pending`, with `--cluster` only: the events are durable in the cluster's log, but the operator's owner had not committed them within `--cluster-answer-secs`; the message names each event's URL. Read them there or send the request again (`duplicate` once committed)", body = ErrorSchema),
+        (status = 503, description = "`log_unavailable`, with `--cluster` only: the cluster's log did not take the events; nothing was acknowledged. Retry after `Retry-After`", body = ErrorSchema),
     )
 )]
 pub async fn postback(
@@ -123,6 +127,8 @@ pub async fn postback(
     responses(
         (status = 200, description = "each affiliate's settlement", body = PeriodClosed),
         (status = 409, description = "an event id conflict while settling", body = ErrorSchema),
+        (status = 202, description = "`pending`, with `--cluster` only: the command is durable in the cluster's log, but the operator's owner had not run it within `--cluster-answer-secs`; it will. Sending it again changes nothing twice", body = ErrorSchema),
+        (status = 503, description = "`log_unavailable`, with `--cluster` only: the cluster's log did not take the command; nothing was done. Retry after `Retry-After`", body = ErrorSchema),
     )
 )]
 pub async fn close_period(
@@ -154,7 +160,11 @@ pub async fn close_period(
     tag = "events",
     security(("operator_key" = []), ("admin_token" = [])),
     params(("op" = String, Path)),
-    responses((status = 200, description = "what the retry did", body = crate::pipeline::RetryReport))
+    responses(
+        (status = 200, description = "what the retry did", body = crate::pipeline::RetryReport),
+        (status = 202, description = "`pending`, with `--cluster` only: the command is durable in the cluster's log, but the operator's owner had not run it within `--cluster-answer-secs`; it will. Sending it again changes nothing twice", body = ErrorSchema),
+        (status = 503, description = "`log_unavailable`, with `--cluster` only: the cluster's log did not take the command; nothing was done. Retry after `Retry-After`", body = ErrorSchema),
+    )
 )]
 pub async fn retry_failed(
     State(state): State<Arc<AppState>>,
@@ -234,6 +244,14 @@ pub(super) fn ingest_error(error: IngestError) -> ApiError {
         IngestError::QueueFull { operator, queued, capacity } => ApiError::queue_full(&operator, queued, capacity),
         IngestError::NotDurable(error) => ApiError::unavailable(error),
         // The cluster's answer past its deadline: the events are durable, not yet committed.
+        IngestError::Pending { operator, events } if events.is_empty() => ApiError::new(
+            StatusCode::ACCEPTED,
+            "pending",
+            format!(
+                "the cluster's log holds the command durably, but operator {operator:?}'s owner had not run it within \
+                 the answer's deadline; it will. Sending it again changes nothing twice"
+            ),
+        ),
         IngestError::Pending { operator, events } => ApiError::new(
             StatusCode::ACCEPTED,
             "pending",
@@ -247,7 +265,7 @@ pub(super) fn ingest_error(error: IngestError) -> ApiError {
         IngestError::LogUnavailable(problem) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "log_unavailable",
-            format!("the cluster's log did not take the events ({problem}); nothing was acknowledged, retry later"),
+            format!("the cluster's log did not take the request ({problem}); nothing was acknowledged, retry later"),
         )
         .with_retry_after(std::time::Duration::from_secs(1)),
         IngestError::Overflow(error) => super::replay::overflow_error(&error),

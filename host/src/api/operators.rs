@@ -18,7 +18,7 @@ use super::{ApiError, AppState, auth, read_body};
 use crate::event::{
     FieldError, UniqueKeys, affiliate_id_problem, format_time, now_ms, parse_amount, parse_time, query_pairs,
 };
-use crate::pipeline::{MAX_CHAIN_DEPTH, effective_limits};
+use crate::pipeline::{Command, Done, MAX_CHAIN_DEPTH, effective_limits};
 use crate::sandbox;
 use crate::secrets::{OperatorCredentials, sha256_hex};
 use crate::store::records::{
@@ -236,7 +236,11 @@ fn events_scope() -> ActivationScope {
     security(("operator_key" = []), ("admin_token" = [])),
     params(("op" = String, Path), ("version" = u32, Path, description = "a plugin version number")),
     request_body(content = Option<DatedActivationBody>, description = "none: from now on, for every event"),
-    responses((status = 200, description = "activated", body = Activated))
+    responses(
+        (status = 200, description = "activated", body = Activated),
+        (status = 202, description = "`pending`, with `--cluster` only: the change is durable in the cluster's log, but the operator's owner had not applied it within `--cluster-answer-secs`; it will. Sending it again changes nothing twice", body = ErrorSchema),
+        (status = 503, description = "`log_unavailable`, with `--cluster` only: the cluster's log did not take the change; nothing was done. Retry after `Retry-After`", body = ErrorSchema),
+    )
 )]
 pub async fn activate_plugin(
     State(state): State<Arc<AppState>>,
@@ -271,15 +275,8 @@ pub async fn activate_plugin(
         activated_at: now_ms(),
     };
     load(&state, &operator.id, version).await?;
-    let (owned, dated) = (operator.id.clone(), activation.clone());
-    state
-        .pipeline
-        .in_order(&operator.id, move |pipeline| {
-            pipeline.store().update_operator(&owned, |record| record.dated_activations.push(dated.clone()))
-        })
-        .await
-        .map_err(super::events::ingest_error)??
-        .ok_or_else(|| ApiError::not_found("operator vanished"))?;
+    let dated = Command::ActivateDated { activation: activation.clone() };
+    changed(&state, &operator, dated, "operator vanished").await?;
     durable(&state).await?;
     tracing::info!(operator = %operator.id, version, ?activation, "plugin activated from a date");
     Ok(Json(Activated::Dated {
@@ -317,17 +314,20 @@ pub(super) fn existing_version(state: &AppState, operator: &str, version: &str) 
 pub(super) async fn set_active(state: &AppState, operator: &str, version: u32) -> Result<(), ApiError> {
     load(state, operator, version).await?;
     // In the operator's turn: the events queued before it are evaluated by the version before.
-    let owned = operator.to_owned();
-    state
-        .pipeline
-        .in_order(operator, move |pipeline| {
-            pipeline.store().update_operator(&owned, |record| record.active_plugin = Some(version))
-        })
-        .await
-        .map_err(super::events::ingest_error)??
-        .ok_or_else(|| ApiError::not_found("operator vanished"))?;
+    let record = state.pipeline.store().operator(operator)?.ok_or_else(|| ApiError::not_found("operator vanished"))?;
+    changed(state, &record, Command::Activate { version }, "operator vanished").await?;
     tracing::info!(operator, version, "plugin activated");
     Ok(())
+}
+
+/// Runs a change of the operator's record in its order (in a cluster, through its log); a 404
+/// saying `missing` if the operator is gone.
+async fn changed(state: &AppState, operator: &OperatorRecord, change: Command, missing: &str) -> Result<(), ApiError> {
+    let found = state.pipeline.command(operator, change).await.and_then(Done::changed);
+    match found.map_err(super::events::ingest_error)? {
+        true => Ok(()),
+        false => Err(ApiError::not_found(missing)),
+    }
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -532,7 +532,11 @@ pub(super) fn valid_operator_id(id: &str) -> bool {
     security(("admin_token" = [])),
     params(("op" = String, Path)),
     request_body = OperatorLimits,
-    responses((status = 200, description = "the limits in force", body = EffectiveLimits))
+    responses(
+        (status = 200, description = "the limits in force", body = EffectiveLimits),
+        (status = 202, description = "`pending`, with `--cluster` only: the change is durable in the cluster's log, but the operator's owner had not applied it within `--cluster-answer-secs`; it will. Sending it again changes nothing twice", body = ErrorSchema),
+        (status = 503, description = "`log_unavailable`, with `--cluster` only: the cluster's log did not take the change; nothing was done. Retry after `Retry-After`", body = ErrorSchema),
+    )
 )]
 pub async fn put_limits(
     State(state): State<Arc<AppState>>,
@@ -572,13 +576,9 @@ pub async fn put_limits(
         return Err(ApiError::fields("invalid_limits", problems));
     }
     // In the operator's turn: its events queued before are evaluated under the limits before.
-    let owned = op.clone();
-    state
-        .pipeline
-        .in_order(&op, move |pipeline| pipeline.store().update_operator(&owned, |operator| operator.limits = limits))
-        .await
-        .map_err(super::events::ingest_error)??
-        .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
+    let record =
+        state.pipeline.store().operator(&op)?.ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
+    changed(&state, &record, Command::Limits { limits }, &format!("no operator {op:?}")).await?;
     durable(&state).await?;
     let effective = effective_limits(state.pipeline.sandbox_limits(), &limits);
     tracing::info!(operator = %op, ?limits, "operator limits set");
@@ -759,7 +759,11 @@ pub struct SettingsBody {
     security(("operator_key" = []), ("admin_token" = [])),
     params(("op" = String, Path)),
     request_body = SettingsBody,
-    responses((status = 200, description = "the settings in force", body = Settings))
+    responses(
+        (status = 200, description = "the settings in force", body = Settings),
+        (status = 202, description = "`pending`, with `--cluster` only: the change is durable in the cluster's log, but the operator's owner had not applied it within `--cluster-answer-secs`; it will. Sending it again changes nothing twice", body = ErrorSchema),
+        (status = 503, description = "`log_unavailable`, with `--cluster` only: the cluster's log did not take the change; nothing was done. Retry after `Retry-After`", body = ErrorSchema),
+    )
 )]
 pub async fn put_settings(
     State(state): State<Arc<AppState>>,
@@ -767,20 +771,13 @@ pub async fn put_settings(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Settings>, ApiError> {
-    auth::operator(&state, &headers, &op)?;
+    let operator = auth::operator(&state, &headers, &op)?;
     let body = read_body(body, state.limits.json()).await?;
     let request: SettingsBody = parse_json(&body)?;
     // In the operator's turn, ordered with its events like a close.
-    let (owned, late_events) = (op.clone(), request.late_events);
-    let operator = state
-        .pipeline
-        .in_order(&op, move |pipeline| {
-            pipeline.store().update_operator(&owned, |operator| operator.late_events = late_events)
-        })
-        .await
-        .map_err(super::events::ingest_error)??
-        .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
+    let late_events = request.late_events;
+    changed(&state, &operator, Command::Settings { late_events }, &format!("no operator {op:?}")).await?;
     durable(&state).await?;
-    tracing::info!(operator = %operator.id, late_events = ?operator.late_events, "settings changed");
-    Ok(Json(Settings { late_events: operator.late_events }))
+    tracing::info!(operator = %operator.id, ?late_events, "settings changed");
+    Ok(Json(Settings { late_events }))
 }

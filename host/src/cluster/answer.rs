@@ -55,11 +55,13 @@ impl Waiters {
         }
     }
 
-    /// Reads every ledger entry written from now on and answers the requests waiting here.
-    pub async fn follow(self: Arc<Self>, client: async_nats::Client) -> anyhow::Result<()> {
+    /// Reads every ledger entry written from now on, answers the requests waiting here, and
+    /// tells `moved` which operator's ledger moved (its view follows, [`super::view`]).
+    pub async fn follow(self: Arc<Self>, client: async_nats::Client, moved: impl Fn(&str)) -> anyhow::Result<()> {
         let mut entries = client.subscribe("ch.ledger.>").await?;
         while let Some(message) = entries.next().await {
             let Some(operator) = operator_of_ledger(&message.subject) else { continue };
+            moved(operator);
             match serde_json::from_slice::<Entry>(&message.payload) {
                 Ok(Entry::Committed { requests, .. }) => {
                     for request in requests {

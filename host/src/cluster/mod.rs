@@ -31,18 +31,26 @@
 //! through the same sequencer. The entry holds the events, their commissions and the answer,
 //! so the ledger stream alone says what was paid.
 //!
-//! Not (yet) through the stream: the operator's other writes (plugins, affiliates, settings,
-//! period closes) are each node's own; send them to every node.
+//! Ordered commands (a period close, a retry of the failed events, an activation, a settings or
+//! limits change) travel the same way as events ([`crate::pipeline::Command`]): the owner runs
+//! them at their place in the operator's stream, and every node's view applies them at the
+//! same place of the ledger ([`view`]).
+//!
+//! Not (yet) through the stream: configuration (operators, plugins, affiliates, deals, rates,
+//! keys) is each node's own; make such a change on every node.
 
 mod answer;
 mod log;
 mod owner;
 mod ownership;
 mod reads;
+mod view;
 mod wire;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,7 +58,7 @@ use async_nats::jetstream::message::PublishMessage;
 use tokio::sync::watch;
 
 use crate::event::{IncomingEvent, now_ms};
-use crate::pipeline::{Answered, EventRoute, IngestError, Pipeline};
+use crate::pipeline::{Answered, Command, Done, EventRoute, IngestError, Pipeline};
 use crate::store::records::OperatorRecord;
 use answer::Waiters;
 use log::{Log, events_subject};
@@ -84,6 +92,8 @@ pub struct Cluster {
     /// Forwards reads to an operator's owner ([`reads`]).
     http: reqwest::Client,
     owned: Mutex<HashMap<String, Arc<Owned>>>,
+    /// Each operator's view on this node, which follows its ledger ([`view`]).
+    views: Mutex<HashMap<String, Arc<view::View>>>,
     stopping: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
 }
@@ -112,12 +122,13 @@ impl Cluster {
                 .build()
                 .map_err(|error| anyhow::anyhow!("the HTTP client for reads: {error}"))?,
             owned: Mutex::default(),
+            views: Mutex::default(),
             stopping,
             stop,
         });
-        let (waiters, client) = (cluster.waiters.clone(), cluster.log.client.clone());
+        let (waiters, client, views) = (cluster.waiters.clone(), cluster.log.client.clone(), cluster.clone());
         tokio::spawn(async move {
-            if let Err(error) = waiters.follow(client).await {
+            if let Err(error) = waiters.follow(client, move |operator| views.ledger_moved(operator)).await {
                 tracing::error!(%error, "stopped reading the ledger's answers");
             }
         });
@@ -150,19 +161,27 @@ impl Cluster {
         tracing::info!(node = %self.node, operators = owned.len(), "left the cluster; leases released");
     }
 
-    /// Publishes a request to the operator's events stream; waits for the owner's answer.
+    /// Publishes a request (checked events, or a command) to the operator's events stream;
+    /// waits for the owner's answer.
     async fn publish(
         &self,
         operator: &OperatorRecord,
         events: Vec<IncomingEvent>,
-    ) -> Result<Vec<crate::pipeline::EventOutcome>, IngestError> {
+        command: Option<Command>,
+    ) -> Result<wire::Answer, IngestError> {
         let ids: Vec<String> = events.iter().map(|incoming| incoming.event.id.clone()).collect();
-        let message_id = message_id(&operator.id, &events);
         let waiting = self.waiters.wait();
+        // A command is its own: two closes of a month are two commands (the second settles
+        // nothing twice), so JetStream's deduplication is given the wait's unique name.
+        let message_id = match command {
+            Some(_) => format!("{}:command:{}", operator.id, waiting.reply),
+            None => message_id(&operator.id, &events),
+        };
         let request = wire::Request {
             events: events.into_iter().map(Into::into).collect(),
             received_at: now_ms(),
             reply: waiting.reply.clone(),
+            command,
         };
         let payload =
             bytes::Bytes::from(serde_json::to_vec(&request).map_err(|error| IngestError::Internal(error.to_string()))?);
@@ -175,7 +194,7 @@ impl Cluster {
             ack = self.send(&subject, &payload, &format!("{message_id}:{}", waiting.reply)).await?;
         }
         tracing::debug!(operator = %operator.id, sequence = ack.sequence, "request in the log");
-        waiting.answered(self.config.answer_deadline, &operator.id, ids).await?.into_result(&operator.id)
+        waiting.answered(self.config.answer_deadline, &operator.id, ids).await
     }
 
     async fn send(
@@ -214,6 +233,14 @@ struct Route(Arc<Cluster>);
 
 impl EventRoute for Route {
     fn ingest<'a>(&'a self, operator: &'a OperatorRecord, events: Vec<IncomingEvent>) -> Answered<'a> {
-        Box::pin(self.0.publish(operator, events))
+        Box::pin(async move { self.0.publish(operator, events, None).await?.into_result(&operator.id) })
+    }
+
+    fn command<'a>(
+        &'a self,
+        operator: &'a OperatorRecord,
+        command: Command,
+    ) -> Pin<Box<dyn Future<Output = Result<Done, IngestError>> + Send + 'a>> {
+        Box::pin(async move { self.0.publish(operator, Vec::new(), Some(command)).await?.into_done(&operator.id) })
     }
 }

@@ -19,7 +19,6 @@
 //! account for is evaluated again by the next owner, and what this view committed already is a
 //! `duplicate` to it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,6 +26,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
+use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::watch;
 
@@ -34,7 +34,7 @@ use super::Cluster;
 use super::log::{events_subject, ledger_subject};
 use super::wire::{Answer, Committed, Entry, Request};
 use crate::event::IncomingEvent;
-use crate::pipeline::IngestError;
+use crate::pipeline::{Command, Done, EventOutcome};
 
 /// Requests of the events stream taken into one group at most.
 const MAX_GROUP_REQUESTS: usize = 256;
@@ -208,60 +208,19 @@ impl Cluster {
         Err(Stopped::Fenced)
     }
 
-    /// Applies to this node's view the ledger entries it has not applied, up to the takeover.
-    async fn catch_up(&self, tenure: &Tenure) -> Result<usize, Stopped> {
-        let applied = self.position(&tenure.operator);
-        if applied >= tenure.before {
-            self.set_position(&tenure.operator, tenure.last_entry);
-            return Ok(0);
-        }
-        let consumer = self
-            .log
-            .ledger
-            .create_consumer(OrderedConfig {
-                filter_subject: ledger_subject(&tenure.operator),
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: applied + 1 },
-                ..Default::default()
-            })
-            .await
-            .map_err(anyhow::Error::from)?;
-        let mut entries = consumer.messages().await.map_err(anyhow::Error::from)?;
-        let mut requests = 0;
-        while let Some(message) = entries.next().await {
-            let message = message.map_err(anyhow::Error::from)?;
-            let sequence = message.info().map_err(|error| anyhow::anyhow!("{error}"))?.stream_sequence;
-            if sequence >= tenure.last_entry {
-                break;
-            }
-            if let Entry::Committed { requests: committed, .. } = serde_json::from_slice(&message.payload)
-                .map_err(|error| anyhow::anyhow!("ledger entry {sequence}: {error}"))?
-            {
-                let applying: Vec<_> = committed
-                    .into_iter()
-                    .filter(|request| request.answer.committed())
-                    .map(|request| {
-                        (
-                            request.sequence,
-                            Request { events: request.events, received_at: request.received_at, reply: request.reply },
-                        )
-                    })
-                    .collect();
-                requests += applying.len();
-                for (sequence, answer) in self.sequence(&tenure.operator, applying).await {
-                    if !answer.committed() {
-                        tracing::error!(operator = %tenure.operator, sequence, ?answer, "a request the ledger committed was refused on replay");
-                    }
-                }
-            }
-            self.set_position(&tenure.operator, sequence);
-        }
+    /// Applies to this node's view the ledger entries it has not applied, up to the takeover,
+    /// holding the view's lock (its follower waits meanwhile, [`super::view`]).
+    async fn catch_up(self: &Arc<Self>, tenure: &Tenure) -> Result<usize, Stopped> {
+        let view = self.view(&tenure.operator);
+        let _applying = view.lock.lock().await;
+        let applied = self.apply_ledger(&tenure.operator, tenure.before).await?;
         self.set_position(&tenure.operator, tenure.last_entry);
-        Ok(requests)
+        Ok(applied)
     }
 
     /// Sequences the requests in order on this node's pipeline; answers each once committed
     /// and flushed.
-    async fn sequence(&self, operator: &str, requests: Vec<(u64, Request)>) -> Vec<(u64, Answer)> {
+    pub(super) async fn sequence(&self, operator: &str, requests: Vec<(u64, Request)>) -> Vec<(u64, Answer)> {
         let record = match self.pipeline.store().operator(operator) {
             Ok(Some(record)) => record,
             Ok(None) => {
@@ -279,27 +238,37 @@ impl Cluster {
             }
         };
         // Submitted in order before any is awaited: the sequencer takes them in this order.
-        let submitted: Vec<_> = requests
+        let submitted: Vec<(u64, BoxFuture<'static, Answer>)> = requests
             .into_iter()
             .map(|(sequence, request)| {
-                let events: Vec<IncomingEvent> = request.events.into_iter().map(Into::into).collect();
-                (sequence, self.pipeline.sequence_events(&record, events, request.received_at))
+                let answer: BoxFuture<'static, Answer> = match request.command {
+                    Some(command) => match self.pipeline.submit_command(&record, command) {
+                        Ok(done) => Box::pin(done.map(Answer::from)),
+                        Err(error) => Box::pin(std::future::ready(Answer::from(Err::<Done, _>(error)))),
+                    },
+                    None => {
+                        let events: Vec<IncomingEvent> = request.events.into_iter().map(Into::into).collect();
+                        match self.pipeline.sequence_events(&record, events, request.received_at) {
+                            Ok(answered) => Box::pin(answered.map(Answer::from)),
+                            Err(error) => {
+                                Box::pin(std::future::ready(Answer::from(Err::<Vec<EventOutcome>, _>(error))))
+                            }
+                        }
+                    }
+                };
+                (sequence, answer)
             })
             .collect();
         let mut answers = Vec::with_capacity(submitted.len());
-        for (sequence, submitted) in submitted {
-            let result: Result<_, IngestError> = match submitted {
-                Ok(answered) => answered.await,
-                Err(error) => Err(error),
-            };
-            answers.push((sequence, Answer::from(result)));
+        for (sequence, answer) in submitted {
+            answers.push((sequence, answer.await));
         }
         answers
     }
 
     /// Commits a group of requests and writes its ledger entries.
     async fn commit_group(&self, tenure: &mut Tenure, group: Vec<(u64, Request)>) -> Result<(), Stopped> {
-        let originals: Vec<(String, i64, Vec<super::wire::Event>)> = group
+        let originals: Vec<(String, i64, Vec<super::wire::Event>, Option<Command>)> = group
             .iter()
             .map(|(_, request)| {
                 let events = request
@@ -310,14 +279,14 @@ impl Cluster {
                         content_sha256: event.content_sha256.clone(),
                     })
                     .collect();
-                (request.reply.clone(), request.received_at, events)
+                (request.reply.clone(), request.received_at, events, request.command.clone())
             })
             .collect();
         let answers = self.sequence(&tenure.operator, group).await;
         let mut entry: Vec<Committed> = Vec::new();
         let mut bytes = 0;
-        for ((sequence, answer), (reply, received_at, events)) in answers.into_iter().zip(originals) {
-            let committed = Committed { sequence, reply, received_at, events, answer };
+        for ((sequence, answer), (reply, received_at, events, command)) in answers.into_iter().zip(originals) {
+            let committed = Committed { sequence, reply, received_at, events, command, answer };
             let size = serde_json::to_vec(&committed).map_or(0, |json| json.len());
             if !entry.is_empty() && bytes + size > MAX_ENTRY_BYTES {
                 self.write_committed(tenure, std::mem::take(&mut entry)).await?;
@@ -375,30 +344,5 @@ impl Cluster {
             }
         }
         Err(Stopped::Failed(anyhow::anyhow!("the ledger could not be written for 30 s")))
-    }
-
-    fn position_file(&self, operator: &str) -> PathBuf {
-        self.data.join("cluster").join(format!("{operator}.position"))
-    }
-
-    /// The last ledger sequence this node's view applied for `operator` (0: none).
-    fn position(&self, operator: &str) -> u64 {
-        std::fs::read_to_string(self.position_file(operator))
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// Notes how far the view got. Not synced: a position lost in a crash only makes the next
-    /// catch-up start earlier, and what it applies again is a `duplicate`.
-    fn set_position(&self, operator: &str, sequence: u64) {
-        let file = self.position_file(operator);
-        let written = file
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&file, sequence.to_string()));
-        if let Err(error) = written {
-            tracing::warn!(%operator, %error, "could not note the view's ledger position");
-        }
     }
 }

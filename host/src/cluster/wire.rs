@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::{FieldError, IncomingEvent};
-use crate::pipeline::{Disposition, EventOutcome, IngestError};
+use crate::pipeline::{Command, Disposition, Done, EventOutcome, IngestError, RetryReport};
 use crate::store::QuotaExceeded;
 use crate::store::records::{CommissionRecord, EventRecord, StoredEvent};
 
@@ -22,6 +22,10 @@ pub struct Request {
     pub received_at: i64,
     /// Names the waiting receiver's answer in the ledger entry.
     pub reply: String,
+    /// An ordered command instead of events (then `events` is empty): run by the owner at
+    /// this place of the operator's order, and by every view at the same place of the ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,6 +75,8 @@ pub struct Committed {
     pub reply: String,
     pub received_at: i64,
     pub events: Vec<Event>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Command>,
     pub answer: Answer,
 }
 
@@ -97,12 +103,35 @@ pub enum Answer {
     Unavailable {
         message: String,
     },
+    /// A retry of the failed events did this.
+    Retried {
+        retried: usize,
+        accepted: usize,
+        still_failed: usize,
+    },
+    /// A change of the operator's record was applied (`found`: the operator exists).
+    Changed {
+        found: bool,
+    },
 }
 
 impl Answer {
     /// Whether the request's events were committed (some of them may be duplicates).
     pub fn committed(&self) -> bool {
-        matches!(self, Answer::Outcomes { .. })
+        matches!(self, Answer::Outcomes { .. } | Answer::Retried { .. } | Answer::Changed { .. })
+    }
+}
+
+impl From<Result<Done, IngestError>> for Answer {
+    fn from(result: Result<Done, IngestError>) -> Self {
+        match result {
+            Ok(Done::Closed(outcomes)) => Answer::from(Ok::<_, IngestError>(outcomes)),
+            Ok(Done::Retried(RetryReport { retried, accepted, still_failed })) => {
+                Answer::Retried { retried, accepted, still_failed }
+            }
+            Ok(Done::Changed(found)) => Answer::Changed { found },
+            Err(error) => Answer::from(Err::<Vec<EventOutcome>, _>(error)),
+        }
     }
 }
 
@@ -173,6 +202,20 @@ impl Answer {
                 refused: QuotaExceeded { used, needed, quota },
             }),
             Answer::Unavailable { message } => Err(IngestError::LogUnavailable(message)),
+            Answer::Retried { .. } | Answer::Changed { .. } => {
+                Err(IngestError::Internal("events were answered as a command".into()))
+            }
+        }
+    }
+
+    /// The answer of a command, for `operator` (a close's is its settlements' outcomes).
+    pub fn into_done(self, operator: &str) -> Result<Done, IngestError> {
+        match self {
+            Answer::Retried { retried, accepted, still_failed } => {
+                Ok(Done::Retried(RetryReport { retried, accepted, still_failed }))
+            }
+            Answer::Changed { found } => Ok(Done::Changed(found)),
+            other => other.into_result(operator).map(Done::Closed),
         }
     }
 }

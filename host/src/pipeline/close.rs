@@ -14,7 +14,6 @@
 
 use sha2::Digest as _;
 
-use super::sequencer::Job;
 use super::{EventOutcome, IngestError, Period, Pipeline, RESERVED_PREFIX, SETTLEMENT_KIND, SETTLEMENT_PREFIX};
 use crate::event::{FieldError, format_time, now_ms};
 use crate::restate::latest_closed;
@@ -33,11 +32,7 @@ impl Pipeline {
         operator: &OperatorRecord,
         period: &Period,
     ) -> Result<Vec<EventOutcome>, IngestError> {
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let job = Job::Close { operator: operator.clone(), period: period.clone(), answer };
-        let outcomes = self.queued(&operator.id, job, answered).await?;
-        self.durability.wait().await?;
-        Ok(outcomes)
+        self.command(operator, super::Command::Close { period: period.id.clone() }).await?.closed()
     }
 
     /// [`Self::close_period`], in the operator's turn: its settlements are evaluated and

@@ -26,12 +26,14 @@
 mod batch;
 mod checks;
 mod close;
+mod command;
 mod evaluate;
 mod period;
 mod sequencer;
 mod state_cache;
 
 pub use checks::{FindReversed, ROUNDING, ReversedCommission, checked_commissions, to_minor_units};
+pub use command::{Command, Commanded, Done};
 pub use evaluate::effective_limits;
 pub(crate) use evaluate::{Evaluated, Run};
 pub(crate) use period::settlement_period;
@@ -87,6 +89,12 @@ pub type Answered<'a> = Pin<Box<dyn Future<Output = Result<Vec<EventOutcome>, In
 /// the operator's replicated stream to the node that owns the operator ([`crate::cluster`]).
 pub trait EventRoute: Send + Sync {
     fn ingest<'a>(&'a self, operator: &'a OperatorRecord, events: Vec<IncomingEvent>) -> Answered<'a>;
+    /// An ordered command ([`Command`]), through the same log as the events.
+    fn command<'a>(
+        &'a self,
+        operator: &'a OperatorRecord,
+        command: Command,
+    ) -> Pin<Box<dyn Future<Output = Result<Done, IngestError>> + Send + 'a>>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
@@ -283,17 +291,6 @@ impl Pipeline {
         })
     }
 
-    /// Submits `job` and waits for its answer.
-    async fn queued<T>(
-        &self,
-        operator: &str,
-        job: Job,
-        answered: oneshot::Receiver<Result<T, IngestError>>,
-    ) -> Result<T, IngestError> {
-        self.submit(operator, job)?;
-        answered.await.map_err(|_| IngestError::Internal(format!("operator {operator}'s sequencer stopped")))?
-    }
-
     /// Refuses a write of an operator whose stored bytes have reached its quota, before any of
     /// it is evaluated. (A write that would go past the quota is refused at its commit.)
     pub fn check_quota(&self, operator: &OperatorRecord) -> Result<(), IngestError> {
@@ -383,11 +380,7 @@ impl Pipeline {
     /// Evaluates the operator's failed events again, oldest first, with its active plugin, in
     /// the operator's order.
     pub async fn retry_failed(&self, operator: &OperatorRecord) -> Result<RetryReport, IngestError> {
-        let (answer, answered) = oneshot::channel();
-        let report =
-            self.queued(&operator.id, Job::RetryFailed { operator: operator.clone(), answer }, answered).await?;
-        self.durability.wait().await?;
-        Ok(report)
+        self.command(operator, Command::RetryFailed).await?.retried()
     }
 
     /// [`Self::retry_failed`], in the operator's turn.

@@ -13,7 +13,7 @@
 //! What goes through the queue: checked events (a postback, a webhook or a batch: one job each)
 //! and the commands that must be ordered with them: a period close (its settlements count every
 //! event before it, and every event after it is late), a retry of failed events, and a change
-//! of the operator (an activation, its settings, its limits: [`Pipeline::in_order`]), which so
+//! of the operator (an activation, its settings, its limits: [`Pipeline::command`]), which so
 //! takes effect at a defined point of the operator's event order. A command runs alone in its
 //! turn, and runs its own evaluations directly (a close's settlements, a late event's
 //! restatement): it never queues onto the queue it is served from, which would wait for itself.
@@ -281,21 +281,6 @@ impl Pipeline {
     /// The quota on the operator's stored plugin state: its own, else the host's.
     pub(super) fn state_quota(&self, operator: &OperatorRecord) -> Option<u64> {
         operator.limits.state_bytes.or(self.sequencers.scheduling.state_quota_bytes)
-    }
-
-    /// Runs `change` in the operator's turn, after the jobs queued before it and before those
-    /// queued after: an activation or a settings change takes effect at that point of the
-    /// operator's event order. Waits for its answer.
-    pub async fn in_order<T: Send + 'static>(
-        &self,
-        operator: &str,
-        change: impl FnOnce(&Pipeline) -> T + Send + 'static,
-    ) -> Result<T, IngestError> {
-        let (answer, answered) = oneshot::channel();
-        let job = Job::Change(Box::new(move |pipeline: &Pipeline| {
-            let _ = answer.send(Ok(change(pipeline)));
-        }));
-        self.queued(operator, job, answered).await
     }
 
     /// Puts a job on the operator's queue, starting its task if it is idle; refuses it if the

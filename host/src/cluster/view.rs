@@ -1,0 +1,170 @@
+//! Every node's view of an operator follows the operator's ledger, not only its owner's.
+//!
+//! Why: a node's sled is a view of the ledger. The owner's is current (it commits, then writes
+//! the entry); the others' used to stay where they were until they took the operator. Now each
+//! node applies every ledger entry of an operator it does not own, in ledger order, soon after
+//! it is written: the events a request committed and the commands (a close, an activation, a
+//! settings change) at the same place among them. So a month closed through any node is closed
+//! in every view with the same settlements, `verify` on any node checks what that node holds,
+//! and a node that takes an operator over has little to catch up.
+//!
+//! Applying an entry sequences its committed requests again through this node's pipeline, with
+//! their original receipt time: plugins are deterministic, so the view commits what the ledger
+//! says; events it holds already are `duplicate`s. A request the ledger refused is not run.
+//! One applier per operator at a time (the follower, or the owner catching up at its takeover),
+//! by the view's lock; the position applied is kept in `<data>/cluster/<operator>.position`.
+//!
+//! The follower is woken by the answers' subscription ([`super::answer`]), which sees every
+//! entry written; a missed wake-up is made good at the next entry of the operator.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use futures_util::StreamExt as _;
+use tokio::sync::Notify;
+
+use super::Cluster;
+use super::log::ledger_subject;
+use super::wire::{Entry, Request};
+
+/// One operator's view on this node.
+#[derive(Default)]
+pub(super) struct View {
+    /// Held while entries are applied to it.
+    pub lock: tokio::sync::Mutex<()>,
+    /// Rung when the operator's ledger has a new entry.
+    moved: Notify,
+}
+
+impl Cluster {
+    /// The operator's view, its follower started on first use.
+    pub(super) fn view(self: &Arc<Self>, operator: &str) -> Arc<View> {
+        let mut views = self.views.lock().expect("views lock");
+        if let Some(view) = views.get(operator) {
+            return view.clone();
+        }
+        let view = Arc::new(View::default());
+        views.insert(operator.to_owned(), view.clone());
+        tokio::spawn(self.clone().follow(operator.to_owned(), view.clone()));
+        view
+    }
+
+    /// The operator's ledger has a new entry.
+    pub(super) fn ledger_moved(self: &Arc<Self>, operator: &str) {
+        self.view(operator).moved.notify_one();
+    }
+
+    /// Applies the operator's new ledger entries to this view while another node owns it.
+    async fn follow(self: Arc<Self>, operator: String, view: Arc<View>) {
+        loop {
+            view.moved.notified().await;
+            if *self.stopping.borrow() {
+                return;
+            }
+            let _applying = view.lock.lock().await;
+            if self.owned.lock().expect("owned lock").contains_key(&operator) {
+                continue;
+            }
+            // An operator not set up on this node (configuration is not replicated yet) has no
+            // view to apply to: its position stays, and it is applied once the operator exists.
+            if !matches!(self.pipeline.store().operator(&operator), Ok(Some(_))) {
+                continue;
+            }
+            let last = match self.log.ledger.get_last_raw_message_by_subject(&ledger_subject(&operator)).await {
+                Ok(message) => message.sequence,
+                Err(error) => {
+                    tracing::warn!(%operator, %error, "could not read the ledger's last entry; the view waits for the next");
+                    continue;
+                }
+            };
+            match self.apply_ledger(&operator, last).await {
+                Ok(0) => {}
+                Ok(requests) => tracing::debug!(%operator, requests, last, "the view followed the ledger"),
+                Err(error) => tracing::warn!(%operator, %error, "the view could not follow the ledger"),
+            }
+        }
+    }
+
+    /// Applies the operator's ledger entries after this view's position, up to `last`
+    /// included, in order; returns how many requests it sequenced.
+    pub(super) async fn apply_ledger(&self, operator: &str, last: u64) -> anyhow::Result<usize> {
+        let applied = self.position(operator);
+        if applied >= last {
+            return Ok(0);
+        }
+        let consumer = self
+            .log
+            .ledger
+            .create_consumer(OrderedConfig {
+                filter_subject: ledger_subject(operator),
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: applied + 1 },
+                ..Default::default()
+            })
+            .await?;
+        let mut entries = consumer.messages().await?;
+        let mut requests = 0;
+        while let Some(message) = entries.next().await {
+            let message = message?;
+            let sequence = message.info().map_err(|error| anyhow::anyhow!("{error}"))?.stream_sequence;
+            if sequence > last {
+                break;
+            }
+            if let Entry::Committed { requests: committed, .. } = serde_json::from_slice(&message.payload)
+                .map_err(|error| anyhow::anyhow!("ledger entry {sequence}: {error}"))?
+            {
+                let applying: Vec<_> = committed
+                    .into_iter()
+                    .filter(|request| request.answer.committed())
+                    .map(|request| {
+                        (
+                            request.sequence,
+                            Request {
+                                events: request.events,
+                                received_at: request.received_at,
+                                reply: request.reply,
+                                command: request.command,
+                            },
+                        )
+                    })
+                    .collect();
+                requests += applying.len();
+                for (sequence, answer) in self.sequence(operator, applying).await {
+                    if !answer.committed() {
+                        tracing::error!(%operator, sequence, ?answer, "a request the ledger committed was refused on replay");
+                    }
+                }
+            }
+            self.set_position(operator, sequence);
+            if sequence == last {
+                break;
+            }
+        }
+        Ok(requests)
+    }
+
+    fn position_file(&self, operator: &str) -> PathBuf {
+        self.data.join("cluster").join(format!("{operator}.position"))
+    }
+
+    /// The last ledger sequence this node's view applied for `operator` (0: none).
+    fn position(&self, operator: &str) -> u64 {
+        std::fs::read_to_string(self.position_file(operator))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Notes how far the view got. Not synced: a position lost in a crash only makes the next
+    /// catch-up start earlier, and what it applies again is a `duplicate`.
+    pub(super) fn set_position(&self, operator: &str, sequence: u64) {
+        let file = self.position_file(operator);
+        let written = file
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&file, sequence.to_string()));
+        if let Err(error) = written {
+            tracing::warn!(%operator, %error, "could not note the view's ledger position");
+        }
+    }
+}
