@@ -23,6 +23,7 @@
 //! | `GET .../commissions[/{id}]`, `.../statement`, `.../payouts/report` | also an affiliate key: its own lines |
 
 mod affiliate_keys;
+mod affiliates;
 mod answers;
 mod auth;
 mod commissions;
@@ -40,6 +41,7 @@ mod periods;
 mod rate_limit;
 mod replay;
 mod restore;
+mod settings;
 mod statement;
 
 use std::sync::Arc;
@@ -124,7 +126,7 @@ impl BodyLimits {
 /// path and methods its attribute names, so a route cannot be added without its document, nor
 /// documented at a path it is not served on.
 fn credentialed_routes() -> OpenApiRouter<Arc<AppState>> {
-    use {commissions as c, events as e, operators as o, replay as r};
+    use {affiliates as a, commissions as c, events as e, operators as o, replay as r, settings as s};
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(metrics))
         .routes(routes!(o::create_operator, listings::operators))
@@ -136,11 +138,11 @@ fn credentialed_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(r::verify))
         .routes(routes!(r::set_shadow))
         .routes(routes!(r::shadow_report))
-        .routes(routes!(o::put_limits))
-        .routes(routes!(o::put_fx_rates))
-        .routes(routes!(o::put_settings))
-        .routes(routes!(o::rotate_credential))
-        .routes(routes!(o::put_affiliate, o::get_affiliate))
+        .routes(routes!(s::put_limits))
+        .routes(routes!(s::put_fx_rates))
+        .routes(routes!(s::put_settings))
+        .routes(routes!(s::rotate_credential))
+        .routes(routes!(a::put_affiliate, a::get_affiliate))
         .routes(routes!(e::webhook, listings::events))
         .routes(routes!(e::retry_failed))
         .routes(routes!(e::close_period))
