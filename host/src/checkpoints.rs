@@ -23,10 +23,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::pipeline::{Evaluated, IngestError, Period, Pipeline, Run, SETTLEMENT_PREFIX, settlement_period};
+use crate::pipeline::{
+    Evaluated, IngestError, Period, Pipeline, RESERVED_PREFIX, Run, SETTLEMENT_PREFIX, settlement_period,
+};
 use crate::replay::{Payout, ScratchState};
 use crate::restate::{RestateError, Totals, add_to};
-use crate::store::checkpoints::{PeriodBook, State, Writes, apply, decode_writes, encode_writes};
+use crate::store::checkpoints::{MonthSpan, PeriodBook, State, Writes, apply, decode_writes, encode_writes};
 use crate::store::records::{CommissionRecord, EventRecord, EventStatus, OperatorRecord};
 
 /// A settlement run again by a restatement.
@@ -248,6 +250,16 @@ impl Pipeline {
             .map_err(|_| IngestError::Internal("scratch state still shared".into()))?
             .into_entries();
         Ok(LedgerReplay { books, checkpoints, state })
+    }
+
+    /// Where the events dated in `month` lie in the ledger, the index brought up to date first.
+    pub(crate) fn month_span(&self, operator: &OperatorRecord, month: &str) -> Result<Option<MonthSpan>, IngestError> {
+        let store = self.store();
+        let month_of = |at| Period::containing(at).map(|period| period.id);
+        store.index_months(&operator.id, store.last_sequence(&operator.id)?, month_of, |id| {
+            id.starts_with(RESERVED_PREFIX)
+        })?;
+        Ok(store.month_span(&operator.id, month)?)
     }
 
     /// Before a close's settlements: the checkpoint of the month (its first close only).

@@ -394,13 +394,21 @@ impl Pipeline {
         operator: &'a OperatorRecord,
         last_sequence: u64,
     ) -> impl Iterator<Item = Result<EventRecord, IngestError>> + 'a {
+        self.records_from(operator, 0, last_sequence)
+    }
+
+    /// The records after `after` up to `last_sequence`, in ledger order: a replay from the
+    /// checkpoint at `after + 1`.
+    pub(crate) fn records_from<'a>(
+        &'a self,
+        operator: &'a OperatorRecord,
+        after: u64,
+        last_sequence: u64,
+    ) -> impl Iterator<Item = Result<EventRecord, IngestError>> + 'a {
         self.store()
-            .event_ids_in_order(&operator.id)
-            .map(move |id| -> Result<Option<EventRecord>, IngestError> {
-                let id = id?;
-                Ok(self.store().event(&operator.id, &id)?.filter(|record| record.seq <= last_sequence))
-            })
-            .filter_map(Result::transpose)
+            .records_after(&operator.id, after)
+            .map(|record| record.map_err(IngestError::from))
+            .take_while(move |record| !matches!(record, Ok(record) if record.seq > last_sequence))
     }
 
     /// What the event paid by itself: its commissions, without the adjustments a late event

@@ -443,18 +443,6 @@ impl Pipeline {
         paid.retain(|settlement, _| settlement.starts_with(&prefix));
         Ok(paid)
     }
-
-    /// Computes the period's statements as closed and stores each that is not stored yet.
-    pub(crate) fn store_closed_statements(
-        &self,
-        operator: &OperatorRecord,
-        period: &Period,
-    ) -> Result<(), IngestError> {
-        for (affiliate, statement) in self.period_statements(operator, period, StatementView::AsClosed)? {
-            self.store().put_statement(&operator.id, &period.id, &affiliate, &statement)?;
-        }
-        Ok(())
-    }
 }
 
 /// Adds what one replayed ledger entry shows to `period`'s statements: a settlement of the
