@@ -292,7 +292,7 @@ impl Pipeline {
                 self.resettle(operator, &mut books, k, writes, &mut |book| Ok(checkpoints.get(&book.period).cloned()))?
             }
             None => self.resettle(operator, &mut books, k, writes, &mut |book| {
-                Ok(store.checkpoint_state(&operator.id, book.seq)?)
+                self.checkpoint_or_rederived(operator, book.seq, Some(&book.period))
             })?,
         };
         let (resettled, live) = match resettled {

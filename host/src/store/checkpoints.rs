@@ -148,6 +148,15 @@ impl Store {
         Ok(checkpoints)
     }
 
+    /// The position of the operator's latest stored checkpoint.
+    pub fn latest_checkpoint_seq(&self, operator: &str) -> Result<Option<u64>, StoreError> {
+        let tree = self.checkpoint_tree()?;
+        let last = tree.range(keys::sequence(operator, 0)..=keys::sequence(operator, u64::MAX)).next_back();
+        Ok(last.transpose()?.map(|(key, _)| {
+            key.len().checked_sub(8).and_then(|at| key[at..].try_into().ok()).map_or(0, u64::from_be_bytes)
+        }))
+    }
+
     /// The whole state at the checkpoint at `seq`: `None` if there is none, or it (or a delta
     /// before it) is missing or altered, so that its digest does not match.
     pub fn checkpoint_state(&self, operator: &str, seq: u64) -> Result<Option<State>, StoreError> {
