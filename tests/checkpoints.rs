@@ -269,3 +269,57 @@ fn late_events_under_concurrent_load_commit_and_none_is_refused() {
     assert_eq!(events["events"], json!([]), "{events}");
     assert_verifies_with_checkpoints(&host, &casino);
 }
+
+/// Checkpoints every N events (`serve --checkpoint-every 2`): after the five events of
+/// [`four_closed_months`] the host keeps periodic ones at ledger positions 3 and 5, then one
+/// before each close's settlement (6 to 9). The one at 5 is altered and November's (7) deleted:
+/// verify names the altered one (`period` null, for a periodic checkpoint); the late events
+/// re-derive October's and November's from the sound one at 3 (three events and October's
+/// settlement replayed, not the ledger) and pay the same hand-worked adjustments.
+#[test]
+fn a_missing_or_altered_checkpoint_is_rederived_from_the_previous_sound_periodic_one() {
+    let (_dir, data) = data_dir();
+    let host = Host::start_with(&data, &["--checkpoint-every", "2"]);
+    let casino = four_closed_months(&host, "casino");
+    assert_verifies_with_checkpoints(&host, &casino);
+    stop(host);
+
+    let mut seen = Vec::new();
+    edit_checkpoints(&data, |period, mut checkpoint| {
+        let seq = checkpoint["seq"].as_u64().unwrap();
+        seen.push((seq, period.to_owned()));
+        match (seq, period) {
+            (7, "2025-11") => None,
+            (5, "") => {
+                let delta = checkpoint["delta"].as_object_mut().unwrap();
+                let (_, value) = delta.iter_mut().next().expect("the delta since 3 is not empty");
+                *value = json!("MA==");
+                Some(checkpoint)
+            }
+            _ => Some(checkpoint),
+        }
+    });
+    let periodic: Vec<u64> = seen.iter().filter(|(_, period)| period.is_empty()).map(|(seq, _)| *seq).collect();
+    assert_eq!(periodic, [3, 5], "{seen:?}");
+
+    let host = Host::start(&data);
+    let report = host.verify(&casino);
+    let named = &report["checkpoints_differing"][0];
+    assert_eq!((named["seq"].as_u64(), &named["period"]), (Some(5), &Value::Null), "{report}");
+    assert!(named["problem"].as_str().unwrap().contains("altered"), "{report}");
+    assert_eq!(report["differences"], json!([]), "{report}");
+
+    send_the_late_events(&host, &casino);
+    let log = host.log();
+    assert!(log.contains("re-derived from the previous sound one"), "{log}");
+    assert!(!log.contains("rebuilt the books of the closed months from the ledger"), "no full replay: {log}");
+    common::assert_verifies(&host, &casino);
+    let report = host.verify(&casino);
+    let named: Vec<(Option<u64>, Value)> = report["checkpoints_differing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|difference| (difference["seq"].as_u64(), difference["period"].clone()))
+        .collect();
+    assert_eq!(named, [(Some(5), Value::Null)], "only the altered periodic one is left to report: {report}");
+}

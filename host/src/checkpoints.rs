@@ -23,11 +23,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::pipeline::{Evaluated, IngestError, Period, Pipeline, Run, SETTLEMENT_PREFIX, settlement_period};
+use crate::pipeline::{
+    Evaluated, IngestError, Period, Pipeline, RESERVED_PREFIX, Run, SETTLEMENT_PREFIX, settlement_period,
+};
 use crate::replay::{Payout, ScratchState};
 use crate::restate::{RestateError, Totals, add_to};
-use crate::store::checkpoints::{PeriodBook, State, Writes, apply, decode_writes, encode_writes};
+use crate::store::checkpoints::{MonthSpan, PeriodBook, State, Writes, apply, decode_writes, encode_writes};
 use crate::store::records::{CommissionRecord, EventRecord, EventStatus, OperatorRecord};
+
+/// How many events between two periodic checkpoints, by default: at RevShare's size a delta
+/// is the keys the events since changed, so about one checkpoint's delta per 10,000 events.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 10_000;
 
 /// A settlement run again by a restatement.
 pub(crate) struct Resettled {
@@ -43,6 +49,8 @@ pub(crate) struct Resettled {
 pub(crate) struct LedgerReplay {
     pub(crate) books: BTreeMap<String, PeriodBook>,
     pub(crate) checkpoints: BTreeMap<String, State>,
+    /// The state at each position asked for (the periodic checkpoints'), just before it.
+    pub(crate) at: BTreeMap<u64, State>,
     pub(crate) state: State,
 }
 
@@ -155,7 +163,7 @@ impl Pipeline {
     /// found: what a restatement falls back on.
     pub(crate) fn rebuild_books(&self, operator: &OperatorRecord) -> Result<LedgerReplay, IngestError> {
         let last_seq = self.store().last_sequence(&operator.id)?;
-        let replay = self.replay_ledger(operator, last_seq, |_, _, _| Ok(()))?;
+        let replay = self.replay_ledger(operator, last_seq, &[], |_, _, _| Ok(()))?;
         tracing::info!(operator = %operator.id, months = replay.books.len(), "rebuilt the books of the closed months from the ledger");
         for (period, state) in &replay.checkpoints {
             if let Some(book) = replay.books.get(period) {
@@ -169,19 +177,26 @@ impl Pipeline {
     /// Replays every accepted event up to `upto` in ledger order, over a scratch state, as
     /// live did it: each settlement takes its month's checkpoint first, and each late event
     /// restates the closed months as its commit did. `visit` sees each replayed event, and,
-    /// for a late one, the adjustments its restatement would pay.
+    /// for a late one, the adjustments its restatement would pay. The state is kept as it stood
+    /// just before each of `snapshots` (ascending positions).
     pub(crate) fn replay_ledger(
         &self,
         operator: &OperatorRecord,
         upto: u64,
+        snapshots: &[u64],
         mut visit: impl FnMut(&EventRecord, &Evaluated, Option<&ReplayedAdjustments>) -> Result<(), IngestError>,
     ) -> Result<LedgerReplay, IngestError> {
         let store = self.store();
         let scratch = Arc::new(ScratchState::default());
         let mut books: BTreeMap<String, PeriodBook> = BTreeMap::new();
         let mut checkpoints: BTreeMap<String, State> = BTreeMap::new();
+        let mut at = BTreeMap::new();
+        let mut wanted = snapshots.iter().copied().peekable();
         for record in self.records_in_order(operator, upto) {
             let record = record?;
+            while let Some(seq) = wanted.next_if(|seq| *seq <= record.seq) {
+                at.insert(seq, scratch.snapshot());
+            }
             let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { continue };
             let period = settlement_period(&record.event);
             if let Some(period) = &period
@@ -244,10 +259,94 @@ impl Pipeline {
             books = list.into_iter().map(|book| (book.period.clone(), book)).collect();
             visit(&record, &evaluated, Some(&adjustments))?;
         }
+        for seq in wanted {
+            at.insert(seq, scratch.snapshot());
+        }
         let state = Arc::try_unwrap(scratch)
             .map_err(|_| IngestError::Internal("scratch state still shared".into()))?
             .into_entries();
-        Ok(LedgerReplay { books, checkpoints, state })
+        Ok(LedgerReplay { books, checkpoints, at, state })
+    }
+
+    /// Where the events dated in `month` lie in the ledger, the index brought up to date first.
+    pub(crate) fn month_span(&self, operator: &OperatorRecord, month: &str) -> Result<Option<MonthSpan>, IngestError> {
+        let store = self.store();
+        let month_of = |at| Period::containing(at).map(|period| period.id);
+        store.index_months(&operator.id, store.last_sequence(&operator.id)?, month_of, |id| {
+            id.starts_with(RESERVED_PREFIX)
+        })?;
+        Ok(store.month_span(&operator.id, month)?)
+    }
+
+    /// After a turn's commits: a checkpoint of the operator's plugin state if `every` events or
+    /// more committed since its latest one (`serve --checkpoint-every`). In the operator's turn,
+    /// so the stored state is the one just before the next sequence number. A failure is
+    /// logged, not the turn's: a checkpoint is derived data.
+    pub(crate) fn checkpoint_if_due(&self, operator: &str, every: u64) {
+        if every == 0 {
+            return;
+        }
+        let store = self.store();
+        let due = || -> Result<(), IngestError> {
+            let next = store.last_sequence(operator)? + 1;
+            let latest = store.latest_checkpoint_seq(operator)?.unwrap_or(1);
+            if next.saturating_sub(latest) < every {
+                return Ok(());
+            }
+            let state = store.state_entries(operator)?;
+            let bytes = store.put_checkpoint(operator, next, None, &state)?;
+            let month_of = |at| Period::containing(at).map(|period| period.id);
+            store.index_months(operator, next - 1, month_of, |id| id.starts_with(RESERVED_PREFIX))?;
+            tracing::debug!(%operator, seq = next, bytes, keys = state.len(), "periodic checkpoint");
+            Ok(())
+        };
+        if let Err(error) = due() {
+            tracing::warn!(%operator, %error, "the periodic checkpoint was not stored; replays start from an earlier one");
+        }
+    }
+
+    /// The state at the checkpoint at `seq`, or, if it does not read back (missing, altered),
+    /// re-derived from the previous sound checkpoint by replaying the events between (and
+    /// stored again): a fallback that costs the events since that checkpoint, not the ledger.
+    /// `None` if no earlier checkpoint is sound, or a late event lies between (its restatement
+    /// wrote what a plain replay does not: that needs the books as they stood, a full replay).
+    pub(crate) fn checkpoint_or_rederived(
+        &self,
+        operator: &OperatorRecord,
+        seq: u64,
+        period: Option<&str>,
+    ) -> Result<Option<State>, IngestError> {
+        let store = self.store();
+        if let Some(state) = store.checkpoint_state(&operator.id, seq)? {
+            return Ok(Some(state));
+        }
+        let Some((from, state)) = store.checkpoint_at_or_before(&operator.id, seq.saturating_sub(1))? else {
+            return Ok(None);
+        };
+        let scratch = Arc::new(ScratchState::from_state(state));
+        for record in self.records_from(operator, from - 1, seq - 1) {
+            let record = record?;
+            let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { continue };
+            if record.restated {
+                return Ok(None);
+            }
+            let evaluated = self.run_plugin(
+                operator,
+                &record.event,
+                evaluation.chain.clone(),
+                evaluation.plugin_version,
+                settlement_period(&record.event).as_ref(),
+                scratch.clone(),
+                Run::Replay,
+            )?;
+            if evaluated.failure.is_none() {
+                scratch.apply(evaluated.state_writes);
+            }
+        }
+        let state = scratch.snapshot();
+        store.put_checkpoint(&operator.id, seq, period, &state)?;
+        tracing::warn!(operator = %operator.id, seq, from, "a checkpoint did not read back: re-derived from the previous sound one");
+        Ok(Some(state))
     }
 
     /// Before a close's settlements: the checkpoint of the month (its first close only).

@@ -84,6 +84,11 @@ enum Command {
         /// their own (`state_bytes` in PUT /v1/operators/{op}/limits); none unless given.
         #[arg(long)]
         state_quota_bytes: Option<u64>,
+        /// Keep a checkpoint of each operator's plugin state every this many events (stored as
+        /// a delta from the previous one), where replays over a range start; 0: only before
+        /// each month's settlements.
+        #[arg(long, default_value_t = commission_host::checkpoints::DEFAULT_CHECKPOINT_EVERY)]
+        checkpoint_every: u64,
         /// Leave out the operator console and affiliate portal (the HTML pages under /console/).
         #[arg(long)]
         no_console: bool,
@@ -171,6 +176,7 @@ fn main() -> anyhow::Result<ExitCode> {
             state_cache_bytes,
             state_cache_operator_bytes,
             state_quota_bytes,
+            checkpoint_every,
             no_console,
             cluster,
         } => {
@@ -194,6 +200,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 queue_events: operator_queue_events,
                 state_cache: CacheBounds { total_bytes: state_cache_bytes, operator_bytes: state_cache_operator_bytes },
                 state_quota_bytes,
+                checkpoint_every,
             };
             if state_quota_bytes == Some(0) {
                 anyhow::bail!("--state-quota-bytes must be at least 1 (leave it out for no quota)");

@@ -119,8 +119,9 @@ pub struct VerifyReport {
 /// A stored checkpoint that a replay of the ledger does not confirm.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CheckpointDifference {
-    /// The month whose settlements it precedes.
-    pub period: String,
+    /// The month whose settlements it precedes; `null` for a periodic one
+    /// (`serve --checkpoint-every`).
+    pub period: Option<String>,
     /// Its ledger position: the state is the one just before this sequence number.
     pub seq: u64,
     pub problem: String,
@@ -235,7 +236,10 @@ impl Pipeline {
             checkpoints_differing: Vec::new(),
             complete: true,
         };
-        let replay = self.replay_ledger(operator, last_sequence, |record, evaluated, adjustments| {
+        let stored = store.stored_checkpoints(&operator.id)?;
+        let periodic: Vec<u64> =
+            stored.iter().filter(|checkpoint| checkpoint.period.is_none()).map(|checkpoint| checkpoint.seq).collect();
+        let replay = self.replay_ledger(operator, last_sequence, &periodic, |record, evaluated, adjustments| {
             if let Some(period) = settlement_period(&record.event) {
                 first_settlement.entry(period.id).or_insert(record.seq);
             }
@@ -288,12 +292,13 @@ impl Pipeline {
             }
             Ok(())
         })?;
-        for (period, replayed) in &replay.checkpoints {
-            let Some(book) = replay.books.get(period) else { continue };
-            let stored = store.stored_checkpoints(&operator.id)?;
-            let Some(checkpoint) = stored.iter().find(|checkpoint| checkpoint.period.as_deref() == Some(period)) else {
-                continue;
+        for checkpoint in &stored {
+            let replayed = match &checkpoint.period {
+                Some(period) if replay.books.contains_key(period) => replay.checkpoints.get(period),
+                Some(_) => None,
+                None => replay.at.get(&checkpoint.seq),
             };
+            let Some(replayed) = replayed else { continue };
             let difference = match store.checkpoint_state(&operator.id, checkpoint.seq)? {
                 None => Some((
                     "the stored checkpoint does not read back: it, or one before it, is missing or was altered (its \
@@ -311,8 +316,8 @@ impl Pipeline {
             };
             if let Some((problem, keys)) = difference {
                 report.checkpoints_differing.push(CheckpointDifference {
-                    period: period.clone(),
-                    seq: book.seq.max(checkpoint.seq),
+                    period: checkpoint.period.clone(),
+                    seq: checkpoint.seq,
                     problem,
                     keys,
                 });
@@ -394,13 +399,21 @@ impl Pipeline {
         operator: &'a OperatorRecord,
         last_sequence: u64,
     ) -> impl Iterator<Item = Result<EventRecord, IngestError>> + 'a {
+        self.records_from(operator, 0, last_sequence)
+    }
+
+    /// The records after `after` up to `last_sequence`, in ledger order: a replay from the
+    /// checkpoint at `after + 1`.
+    pub(crate) fn records_from<'a>(
+        &'a self,
+        operator: &'a OperatorRecord,
+        after: u64,
+        last_sequence: u64,
+    ) -> impl Iterator<Item = Result<EventRecord, IngestError>> + 'a {
         self.store()
-            .event_ids_in_order(&operator.id)
-            .map(move |id| -> Result<Option<EventRecord>, IngestError> {
-                let id = id?;
-                Ok(self.store().event(&operator.id, &id)?.filter(|record| record.seq <= last_sequence))
-            })
-            .filter_map(Result::transpose)
+            .records_after(&operator.id, after)
+            .map(|record| record.map_err(IngestError::from))
+            .take_while(move |record| !matches!(record, Ok(record) if record.seq > last_sequence))
     }
 
     /// What the event paid by itself: its commissions, without the adjustments a late event

@@ -292,7 +292,7 @@ impl Pipeline {
                 self.resettle(operator, &mut books, k, writes, &mut |book| Ok(checkpoints.get(&book.period).cloned()))?
             }
             None => self.resettle(operator, &mut books, k, writes, &mut |book| {
-                Ok(store.checkpoint_state(&operator.id, book.seq)?)
+                self.checkpoint_or_rederived(operator, book.seq, Some(&book.period))
             })?,
         };
         let (resettled, live) = match resettled {
@@ -442,18 +442,6 @@ impl Pipeline {
         let prefix = period.settlement_id("");
         paid.retain(|settlement, _| settlement.starts_with(&prefix));
         Ok(paid)
-    }
-
-    /// Computes the period's statements as closed and stores each that is not stored yet.
-    pub(crate) fn store_closed_statements(
-        &self,
-        operator: &OperatorRecord,
-        period: &Period,
-    ) -> Result<(), IngestError> {
-        for (affiliate, statement) in self.period_statements(operator, period, StatementView::AsClosed)? {
-            self.store().put_statement(&operator.id, &period.id, &affiliate, &statement)?;
-        }
-        Ok(())
     }
 }
 

@@ -13,13 +13,69 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::pipeline::{IngestError, Period, Pipeline, Run};
+use crate::pipeline::{IngestError, Period, Pipeline, Run, settlement_period};
 use crate::replay::ScratchState;
-use crate::restate::{AffiliateStatement, Before, SettlementPaid, add_to_statements};
-use crate::store::checkpoints::{apply, decode_writes};
+use crate::restate::{AffiliateStatement, Before, SettlementPaid, StatementView, add_to_statements};
+use crate::store::checkpoints::{State, apply, decode_writes};
 use crate::store::records::{EventRecord, EventStatus, OperatorRecord};
 
 impl Pipeline {
+    /// The month's statements as its close computes them, without a replay of the ledger's
+    /// history: its events' lines from a replay that starts at the nearest sound checkpoint at or
+    /// before the month's first event and stops at its last one before the close (`upto`), its
+    /// settlements (`settlements`, in order) over `before`, the state they started from.
+    pub(crate) fn closed_statements(
+        &self,
+        operator: &OperatorRecord,
+        period: &Period,
+        upto: u64,
+        before: &State,
+        settlements: &[String],
+    ) -> Result<BTreeMap<String, AffiliateStatement>, IngestError> {
+        let store = self.store();
+        let mut statements = BTreeMap::new();
+        if let Some(span) = self.month_span(operator, &period.id)?
+            && span.first <= upto
+        {
+            let (start, state) = store.checkpoint_at_or_before(&operator.id, span.first)?.unwrap_or((1, State::new()));
+            let scratch = Arc::new(ScratchState::from_state(state));
+            for record in self.records_from(operator, start - 1, span.last.min(upto)) {
+                let record = record?;
+                self.replay_into(operator, period, &record, false, &scratch, &mut statements)?;
+            }
+        }
+        let scratch = Arc::new(ScratchState::from_state(before.clone()));
+        for id in settlements {
+            self.add_replayed(operator, period, id, false, &scratch, &mut statements)?;
+        }
+        Ok(statements)
+    }
+
+    /// Stores the month's statements as this close computed them: those of the affiliates it
+    /// settled (`settled`, in order, over `before`), and any not stored yet.
+    pub(crate) fn store_closed_statements(
+        &self,
+        operator: &OperatorRecord,
+        period: &Period,
+        before: &State,
+        settled: &[String],
+    ) -> Result<(), IngestError> {
+        let store = self.store();
+        let statements = match store.period_books(&operator.id)?.remove(&period.id) {
+            Some(book) => self.closed_statements(operator, period, book.seq.saturating_sub(1), before, settled)?,
+            // No book (the close could not write one): from a replay of the ledger.
+            None => self.period_statements(operator, period, StatementView::AsClosed)?,
+        };
+        for (affiliate, statement) in statements {
+            if settled.contains(&period.settlement_id(&affiliate))
+                || store.statement::<AffiliateStatement>(&operator.id, &period.id, &affiliate)?.is_none()
+            {
+                store.put_statement(&operator.id, &period.id, &affiliate, &statement)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The month's statements as restated now, per affiliate, from its checkpoint; `None` when
     /// what that needs is not stored.
     pub fn restated_statements(
@@ -67,18 +123,31 @@ impl Pipeline {
         statements: &mut BTreeMap<String, AffiliateStatement>,
     ) -> Result<(), IngestError> {
         let Some(record) = self.store().event(&operator.id, id)? else { return Ok(()) };
+        self.replay_into(operator, period, &record, late, scratch, statements)
+    }
+
+    /// Replays `record` over `scratch` and adds it to the statements.
+    fn replay_into(
+        &self,
+        operator: &OperatorRecord,
+        period: &Period,
+        record: &EventRecord,
+        late: bool,
+        scratch: &Arc<ScratchState>,
+        statements: &mut BTreeMap<String, AffiliateStatement>,
+    ) -> Result<(), IngestError> {
         let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { return Ok(()) };
         let evaluated = self.run_plugin(
             operator,
             &record.event,
             evaluation.chain.clone(),
             evaluation.plugin_version,
-            crate::pipeline::settlement_period(&record.event).as_ref(),
+            settlement_period(&record.event).as_ref(),
             scratch.clone(),
             Run::Replay,
         )?;
         let before: Before = evaluated.state_writes.keys().map(|key| (key.clone(), scratch.value(key))).collect();
-        add_to_statements(statements, period, &record, late, &evaluated, &before);
+        add_to_statements(statements, period, record, late, &evaluated, &before);
         if evaluated.failure.is_none() {
             scratch.apply(evaluated.state_writes);
         }

@@ -69,7 +69,8 @@ impl Pipeline {
             .collect();
         self.book_close(operator, period, &before, &committed)?;
         // The statements as this close computed them, kept to compare later recomputations with.
-        self.store_closed_statements(operator, period)?;
+        let settled: Vec<String> = committed.into_iter().map(|(id, _)| id).collect();
+        self.store_closed_statements(operator, period, &before, &settled)?;
         Ok(outcomes)
     }
 

@@ -84,6 +84,9 @@ pub struct Scheduling {
     /// The quota on an operator's stored plugin state, for operators without their own
     /// (`state_bytes` in their limits); `None`: no quota.
     pub state_quota_bytes: Option<u64>,
+    /// A checkpoint of an operator's plugin state every this many events (0: none but the
+    /// closes'): see [`crate::checkpoints`].
+    pub checkpoint_every: u64,
 }
 
 impl Default for Scheduling {
@@ -93,6 +96,7 @@ impl Default for Scheduling {
             queue_events: DEFAULT_QUEUE_EVENTS,
             state_cache: CacheBounds::default(),
             state_quota_bytes: None,
+            checkpoint_every: crate::checkpoints::DEFAULT_CHECKPOINT_EVERY,
         }
     }
 }
@@ -385,6 +389,7 @@ impl Pipeline {
             self.metrics.sliced_requests.get_or_create(&OperatorLabels { operator: queue.operator.clone() }).inc();
             queue.push_front(Job::Resume(resume), &self.metrics);
         }
+        self.checkpoint_if_due(&queue.operator, self.sequencers.scheduling.checkpoint_every);
         report
     }
 

@@ -148,6 +148,15 @@ impl Store {
         Ok(checkpoints)
     }
 
+    /// The position of the operator's latest stored checkpoint.
+    pub fn latest_checkpoint_seq(&self, operator: &str) -> Result<Option<u64>, StoreError> {
+        let tree = self.checkpoint_tree()?;
+        let last = tree.range(keys::sequence(operator, 0)..=keys::sequence(operator, u64::MAX)).next_back();
+        Ok(last.transpose()?.map(|(key, _)| {
+            key.len().checked_sub(8).and_then(|at| key[at..].try_into().ok()).map_or(0, u64::from_be_bytes)
+        }))
+    }
+
     /// The whole state at the checkpoint at `seq`: `None` if there is none, or it (or a delta
     /// before it) is missing or altered, so that its digest does not match.
     pub fn checkpoint_state(&self, operator: &str, seq: u64) -> Result<Option<State>, StoreError> {
@@ -269,5 +278,126 @@ impl Store {
             tree.insert(keys::text(operator, &book.period), to_json(&stored))?;
         }
         Ok(())
+    }
+}
+
+const MONTHS: &str = "month_spans";
+/// The key, among an operator's months, of how far its ledger is indexed ("~" sorts after
+/// every `YYYY-MM`).
+const INDEXED: &str = "~indexed";
+
+/// Where the events dated in one month lie in the ledger: the first and last sequence numbers.
+/// A replay of the month starts at the nearest checkpoint at or before `first`, not at event 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonthSpan {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// What indexing reads of a ledger entry: the event's id and date only.
+#[derive(Deserialize)]
+struct DatedEntry {
+    record: DatedRecord,
+}
+
+#[derive(Deserialize)]
+struct DatedRecord {
+    event: DatedEvent,
+}
+
+#[derive(Deserialize)]
+struct DatedEvent {
+    id: String,
+    occurred_at: i64,
+}
+
+impl Store {
+    /// The operator's records after `after`, in ledger order, each decoded once (a replay's
+    /// read: an id walk then a lookup by id decodes every record twice).
+    pub fn records_after<'a>(
+        &'a self,
+        operator: &'a str,
+        after: u64,
+    ) -> impl Iterator<Item = Result<super::records::EventRecord, StoreError>> + 'a {
+        self.entries_after(operator, after).map(move |entry| {
+            let (_, value) = entry?;
+            let entry: super::ledger::LedgerEntry = decode("ledger", &value)?;
+            self.resolved(operator, entry.record)
+        })
+    }
+
+    /// The latest checkpoint at or before `seq` that reads back whole (its digest matches),
+    /// with its position: an altered or missing one falls back on the one before it.
+    pub fn checkpoint_at_or_before(&self, operator: &str, seq: u64) -> Result<Option<(u64, State)>, StoreError> {
+        let mut state = State::new();
+        let mut sound = None;
+        for entry in self.checkpoint_tree()?.range(keys::sequence(operator, 0)..=keys::sequence(operator, seq)) {
+            let (_, value) = entry?;
+            let Ok(checkpoint) = serde_json::from_slice::<StoredCheckpoint>(&value) else { continue };
+            if checkpoint.full {
+                state.clear();
+            }
+            apply(&mut state, &decode_writes(&checkpoint.delta));
+            if state_digest(&state) == checkpoint.digest {
+                sound = Some(checkpoint.seq);
+            }
+        }
+        // Folded once more up to the sound one: cheaper than cloning the state at each.
+        match sound {
+            Some(at) => Ok(self.checkpoint_state(operator, at)?.map(|state| (at, state))),
+            None => Ok(None),
+        }
+    }
+
+    /// Indexes, by the month each is dated in, the operator's entries from where the index
+    /// stands up to `upto` (`skip`: the host's own entries, by id). Reads each entry's id and
+    /// date only, each once over the ledger's life.
+    pub fn index_months(
+        &self,
+        operator: &str,
+        upto: u64,
+        month_of: impl Fn(i64) -> Option<String>,
+        skip: impl Fn(&str) -> bool,
+    ) -> Result<(), StoreError> {
+        let tree = self.db.open_tree(MONTHS)?;
+        let indexed = match tree.get(keys::text(operator, INDEXED))? {
+            Some(bytes) => decode::<u64>(MONTHS, &bytes)?,
+            None => 0,
+        };
+        if indexed >= upto {
+            return Ok(());
+        }
+        let mut spans: BTreeMap<String, MonthSpan> = BTreeMap::new();
+        for entry in self.entries_after(operator, indexed) {
+            let (seq, value) = entry?;
+            if seq > upto {
+                break;
+            }
+            let entry: DatedEntry = decode("ledger", &value)?;
+            if skip(&entry.record.event.id) {
+                continue;
+            }
+            let Some(month) = month_of(entry.record.event.occurred_at) else { continue };
+            spans.entry(month).and_modify(|span| span.last = seq).or_insert(MonthSpan { first: seq, last: seq });
+        }
+        for (month, span) in spans {
+            let key = keys::text(operator, &month);
+            let merged = match tree.get(&key)? {
+                Some(bytes) => {
+                    let known: MonthSpan = decode(MONTHS, &bytes)?;
+                    MonthSpan { first: known.first.min(span.first), last: known.last.max(span.last) }
+                }
+                None => span,
+            };
+            tree.insert(key, to_json(&merged))?;
+        }
+        tree.insert(keys::text(operator, INDEXED), to_json(&upto))?;
+        Ok(())
+    }
+
+    /// Where the events dated in `month` lie, as far as the ledger is indexed.
+    pub fn month_span(&self, operator: &str, month: &str) -> Result<Option<MonthSpan>, StoreError> {
+        let tree = self.db.open_tree(MONTHS)?;
+        tree.get(keys::text(operator, month))?.map(|bytes| decode(MONTHS, &bytes)).transpose()
     }
 }
