@@ -725,3 +725,36 @@ fn deal_and_config_sizes_are_capped_by_key() {
     assert_eq!(host.get(&acme, "/affiliates/over").0, StatusCode::NOT_FOUND, "a refused deal was stored");
     host.create_operator("over");
 }
+
+#[test]
+fn two_affiliates_moved_under_each_other_at_once_never_make_a_loop() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.create_operator("acme");
+    let put = |id: &str, parent: Option<&str>| {
+        answer(
+            host.client
+                .put(host.url(&format!("/v1/operators/acme/affiliates/{id}")))
+                .bearer_auth(&acme.api_key)
+                .json(&json!({"parent": parent, "deal": {}}))
+                .send(),
+        )
+    };
+    // Each round, a fresh pair and the two moves sent at once: each alone is valid, both
+    // together would make each the other's parent (a loop no chain walk can end).
+    for round in 0..1000 {
+        let (a, b) = (format!("a{round}"), format!("b{round}"));
+        assert_eq!(put(&a, None).0, StatusCode::OK);
+        assert_eq!(put(&b, None).0, StatusCode::OK);
+        let (first, second) = std::thread::scope(|threads| {
+            let first = threads.spawn(|| put(&a, Some(&b)));
+            let second = threads.spawn(|| put(&b, Some(&a)));
+            (first.join().unwrap(), second.join().unwrap())
+        });
+        let taken = [&first, &second].iter().filter(|(status, _)| *status == StatusCode::OK).count();
+        assert_eq!(taken, 1, "round {round}: {first:?} {second:?}");
+        let refused = if first.0 == StatusCode::OK { &second.1 } else { &first.1 };
+        assert_eq!(refused["details"][0]["field"], "parent", "{refused}");
+        assert!(refused["message"].as_str().unwrap_or_default().contains("loop"), "{refused}");
+    }
+}

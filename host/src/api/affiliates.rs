@@ -1,8 +1,11 @@
 //! An operator's affiliates: the referral tree (each affiliate's parent) and each one's deal.
 //! A move is checked against the tree as it stands (no loop, no chain deeper than the engine
-//! pays up), so evaluation never meets a tree it cannot walk.
+//! pays up), so evaluation never meets a tree it cannot walk. The check and the write are one
+//! step per operator ([`TreeLocks`]): two moves checked at once against the same tree could each
+//! pass and together make a loop (A under B and B under A).
 
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 
 use axum::Json;
@@ -20,6 +23,27 @@ use crate::store::records::AffiliateRecord;
 use crate::terms::{self, WireTerms};
 
 use super::operators::{durable, parse_json};
+
+/// One lock per stripe of operators, held from a write's check of the affiliate tree to the
+/// write. Striped rather than one per operator so that it costs a fixed few KiB whatever the
+/// number of operators; operators sharing a stripe only wait for each other's tree writes,
+/// which are rare and short.
+pub struct TreeLocks {
+    stripes: [tokio::sync::Mutex<()>; 64],
+}
+
+impl Default for TreeLocks {
+    fn default() -> Self {
+        Self { stripes: std::array::from_fn(|_| tokio::sync::Mutex::new(())) }
+    }
+}
+
+impl TreeLocks {
+    async fn lock(&self, operator: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(operator);
+        self.stripes[(hash % self.stripes.len() as u64) as usize].lock().await
+    }
+}
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +85,7 @@ pub async fn put_affiliate(
     let deal = terms::checked_deal("deal", request.deal)
         .map_err(|problems| ApiError::fields("invalid_affiliate", problems))?;
     let store = state.pipeline.store();
+    let tree_unchanged_until_written = state.affiliate_trees.lock(&operator.id).await;
     if let Some(parent) = &request.parent {
         if let Some(problem) = affiliate_id_problem(parent) {
             return Err(ApiError::field("parent", problem));
@@ -100,6 +125,7 @@ pub async fn put_affiliate(
     store
         .put_affiliate(&operator.id, &record, operator.limits.stored_bytes)?
         .map_err(|refused| ApiError::quota_exceeded(&operator.id, None, refused))?;
+    drop(tree_unchanged_until_written);
     durable(&state).await?;
     Ok(Json(affiliate_json(&record)))
 }

@@ -69,6 +69,8 @@ pub struct AppState {
     pub limits: BodyLimits,
     pub rate_limits: rate_limit::RateLimits,
     pub failed_credentials: rate_limit::FailedCredentials,
+    /// Serialises each operator's affiliate-tree writes, check to write ([`affiliates`]).
+    pub affiliate_trees: affiliates::TreeLocks,
 }
 
 impl AppState {
@@ -79,6 +81,7 @@ impl AppState {
             limits,
             rate_limits: Default::default(),
             failed_credentials: Default::default(),
+            affiliate_trees: Default::default(),
         }
     }
 }
