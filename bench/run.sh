@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces every figure in BENCHMARKS.md in one run: baselines and the real server, on the
-# same machine, one after the other. Needs wrk (apt-get install wrk).
+# same machine, one after the other. Needs wrk (apt-get install wrk). SERVE_ARGS are passed to
+# the host's `serve` (say, SERVE_ARGS="--checkpoint-every 10000"); MICRO=0 skips criterion.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15s}
@@ -26,7 +27,7 @@ echo "== baseline: the plugin's rules natively"
 target/release/native-plugin
 
 echo "== commission-host: three operators, each with a reference plugin (multi-event, revshare, cpa)"
-target/release/commission-host serve --data "$work/data" --listen 127.0.0.1:18080 >"$work/host.out" 2>"$work/host.err" &
+target/release/commission-host serve --data "$work/data" --listen 127.0.0.1:18080 ${SERVE_ARGS:-} >"$work/host.out" 2>"$work/host.err" &
 until grep -q listening "$work/host.out"; do sleep 0.2; done
 H=http://127.0.0.1:18080
 OPERATORS=(multi-event revshare cpa)
@@ -80,5 +81,8 @@ for size in 1 100; do
 done
 kill %1; wait %1 2>/dev/null || true
 
-echo "== micro-benchmarks (criterion): the plugin call beside the native rules, the parsers, the ledger commit"
-cargo bench -p bench --bench host_parts -- --warm-up-time 1 --measurement-time 5 2>/dev/null | grep -E '^[a-z_]+/|time:|thrpt:'
+# MICRO=0 skips them (a rerun of the server phases alone).
+if [ "${MICRO:-1}" = 1 ]; then
+  echo "== micro-benchmarks (criterion): the plugin call beside the native rules, the parsers, the ledger commit"
+  cargo bench -p bench --bench host_parts -- --warm-up-time 1 --measurement-time 5 2>/dev/null | grep -E '^[a-z_]+/|time:|thrpt:'
+fi

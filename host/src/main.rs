@@ -85,8 +85,9 @@ enum Command {
         #[arg(long)]
         state_quota_bytes: Option<u64>,
         /// Keep a checkpoint of each operator's plugin state every this many events (stored as
-        /// a delta from the previous one), where replays over a range start; 0: only before
-        /// each month's settlements.
+        /// a delta from the previous one), where a close's replay and a checkpoint's repair
+        /// start; each one pauses the operator's events while it reads its whole state. 0 (the
+        /// default): only before each month's settlements.
         #[arg(long, default_value_t = commission_host::checkpoints::DEFAULT_CHECKPOINT_EVERY)]
         checkpoint_every: u64,
         /// Leave out the operator console and affiliate portal (the HTML pages under /console/).
