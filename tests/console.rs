@@ -21,6 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Host, Operator, data_dir};
+use fantoccini::elements::Element;
+use fantoccini::error::CmdError;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -94,12 +96,18 @@ async fn screenshot(client: &Client, name: &str) {
     std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
 }
 
+/// An element, waited for: after a click on a form's button the browser may still be loading
+/// the page that answers, more so on a busy machine.
+async fn find(client: &Client, css: &str) -> Result<Element, CmdError> {
+    client.wait().at_most(Duration::from_secs(60)).for_element(Locator::Css(css)).await
+}
+
 async fn text(client: &Client, css: &str) -> String {
-    client.find(Locator::Css(css)).await.unwrap_or_else(|error| panic!("no {css}: {error}")).text().await.unwrap()
+    find(client, css).await.unwrap_or_else(|error| panic!("no {css}: {error}")).text().await.unwrap()
 }
 
 async fn fill(client: &Client, css: &str, value: &str) {
-    let Ok(input) = client.find(Locator::Css(css)).await else {
+    let Ok(input) = find(client, css).await else {
         let url = client.current_url().await.map(|url| url.to_string()).unwrap_or_default();
         panic!("no {css} on {url}: {}", client.source().await.unwrap_or_default());
     };
@@ -108,7 +116,7 @@ async fn fill(client: &Client, css: &str, value: &str) {
 }
 
 async fn click(client: &Client, css: &str) {
-    client.find(Locator::Css(css)).await.unwrap_or_else(|error| panic!("no {css}: {error}")).click().await.unwrap();
+    find(client, css).await.unwrap_or_else(|error| panic!("no {css}: {error}")).click().await.unwrap();
 }
 
 /// `fetch` in the page (the session's cookie goes with it): the status and the body's text.

@@ -161,6 +161,9 @@ impl Host {
                 .bearer_auth(&operator.api_key)
                 .header("content-type", "application/wasm")
                 .body(wasm.to_vec())
+                // The host validates, compiles and smoke-runs the component before it answers:
+                // a Python one (tens of MB) takes more than a minute on two busy cores.
+                .timeout(Duration::from_secs(300))
                 .send(),
         )
     }
