@@ -9,22 +9,22 @@
 //! For plugin authors, offline: [`fixtures`] runs fixture files through a component in the same
 //! sandbox, and [`plugins::validate`] is the validation an upload does.
 
+pub mod amounts;
 pub mod api;
-pub mod checkpoints;
 pub mod cluster;
 pub mod committer;
 pub mod console;
 pub mod event;
 pub mod fixtures;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugins;
 pub mod replay;
-pub mod restate;
 pub mod sandbox;
 pub mod secrets;
 pub mod server;
 pub mod shadow;
-pub mod statements;
 pub mod store;
 pub mod terms;

@@ -88,7 +88,7 @@ enum Command {
         /// a delta from the previous one), where a close's replay and a checkpoint's repair
         /// start; each one pauses the operator's events while it reads its whole state. 0 (the
         /// default): only before each month's settlements.
-        #[arg(long, default_value_t = commission_host::checkpoints::DEFAULT_CHECKPOINT_EVERY)]
+        #[arg(long, default_value_t = commission_host::pipeline::checkpoints::DEFAULT_CHECKPOINT_EVERY)]
         checkpoint_every: u64,
         /// Leave out the operator console and affiliate portal (the HTML pages under /console/).
         #[arg(long)]

@@ -11,78 +11,16 @@
 //!   so N's own state builds up as it would have live.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use crate::amounts::{AmountOverflow, Payout, checked_add};
+use crate::pipeline::restate::missed_by_settlement;
 use crate::pipeline::{IngestError, Pipeline, Run, settlement_period};
-use crate::restate::missed_by_settlement;
-use crate::sandbox::StateSource;
-use crate::store::records::{CommissionRecord, EventRecord, Failure, FailureKind, OperatorRecord};
-
-/// The plugin state of a replay: starts empty, takes each successful evaluation's writes.
-#[derive(Default)]
-pub(crate) struct ScratchState(Mutex<BTreeMap<String, Vec<u8>>>);
-
-impl StateSource for ScratchState {
-    fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(self.0.lock().expect("scratch state lock").get(key).cloned())
-    }
-}
-
-impl ScratchState {
-    /// A replay that starts from a checkpoint.
-    pub(crate) fn from_state(state: BTreeMap<String, Vec<u8>>) -> Self {
-        Self(Mutex::new(state))
-    }
-
-    /// The state as it stands: a checkpoint of the replay.
-    pub(crate) fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
-        self.0.lock().expect("scratch state lock").clone()
-    }
-
-    pub(crate) fn value(&self, key: &str) -> Option<Vec<u8>> {
-        self.0.lock().expect("scratch state lock").get(key).cloned()
-    }
-
-    pub(crate) fn into_entries(self) -> BTreeMap<String, Vec<u8>> {
-        self.0.into_inner().expect("scratch state lock")
-    }
-
-    pub(crate) fn apply(&self, writes: BTreeMap<String, Option<Vec<u8>>>) {
-        let mut state = self.0.lock().expect("scratch state lock");
-        for (key, value) in writes {
-            match value {
-                Some(value) => state.insert(key, value),
-                None => state.remove(&key),
-            };
-        }
-    }
-}
-
-/// One payout line, as compared between the ledger and a replay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Payout {
-    pub affiliate: String,
-    #[schema(value_type = String)]
-    pub amount: Decimal,
-    pub currency: String,
-    pub rule: String,
-    pub explanation: String,
-}
-
-impl From<&CommissionRecord> for Payout {
-    fn from(commission: &CommissionRecord) -> Self {
-        Self {
-            affiliate: commission.affiliate.clone(),
-            amount: commission.amount,
-            currency: commission.currency.clone(),
-            rule: commission.rule.clone(),
-            explanation: commission.explanation.clone(),
-        }
-    }
-}
+use crate::sandbox::ScratchState;
+use crate::store::records::{EventRecord, Failure, FailureKind, OperatorRecord};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventDifference {
@@ -139,26 +77,6 @@ pub struct AffiliateTotal {
     pub would_pay: Decimal,
     #[schema(value_type = String)]
     pub difference: Decimal,
-}
-
-/// A sum of amounts that does not fit a decimal (about 7.9e28): no total is reported rather than
-/// a wrong one.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the {what} overflows a decimal (the largest is about 7.9e28): adding {amount} to {total}")]
-pub struct AmountOverflow {
-    pub what: String,
-    pub total: Decimal,
-    pub amount: Decimal,
-}
-
-/// Adds `amount` to `total`, or says which total (`what`) would overflow.
-pub(crate) fn checked_add(
-    total: &mut Decimal,
-    amount: Decimal,
-    what: impl FnOnce() -> String,
-) -> Result<(), AmountOverflow> {
-    *total = total.checked_add(amount).ok_or_else(|| AmountOverflow { what: what(), total: *total, amount })?;
-    Ok(())
 }
 
 /// What was paid and what a replay would pay, per (affiliate, currency): backtests and shadows.
@@ -219,7 +137,7 @@ impl TimeRange {
 
 impl Pipeline {
     /// Replays every accepted event through the version that evaluated it, in ledger order, as
-    /// live did (see [`crate::checkpoints`]: a late event is evaluated where it arrived and
+    /// live did (see [`crate::pipeline::checkpoints`]: a late event is evaluated where it arrived and
     /// restates the closed months from their checkpoints), and compares: each event's own
     /// commissions, a late event's adjustments, the final state, and each stored checkpoint
     /// with the state the replay had there. An event committed after its period's settlement,
@@ -391,29 +309,6 @@ impl Pipeline {
         }
         report.affiliates = totals.into_rows()?;
         Ok(report)
-    }
-
-    /// The operator's event records in ledger order, up to `last_sequence`.
-    pub(crate) fn records_in_order<'a>(
-        &'a self,
-        operator: &'a OperatorRecord,
-        last_sequence: u64,
-    ) -> impl Iterator<Item = Result<EventRecord, IngestError>> + 'a {
-        self.records_from(operator, 0, last_sequence)
-    }
-
-    /// The records after `after` up to `last_sequence`, in ledger order: a replay from the
-    /// checkpoint at `after + 1`.
-    pub(crate) fn records_from<'a>(
-        &'a self,
-        operator: &'a OperatorRecord,
-        after: u64,
-        last_sequence: u64,
-    ) -> impl Iterator<Item = Result<EventRecord, IngestError>> + 'a {
-        self.store()
-            .records_after(&operator.id, after)
-            .map(|record| record.map_err(IngestError::from))
-            .take_while(move |record| !matches!(record, Ok(record) if record.seq > last_sequence))
     }
 
     /// What the event paid by itself: its commissions, without the adjustments a late event

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::amounts::Payout;
 use crate::pipeline::{IngestError, Pipeline, Run, settlement_period};
-use crate::replay::{AffiliateTotal, AffiliateTotals, EventDifference, Payout};
+use crate::replay::{AffiliateTotal, AffiliateTotals, EventDifference};
 use crate::sandbox::StateSource;
 use crate::store::Store;
 use crate::store::records::{OperatorRecord, ShadowResult};

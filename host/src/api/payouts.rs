@@ -30,9 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use super::operators::{durable, parse_json, query_params};
 use super::{ApiError, AppState, auth, read_body};
+use crate::amounts::checked_add;
 use crate::event::{FieldError, affiliate_id_problem, format_time, now_ms};
 use crate::pipeline::Period;
-use crate::replay::checked_add;
 use crate::secrets::sha256_hex;
 use crate::store::records::{
     ClawBackOutcome, CommissionRecord, CommissionStatus, PayoutRecord, StatusChange, StatusRecord,

@@ -14,10 +14,10 @@ use serde::Serialize;
 
 use super::listings::read_query;
 use super::{ApiError, AppState, auth};
+use crate::amounts::{AmountOverflow, checked_add};
 use crate::event::format_time;
+use crate::pipeline::restate::latest_closed;
 use crate::pipeline::{Period, RESERVED_PREFIX, SETTLEMENT_PREFIX};
-use crate::replay::{AmountOverflow, checked_add};
-use crate::restate::latest_closed;
 use crate::store::{Store, StoreError};
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -15,9 +15,10 @@ use super::answers::ShadowSet;
 
 use super::operators::{durable, existing_version, parse_json};
 use super::{ApiError, AppState, auth, read_body};
+use crate::amounts::AmountOverflow;
 use crate::event::parse_time;
 use crate::pipeline::IngestError;
-use crate::replay::{AmountOverflow, TimeRange};
+use crate::replay::TimeRange;
 
 /// `POST /v1/operators/{op}/verify`: replays the ledger in scratch state; writes nothing.
 #[utoipa::path(

@@ -1,5 +1,5 @@
 //! `GET /v1/operators/{op}/periods/{YYYY-MM}/statement[?affiliate=A]`: what each affiliate was
-//! paid for a closed period and why, recomputed from the stored events (see [`crate::restate`]);
+//! paid for a closed period and why, recomputed from the stored events (see [`crate::pipeline::restate`]);
 //! with `Accept: text/csv` or `format=csv`, what it paid as CSV (see [`super::export`]).
 
 use std::sync::Arc;
@@ -17,8 +17,8 @@ use super::export::{self, Format};
 use super::operators::query_params;
 use super::{ApiError, AppState, auth};
 use crate::event::{FieldError, affiliate_id_problem};
+use crate::pipeline::restate::{AffiliateStatement, StatementView};
 use crate::pipeline::{Period, Pipeline, SETTLEMENT_PREFIX};
-use crate::restate::{AffiliateStatement, StatementView};
 use crate::store::records::OperatorRecord;
 
 /// Per affiliate: the statement as closed (recomputed, and whether it equals the one stored at

@@ -22,12 +22,12 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::restate::closed_period_of;
 use super::sequencer::{Ingest, TurnReport, TurnSlot};
 use super::state_cache::StateCache;
 use super::{EventOutcome, IngestError, Pipeline, Prepared};
 use crate::committer::{CommitError, MAX_GROUP};
 use crate::event::IncomingEvent;
-use crate::restate::closed_period_of;
 use crate::sandbox::StateSource;
 use crate::store::records::{CustomerBinding, FailureKind, LateEventPolicy, OperatorRecord, StoredEvent};
 use crate::store::{CommitOutcome, EventCommit, Store};

@@ -14,9 +14,9 @@
 
 use sha2::Digest as _;
 
+use super::restate::latest_closed;
 use super::{EventOutcome, IngestError, Period, Pipeline, RESERVED_PREFIX, SETTLEMENT_KIND, SETTLEMENT_PREFIX};
 use crate::event::{FieldError, format_time, now_ms};
-use crate::restate::latest_closed;
 use crate::store::records::{EventStatus, OperatorRecord, StoredEvent};
 
 /// At most this many affiliates are named in a refusal.

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use super::batch::PendingWrites;
 use super::checks::{ReversedCommission, checked_commissions};
 use super::period::settlement_period;
+use super::restate::{RestateError, closed_period_of};
 use super::{Disposition, EventOutcome, IngestError, MAX_CHAIN_DEPTH, Pipeline};
 use crate::metrics::OperatorLabels;
-use crate::restate::{RestateError, closed_period_of};
 use crate::sandbox::{
     Limits, PluginAffiliate, PluginCommissionRef, PluginContext, PluginEvent, PluginInput, PluginPeriod, StateSource,
 };

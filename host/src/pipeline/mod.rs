@@ -15,22 +15,27 @@
 //! Each step is a seam: events could come from a log instead of HTTP, evaluation could run on
 //! another node, the commit could go to another store, without the others changing.
 //!
-//! Which way the dependencies go: `event`, `store`, `sandbox`, `metrics` and `committer` know
-//! nothing of the pipeline (`metrics` knows nothing of the crate at all: everything reports into
-//! it); `plugins` sits on the store, the sandbox and the metrics; the pipeline sits on all of
-//! them. One cycle is left: `restate` and `replay` replay the ledger through the pipeline's
-//! evaluation ([`Pipeline::run_plugin`]), and the pipeline calls `restate` for a late event. To
-//! break it, that evaluation (the referral chain, the version, the sandbox run and its checks)
-//! would move into a module of its own under both.
+//! Which way the dependencies go: `event`, `store`, `sandbox`, `metrics`, `committer` and
+//! `amounts` know nothing of the pipeline (`metrics` knows nothing of the crate at all:
+//! everything reports into it); `plugins` sits on the store, the sandbox and the metrics; the
+//! pipeline sits on all of them. Everything that writes an operator's ledger is inside it,
+//! because it runs in the operator's turn: a late event's restatement ([`restate`]), the
+//! checkpoints and period books ([`checkpoints`]) and the statements a close stores
+//! ([`statements`]). What only reads the ledger sits on top and is never called from here:
+//! `replay` (verify, backtest), `shadow`, the API and the cluster. The `layering` test keeps the
+//! crate's modules free of import cycles.
 
 mod batch;
+pub mod checkpoints;
 mod checks;
 mod close;
 mod command;
 mod evaluate;
 mod period;
+pub mod restate;
 mod sequencer;
 mod state_cache;
+pub mod statements;
 
 pub use checks::{FindReversed, ROUNDING, ReversedCommission, checked_commissions, to_minor_units};
 pub use command::{Command, Commanded, Done};
@@ -50,12 +55,11 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use crate::amounts::AmountOverflow;
 use crate::committer::{CommitError, CommitMetrics, Committer};
 use crate::event::{FieldError, IncomingEvent, now_ms};
 use crate::metrics::{FailureLabels, Metrics};
 use crate::plugins::PluginRegistry;
-use crate::replay::AmountOverflow;
-use crate::restate::closed_period_of;
 use crate::sandbox::{Limits, Sandbox};
 use crate::store::records::{
     CommissionRecord, EventRecord, FxConversion, LateEventPolicy, OperatorRecord, StoredEvent,
@@ -63,6 +67,7 @@ use crate::store::records::{
 use crate::store::{CommitOutcome, Durability, DurabilityError, QuotaExceeded, Store, StoreError};
 use batch::PendingWrites;
 use evaluate::Prepared;
+use restate::closed_period_of;
 use sequencer::{Ingest, Job, Sequencers};
 
 /// How far up the referral chain parents are followed.

@@ -85,7 +85,7 @@ pub struct Scheduling {
     /// (`state_bytes` in their limits); `None`: no quota.
     pub state_quota_bytes: Option<u64>,
     /// A checkpoint of an operator's plugin state every this many events (0: none but the
-    /// closes'): see [`crate::checkpoints`].
+    /// closes'): see [`crate::pipeline::checkpoints`].
     pub checkpoint_every: u64,
 }
 
@@ -96,7 +96,7 @@ impl Default for Scheduling {
             queue_events: DEFAULT_QUEUE_EVENTS,
             state_cache: CacheBounds::default(),
             state_quota_bytes: None,
-            checkpoint_every: crate::checkpoints::DEFAULT_CHECKPOINT_EVERY,
+            checkpoint_every: super::checkpoints::DEFAULT_CHECKPOINT_EVERY,
         }
     }
 }

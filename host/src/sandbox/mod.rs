@@ -11,6 +11,7 @@
 
 mod contract;
 mod host;
+mod scratch;
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -23,6 +24,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 pub use contract::ContractError;
 use contract::{v0_1_0, v0_2_0};
 use host::{HostLimit, PluginHost};
+pub use scratch::ScratchState;
 
 use crate::store::records::{Failure, FailureKind};
 

@@ -1,7 +1,7 @@
 //! Period statements from checkpoints (issue 15): a closed month's restated statement, and what
 //! its settlements paid, in time proportional to the month's late events and settlements.
 //!
-//! Under the rule for late events ([`crate::checkpoints`]) the on-time events of a month never
+//! Under the rule for late events ([`crate::pipeline::checkpoints`]) the on-time events of a month never
 //! change once it is closed, so their lines are those of the statement stored at the close.
 //! The restated statement adds the month's late events, in the order they arrived, each
 //! evaluated over the month's checkpoint as the months before now leave it, and runs the
@@ -13,9 +13,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::pipeline::{IngestError, Period, Pipeline, Run, settlement_period};
-use crate::replay::ScratchState;
-use crate::restate::{AffiliateStatement, Before, SettlementPaid, StatementView, add_to_statements};
+use super::restate::{AffiliateStatement, Before, SettlementPaid, StatementView, add_to_statements};
+use super::{IngestError, Period, Pipeline, Run, settlement_period};
+use crate::sandbox::ScratchState;
 use crate::store::checkpoints::{State, apply, decode_writes};
 use crate::store::records::{EventRecord, EventStatus, OperatorRecord};
 

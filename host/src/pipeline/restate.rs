@@ -44,9 +44,10 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::{Evaluated, IngestError, Period, Pipeline, Run, SETTLEMENT_PREFIX, settlement_period};
+use crate::amounts::{AmountOverflow, Payout, checked_add};
 use crate::event::{format_time, now_ms};
-use crate::pipeline::{Evaluated, IngestError, Period, Pipeline, Run, SETTLEMENT_PREFIX, settlement_period};
-use crate::replay::{AmountOverflow, Payout, ScratchState, checked_add};
+use crate::sandbox::ScratchState;
 use crate::store::StoreError;
 use crate::store::records::{
     CommissionRecord, EventRecord, EventStatus, Failure, FailureKind, LogLine, OperatorRecord, Restatement,
@@ -261,7 +262,7 @@ impl Pipeline {
 
     /// Restates the closed periods with `draft`, a late event evaluated but not committed, whose
     /// evaluation wrote `writes`: books them into its month and re-runs that month's settlements
-    /// and those of the closed months after it from their checkpoints ([`crate::checkpoints`]).
+    /// and those of the closed months after it from their checkpoints ([`crate::pipeline::checkpoints`]).
     pub(crate) fn restate(
         &self,
         operator: &OperatorRecord,
@@ -312,7 +313,7 @@ impl Pipeline {
             if let Some(restates) = &adjustment.restates
                 && let Some(book) = books.iter_mut().find(|book| book.period == restates.period)
             {
-                crate::checkpoints::add_paid(book, &restates.settlement, std::slice::from_ref(adjustment));
+                super::checkpoints::add_paid(book, &restates.settlement, std::slice::from_ref(adjustment));
             }
         }
         books[k].late.push(draft.event.id.clone());
@@ -328,7 +329,7 @@ impl Pipeline {
         &self,
         operator: &OperatorRecord,
         draft: &EventRecord,
-        resettled: &[crate::checkpoints::Resettled],
+        resettled: &[super::checkpoints::Resettled],
         books: &[crate::store::checkpoints::PeriodBook],
         now: i64,
     ) -> Result<Vec<CommissionRecord>, RestateError> {
@@ -336,9 +337,9 @@ impl Pipeline {
         let open = self.open_period(operator)?;
         let mut adjustments = Vec::new();
         for settled in resettled {
-            let crate::checkpoints::Resettled { settlement, period, version, totals: replayed, explanations } = settled;
+            let super::checkpoints::Resettled { settlement, period, version, totals: replayed, explanations } = settled;
             let before = match books.iter().find(|book| book.period == *period) {
-                Some(book) => crate::checkpoints::paid_totals(book, settlement).map_err(overflow)?,
+                Some(book) => super::checkpoints::paid_totals(book, settlement).map_err(overflow)?,
                 None => Totals::new(),
             };
             let keys: std::collections::BTreeSet<_> = before.keys().chain(replayed.keys()).cloned().collect();

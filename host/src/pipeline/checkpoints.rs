@@ -23,11 +23,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::pipeline::{
-    Evaluated, IngestError, Period, Pipeline, RESERVED_PREFIX, Run, SETTLEMENT_PREFIX, settlement_period,
-};
-use crate::replay::{Payout, ScratchState};
-use crate::restate::{RestateError, Totals, add_to};
+use super::restate::{RestateError, Totals, add_to};
+use super::{Evaluated, IngestError, Period, Pipeline, RESERVED_PREFIX, Run, SETTLEMENT_PREFIX, settlement_period};
+use crate::amounts::Payout;
+use crate::sandbox::ScratchState;
 use crate::store::checkpoints::{MonthSpan, PeriodBook, State, Writes, apply, decode_writes, encode_writes};
 use crate::store::records::{CommissionRecord, EventRecord, EventStatus, OperatorRecord};
 
@@ -118,7 +117,7 @@ impl Pipeline {
                 }
                 let mut totals = Totals::new();
                 for commission in &evaluated.commissions {
-                    add_to(&mut totals, &Payout::from(commission)).map_err(crate::restate::overflow)?;
+                    add_to(&mut totals, &Payout::from(commission)).map_err(super::restate::overflow)?;
                 }
                 resettled.push(Resettled {
                     settlement: id.clone(),
@@ -413,11 +412,38 @@ pub(crate) fn add_paid(book: &mut PeriodBook, settlement: &str, commissions: &[C
 }
 
 /// What `book` says settlement `settlement` paid, per (affiliate, rule, currency).
-pub(crate) fn paid_totals(book: &PeriodBook, settlement: &str) -> Result<Totals, crate::replay::AmountOverflow> {
+pub(crate) fn paid_totals(book: &PeriodBook, settlement: &str) -> Result<Totals, crate::amounts::AmountOverflow> {
     let mut totals = Totals::new();
     for (affiliate, rule, currency, amount) in book.paid.get(settlement).into_iter().flatten() {
         let total = totals.entry((affiliate.clone(), rule.clone(), currency.clone())).or_default();
-        crate::replay::checked_add(total, *amount, || format!("total paid to {affiliate} under {rule} in {currency}"))?;
+        crate::amounts::checked_add(total, *amount, || {
+            format!("total paid to {affiliate} under {rule} in {currency}")
+        })?;
     }
     Ok(totals)
+}
+
+impl Pipeline {
+    /// The operator's event records in ledger order, up to `last_sequence`.
+    pub(crate) fn records_in_order<'a>(
+        &'a self,
+        operator: &'a OperatorRecord,
+        last_sequence: u64,
+    ) -> impl Iterator<Item = Result<EventRecord, IngestError>> + 'a {
+        self.records_from(operator, 0, last_sequence)
+    }
+
+    /// The records after `after` up to `last_sequence`, in ledger order: a replay from the
+    /// checkpoint at `after + 1`.
+    pub(crate) fn records_from<'a>(
+        &'a self,
+        operator: &'a OperatorRecord,
+        after: u64,
+        last_sequence: u64,
+    ) -> impl Iterator<Item = Result<EventRecord, IngestError>> + 'a {
+        self.store()
+            .records_after(&operator.id, after)
+            .map(|record| record.map_err(IngestError::from))
+            .take_while(move |record| !matches!(record, Ok(record) if record.seq > last_sequence))
+    }
 }
