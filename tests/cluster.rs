@@ -599,13 +599,12 @@ fn views_follow_the_close(dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>
     }
 }
 
-/// A statement without what each ledger numbers or dates itself (commission ids, their
-/// creation time).
+/// A statement without what each ledger numbers itself (commission ids). Dates are compared:
+/// a commission is dated by the request that made it, which the ledger holds, on every node.
 fn without_own_fields(mut value: Value) -> Value {
     match &mut value {
         Value::Object(map) => {
             map.remove("id");
-            map.remove("created_at");
             for field in map.values_mut() {
                 *field = without_own_fields(field.take());
             }

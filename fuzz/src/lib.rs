@@ -180,7 +180,9 @@ pub fn plugin_result(data: &[u8]) {
         })
     };
     let count = commissions.len();
-    let Ok(records) = checked_commissions(commissions, &chain, &event, 1, 50, &find_reversed) else { return };
+    let Ok(records) = checked_commissions(commissions, &chain, &event, 1, 50, &find_reversed, event.occurred_at) else {
+        return;
+    };
     assert!(count <= 50 && records.len() == count);
     for record in &records {
         assert!(chain.iter().any(|link| link.affiliate == record.affiliate));

@@ -108,7 +108,9 @@ impl<'a> ComponentEvaluator<'a> {
                         .map(|r| CommissionRef { event_id: r.event_id.clone(), rule: r.rule.clone() })
                 })
                 .collect();
-            let checked = checked_commissions(commissions, chain, event, 1, self.limits.max_commissions, &resolve_all)?;
+            // A fixture has no receipt: its commissions are dated when the event occurred.
+            let max = self.limits.max_commissions;
+            let checked = checked_commissions(commissions, chain, event, 1, max, &resolve_all, event.occurred_at)?;
             Ok(checked
                 .into_iter()
                 .zip(references)

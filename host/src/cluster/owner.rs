@@ -242,7 +242,7 @@ impl Cluster {
             .into_iter()
             .map(|(sequence, request)| {
                 let answer: BoxFuture<'static, Answer> = match request.command {
-                    Some(command) => match self.pipeline.submit_command(&record, command) {
+                    Some(command) => match self.pipeline.submit_command(&record, command, request.received_at) {
                         Ok(done) => Box::pin(done.map(Answer::from)),
                         Err(error) => Box::pin(std::future::ready(Answer::from(Err::<Done, _>(error)))),
                     },

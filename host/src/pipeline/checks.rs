@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::event::{now_ms, parse_amount};
+use crate::event::parse_amount;
 use crate::sandbox::{PluginCommission, PluginCommissionRef};
 use crate::store::records::{ChainLink, CommissionRecord, Failure, FailureKind, StoredEvent};
 use crate::terms::hold_until;
@@ -48,6 +48,10 @@ pub fn to_minor_units(amount: Decimal, currency: iso_currency::Currency) -> Deci
 /// kept beside it when that changed it. A reversal's reference (event id and rule) is resolved by
 /// `find_reversed` to the affiliate's commission it claws back; it must exist, be in the same
 /// currency, and the reversal must be negative and, rounded, no larger than it.
+///
+/// The commissions are dated `created_at` (a deal's hold runs from it): the receipt of the
+/// request that made them, which the ledger holds, never the clock of the node that evaluates,
+/// so that every node's view of a cluster dates them alike.
 pub fn checked_commissions(
     commissions: Vec<PluginCommission>,
     chain: &[ChainLink],
@@ -55,6 +59,7 @@ pub fn checked_commissions(
     plugin_version: u32,
     max_commissions: usize,
     find_reversed: &FindReversed<'_>,
+    created_at: i64,
 ) -> Result<Vec<CommissionRecord>, Failure> {
     let invalid = |message: String| Failure { kind: FailureKind::InvalidResult, message };
     if commissions.len() > max_commissions {
@@ -63,7 +68,6 @@ pub fn checked_commissions(
             commissions.len()
         )));
     }
-    let created_at = now_ms();
     let commissions: Vec<CommissionRecord> = commissions
         .into_iter()
         .enumerate()

@@ -16,7 +16,7 @@ use sha2::Digest as _;
 
 use super::restate::latest_closed;
 use super::{EventOutcome, IngestError, Period, Pipeline, RESERVED_PREFIX, SETTLEMENT_KIND, SETTLEMENT_PREFIX};
-use crate::event::{FieldError, format_time, now_ms};
+use crate::event::{FieldError, format_time};
 use crate::store::records::{EventStatus, OperatorRecord, StoredEvent};
 
 /// At most this many affiliates are named in a refusal.
@@ -41,6 +41,7 @@ impl Pipeline {
         &self,
         operator: &OperatorRecord,
         period: &Period,
+        received_at: i64,
     ) -> Result<Vec<EventOutcome>, IngestError> {
         self.check_close_order(operator, period)?;
         // The state the settlements start from: the month's checkpoint (issue 15).
@@ -59,7 +60,7 @@ impl Pipeline {
                 fx: None,
             };
             let content_sha256 = hex::encode(sha2::Sha256::digest(event.id.as_bytes()));
-            outcomes.push(self.evaluate_and_commit(operator, event, content_sha256, now_ms(), None)?);
+            outcomes.push(self.evaluate_and_commit(operator, event, content_sha256, received_at, None)?);
         }
         let committed: Vec<_> = outcomes
             .iter()

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::sequencer::Job;
 use super::{EventOutcome, IngestError, Period, Pipeline, RetryReport};
-use crate::event::FieldError;
+use crate::event::{FieldError, now_ms};
 use crate::store::records::{DatedActivation, LateEventPolicy, OperatorLimits, OperatorRecord};
 
 /// A command ordered with the operator's events.
@@ -86,12 +86,19 @@ impl Pipeline {
         if let Some(route) = self.route.get() {
             return route.command(operator, command).await;
         }
-        self.submit_command(operator, command)?.await
+        self.submit_command(operator, command, now_ms())?.await
     }
 
     /// Puts `command` on the operator's queue now (after what was submitted before it, before
-    /// what is submitted after); the future answers once it is done and durable.
-    pub fn submit_command(&self, operator: &OperatorRecord, command: Command) -> Result<Commanded, IngestError> {
+    /// what is submitted after); the future answers once it is done and durable. `received_at`
+    /// dates what it writes (a close's settlements): in a cluster the request's time in the log,
+    /// so that every node's view dates them alike.
+    pub fn submit_command(
+        &self,
+        operator: &OperatorRecord,
+        command: Command,
+        received_at: i64,
+    ) -> Result<Commanded, IngestError> {
         let id = operator.id.clone();
         let stopped = move || IngestError::Internal(format!("operator {id}'s sequencer stopped"));
         let done: Commanded = match command {
@@ -99,7 +106,7 @@ impl Pipeline {
                 let period = Period::parse(&period)
                     .map_err(|problem| IngestError::Invalid(vec![FieldError::new("period", problem)]))?;
                 let (answer, answered) = oneshot::channel();
-                self.submit(&operator.id, Job::Close { operator: operator.clone(), period, answer })?;
+                self.submit(&operator.id, Job::Close { operator: operator.clone(), period, received_at, answer })?;
                 Box::pin(async move { answered.await.map_err(|_| stopped())?.map(Done::Closed) })
             }
             Command::RetryFailed => {

@@ -157,7 +157,9 @@ fn plugin_input(operator: &OperatorRecord, event: &StoredEvent, chain: &[ChainLi
 /// (see [`Limits::without_deadline`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Run {
-    Live,
+    /// Its commissions are dated `received_at`: the receipt of the request that made them.
+    Live { received_at: i64 },
+    /// Its commissions are compared by amount, never stored: dated when the event occurred.
     Replay,
 }
 
@@ -209,7 +211,10 @@ impl Pipeline {
         let evaluated = match &binding {
             Some(binding) => {
                 let state: Arc<dyn StateSource> = pending.clone();
-                self.not_reversed_twice(operator, self.evaluate(operator, event, binding, settlement.as_ref(), state)?)?
+                self.not_reversed_twice(
+                    operator,
+                    self.evaluate(operator, event, binding, settlement.as_ref(), state, received_at)?,
+                )?
             }
             // Kept, paying nothing: there is no one to pay.
             None => Evaluated::default(),
@@ -373,6 +378,7 @@ impl Pipeline {
         binding: &CustomerBinding,
         period: Option<&PluginPeriod>,
         state: Arc<dyn StateSource>,
+        received_at: i64,
     ) -> Result<Evaluated, IngestError> {
         let affiliate = binding.affiliate.as_str();
         let Some((version, reason)) = version_for(operator, event, binding) else {
@@ -385,7 +391,8 @@ impl Pipeline {
             }));
         };
         let chain = self.referral_chain(&operator.id, affiliate)?;
-        let mut evaluated = self.run_plugin(operator, event, chain, version, period, state, Run::Live)?;
+        let mut evaluated =
+            self.run_plugin(operator, event, chain, version, period, state, Run::Live { received_at })?;
         if let Some(record) = &mut evaluated.record {
             record.version_reason = reason.clone();
         }
@@ -427,9 +434,11 @@ impl Pipeline {
             .get(&operator.id, version)
             .map_err(|error| IngestError::Internal(format!("loading plugin v{version}: {error:#}")))?;
         let input = plugin_input(operator, event, &chain);
-        let limits = match run {
-            Run::Live => effective_limits(self.sandbox.limits(), &operator.limits),
-            Run::Replay => effective_limits(self.sandbox.limits(), &operator.limits).without_deadline(),
+        let (limits, dated) = match run {
+            Run::Live { received_at } => (effective_limits(self.sandbox.limits(), &operator.limits), received_at),
+            Run::Replay => {
+                (effective_limits(self.sandbox.limits(), &operator.limits).without_deadline(), event.occurred_at)
+            }
         };
         let started = Instant::now();
         let evaluation = match period {
@@ -455,7 +464,15 @@ impl Pipeline {
                 .map(|c| ReversedCommission { id: c.id, amount: c.amount, currency: c.currency })
         };
         let commissions = evaluation.result.and_then(|commissions| {
-            checked_commissions(commissions, &record.chain, event, version, limits.max_commissions, &find_reversed)
+            checked_commissions(
+                commissions,
+                &record.chain,
+                event,
+                version,
+                limits.max_commissions,
+                &find_reversed,
+                dated,
+            )
         });
         Ok(match commissions {
             Ok(commissions) => Evaluated {

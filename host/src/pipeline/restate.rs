@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Evaluated, IngestError, Period, Pipeline, Run, SETTLEMENT_PREFIX, settlement_period};
 use crate::amounts::{AmountOverflow, Payout, checked_add};
-use crate::event::{format_time, now_ms};
+use crate::event::format_time;
 use crate::sandbox::ScratchState;
 use crate::store::StoreError;
 use crate::store::records::{
@@ -308,7 +308,7 @@ impl Pipeline {
                     .ok_or_else(|| IngestError::Internal("a replayed checkpoint is missing".into()))?
             }
         };
-        let adjustments = self.adjustments(operator, draft, &resettled, &books, now_ms())?;
+        let adjustments = self.adjustments(operator, draft, &resettled, &books, draft.received_at)?;
         for adjustment in &adjustments {
             if let Some(restates) = &adjustment.restates
                 && let Some(book) = books.iter_mut().find(|book| book.period == restates.period)

@@ -134,6 +134,8 @@ pub(super) enum Job {
     Close {
         operator: OperatorRecord,
         period: Period,
+        /// When the close was asked for: the settlements' receipt time.
+        received_at: i64,
         answer: Answer<Vec<EventOutcome>>,
     },
     RetryFailed {
@@ -357,8 +359,8 @@ impl Pipeline {
         let mut report = TurnReport::default();
         let mut group = match queue.pop(false, &self.metrics) {
             None => return report,
-            Some(Job::Close { operator, period, answer }) => {
-                let _ = answer.send(self.close_in_turn(&self.current(operator), &period));
+            Some(Job::Close { operator, period, received_at, answer }) => {
+                let _ = answer.send(self.close_in_turn(&self.current(operator), &period, received_at));
                 return report;
             }
             Some(Job::RetryFailed { operator, answer }) => {
