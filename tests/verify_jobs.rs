@@ -102,9 +102,20 @@ fn a_verify_job_ends_with_the_report_of_the_synchronous_verify_even_on_a_tampere
     assert_eq!(done["report"], clean, "{done}");
     stop(host);
 
-    // The first commission paid (October's settlement: 1,000 x 30 % = 300) changed on disk,
-    // and a periodic checkpoint altered.
-    let db = sled::open(&data).unwrap();
+    tamper(&data);
+
+    let host = Host::start(&data);
+    let sync = host.verify(&casino);
+    assert_ne!(sync["differences"], json!([]), "{sync}");
+    assert_ne!(sync["checkpoints_differing"], json!([]), "{sync}");
+    let done = verify_as_job(&host, &casino);
+    assert_eq!(done["report"], sync, "{done}");
+}
+
+/// The first commission paid (October's settlement: 1,000 x 30 % = 300) changed on disk, and a
+/// periodic checkpoint altered; every handle on the database dropped at the end.
+fn tamper(data: &std::path::Path) {
+    let db = sled::open(data).unwrap();
     let ledger = db.open_tree("ledger").unwrap();
     let (key, value) = ledger
         .iter()
@@ -125,14 +136,6 @@ fn a_verify_job_ends_with_the_report_of_the_synchronous_verify_even_on_a_tampere
     checkpoint["digest"] = json!("0".repeat(64));
     checkpoints.insert(key, serde_json::to_vec(&checkpoint).unwrap()).unwrap();
     db.flush().unwrap();
-    drop(db);
-
-    let host = Host::start(&data);
-    let sync = host.verify(&casino);
-    assert_ne!(sync["differences"], json!([]), "{sync}");
-    assert_ne!(sync["checkpoints_differing"], json!([]), "{sync}");
-    let done = verify_as_job(&host, &casino);
-    assert_eq!(done["report"], sync, "{done}");
 }
 
 /// A ledger of `events` deposits (multi-event pays each), sent in batches of 500.

@@ -78,7 +78,7 @@ fn view(job: VerifyJob, next: u64, replayed: u64) -> VerifyJobView {
         (status = 409, description = "`verify_running`: a verify job of the operator is running; the message names its URL", body = super::openapi::ErrorSchema),
     )
 )]
-pub async fn start(
+pub async fn start_verify_job(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
     headers: HeaderMap,
@@ -107,7 +107,7 @@ pub async fn start(
     params(("op" = String, Path), ("job" = String, Path, description = "the job's id")),
     responses((status = 200, description = "the job's status and, once done, its report", body = VerifyJobView))
 )]
-pub async fn status(
+pub async fn verify_job(
     State(state): State<Arc<AppState>>,
     Path((op, job)): Path<(String, String)>,
     headers: HeaderMap,
