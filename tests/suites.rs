@@ -41,3 +41,4 @@ mod security;
 mod sequencer;
 mod storage_quota;
 mod transfer;
+mod verify_jobs;

@@ -464,6 +464,13 @@ pub fn serialize_time<S: serde::Serializer>(ms: &i64, serializer: S) -> Result<S
     serializer.serialize_str(&format_time(*ms))
 }
 
+/// `#[serde(deserialize_with = "deserialize_time")]`: the other way, for a record kept in
+/// the wire's form (a verify job's report).
+pub fn deserialize_time<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    parse_time(&text).map_err(serde::de::Error::custom)
+}
+
 pub fn now_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }

@@ -28,3 +28,5 @@ pub mod server;
 pub mod shadow;
 pub mod store;
 pub mod terms;
+pub mod verify;
+pub mod verify_jobs;

@@ -360,6 +360,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // The first line on stdout after start-up: scripts and tests read the address from it.
     println!("listening on http://{address}");
     tracing::info!(%address, data = %data.display(), "serving");
+    // Verify jobs a previous run left running go on from their latest resume point.
+    commission_host::verify_jobs::resume_all(&state.pipeline).context("resuming verify jobs")?;
     let pipeline = state.pipeline.clone();
     let stop = async move {
         tokio::select! {

@@ -10,7 +10,7 @@
 //! | `GET /metrics` | admin |
 //! | `GET /healthz`, `GET /readyz` | none |
 //! | `POST /v1/operators/{op}/events/retry-failed`, `GET .../events/{id}`, `GET .../commissions` | operator, admin |
-//! | `POST /v1/operators/{op}/verify`, `POST .../plugins/{n}/replay` | operator, admin |
+//! | `POST /v1/operators/{op}/verify`, `POST .../verify-jobs`, `GET .../verify-jobs/{job}`, `POST .../plugins/{n}/replay` | operator, admin |
 //! | `PUT /v1/operators/{op}/shadow`, `GET .../plugins/{n}/shadow-report` | operator, admin |
 //! | `POST /v1/operators/{op}/periods/{YYYY-MM}/close`, `PUT .../fx-rates` | operator, admin |
 //! | `GET /v1/operators/{op}/periods/{YYYY-MM}/statement[?affiliate=A]`, `PUT .../settings` | operator, admin |
@@ -43,6 +43,7 @@ mod replay;
 mod restore;
 mod settings;
 mod statement;
+mod verify_jobs;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,6 +140,8 @@ fn credentialed_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(o::activate_plugin))
         .routes(routes!(r::backtest))
         .routes(routes!(r::verify))
+        .routes(routes!(verify_jobs::start_verify_job))
+        .routes(routes!(verify_jobs::verify_job))
         .routes(routes!(r::set_shadow))
         .routes(routes!(r::shadow_report))
         .routes(routes!(s::put_limits))

@@ -17,7 +17,7 @@
 //! **Where it comes from.** Each close stores its checkpoint and its month's book
 //! ([`crate::store::checkpoints`]). A restatement reads them; if one is missing, stale (a
 //! settlement committed since that the book does not know, a close interrupted) or altered (its
-//! digest), it replays the ledger once ([`Pipeline::replay_ledger`], which `verify` uses too),
+//! digest), it replays the ledger once ([`Pipeline::replay_ledger`]; `verify` replays with the same steps),
 //! stores what that replay found, and goes on from there: the result is the same, only slower.
 
 use std::collections::BTreeMap;
@@ -49,13 +49,20 @@ pub(crate) struct Resettled {
 }
 
 /// What a replay of the whole ledger found: the books and checkpoints of the closed months,
-/// as the close and the late events since left them, and the final state.
+/// as the close and the late events since left them.
 pub(crate) struct LedgerReplay {
     pub(crate) books: BTreeMap<String, PeriodBook>,
     pub(crate) checkpoints: BTreeMap<String, State>,
-    /// The state at each position asked for (the periodic checkpoints'), just before it.
-    pub(crate) at: BTreeMap<u64, State>,
-    pub(crate) state: State,
+}
+
+/// A replay of the ledger under way, what [`Pipeline::replay_step`] carries from one event to
+/// the next: the scratch state, and the closed months' books and checkpoints as replayed so
+/// far. A verify job keeps enough of it to build it again where it stopped (`crate::verify`).
+#[derive(Default)]
+pub(crate) struct ReplayState {
+    pub(crate) scratch: Arc<ScratchState>,
+    pub(crate) books: BTreeMap<String, PeriodBook>,
+    pub(crate) checkpoints: BTreeMap<String, State>,
 }
 
 /// What a replayed late event's restatement gave: the adjustments it would pay, or why it
@@ -167,7 +174,7 @@ impl Pipeline {
     /// found: what a restatement falls back on.
     pub(crate) fn rebuild_books(&self, operator: &OperatorRecord) -> Result<LedgerReplay, IngestError> {
         let last_seq = self.store().last_sequence(&operator.id)?;
-        let replay = self.replay_ledger(operator, last_seq, &[], |_, _, _| Ok(()))?;
+        let replay = self.replay_ledger(operator, last_seq)?;
         tracing::info!(operator = %operator.id, months = replay.books.len(), "rebuilt the books of the closed months from the ledger");
         for (period, state) in &replay.checkpoints {
             if let Some(book) = replay.books.get(period) {
@@ -179,97 +186,84 @@ impl Pipeline {
     }
 
     /// Replays every accepted event up to `upto` in ledger order, over a scratch state, as
-    /// live did it: each settlement takes its month's checkpoint first, and each late event
-    /// restates the closed months as its commit did. `visit` sees each replayed event, and,
-    /// for a late one, the adjustments its restatement would pay. The state is kept as it stood
-    /// just before each of `snapshots` (ascending positions).
-    pub(crate) fn replay_ledger(
+    /// live did it (see [`Pipeline::replay_step`]).
+    pub(crate) fn replay_ledger(&self, operator: &OperatorRecord, upto: u64) -> Result<LedgerReplay, IngestError> {
+        let mut replay = ReplayState::default();
+        for record in self.records_in_order(operator, upto) {
+            self.replay_step(operator, &mut replay, &record?, &mut |_, _, _| Ok(()))?;
+        }
+        Ok(LedgerReplay { books: replay.books, checkpoints: replay.checkpoints })
+    }
+
+    /// Replays one event of the ledger, in order, as live did it: a settlement takes its
+    /// month's checkpoint first, and a late event restates the closed months as its commit
+    /// did. `visit` sees the event if it is replayed (accepted), and, for a late one, the
+    /// adjustments its restatement would pay.
+    pub(crate) fn replay_step(
         &self,
         operator: &OperatorRecord,
-        upto: u64,
-        snapshots: &[u64],
-        mut visit: impl FnMut(&EventRecord, &Evaluated, Option<&ReplayedAdjustments>) -> Result<(), IngestError>,
-    ) -> Result<LedgerReplay, IngestError> {
-        let store = self.store();
-        let scratch = Arc::new(ScratchState::default());
-        let mut books: BTreeMap<String, PeriodBook> = BTreeMap::new();
-        let mut checkpoints: BTreeMap<String, State> = BTreeMap::new();
-        let mut at = BTreeMap::new();
-        let mut wanted = snapshots.iter().copied().peekable();
-        for record in self.records_in_order(operator, upto) {
-            let record = record?;
-            while let Some(seq) = wanted.next_if(|seq| *seq <= record.seq) {
-                at.insert(seq, scratch.snapshot());
+        replay: &mut ReplayState,
+        record: &EventRecord,
+        visit: &mut dyn FnMut(&EventRecord, &Evaluated, Option<&ReplayedAdjustments>) -> Result<(), IngestError>,
+    ) -> Result<(), IngestError> {
+        let ReplayState { scratch, books, checkpoints } = replay;
+        let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { return Ok(()) };
+        let period = settlement_period(&record.event);
+        if let Some(period) = &period
+            && !books.contains_key(&period.id)
+        {
+            checkpoints.insert(period.id.clone(), scratch.snapshot());
+            books.insert(
+                period.id.clone(),
+                PeriodBook { period: period.id.clone(), seq: record.seq, ..PeriodBook::default() },
+            );
+        }
+        let evaluated = self.run_plugin(
+            operator,
+            &record.event,
+            evaluation.chain.clone(),
+            evaluation.plugin_version,
+            period.as_ref(),
+            scratch.clone(),
+            Run::Replay,
+        )?;
+        let writes = if evaluated.failure.is_none() { evaluated.state_writes.clone() } else { Writes::new() };
+        scratch.apply(writes.clone());
+        let ledger = self.store().commission_records(&operator.id, &record.commission_ids)?;
+        if let Some(period) = &period {
+            let book = books.get_mut(&period.id).expect("the book was made above");
+            book.settlements.push(record.event.id.clone());
+            book.settled.extend(encode_writes(&writes));
+            book.paid.insert(record.event.id.clone(), Vec::new());
+            add_paid(book, &record.event.id, &ledger);
+            return visit(record, &evaluated, None);
+        }
+        let month = Period::containing(record.event.occurred_at).map(|period| period.id);
+        let k = month.and_then(|month| books.keys().position(|period| *period >= month));
+        let (true, Some(k)) = (record.restated, k) else { return visit(record, &evaluated, None) };
+        let mut list: Vec<PeriodBook> = books.values().cloned().collect();
+        list[k].late.push(record.event.id.clone());
+        let mut read = |book: &PeriodBook| Ok(checkpoints.get(&book.period).cloned());
+        let adjustments = match self.resettle(operator, &mut list, k, &writes, &mut read) {
+            Ok(Some((resettled, live))) => {
+                scratch.apply(live);
+                self.adjustments(operator, record, &resettled, &list, record.received_at)
+                    .map_err(|error| error.to_string())
             }
-            let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { continue };
-            let period = settlement_period(&record.event);
-            if let Some(period) = &period
-                && !books.contains_key(&period.id)
+            Ok(None) => Err("a checkpoint of the replay is missing".to_owned()),
+            Err(RestateError::Ingest(error)) => return Err(error),
+            Err(RestateError::Failed(failure)) => Err(failure.message),
+        };
+        // What was paid is the ledger's: a difference reported here does not carry on.
+        for commission in &ledger {
+            if let Some(restates) = &commission.restates
+                && let Some(book) = list.iter_mut().find(|book| book.period == restates.period)
             {
-                checkpoints.insert(period.id.clone(), scratch.snapshot());
-                books.insert(
-                    period.id.clone(),
-                    PeriodBook { period: period.id.clone(), seq: record.seq, ..PeriodBook::default() },
-                );
+                add_paid(book, &restates.settlement, std::slice::from_ref(commission));
             }
-            let evaluated = self.run_plugin(
-                operator,
-                &record.event,
-                evaluation.chain.clone(),
-                evaluation.plugin_version,
-                period.as_ref(),
-                scratch.clone(),
-                Run::Replay,
-            )?;
-            let writes = if evaluated.failure.is_none() { evaluated.state_writes.clone() } else { Writes::new() };
-            scratch.apply(writes.clone());
-            let ledger = store.commission_records(&operator.id, &record.commission_ids)?;
-            if let Some(period) = &period {
-                let book = books.get_mut(&period.id).expect("the book was made above");
-                book.settlements.push(record.event.id.clone());
-                book.settled.extend(encode_writes(&writes));
-                book.paid.insert(record.event.id.clone(), Vec::new());
-                add_paid(book, &record.event.id, &ledger);
-                visit(&record, &evaluated, None)?;
-                continue;
-            }
-            let month = Period::containing(record.event.occurred_at).map(|period| period.id);
-            let k = month.and_then(|month| books.keys().position(|period| *period >= month));
-            let (true, Some(k)) = (record.restated, k) else {
-                visit(&record, &evaluated, None)?;
-                continue;
-            };
-            let mut list: Vec<PeriodBook> = books.values().cloned().collect();
-            list[k].late.push(record.event.id.clone());
-            let mut read = |book: &PeriodBook| Ok(checkpoints.get(&book.period).cloned());
-            let adjustments = match self.resettle(operator, &mut list, k, &writes, &mut read) {
-                Ok(Some((resettled, live))) => {
-                    scratch.apply(live);
-                    self.adjustments(operator, &record, &resettled, &list, record.received_at)
-                        .map_err(|error| error.to_string())
-                }
-                Ok(None) => Err("a checkpoint of the replay is missing".to_owned()),
-                Err(RestateError::Ingest(error)) => return Err(error),
-                Err(RestateError::Failed(failure)) => Err(failure.message),
-            };
-            // What was paid is the ledger's: a difference reported here does not carry on.
-            for commission in &ledger {
-                if let Some(restates) = &commission.restates
-                    && let Some(book) = list.iter_mut().find(|book| book.period == restates.period)
-                {
-                    add_paid(book, &restates.settlement, std::slice::from_ref(commission));
-                }
-            }
-            books = list.into_iter().map(|book| (book.period.clone(), book)).collect();
-            visit(&record, &evaluated, Some(&adjustments))?;
         }
-        for seq in wanted {
-            at.insert(seq, scratch.snapshot());
-        }
-        let state = Arc::try_unwrap(scratch)
-            .map_err(|_| IngestError::Internal("scratch state still shared".into()))?
-            .into_entries();
-        Ok(LedgerReplay { books, checkpoints, at, state })
+        *books = list.into_iter().map(|book| (book.period.clone(), book)).collect();
+        visit(record, &evaluated, Some(&adjustments))
     }
 
     /// Where the events dated in `month` lie in the ledger, the index brought up to date first.

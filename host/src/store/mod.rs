@@ -25,6 +25,7 @@ mod payouts;
 mod quota;
 pub mod records;
 mod shadow;
+mod verify_jobs;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,0 +1,120 @@
+//! A full verify as a job (see `crate::verify_jobs`): `POST /v1/operators/{op}/verify-jobs`
+//! answers 202 at once with the job's URL; `GET .../verify-jobs/{job}` shows how far it has
+//! gone and, once done, the report `POST .../verify` gives in one request.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::operators::durable;
+use super::{ApiError, AppState, auth};
+use crate::event::format_time;
+use crate::replay::VerifyReport;
+use crate::verify_jobs::{self, StartError, VerifyJob, VerifyJobStatus};
+
+/// A verify job, as its routes answer it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VerifyJobView {
+    pub job: String,
+    /// Where to read it: `GET` this path.
+    pub url: String,
+    pub status: VerifyJobStatus,
+    /// The ledger's last sequence number when the job started: it verifies the entries up to
+    /// there, so `verified_through` reaches it at the end.
+    pub upto: u64,
+    /// Every ledger entry up to this sequence number is verified.
+    pub verified_through: u64,
+    /// Events replayed so far (accepted ones: `report.events_replayed` at the end).
+    pub events_replayed: u64,
+    /// Where a restart of the host would go on from: the entries before this position are
+    /// verified and saved (0: from the start).
+    pub saved_through: u64,
+    /// Each ledger position a restarted host resumed the job from.
+    pub resumed_from: Vec<u64>,
+    /// Once `done`: what `POST /v1/operators/{op}/verify` answers.
+    pub report: Option<VerifyReport>,
+    /// Once `failed`: why.
+    pub error: Option<String>,
+    /// RFC 3339.
+    pub started_at: String,
+    pub updated_at: String,
+}
+
+fn url(operator: &str, id: &str) -> String {
+    format!("/v1/operators/{operator}/verify-jobs/{id}")
+}
+
+fn view(job: VerifyJob, next: u64, replayed: u64) -> VerifyJobView {
+    VerifyJobView {
+        url: url(&job.operator, &job.id),
+        job: job.id,
+        status: job.status,
+        upto: job.upto,
+        verified_through: next.saturating_sub(1).min(job.upto),
+        events_replayed: replayed,
+        saved_through: job.progress.as_ref().map_or(0, |progress| progress.next.saturating_sub(1)),
+        resumed_from: job.resumed_from,
+        report: job.report,
+        error: job.error,
+        started_at: format_time(job.started_at),
+        updated_at: format_time(job.updated_at),
+    }
+}
+
+/// `POST /v1/operators/{op}/verify-jobs`: verifies the ledger as it stands, in the background.
+#[utoipa::path(
+    post,
+    path = "/v1/operators/{op}/verify-jobs",
+    tag = "plugins",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path)),
+    responses(
+        (status = 202, description = "the job is started; `Location` and `url` are where to follow it", body = VerifyJobView,
+            headers(("Location" = String, description = "the job's URL"))),
+        (status = 409, description = "`verify_running`: a verify job of the operator is running; the message names its URL", body = super::openapi::ErrorSchema),
+    )
+)]
+pub async fn start_verify_job(
+    State(state): State<Arc<AppState>>,
+    Path(op): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let operator = auth::operator(&state, &headers, &op)?;
+    let id = operator.id.clone();
+    let job = verify_jobs::start(&state.pipeline, operator).map_err(|error| match error {
+        StartError::Running(job) => ApiError::new(
+            StatusCode::CONFLICT,
+            "verify_running",
+            format!("a verify job of this operator is running: {}; follow it there", url(&id, &job)),
+        ),
+        StartError::Storage(error) => error.into(),
+    })?;
+    durable(&state).await?;
+    let location = url(&job.operator, &job.id);
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view(job, 1, 0))).into_response())
+}
+
+/// `GET /v1/operators/{op}/verify-jobs/{job}`: how far the job has gone; its report once done.
+#[utoipa::path(
+    get,
+    path = "/v1/operators/{op}/verify-jobs/{job}",
+    tag = "plugins",
+    security(("operator_key" = []), ("admin_token" = [])),
+    params(("op" = String, Path), ("job" = String, Path, description = "the job's id")),
+    responses((status = 200, description = "the job's status and, once done, its report", body = VerifyJobView))
+)]
+pub async fn verify_job(
+    State(state): State<Arc<AppState>>,
+    Path((op, job)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<VerifyJobView>, ApiError> {
+    let operator = auth::operator(&state, &headers, &op)?;
+    let (found, next, replayed) = verify_jobs::status(&state.pipeline, &operator.id, &job)?.ok_or_else(|| {
+        ApiError::not_found(format!("operator {op:?} has no verify job {job:?} (only its latest one is kept)"))
+    })?;
+    Ok(Json(view(found, next, replayed)))
+}
