@@ -69,6 +69,11 @@ pub(crate) struct ReplayState {
 /// could not be computed.
 pub(crate) type ReplayedAdjustments = Result<Vec<CommissionRecord>, String>;
 
+/// What a replay calls for each event it replays: the record, its evaluation, and a late event's
+/// adjustments as replayed.
+pub(crate) type ReplayVisitor<'a> =
+    dyn FnMut(&EventRecord, &Evaluated, Option<&ReplayedAdjustments>) -> Result<(), IngestError> + 'a;
+
 impl Pipeline {
     /// Re-runs the settlements of `books[k..]` (see the module's docs), after booking `writes`
     /// into `books[k]`. Returns the settlements as re-run and the state writes they leave, or
@@ -204,7 +209,7 @@ impl Pipeline {
         operator: &OperatorRecord,
         replay: &mut ReplayState,
         record: &EventRecord,
-        visit: &mut dyn FnMut(&EventRecord, &Evaluated, Option<&ReplayedAdjustments>) -> Result<(), IngestError>,
+        visit: &mut ReplayVisitor<'_>,
     ) -> Result<(), IngestError> {
         let ReplayState { scratch, books, checkpoints } = replay;
         let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { return Ok(()) };
