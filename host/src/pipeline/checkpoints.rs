@@ -329,19 +329,10 @@ impl Pipeline {
         let scratch = Arc::new(ScratchState::from_state(state));
         for record in self.records_from(operator, from - 1, seq - 1) {
             let record = record?;
-            let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { continue };
-            if record.restated {
+            if record.status == EventStatus::Accepted && record.restated {
                 return Ok(None);
             }
-            let evaluated = self.run_plugin(
-                operator,
-                &record.event,
-                evaluation.chain.clone(),
-                evaluation.plugin_version,
-                settlement_period(&record.event).as_ref(),
-                scratch.clone(),
-                Run::Replay,
-            )?;
+            let Some(evaluated) = self.replay_accepted(operator, &record, scratch.clone())? else { continue };
             if evaluated.failure.is_none() {
                 scratch.apply(evaluated.state_writes);
             }

@@ -402,6 +402,22 @@ impl Pipeline {
         Ok(evaluated)
     }
 
+    /// Replays a stored event as it was evaluated (its version, its referral chain, its
+    /// settlement period), over `state`; `None` for an event that was not accepted, which
+    /// replays skip.
+    pub(crate) fn replay_accepted(
+        &self,
+        operator: &OperatorRecord,
+        record: &EventRecord,
+        state: Arc<dyn StateSource>,
+    ) -> Result<Option<Evaluated>, IngestError> {
+        let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { return Ok(None) };
+        let period = settlement_period(&record.event);
+        let chain = evaluation.chain.clone();
+        self.run_plugin(operator, &record.event, chain, evaluation.plugin_version, period.as_ref(), state, Run::Replay)
+            .map(Some)
+    }
+
     /// Runs `version` of the operator's plugin on one event (or its `settle` for `period`),
     /// reading state from `state`, and checks its answer. The live path and replays share it,
     /// so both evaluate alike.

@@ -44,13 +44,13 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::{Evaluated, IngestError, Period, Pipeline, Run, SETTLEMENT_PREFIX, settlement_period};
+use super::{Evaluated, IngestError, Period, Pipeline, SETTLEMENT_PREFIX, settlement_period};
 use crate::amounts::{AmountOverflow, Payout, checked_add};
 use crate::event::format_time;
 use crate::sandbox::ScratchState;
 use crate::store::StoreError;
 use crate::store::records::{
-    CommissionRecord, EventRecord, EventStatus, Failure, FailureKind, LogLine, OperatorRecord, Restatement,
+    CommissionRecord, EventRecord, Failure, FailureKind, LogLine, OperatorRecord, Restatement,
 };
 use crate::terms::hold_until;
 
@@ -212,16 +212,7 @@ impl Pipeline {
         let scratch = Arc::new(ScratchState::default());
         for entry in entries {
             let record = &entry.record;
-            let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { continue };
-            let evaluated = self.run_plugin(
-                operator,
-                &record.event,
-                evaluation.chain.clone(),
-                evaluation.plugin_version,
-                settlement_period(&record.event).as_ref(),
-                scratch.clone(),
-                Run::Replay,
-            )?;
+            let Some(evaluated) = self.replay_accepted(operator, record, scratch.clone())? else { continue };
             let before: Before = evaluated.state_writes.keys().map(|key| (key.clone(), scratch.value(key))).collect();
             visit(entry, &evaluated, &before)?;
             if evaluated.failure.is_none() {
@@ -618,7 +609,7 @@ pub struct SettlementLine {
 mod tests {
     use super::*;
     use crate::pipeline::SETTLEMENT_KIND;
-    use crate::store::records::StoredEvent;
+    use crate::store::records::{EventStatus, StoredEvent};
 
     const NOV_2: i64 = 1_762_041_600_000; // 2025-11-02T00:00:00Z
     const DEC_2: i64 = 1_764_633_600_000; // 2025-12-02T00:00:00Z

@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::restate::{AffiliateStatement, Before, SettlementPaid, StatementView, add_to_statements};
-use super::{IngestError, Period, Pipeline, Run, settlement_period};
+use super::{IngestError, Period, Pipeline};
 use crate::sandbox::ScratchState;
 use crate::store::checkpoints::{State, apply, decode_writes};
-use crate::store::records::{EventRecord, EventStatus, OperatorRecord};
+use crate::store::records::{EventRecord, OperatorRecord};
 
 impl Pipeline {
     /// The month's statements as its close computes them, without a replay of the ledger's
@@ -136,16 +136,7 @@ impl Pipeline {
         scratch: &Arc<ScratchState>,
         statements: &mut BTreeMap<String, AffiliateStatement>,
     ) -> Result<(), IngestError> {
-        let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { return Ok(()) };
-        let evaluated = self.run_plugin(
-            operator,
-            &record.event,
-            evaluation.chain.clone(),
-            evaluation.plugin_version,
-            settlement_period(&record.event).as_ref(),
-            scratch.clone(),
-            Run::Replay,
-        )?;
+        let Some(evaluated) = self.replay_accepted(operator, record, scratch.clone())? else { return Ok(()) };
         let before: Before = evaluated.state_writes.keys().map(|key| (key.clone(), scratch.value(key))).collect();
         add_to_statements(statements, period, record, late, &evaluated, &before);
         if evaluated.failure.is_none() {
