@@ -115,8 +115,18 @@ async fn fill(client: &Client, css: &str, value: &str) {
     input.send_keys(value).await.unwrap();
 }
 
+/// Clicks what submits a form or follows a link, and waits until the browser has left the page
+/// it was on: without that, what is read next may still be the old page, which holds a `main`, a
+/// status line or a table too, more so on a busy machine where the answer takes a while.
 async fn click(client: &Client, css: &str) {
+    let page = client.find(Locator::Css("html")).await.expect("the page's root");
     find(client, css).await.unwrap_or_else(|error| panic!("no {css}: {error}")).click().await.unwrap();
+    let started = Instant::now();
+    // The old page's root goes stale once the new page replaced it.
+    while page.tag_name().await.is_ok() {
+        assert!(started.elapsed() < Duration::from_secs(60), "clicking {css} did not leave the page within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `fetch` in the page (the session's cookie goes with it): the status and the body's text.
