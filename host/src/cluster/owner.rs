@@ -285,7 +285,8 @@ impl Cluster {
         let answers = self.sequence(&tenure.operator, group).await;
         let mut entry: Vec<Committed> = Vec::new();
         let mut bytes = 0;
-        for ((sequence, answer), (reply, received_at, events, command)) in answers.into_iter().zip(originals) {
+        for ((sequence, mut answer), (reply, received_at, events, command)) in answers.into_iter().zip(originals) {
+            answer.own_commits_as_first_answered(received_at);
             let committed = Committed { sequence, reply, received_at, events, command, answer };
             let size = serde_json::to_vec(&committed).map_or(0, |json| json.len());
             if !entry.is_empty() && bytes + size > MAX_ENTRY_BYTES {

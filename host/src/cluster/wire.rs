@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{FieldError, IncomingEvent};
 use crate::pipeline::{Command, Disposition, Done, EventOutcome, IngestError, RetryReport};
 use crate::store::QuotaExceeded;
-use crate::store::records::{CommissionRecord, EventRecord, StoredEvent};
+use crate::store::records::{CommissionRecord, EventRecord, EventStatus, StoredEvent};
 
 /// One request's checked events, as the receiving node published them.
 #[derive(Debug, Serialize, Deserialize)]
@@ -116,6 +116,30 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// Answers as this request was first answered the events this view committed from it
+    /// before: those whose record has the request's own receipt time.
+    ///
+    /// Why: an owner fenced off after its sled committed a group, but before its ledger entry
+    /// was written, keeps those commits in its view. Should it own the operator again before
+    /// anyone else has written that group to the ledger, it sequences the same requests again,
+    /// and its view finds their events stored already: `duplicate`. The ledger's answer must
+    /// still say what the request did (`accepted`, or `failed`), or it would never record the
+    /// event as accepted, and the client waiting on that request would read `duplicate` for
+    /// an event it sent once. A genuine resend is another request, received at another time,
+    /// and stays `duplicate`. Every view applying the entry commits the events either way.
+    pub fn own_commits_as_first_answered(&mut self, received_at: i64) {
+        let Answer::Outcomes { outcomes } = self else { return };
+        for outcome in outcomes {
+            if outcome.disposition == Disposition::Duplicate.as_str() && outcome.record.received_at == received_at {
+                let first = match outcome.record.status {
+                    EventStatus::Accepted => Disposition::Accepted,
+                    EventStatus::Failed => Disposition::Failed,
+                };
+                outcome.disposition = first.as_str().to_owned();
+            }
+        }
+    }
+
     /// Whether the request's events were committed (some of them may be duplicates).
     pub fn committed(&self) -> bool {
         matches!(self, Answer::Outcomes { .. } | Answer::Retried { .. } | Answer::Changed { .. })
