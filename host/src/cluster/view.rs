@@ -28,6 +28,9 @@ use super::Cluster;
 use super::log::ledger_subject;
 use super::wire::{Entry, Request};
 
+/// How soon a view that could not follow the ledger tries again.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One operator's view on this node.
 #[derive(Default)]
 pub(super) struct View {
@@ -56,9 +59,19 @@ impl Cluster {
     }
 
     /// Applies the operator's new ledger entries to this view while another node owns it.
+    ///
+    /// Applying that fails (the stream's leader is being re-elected, say) is tried again after
+    /// [`RETRY_AFTER`], not only at the next entry: after the last entry of a burst there may be
+    /// no next one for a long time, and the view would stay behind until then.
     async fn follow(self: Arc<Self>, operator: String, view: Arc<View>) {
+        let mut behind = false;
         loop {
-            view.moved.notified().await;
+            if behind {
+                let _ = tokio::time::timeout(RETRY_AFTER, view.moved.notified()).await;
+            } else {
+                view.moved.notified().await;
+            }
+            behind = false;
             if *self.stopping.borrow() {
                 return;
             }
@@ -74,14 +87,18 @@ impl Cluster {
             let last = match self.log.ledger.get_last_raw_message_by_subject(&ledger_subject(&operator)).await {
                 Ok(message) => message.sequence,
                 Err(error) => {
-                    tracing::warn!(%operator, %error, "could not read the ledger's last entry; the view waits for the next");
+                    tracing::warn!(%operator, %error, "could not read the ledger's last entry; trying again");
+                    behind = true;
                     continue;
                 }
             };
             match self.apply_ledger(&operator, last).await {
                 Ok(0) => {}
                 Ok(requests) => tracing::debug!(%operator, requests, last, "the view followed the ledger"),
-                Err(error) => tracing::warn!(%operator, %error, "the view could not follow the ledger"),
+                Err(error) => {
+                    tracing::warn!(%operator, %error, "the view could not follow the ledger; trying again");
+                    behind = true;
+                }
             }
         }
     }
@@ -129,9 +146,12 @@ impl Cluster {
                     })
                     .collect();
                 requests += applying.len();
-                for (sequence, answer) in self.sequence(operator, applying).await {
+                // A request the ledger committed that this view refused (a full disk, say) is
+                // not passed over: the position stays before its entry, which is applied again
+                // (what it committed already is a `duplicate`).
+                for (request, answer) in self.sequence(operator, applying).await {
                     if !answer.committed() {
-                        tracing::error!(%operator, sequence, ?answer, "a request the ledger committed was refused on replay");
+                        anyhow::bail!("ledger entry {sequence}: request {request} was refused on replay: {answer:?}");
                     }
                 }
             }
