@@ -9,10 +9,19 @@
 //! next owner need not wait for them to expire.
 //!
 //! **Who takes a free operator.** Live nodes renew a key of their own in `ch_nodes` (same
-//! lifetime). A free operator is taken first by the live node that ranks highest for it by
-//! rendezvous hashing (so operators spread over nodes, and each moves only when its node
-//! goes), and by any node once it has been free for [`CLAIM_GRACE`] sweeps (the preferred node
-//! may not know the operator yet).
+//! lifetime), naming the operators set up on them. A free operator is taken first by its
+//! preferred node: of the live nodes that have it set up, the one that ranks highest for it by
+//! rendezvous hashing (so operators spread over nodes, and each moves only when its node comes
+//! or goes); by any node once it has been free for [`CLAIM_GRACE`] sweeps.
+//!
+//! **Moving back to the preferred node.** Whoever started first takes every operator, and a
+//! node that restarts finds its operators owned elsewhere: without more, one node would end up
+//! evaluating everything. So an owner hands an operator over when another live node is
+//! preferred for it and has been seen alive for [`HANDOVER_AFTER`] sweeps in a row (a node
+//! that flaps does not pull operators back and forth): it stops owning it (the group in hand is
+//! finished and written, as at a clean shutdown) and deletes the lease, which the preferred
+//! node takes at its next sweep. An operator handed over is not handed over again for
+//! [`HANDOVER_PAUSE`] leases, should the preferred node not take it.
 //!
 //! **The fence.** A lease alone cannot stop a paused owner (a long GC pause, SIGSTOP, a VM
 //! migration): it wakes up believing it still owns the operator and writes before its next
@@ -25,17 +34,59 @@
 //! revision, written in each entry, says which tenure wrote it. Two owners may overlap for a
 //! moment in evaluating (the old one's in-memory work), never in writing the ledger.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::Cluster;
+use super::owner::Owned;
 
 /// Sweeps an operator must stay free before a node other than its preferred one takes it.
 pub const CLAIM_GRACE: u32 = 3;
+/// Sweeps in a row a preferred node must be seen alive before an owner hands it an operator.
+pub const HANDOVER_AFTER: u32 = 6;
+/// Leases after a handover during which the operator is not handed over again.
+const HANDOVER_PAUSE: u32 = 10;
+/// Handovers started in one sweep at most: operators move a few at a time.
+const HANDOVERS_PER_SWEEP: usize = 16;
+
+/// What a live node says of itself in `ch_nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Alive {
+    node: String,
+    /// The operators set up on this node: only these may be preferred to it.
+    operators: BTreeSet<String>,
+}
+
+/// What a sweep knows of the live nodes.
+#[derive(Default)]
+pub(super) struct Sweeps {
+    /// Operator -> sweeps it has been seen free in a row.
+    free_for: HashMap<String, u32>,
+    /// Node -> sweeps it has been seen alive in a row.
+    alive_for: HashMap<String, u32>,
+    /// Operator -> when this node last handed it over.
+    handed_over: HashMap<String, Instant>,
+}
+
+/// The live nodes and the operators each has set up (`None`: it did not say).
+struct LiveNodes(Vec<(String, Option<BTreeSet<String>>)>);
+
+impl LiveNodes {
+    /// The preferred owner of `operator`: of the live nodes that have it set up, the one that
+    /// ranks highest. `None` if no live node is known (every node may then take it).
+    fn preferred(&self, operator: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .filter(|(_, operators)| operators.as_ref().is_none_or(|set| set.contains(operator)))
+            .max_by_key(|(node, _)| rank(operator, node))
+            .map(|(node, _)| node.as_str())
+    }
+}
 
 /// What a lease says about its holder.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,22 +109,35 @@ impl Cluster {
         Bytes::from(serde_json::to_vec(&holder).expect("a holder serialises"))
     }
 
-    /// Every third of the lease: says this node is alive, renews its leases, and takes free
-    /// operators. Ends when the node stops.
+    /// This node's entry in `ch_nodes`: its name and the operators set up on it.
+    fn alive(&self) -> anyhow::Result<Bytes> {
+        let operators = self.pipeline.store().operators()?.into_iter().map(|operator| operator.id).collect();
+        Ok(Bytes::from(serde_json::to_vec(&Alive { node: self.node.clone(), operators })?))
+    }
+
+    /// Every third of the lease: says this node is alive, renews its leases, takes free
+    /// operators, and hands operators over to their preferred nodes. Ends when the node stops.
     pub(super) async fn keep_leases(self: Arc<Self>) {
         let every = self.config.lease / 3;
-        let mut free_for: HashMap<String, u32> = HashMap::new();
+        let mut sweeps = Sweeps::default();
         loop {
             if *self.stopping.borrow() {
                 return;
             }
-            if let Err(error) = self.log.nodes.put(&self.node, self.holder()).await {
-                tracing::warn!(%error, "could not say this node is alive");
+            match self.alive() {
+                Ok(alive) => {
+                    if let Err(error) = self.log.nodes.put(&self.node, alive).await {
+                        tracing::warn!(%error, "could not say this node is alive");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "could not list this node's operators"),
             }
             self.renew().await;
-            if let Err(error) = self.claim(&mut free_for).await {
+            let live = self.live_nodes(&mut sweeps).await;
+            if let Err(error) = self.claim(&live, &mut sweeps).await {
                 tracing::warn!(%error, "could not look for operators to own");
             }
+            self.hand_over(&live, &mut sweeps);
             let mut stopping = self.stopping.clone();
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
@@ -101,20 +165,37 @@ impl Cluster {
         }
     }
 
-    /// Takes the free operators this node should own.
-    async fn claim(self: &Arc<Self>, free_for: &mut HashMap<String, u32>) -> anyhow::Result<()> {
-        let operators = self.pipeline.store().operators()?;
-        // Without the live nodes, every node is the preferred one: the create decides.
-        let nodes: Vec<String> = match self.log.nodes.keys().await {
-            Ok(keys) => {
-                use futures_util::TryStreamExt as _;
-                keys.try_collect().await.unwrap_or_default()
-            }
+    /// The live nodes, from `ch_nodes`; counts how long each has been seen alive.
+    async fn live_nodes(&self, sweeps: &mut Sweeps) -> LiveNodes {
+        use futures_util::TryStreamExt as _;
+        let names: Vec<String> = match self.log.nodes.keys().await {
+            Ok(keys) => keys.try_collect().await.unwrap_or_default(),
             Err(error) => {
                 tracing::debug!(%error, "could not list the live nodes");
                 Vec::new()
             }
         };
+        let mut live = Vec::with_capacity(names.len());
+        for name in names {
+            // A node that did not say which operators it has (or whose entry went in between)
+            // counts as having them all: the create decides.
+            let operators = match self.log.nodes.get(&name).await {
+                Ok(Some(value)) => serde_json::from_slice::<Alive>(&value).ok().map(|alive| alive.operators),
+                _ => None,
+            };
+            live.push((name, operators));
+        }
+        sweeps.alive_for.retain(|node, _| live.iter().any(|(name, _)| name == node));
+        for (name, _) in &live {
+            *sweeps.alive_for.entry(name.clone()).or_default() += 1;
+        }
+        LiveNodes(live)
+    }
+
+    /// Takes the free operators this node should own.
+    async fn claim(self: &Arc<Self>, live: &LiveNodes, sweeps: &mut Sweeps) -> anyhow::Result<()> {
+        let operators = self.pipeline.store().operators()?;
+        let free_for = &mut sweeps.free_for;
         for operator in operators {
             let operator = operator.id;
             if self.owned.lock().expect("owned lock").contains_key(&operator) {
@@ -130,7 +211,8 @@ impl Cluster {
             }
             let sweeps = free_for.entry(operator.clone()).or_default();
             *sweeps += 1;
-            let preferred = nodes.iter().max_by_key(|node| rank(&operator, node)).is_none_or(|node| *node == self.node);
+            // Without the live nodes, every node is the preferred one: the create decides.
+            let preferred = live.preferred(&operator).is_none_or(|node| node == self.node);
             if !preferred && *sweeps < CLAIM_GRACE {
                 continue;
             }
@@ -144,6 +226,42 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Hands each owned operator whose preferred node is another, seen alive long enough, over
+    /// to it: stops owning it, and once the owner's task has written its last group, deletes
+    /// the lease (in the background: the sweep goes on renewing the other leases meanwhile).
+    fn hand_over(self: &Arc<Self>, live: &LiveNodes, sweeps: &mut Sweeps) {
+        let pause = self.config.lease * HANDOVER_PAUSE;
+        sweeps.handed_over.retain(|_, at| at.elapsed() < pause);
+        let owned: Vec<(String, Arc<Owned>)> =
+            self.owned.lock().expect("owned lock").iter().map(|(op, owned)| (op.clone(), owned.clone())).collect();
+        let mut started = 0;
+        for (operator, owned) in owned {
+            if started == HANDOVERS_PER_SWEEP {
+                break;
+            }
+            let Some(preferred) = live.preferred(&operator) else { continue };
+            let settled = sweeps.alive_for.get(preferred).is_some_and(|sweeps| *sweeps >= HANDOVER_AFTER);
+            if preferred == self.node || !settled || sweeps.handed_over.contains_key(&operator) {
+                continue;
+            }
+            sweeps.handed_over.insert(operator.clone(), Instant::now());
+            started += 1;
+            tracing::info!(%operator, to = preferred, "handing the operator over to its preferred node");
+            self.owned.lock().expect("owned lock").remove(&operator);
+            owned.stop();
+            let (cluster, lease) = (self.clone(), self.config.lease);
+            tokio::spawn(async move {
+                if tokio::time::timeout(lease, owned.ended()).await.is_err() {
+                    tracing::warn!(%operator, "the owner did not finish its group within the lease; the lease expires");
+                    return;
+                }
+                if let Err(error) = cluster.log.owners.delete_expect_revision(&operator, Some(owned.revision())).await {
+                    tracing::warn!(%operator, %error, "could not release the lease; it expires by itself");
+                }
+            });
+        }
     }
 
     /// Gives up the leases at a clean shutdown: deletes each key, so that another node takes
