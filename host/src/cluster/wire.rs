@@ -252,3 +252,58 @@ fn disposition(text: &str) -> Disposition {
         _ => Disposition::Accepted,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(id: &str, disposition: &str, received_at: i64, status: EventStatus) -> Outcome {
+        let event = StoredEvent {
+            id: id.to_owned(),
+            kind: "deposit".to_owned(),
+            customer: "c1".to_owned(),
+            occurred_at: 1_000,
+            amount: None,
+            currency: None,
+            affiliate: None,
+            attributes: Default::default(),
+            fx: None,
+        };
+        let record = EventRecord {
+            seq: 1,
+            event,
+            content_sha256: String::new(),
+            received_at,
+            status,
+            failure: None,
+            attributed_to: None,
+            evaluation: None,
+            commission_ids: Vec::new(),
+            attempts: 1,
+            restated: false,
+            taken_as_received: false,
+        };
+        Outcome { disposition: disposition.to_owned(), record, commissions: Vec::new() }
+    }
+
+    fn dispositions(answer: &Answer) -> Vec<&str> {
+        let Answer::Outcomes { outcomes } = answer else { panic!("outcomes") };
+        outcomes.iter().map(|outcome| outcome.disposition.as_str()).collect()
+    }
+
+    /// Events this request committed before a fence read as it first answered them; an event
+    /// stored by an earlier request (another receipt time) stays a duplicate.
+    #[test]
+    fn a_request_sequenced_again_is_answered_as_it_first_was() {
+        let mut answer = Answer::Outcomes {
+            outcomes: vec![
+                outcome("mine", "duplicate", 7_000, EventStatus::Accepted),
+                outcome("mine-failed", "duplicate", 7_000, EventStatus::Failed),
+                outcome("resent", "duplicate", 6_000, EventStatus::Accepted),
+                outcome("new", "accepted", 7_000, EventStatus::Accepted),
+            ],
+        };
+        answer.own_commits_as_first_answered(7_000);
+        assert_eq!(dispositions(&answer), ["accepted", "failed", "duplicate", "accepted"]);
+    }
+}
