@@ -15,7 +15,8 @@
 //! by the view's lock; the position applied is kept in `<data>/cluster/<operator>.position`.
 //!
 //! The follower is woken by the answers' subscription ([`super::answer`]), which sees every
-//! entry written; a missed wake-up is made good at the next entry of the operator.
+//! entry written, possibly before the stream has stored it: so after each wake-up the follower
+//! looks again half a second later, until a look finds nothing new.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,8 +29,8 @@ use super::Cluster;
 use super::log::ledger_subject;
 use super::wire::{Entry, Request};
 
-/// How soon a view that could not follow the ledger tries again.
-const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// How soon a view looks at the ledger again after a wake-up or a failure.
+const LOOK_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One operator's view on this node.
 #[derive(Default)]
@@ -60,46 +61,53 @@ impl Cluster {
 
     /// Applies the operator's new ledger entries to this view while another node owns it.
     ///
-    /// Applying that fails (the stream's leader is being re-elected, say) is tried again after
-    /// [`RETRY_AFTER`], not only at the next entry: after the last entry of a burst there may be
-    /// no next one for a long time, and the view would stay behind until then.
+    /// After each wake-up it looks again [`LOOK_AGAIN_AFTER`] later, until a look finds nothing
+    /// new: the subscription that wakes it sees an entry as it is published, which can be
+    /// before the stream has stored it, so the first look may not find it yet; and after the
+    /// last entry of a burst no next entry may come to wake it. Applying that fails (the
+    /// stream's leader is being re-elected, say) is looked at again the same way.
     async fn follow(self: Arc<Self>, operator: String, view: Arc<View>) {
-        let mut behind = false;
+        let mut look_again = false;
         loop {
-            if behind {
-                let _ = tokio::time::timeout(RETRY_AFTER, view.moved.notified()).await;
+            let woken = if look_again {
+                tokio::time::timeout(LOOK_AGAIN_AFTER, view.moved.notified()).await.is_ok()
             } else {
                 view.moved.notified().await;
-            }
-            behind = false;
+                true
+            };
             if *self.stopping.borrow() {
                 return;
             }
             let _applying = view.lock.lock().await;
             if self.owned.lock().expect("owned lock").contains_key(&operator) {
+                look_again = false;
                 continue;
             }
             // An operator not set up on this node (configuration is not replicated yet) has no
             // view to apply to: its position stays, and it is applied once the operator exists.
             if !matches!(self.pipeline.store().operator(&operator), Ok(Some(_))) {
+                look_again = false;
                 continue;
             }
             let last = match self.log.ledger.get_last_raw_message_by_subject(&ledger_subject(&operator)).await {
                 Ok(message) => message.sequence,
                 Err(error) => {
-                    tracing::warn!(%operator, %error, "could not read the ledger's last entry; trying again");
-                    behind = true;
+                    tracing::warn!(%operator, %error, "could not read the ledger's last entry; looking again");
+                    look_again = true;
                     continue;
                 }
             };
-            match self.apply_ledger(&operator, last).await {
-                Ok(0) => {}
-                Ok(requests) => tracing::debug!(%operator, requests, last, "the view followed the ledger"),
-                Err(error) => {
-                    tracing::warn!(%operator, %error, "the view could not follow the ledger; trying again");
-                    behind = true;
+            look_again = match self.apply_ledger(&operator, last).await {
+                Ok(0) => woken,
+                Ok(requests) => {
+                    tracing::debug!(%operator, requests, last, "the view followed the ledger");
+                    true
                 }
-            }
+                Err(error) => {
+                    tracing::warn!(%operator, %error, "the view could not follow the ledger; looking again");
+                    true
+                }
+            };
         }
     }
 
@@ -168,7 +176,7 @@ impl Cluster {
     }
 
     /// The last ledger sequence this node's view applied for `operator` (0: none).
-    fn position(&self, operator: &str) -> u64 {
+    pub(super) fn position(&self, operator: &str) -> u64 {
         std::fs::read_to_string(self.position_file(operator))
             .ok()
             .and_then(|text| text.trim().parse().ok())
