@@ -50,8 +50,9 @@ start_host() { # node number: listens on 1808N
   for _ in $(seq 600); do grep -q listening "$work/host$n.out" && return; sleep 0.1; done
   echo "node$n did not start"; cat "$work/host$n.err"; exit 1
 }
-# Configuration is each node's own (not replicated yet): every node is given the operators, the
-# multi-event plugin and the affiliate aff1. Each node's postback tokens are its own.
+# Operators and plugins are each node's own (not replicated yet): every node is given the
+# operators and the multi-event plugin; the affiliate aff1 goes through the log (putting it again
+# changes nothing). Each node's postback tokens are its own.
 declare -A TOKEN
 set_up() { # node number
   local n=$1 H=http://127.0.0.1:1808$1
@@ -65,6 +66,11 @@ set_up() { # node number
 }
 
 echo "== machine"; nproc; lscpu | grep 'Model name' || true; uptime
+
+show_owners() { # each operator's owner, as GET /v1/cluster on node1 says
+  curl -s http://127.0.0.1:18081/v1/cluster -H "$ADMIN" \
+    | grep -o '"operator":"[^"]*","owner":"[^"]*"' | sed -E 's/"operator":"([^"]*)","owner":"([^"]*)"/  \1 on \2/'
+}
 
 run_load() { # label hosts: wrk over each host and operator at once; prints each and the total
   local label=$1 hosts=$2 per=$(( CONNECTIONS / $2 / 3 )); [ "$per" -ge 1 ] || per=1
@@ -98,6 +104,7 @@ for hosts in 1 2 3; do
   for n in $(seq "$hosts"); do start_host "$n"; done
   for n in $(seq "$hosts"); do set_up "$n"; done
   sleep $(( LEASE_MS / 1000 + 2 ))  # the leases settle
+  show_owners
   run_load "h$hosts" "$hosts"
   stop_all
 done
@@ -107,8 +114,10 @@ start_nats
 for n in 1 2 3; do start_host "$n"; done
 for n in 1 2 3; do set_up "$n"; done
 sleep $(( LEASE_MS / 1000 + 2 ))
-# node1 started first and took the operators' leases (the others did not know them yet); some
-# may have moved since. The operators it still owns at the kill are the ones that wait.
+# node1 was set up first and took the operators' leases (the others did not have them yet);
+# each has moved since to its preferred node. The operators node1 owns at the kill are the
+# ones that wait.
+show_owners
 victim=1 via=2
 for op in "${OPERATORS[@]}"; do
   ( for i in $(seq 3000); do  # at most 3,000 events per sender, and stopped after the wait below

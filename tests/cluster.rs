@@ -128,8 +128,9 @@ fn node(dir: &Path, nats: &Nats, name: &str) -> Host {
     )
 }
 
-/// The same operators on a host: the multi-event plugin and the affiliate `aff1`. (Plugins and
-/// affiliates are not replicated yet: each node is given them.)
+/// The same operators on a host: the multi-event plugin and the affiliate `aff1`. (Operators and
+/// plugins are not replicated yet: each node is given them; the affiliate travels through the
+/// log, and putting it again changes nothing.)
 fn set_up(host: &Host) {
     for id in OPERATORS {
         host.multi_event_with_aff1(id);
@@ -341,6 +342,12 @@ fn paid(host: &Host, operator: &str) -> Paid {
 /// senders had them acknowledged, then `busy`'s month `closed` closed if named.
 fn single_node_run(dir: &Path, seen: &Seen, closed: Option<&str>) -> BTreeMap<String, Paid> {
     let host = Host::start(&dir.join("single"));
+    // The embedded default is not a cluster, and says how to join one.
+    let answer = host.client.get(host.url("/v1/cluster")).bearer_auth(ADMIN_TOKEN).send().unwrap();
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    let body: Value = answer.json().unwrap();
+    assert_eq!(body["error"], "not_a_cluster", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("--cluster"), "{body}");
     set_up(&host);
     let mut paid_by = BTreeMap::new();
     for operator in OPERATORS {
@@ -476,7 +483,84 @@ fn cluster(dir: &Path) -> (Nats, HashMap<String, Host>) {
     for operator in OPERATORS {
         wait_for_owner(&nats, operator, preferred_node(operator, &names));
     }
+    // What a platform team reads of it, from any node: the live nodes, and each operator on
+    // its preferred node.
+    let status = cluster_status(&hosts[names[1]]);
+    assert_eq!(status["node"], names[1], "{status}");
+    let live: Vec<&str> =
+        status["nodes"].as_array().unwrap().iter().map(|node| node["node"].as_str().unwrap()).collect();
+    assert_eq!(live, ["a", "b", "c"], "{status}");
+    for operator in OPERATORS {
+        let placement = status["operators"].as_array().unwrap().iter().find(|p| p["operator"] == operator);
+        let placement = placement.unwrap_or_else(|| panic!("{operator} missing: {status}"));
+        assert_eq!(placement["owner"], preferred_node(operator, &names), "{status}");
+        assert_eq!(placement["preferred"], placement["owner"], "{status}");
+    }
+    affiliates_travel_through_the_log(&nats, &hosts, names[0]);
     (nats, hosts)
+}
+
+/// An affiliate put through one node is in every node's own view, the same record (its deal
+/// and parent), and a move that would make a loop is refused whichever node receives it.
+fn affiliates_travel_through_the_log(nats: &Nats, hosts: &HashMap<String, Host>, through: &str) {
+    let client = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let put = |node: &str, affiliate: &str, body: Value| {
+        let answer = client
+            .put(format!("{}/v1/operators/calm/affiliates/{affiliate}", hosts[node].base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .unwrap();
+        (answer.status(), answer.json::<Value>().unwrap())
+    };
+    let (status, body) = put(through, "aff2", json!({"parent": "aff1", "deal": {"note": "through the log"}}));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for (name, host) in hosts {
+        let started = Instant::now();
+        loop {
+            let answer = own_view(&client, host, "/v1/operators/calm/affiliates/aff2");
+            let status = answer.status();
+            let seen = answer.text().unwrap();
+            if status == StatusCode::OK {
+                assert_eq!(serde_json::from_str::<Value>(&seen).unwrap(), body, "{name}'s view of aff2");
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let log = host.log();
+                let trouble: Vec<&str> =
+                    log.lines().filter(|line| line.contains("WARN") || line.contains("ERROR")).collect();
+                panic!(
+                    "aff2 never reached {name}'s view (it answers {status}: {seen}; {} owns calm); its log's \
+                     warnings: {trouble:#?}",
+                    owner(nats, "calm")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let other = hosts.keys().find(|name| *name != through).unwrap();
+    let (status, refused) = put(other, "aff1", json!({"parent": "aff2"}));
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["details"][0]["field"], "parent", "{refused}");
+    assert!(refused["details"][0]["problem"].as_str().unwrap().contains("loop"), "{refused}");
+}
+
+/// `GET path` as the admin, answered from `host`'s own view (marked as forwarded already, so
+/// the node does not forward it to the operator's owner).
+fn own_view(client: &Client, host: &Host, path: &str) -> reqwest::blocking::Response {
+    client
+        .get(format!("{}{path}", host.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("commission-host-forwarded-by", "the test: this node's own view")
+        .send()
+        .unwrap()
+}
+
+/// `GET /v1/cluster` as the admin: 200 and its JSON.
+fn cluster_status(host: &Host) -> Value {
+    let answer = host.client.get(host.url("/v1/cluster")).bearer_auth(ADMIN_TOKEN).send().unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    answer.json().unwrap()
 }
 
 /// The node an operator prefers among `nodes`: the highest by rendezvous hashing, the first 8
@@ -640,12 +724,7 @@ fn views_follow_the_close(dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>
     let statements: BTreeMap<&String, Value> = hosts
         .iter()
         .map(|(name, host)| {
-            let answer = client
-                .get(format!("{}/v1/operators/busy/periods/{CLOSED}/statement", host.base))
-                .bearer_auth(ADMIN_TOKEN)
-                .header("commission-host-forwarded-by", "the test: this node's own view")
-                .send()
-                .unwrap();
+            let answer = own_view(client, host, &format!("/v1/operators/busy/periods/{CLOSED}/statement"));
             assert_eq!(answer.status(), StatusCode::OK, "{name}");
             (name, without_own_fields(answer.json().unwrap()))
         })

@@ -356,7 +356,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if let Some(plugin) = demo_plugin {
         demo::set_up(&pipeline, &plugin, address).await?;
     }
-    let state = Arc::new(AppState::new(pipeline, secrets::sha256_hex(&admin_token), body_limits));
+    let mut state = AppState::new(pipeline, secrets::sha256_hex(&admin_token), body_limits);
+    state.cluster = cluster.clone();
+    let state = Arc::new(state);
     // The first line on stdout after start-up: scripts and tests read the address from it.
     println!("listening on http://{address}");
     tracing::info!(%address, data = %data.display(), "serving");

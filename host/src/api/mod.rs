@@ -16,7 +16,7 @@
 //! | `GET /v1/operators/{op}/periods/{YYYY-MM}/statement[?affiliate=A]`, `PUT .../settings` | operator, admin |
 //! | `POST /v1/operators/{op}/imports`, `GET .../imports/{job}`, `GET .../export` | operator, admin |
 //! | `PUT /v1/operators/{op}/limits`, `POST .../credentials/{kind}/rotate` | admin |
-//! | `GET /v1/operators` | admin |
+//! | `GET /v1/operators`, `GET /v1/cluster` | admin |
 //! | `GET /v1/operators/{op}/affiliates`, `.../plugins`, `.../events`, `.../periods` | operator, admin |
 //! | `POST /v1/operators/{op}/periods/{YYYY-MM}/approve`, `POST .../payouts` | operator, admin |
 //! | `POST /v1/operators/{op}/affiliates/{aff}/keys`, `DELETE .../keys/{id}` | operator, admin |
@@ -26,6 +26,7 @@ mod affiliate_keys;
 mod affiliates;
 mod answers;
 mod auth;
+mod cluster;
 mod commissions;
 mod error;
 mod events;
@@ -70,8 +71,8 @@ pub struct AppState {
     pub limits: BodyLimits,
     pub rate_limits: rate_limit::RateLimits,
     pub failed_credentials: rate_limit::FailedCredentials,
-    /// Serialises each operator's affiliate-tree writes, check to write ([`affiliates`]).
-    pub affiliate_trees: affiliates::TreeLocks,
+    /// This node's part in a cluster (`serve --cluster`); `None` on the embedded default.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {
@@ -82,7 +83,7 @@ impl AppState {
             limits,
             rate_limits: Default::default(),
             failed_credentials: Default::default(),
-            affiliate_trees: Default::default(),
+            cluster: None,
         }
     }
 }
@@ -134,6 +135,7 @@ fn credentialed_routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(metrics))
         .routes(routes!(o::create_operator, listings::operators))
+        .routes(routes!(cluster::cluster_status))
         .routes(routes!(o::upload_plugin, listings::plugins))
         .routes(routes!(listings::affiliates))
         .routes(routes!(periods::periods))

@@ -51,6 +51,7 @@ pub struct ErrorSchema {
         (name = "commissions", description = "The ledger and the moves of a commission's status"),
         (name = "periods", description = "Closing months and their statements"),
         (name = "settings", description = "An operator's settings and FX rates"),
+        (name = "cluster", description = "Several hosts on NATS JetStream: the live nodes and where each operator is served"),
         (name = "probes", description = "Liveness, readiness, metrics and this document")
     )
 )]

@@ -32,11 +32,11 @@
 //! so the ledger stream alone says what was paid.
 //!
 //! Ordered commands (a period close, a retry of the failed events, an activation, a settings or
-//! limits change) travel the same way as events ([`crate::pipeline::Command`]): the owner runs
+//! limits change, an affiliate's creation or change) travel the same way as events ([`crate::pipeline::Command`]): the owner runs
 //! them at their place in the operator's stream, and every node's view applies them at the
 //! same place of the ledger ([`view`]).
 //!
-//! Not (yet) through the stream: configuration (operators, plugins, affiliates, deals, rates,
+//! Not (yet) through the stream: the rest of the configuration (operators, plugins, rates,
 //! keys) is each node's own; make such a change on every node.
 
 mod answer;
@@ -44,6 +44,7 @@ mod log;
 mod owner;
 mod ownership;
 mod reads;
+mod status;
 mod view;
 mod wire;
 
@@ -63,6 +64,7 @@ use crate::store::records::OperatorRecord;
 use answer::Waiters;
 use log::{Log, events_subject};
 use owner::Owned;
+pub use status::{ClusterStatus, LiveNode, Placement};
 
 /// `serve --cluster`'s settings.
 #[derive(Debug, Clone)]

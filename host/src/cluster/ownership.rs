@@ -21,7 +21,9 @@
 //! that flaps does not pull operators back and forth): it stops owning it (the group in hand is
 //! finished and written, as at a clean shutdown) and deletes the lease, which the preferred
 //! node takes at its next sweep. An operator handed over is not handed over again for
-//! [`HANDOVER_PAUSE`] leases, should the preferred node not take it.
+//! [`HANDOVER_PAUSE`] leases, should the preferred node not take it. A node whose entry has not
+//! changed for [`STALE_AFTER`] sweeps counts as gone even while the bucket still lists it, so
+//! that an operator is never handed to a node that just died.
 //!
 //! **The fence.** A lease alone cannot stop a paused owner (a long GC pause, SIGSTOP, a VM
 //! migration): it wakes up believing it still owns the operator and writes before its next
@@ -51,6 +53,8 @@ pub const CLAIM_GRACE: u32 = 3;
 pub const HANDOVER_AFTER: u32 = 6;
 /// Leases after a handover during which the operator is not handed over again.
 const HANDOVER_PAUSE: u32 = 10;
+/// Sweeps in a row a node's entry may stay unchanged before it is taken as gone.
+const STALE_AFTER: u32 = 4;
 /// Handovers started in one sweep at most: operators move a few at a time.
 const HANDOVERS_PER_SWEEP: usize = 16;
 
@@ -71,20 +75,31 @@ pub(super) struct Sweeps {
     alive_for: HashMap<String, u32>,
     /// Operator -> when this node last handed it over.
     handed_over: HashMap<String, Instant>,
+    /// Node -> the revision of its entry last seen, and in how many sweeps in a row.
+    entries: HashMap<String, (u64, u32)>,
 }
 
-/// The live nodes and the operators each has set up (`None`: it did not say).
-struct LiveNodes(Vec<(String, Option<BTreeSet<String>>)>);
+/// A live node's entry in `ch_nodes`.
+pub(super) struct Node {
+    pub name: String,
+    /// The operators it has set up (`None`: it did not say).
+    pub operators: Option<BTreeSet<String>>,
+    /// The entry's revision: a live node writes it anew every sweep.
+    revision: u64,
+}
+
+/// The live nodes.
+pub(super) struct LiveNodes(pub(super) Vec<Node>);
 
 impl LiveNodes {
     /// The preferred owner of `operator`: of the live nodes that have it set up, the one that
     /// ranks highest. `None` if no live node is known (every node may then take it).
-    fn preferred(&self, operator: &str) -> Option<&str> {
+    pub(super) fn preferred(&self, operator: &str) -> Option<&str> {
         self.0
             .iter()
-            .filter(|(_, operators)| operators.as_ref().is_none_or(|set| set.contains(operator)))
-            .max_by_key(|(node, _)| rank(operator, node))
-            .map(|(node, _)| node.as_str())
+            .filter(|node| node.operators.as_ref().is_none_or(|set| set.contains(operator)))
+            .max_by_key(|node| rank(operator, &node.name))
+            .map(|node| node.name.as_str())
     }
 }
 
@@ -167,6 +182,30 @@ impl Cluster {
 
     /// The live nodes, from `ch_nodes`; counts how long each has been seen alive.
     async fn live_nodes(&self, sweeps: &mut Sweeps) -> LiveNodes {
+        let mut live = self.read_live_nodes().await;
+        // A node that died is listed until its entry expires, and the servers may be slow to
+        // expire it (one of them restarting, say): a node whose entry has not changed for
+        // [`STALE_AFTER`] sweeps is taken as gone, so that nothing is handed over to it.
+        let listed: Vec<String> = live.0.iter().map(|node| node.name.clone()).collect();
+        sweeps.entries.retain(|node, _| listed.contains(node));
+        live.0.retain(|node| {
+            let seen = sweeps.entries.entry(node.name.clone()).or_insert((node.revision, 0));
+            if seen.0 == node.revision {
+                seen.1 += 1;
+            } else {
+                *seen = (node.revision, 1);
+            }
+            node.name == self.node || seen.1 <= STALE_AFTER
+        });
+        sweeps.alive_for.retain(|name, _| live.0.iter().any(|node| node.name == *name));
+        for node in &live.0 {
+            *sweeps.alive_for.entry(node.name.clone()).or_default() += 1;
+        }
+        live
+    }
+
+    /// The live nodes, from `ch_nodes`, with the operators each says it has set up.
+    pub(super) async fn read_live_nodes(&self) -> LiveNodes {
         use futures_util::TryStreamExt as _;
         let names: Vec<String> = match self.log.nodes.keys().await {
             Ok(keys) => keys.try_collect().await.unwrap_or_default(),
@@ -177,17 +216,14 @@ impl Cluster {
         };
         let mut live = Vec::with_capacity(names.len());
         for name in names {
-            // A node that did not say which operators it has (or whose entry went in between)
-            // counts as having them all: the create decides.
-            let operators = match self.log.nodes.get(&name).await {
-                Ok(Some(value)) => serde_json::from_slice::<Alive>(&value).ok().map(|alive| alive.operators),
-                _ => None,
-            };
-            live.push((name, operators));
-        }
-        sweeps.alive_for.retain(|node, _| live.iter().any(|(name, _)| name == node));
-        for (name, _) in &live {
-            *sweeps.alive_for.entry(name.clone()).or_default() += 1;
+            let Ok(Some(entry)) = self.log.nodes.entry(&name).await else { continue };
+            if matches!(entry.operation, kv::Operation::Delete | kv::Operation::Purge) {
+                continue;
+            }
+            // A node that did not say which operators it has counts as having them all: the
+            // create decides.
+            let operators = serde_json::from_slice::<Alive>(&entry.value).ok().map(|alive| alive.operators);
+            live.push(Node { name, operators, revision: entry.revision });
         }
         LiveNodes(live)
     }

@@ -1,5 +1,6 @@
 //! The operator's ordered commands as data: a period close, a retry of the failed events, an
-//! activation (now or from a date), a settings or limits change.
+//! activation (now or from a date), a settings or limits change, an affiliate's creation or
+//! change.
 //!
 //! Why data and not a closure on the sequencer: in a cluster a command must travel through the
 //! operator's log like an event, so that the node that owns the operator runs it at its place
@@ -15,7 +16,7 @@ use tokio::sync::oneshot;
 use super::sequencer::Job;
 use super::{EventOutcome, IngestError, Period, Pipeline, RetryReport};
 use crate::event::{FieldError, now_ms};
-use crate::store::records::{DatedActivation, LateEventPolicy, OperatorLimits, OperatorRecord};
+use crate::store::records::{AffiliateRecord, DatedActivation, LateEventPolicy, OperatorLimits, OperatorRecord};
 
 /// A command ordered with the operator's events.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +41,10 @@ pub enum Command {
     },
     Limits {
         limits: OperatorLimits,
+    },
+    /// Create or change an affiliate: its parent and its deal ([`super::affiliates`]).
+    PutAffiliate {
+        affiliate: AffiliateRecord,
     },
 }
 
@@ -114,6 +119,15 @@ impl Pipeline {
                 self.submit(&operator.id, Job::RetryFailed { operator: operator.clone(), answer })?;
                 Box::pin(async move { answered.await.map_err(|_| stopped())?.map(Done::Retried) })
             }
+            Command::PutAffiliate { affiliate } => {
+                let (answer, answered) = oneshot::channel();
+                let owned = operator.clone();
+                let job = Job::Change(Box::new(move |pipeline: &Pipeline| {
+                    let _ = answer.send(pipeline.put_affiliate_in_turn(&owned, &affiliate));
+                }));
+                self.submit(&operator.id, job)?;
+                Box::pin(async move { answered.await.map_err(|_| stopped())? })
+            }
             change => {
                 let (answer, answered) = oneshot::channel();
                 let owned = operator.id.clone();
@@ -140,7 +154,7 @@ impl Pipeline {
             Command::ActivateDated { activation } => record.dated_activations.push(activation.clone()),
             Command::Settings { late_events } => record.late_events = *late_events,
             Command::Limits { limits } => record.limits = *limits,
-            Command::Close { .. } | Command::RetryFailed => {}
+            Command::Close { .. } | Command::RetryFailed | Command::PutAffiliate { .. } => {}
         })?;
         Ok(Done::Changed(updated.is_some()))
     }

@@ -25,6 +25,7 @@
 //! `replay` (verify, backtest), `shadow`, the API and the cluster. The `layering` test keeps the
 //! crate's modules free of import cycles.
 
+mod affiliates;
 mod batch;
 pub mod checkpoints;
 mod checks;
