@@ -440,10 +440,21 @@ fn killing_the_owner_of_a_busy_operator_and_a_nats_server_mid_load_loses_nothing
     })
     .expect("the events stream has a leader");
     let mut killed_at = None;
-    let seen = load(nodes, 12, 60, || {
-        killed_at = Some(Instant::now());
-        nats.kill(&leader);
-        host.kill();
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        load(nodes, 12, 60, || {
+            killed_at = Some(Instant::now());
+            nats.kill(&leader);
+            host.kill();
+        })
+    }));
+    let seen = loaded.unwrap_or_else(|panic| {
+        // What the surviving nodes said, to tell why the load did not go through.
+        for (name, host) in &hosts {
+            let log = host.log();
+            let lines: Vec<&str> = log.lines().filter(|line| !line.contains("DEBUG")).collect();
+            eprintln!("--- {name}'s log, last lines:\n{}", lines[lines.len().saturating_sub(60)..].join("\n"));
+        }
+        std::panic::resume_unwind(panic)
     });
     println!(
         "killed nats-server {leader} (the events stream's leader) and {victim} (owner of busy) mid-load; \
@@ -501,7 +512,8 @@ fn cluster(dir: &Path) -> (Nats, HashMap<String, Host>) {
 }
 
 /// An affiliate put through one node is in every node's own view, the same record (its deal
-/// and parent), and a move that would make a loop is refused whichever node receives it.
+/// and parent), and so are FX rates; a move that would make a loop is refused whichever node
+/// receives it.
 fn affiliates_travel_through_the_log(nats: &Nats, hosts: &HashMap<String, Host>, through: &str) {
     let client = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     let put = |node: &str, affiliate: &str, body: Value| {
@@ -535,6 +547,30 @@ fn affiliates_travel_through_the_log(nats: &Nats, hosts: &HashMap<String, Host>,
                     owner(nats, "calm")
                 );
             }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // FX rates too: every node's own record of the operator says the same rates, source and time.
+    let answer = client
+        .put(format!("{}/v1/operators/calm/fx-rates", hosts[through].base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"rates": {"EUR": "1.1"}, "source": "through the log"}))
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let set: Value = answer.json().unwrap();
+    for (name, host) in hosts {
+        let started = Instant::now();
+        loop {
+            let operators: Value = own_view(&client, host, "/v1/operators").json().unwrap();
+            let calm = operators["operators"].as_array().unwrap().iter().find(|op| op["id"] == "calm").unwrap().clone();
+            let settings = &calm["settings"];
+            if settings["fx_source"] == "through the log" {
+                assert_eq!(settings["fx_currencies"], json!(["EUR"]), "{name}: {calm}");
+                assert_eq!(settings["fx_updated_at"], set["updated_at"], "{name}: {calm}");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "the rates never reached {name}'s view: {calm}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -44,6 +44,7 @@ pub struct AffiliateBody {
     request_body = AffiliateBody,
     responses(
         (status = 200, description = "stored", body = Affiliate),
+        (status = 202, description = "`pending`, with `--cluster` only: the change is durable in the cluster's log, but the operator's owner had not applied it within `--cluster-answer-secs`; it will. Sending it again changes nothing twice", body = ErrorSchema),
         (status = 403, description = "`quota_exceeded`: the operator is at its quota of stored bytes", body = ErrorSchema),
     )
 )]

@@ -195,7 +195,10 @@ pub struct FxRatesBody {
     security(("operator_key" = []), ("admin_token" = [])),
     params(("op" = String, Path)),
     request_body = FxRatesBody,
-    responses((status = 200, description = "the rates in force", body = FxRatesSet))
+    responses(
+        (status = 200, description = "the rates in force", body = FxRatesSet),
+        (status = 202, description = "`pending`, with `--cluster` only: the change is durable in the cluster's log, but the operator's owner had not applied it within `--cluster-answer-secs`; it will. Sending it again changes nothing twice", body = ErrorSchema),
+    )
 )]
 pub async fn put_fx_rates(
     State(state): State<Arc<AppState>>,
@@ -230,18 +233,16 @@ pub async fn put_fx_rates(
     if !problems.is_empty() {
         return Err(ApiError::fields("invalid_fx_rates", problems));
     }
+    // In the operator's order: the events before it convert at the old rates, those after at
+    // these (in a cluster, on every node alike).
     let fx_rates = FxRates { rates, source: request.source, updated_at: now_ms() };
-    let operator = state
-        .pipeline
-        .store()
-        .update_operator(&op, |operator| operator.fx_rates = fx_rates.clone())?
-        .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
-    durable(&state).await?;
+    let change = Command::FxRates { fx_rates: fx_rates.clone() };
+    changed(&state, &operator, change, &format!("no operator {op:?}")).await?;
     Ok(Json(FxRatesSet {
         currency: operator.currency,
-        rates: operator.fx_rates.rates,
-        source: operator.fx_rates.source,
-        updated_at: format_time(operator.fx_rates.updated_at),
+        rates: fx_rates.rates,
+        source: fx_rates.source,
+        updated_at: format_time(fx_rates.updated_at),
     }))
 }
 

@@ -32,12 +32,12 @@
 //! so the ledger stream alone says what was paid.
 //!
 //! Ordered commands (a period close, a retry of the failed events, an activation, a settings or
-//! limits change, an affiliate's creation or change) travel the same way as events ([`crate::pipeline::Command`]): the owner runs
+//! limits change, FX rates, an affiliate's creation or change) travel the same way as events ([`crate::pipeline::Command`]): the owner runs
 //! them at their place in the operator's stream, and every node's view applies them at the
 //! same place of the ledger ([`view`]).
 //!
-//! Not (yet) through the stream: the rest of the configuration (operators, plugins, rates,
-//! keys) is each node's own; make such a change on every node.
+//! Not (yet) through the stream: the rest of the configuration (operators, plugins, keys) is
+//! each node's own; make such a change on every node.
 
 mod answer;
 mod log;

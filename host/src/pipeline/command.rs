@@ -1,6 +1,6 @@
 //! The operator's ordered commands as data: a period close, a retry of the failed events, an
-//! activation (now or from a date), a settings or limits change, an affiliate's creation or
-//! change.
+//! activation (now or from a date), a settings, limits or FX rates change, an affiliate's
+//! creation or change.
 //!
 //! Why data and not a closure on the sequencer: in a cluster a command must travel through the
 //! operator's log like an event, so that the node that owns the operator runs it at its place
@@ -16,7 +16,9 @@ use tokio::sync::oneshot;
 use super::sequencer::Job;
 use super::{EventOutcome, IngestError, Period, Pipeline, RetryReport};
 use crate::event::{FieldError, now_ms};
-use crate::store::records::{AffiliateRecord, DatedActivation, LateEventPolicy, OperatorLimits, OperatorRecord};
+use crate::store::records::{
+    AffiliateRecord, DatedActivation, FxRates, LateEventPolicy, OperatorLimits, OperatorRecord,
+};
 
 /// A command ordered with the operator's events.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +43,10 @@ pub enum Command {
     },
     Limits {
         limits: OperatorLimits,
+    },
+    /// Set the rates events in other currencies convert at.
+    FxRates {
+        fx_rates: FxRates,
     },
     /// Create or change an affiliate: its parent and its deal ([`super::affiliates`]).
     PutAffiliate {
@@ -154,6 +160,7 @@ impl Pipeline {
             Command::ActivateDated { activation } => record.dated_activations.push(activation.clone()),
             Command::Settings { late_events } => record.late_events = *late_events,
             Command::Limits { limits } => record.limits = *limits,
+            Command::FxRates { fx_rates } => record.fx_rates = fx_rates.clone(),
             Command::Close { .. } | Command::RetryFailed | Command::PutAffiliate { .. } => {}
         })?;
         Ok(Done::Changed(updated.is_some()))
