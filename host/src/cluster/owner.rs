@@ -36,6 +36,12 @@ use super::wire::{Answer, Committed, Entry, Request};
 use crate::event::IncomingEvent;
 use crate::pipeline::{Command, Done, EventOutcome};
 
+/// The ordered consumer of an operator's requests.
+type Requests = async_nats::jetstream::consumer::pull::Ordered;
+
+/// How long an owner waits for a request before it checks that the stream holds none for it.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+
 /// Requests of the events stream taken into one group at most.
 const MAX_GROUP_REQUESTS: usize = 256;
 /// The largest ledger entry written; a group over it is written as several entries (NATS's
@@ -140,21 +146,21 @@ impl Cluster {
             %operator, lease, caught_up, events_sequence = tenure.events_sequence,
             took_ms = started.elapsed().as_millis() as u64, "owning the operator"
         );
-        let consumer = self
-            .log
-            .events
-            .create_consumer(OrderedConfig {
-                filter_subject: events_subject(operator),
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: tenure.events_sequence + 1 },
-                ..Default::default()
-            })
-            .await
-            .map_err(anyhow::Error::from)?;
-        let mut requests = consumer.messages().await.map_err(anyhow::Error::from)?;
+        let mut requests = self.requests_after(operator, tenure.events_sequence).await?;
         loop {
-            let first = tokio::select! {
-                next = requests.next() => next,
+            let next = tokio::select! {
+                next = tokio::time::timeout(IDLE_CHECK, requests.next()) => next,
                 _ = stopped.wait_for(|stop| *stop) => return Err(Stopped::Told),
+            };
+            let Ok(first) = next else {
+                // Idle: a consumer made while a NATS server was being replaced can stay silent
+                // for good. If the stream holds a request the ledger does not account for,
+                // read from there with a new one.
+                if self.requests_waiting(operator, tenure.events_sequence).await {
+                    tracing::warn!(%operator, after = tenure.events_sequence, "the events stream has requests this owner was not given; reading them again");
+                    requests = self.requests_after(operator, tenure.events_sequence).await?;
+                }
+                continue;
             };
             let mut group = Vec::new();
             let mut next = first;
@@ -176,6 +182,29 @@ impl Cluster {
                 continue;
             }
             self.commit_group(&mut tenure, group).await?;
+        }
+    }
+
+    /// The operator's requests on the events stream after `sequence`, in order.
+    async fn requests_after(&self, operator: &str, sequence: u64) -> Result<Requests, Stopped> {
+        let consumer = self
+            .log
+            .events
+            .create_consumer(OrderedConfig {
+                filter_subject: events_subject(operator),
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: sequence + 1 },
+                ..Default::default()
+            })
+            .await
+            .map_err(anyhow::Error::from)?;
+        Ok(consumer.messages().await.map_err(anyhow::Error::from)?)
+    }
+
+    /// Whether the events stream holds a request of the operator after `sequence`.
+    async fn requests_waiting(&self, operator: &str, sequence: u64) -> bool {
+        match self.log.events.get_last_raw_message_by_subject(&events_subject(operator)).await {
+            Ok(last) => last.sequence > sequence,
+            Err(_) => false,
         }
     }
 

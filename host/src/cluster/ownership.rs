@@ -148,11 +148,17 @@ impl Cluster {
                 Err(error) => tracing::warn!(%error, "could not list this node's operators"),
             }
             self.renew().await;
-            let live = self.live_nodes(&mut sweeps).await;
-            if let Err(error) = self.claim(&live, &mut sweeps).await {
+            // Reading the live nodes is bounded by a third of the lease, so that a slow read (a
+            // NATS server being replaced) never delays the next renewal past the lease. Without
+            // them every node is preferred (the create decides) and nothing is handed over.
+            let live = tokio::time::timeout(every, self.live_nodes(&mut sweeps)).await.ok();
+            let unknown = LiveNodes(Vec::new());
+            if let Err(error) = self.claim(live.as_ref().unwrap_or(&unknown), &mut sweeps).await {
                 tracing::warn!(%error, "could not look for operators to own");
             }
-            self.hand_over(&live, &mut sweeps);
+            if let Some(live) = &live {
+                self.hand_over(live, &mut sweeps);
+            }
             let mut stopping = self.stopping.clone();
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
@@ -214,9 +220,10 @@ impl Cluster {
                 Vec::new()
             }
         };
+        let entries = futures_util::future::join_all(names.iter().map(|name| self.log.nodes.entry(name))).await;
         let mut live = Vec::with_capacity(names.len());
-        for name in names {
-            let Ok(Some(entry)) = self.log.nodes.entry(&name).await else { continue };
+        for (name, entry) in names.into_iter().zip(entries) {
+            let Ok(Some(entry)) = entry else { continue };
             if matches!(entry.operation, kv::Operation::Delete | kv::Operation::Purge) {
                 continue;
             }

@@ -29,6 +29,10 @@ use super::Cluster;
 use super::log::ledger_subject;
 use super::wire::{Entry, Request};
 
+/// How long applying the ledger waits for the stream's next entry before it gives up (and is
+/// tried again).
+const ENTRY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How soon a view looks at the ledger again after a wake-up or a failure.
 const LOOK_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -129,7 +133,14 @@ impl Cluster {
             .await?;
         let mut entries = consumer.messages().await?;
         let mut requests = 0;
-        while let Some(message) = entries.next().await {
+        // Bounded: while a NATS server is replaced the consumer can wait without end, and this
+        // runs under the view's lock, which a node taking the operator over needs.
+        let next = async |entries: &mut async_nats::jetstream::consumer::pull::Ordered| {
+            tokio::time::timeout(ENTRY_WAIT, entries.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("the ledger stream delivered no entry for {} s", ENTRY_WAIT.as_secs()))
+        };
+        while let Some(message) = next(&mut entries).await? {
             let message = message?;
             let sequence = message.info().map_err(|error| anyhow::anyhow!("{error}"))?.stream_sequence;
             if sequence > last {
