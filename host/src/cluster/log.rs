@@ -49,6 +49,22 @@ pub struct Log {
     pub nodes: kv::Store,
 }
 
+/// An ordered consumer's messages: one subject of a stream, in order, from a sequence on.
+pub type Ordered = async_nats::jetstream::consumer::pull::Ordered;
+
+/// Reads `subject` of `stream` in order from the message after `after`.
+pub async fn read_after(stream: &stream::Stream, subject: String, after: u64) -> anyhow::Result<Ordered> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject,
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
+}
+
 impl Log {
     /// Connects and makes what is missing; retries while the servers elect their JetStream
     /// leader (a cluster that just started), for up to a minute.

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use futures_util::future::BoxFuture;
@@ -31,13 +30,10 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::watch;
 
 use super::Cluster;
-use super::log::{events_subject, ledger_subject};
+use super::log::{Ordered, events_subject, ledger_subject, read_after};
 use super::wire::{Answer, Committed, Entry, Request};
 use crate::event::IncomingEvent;
 use crate::pipeline::{Command, Done, EventOutcome};
-
-/// The ordered consumer of an operator's requests.
-type Requests = async_nats::jetstream::consumer::pull::Ordered;
 
 /// How long an owner waits for a request before it checks that the stream holds none for it.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
@@ -186,18 +182,8 @@ impl Cluster {
     }
 
     /// The operator's requests on the events stream after `sequence`, in order.
-    async fn requests_after(&self, operator: &str, sequence: u64) -> Result<Requests, Stopped> {
-        let consumer = self
-            .log
-            .events
-            .create_consumer(OrderedConfig {
-                filter_subject: events_subject(operator),
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: sequence + 1 },
-                ..Default::default()
-            })
-            .await
-            .map_err(anyhow::Error::from)?;
-        Ok(consumer.messages().await.map_err(anyhow::Error::from)?)
+    async fn requests_after(&self, operator: &str, sequence: u64) -> Result<Ordered, Stopped> {
+        Ok(read_after(&self.log.events, events_subject(operator), sequence).await?)
     }
 
     /// Whether the events stream holds a request of the operator after `sequence`.

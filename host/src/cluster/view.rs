@@ -21,12 +21,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures_util::StreamExt as _;
 use tokio::sync::Notify;
 
 use super::Cluster;
-use super::log::ledger_subject;
+use super::log::{Ordered, ledger_subject, read_after};
 use super::wire::{Entry, Request};
 
 /// How long applying the ledger waits for the stream's next entry before it gives up (and is
@@ -122,20 +121,11 @@ impl Cluster {
         if applied >= last {
             return Ok(0);
         }
-        let consumer = self
-            .log
-            .ledger
-            .create_consumer(OrderedConfig {
-                filter_subject: ledger_subject(operator),
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: applied + 1 },
-                ..Default::default()
-            })
-            .await?;
-        let mut entries = consumer.messages().await?;
+        let mut entries = read_after(&self.log.ledger, ledger_subject(operator), applied).await?;
         let mut requests = 0;
         // Bounded: while a NATS server is replaced the consumer can wait without end, and this
         // runs under the view's lock, which a node taking the operator over needs.
-        let next = async |entries: &mut async_nats::jetstream::consumer::pull::Ordered| {
+        let next = async |entries: &mut Ordered| {
             tokio::time::timeout(ENTRY_WAIT, entries.next())
                 .await
                 .map_err(|_| anyhow::anyhow!("the ledger stream delivered no entry for {} s", ENTRY_WAIT.as_secs()))
