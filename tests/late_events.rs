@@ -231,6 +231,53 @@ fn the_period_statement_recomputes_to_what_the_close_stored_and_shows_the_late_l
     assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
 }
 
+/// A statement's lines come a page at a time (`lines_from`, `lines_limit`), each view saying
+/// how many it has in all: the pages of the stored as-closed lines, then the restated one's
+/// late lines after them, put together give the whole statement, as recomputed.
+#[test]
+fn a_statement_is_read_a_page_of_lines_at_a_time_and_the_pages_make_the_whole() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let casino = three_closed_months(&host);
+    money(&host, &casino, "late-nov", "bonus", "50", "2025-11-20T10:00:00Z");
+    let whole = |view: &str| {
+        let (status, body) = host.get(&casino, "/periods/2025-11/statement?affiliate=carry&recompute=true");
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["affiliates"][0][view].clone()
+    };
+    let (closed, restated) = (whole("as_closed"), whole("restated"));
+    // The deposit and four money events as closed; the late bonus after them, restated.
+    assert_eq!(closed["line_count"], 5, "{closed}");
+    assert_eq!(restated["line_count"], 6, "{restated}");
+    for (view, whole) in [("as_closed", &closed), ("restated", &restated)] {
+        let mut lines = Vec::new();
+        for from in (0..8).step_by(2) {
+            let (status, page) = host
+                .get(&casino, &format!("/periods/2025-11/statement?affiliate=carry&lines_from={from}&lines_limit=2"));
+            assert_eq!(status, StatusCode::OK, "{page}");
+            let statement = &page["affiliates"][0];
+            assert_eq!(statement["stored_at_close"], "stored", "read from storage: {statement}");
+            assert_eq!(statement[view]["line_count"], whole["line_count"], "{statement}");
+            let page_lines = statement[view]["lines"].as_array().unwrap().clone();
+            assert!(page_lines.len() <= 2, "{page_lines:?}");
+            lines.extend(page_lines);
+            // All but the lines are the same on every page.
+            assert_eq!(statement[view]["settlement"], whole["settlement"]);
+            assert_eq!(statement[view]["carried_out"], whole["carried_out"]);
+        }
+        assert_eq!(Value::Array(lines), whole["lines"], "{view}: the pages in order are the whole");
+    }
+    let (_, none) = host.get(&casino, "/periods/2025-11/statement?lines_limit=0");
+    assert_eq!(none["affiliates"][0]["as_closed"]["lines"], json!([]), "{none}");
+    assert_eq!(none["affiliates"][0]["as_closed"]["line_count"], 5, "{none}");
+
+    for (query, field) in [("lines_limit=10001", "lines_limit"), ("lines_from=-1", "lines_from")] {
+        let (status, refused) = host.get(&casino, &format!("/periods/2025-11/statement?{query}"));
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {refused}");
+        assert!(refused.to_string().contains(field), "{query} names {field}: {refused}");
+    }
+}
+
 #[test]
 fn under_the_refuse_policy_a_late_event_is_refused_naming_occurred_at_and_the_period() {
     let (_dir, data) = data_dir();

@@ -94,7 +94,16 @@ fn answers(host: &Host, operator: &Operator, affiliates: &[&str], closed: &[&str
             // `recompute=true`: the release that wrote the fixture recomputed the statement as
             // closed from the ledger on every call; this one answers from storage unless asked.
             let path = format!("/periods/{period}/statement?affiliate={affiliate}&recompute=true");
-            let (status, body) = host.get(operator, &path);
+            let (status, mut body) = host.get(operator, &path);
+            // A field added after the fixture's release (statements a page of lines at a time,
+            // issue 15): every line is on this first page of a small month.
+            for statement in body["affiliates"].as_array_mut().into_iter().flatten() {
+                for view in ["as_closed", "restated"] {
+                    let Some(view) = statement[view].as_object_mut() else { continue };
+                    let count = view.remove("line_count");
+                    assert_eq!(count, Some(json!(view["lines"].as_array().map_or(0, Vec::len))), "{view:?}");
+                }
+            }
             read.insert(format!("statement {period} {affiliate}"), json!({"status": status.as_u16(), "body": body}));
         }
     }

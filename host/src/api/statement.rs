@@ -2,6 +2,7 @@
 //! paid for a closed period and why, recomputed from the stored events (see [`crate::pipeline::restate`]);
 //! with `Accept: text/csv` or `format=csv`, what it paid as CSV (see [`super::export`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -17,9 +18,23 @@ use super::export::{self, Format};
 use super::operators::query_params;
 use super::{ApiError, AppState, auth};
 use crate::event::{FieldError, affiliate_id_problem};
-use crate::pipeline::restate::{AffiliateStatement, StatementView};
+use crate::pipeline::restate::StatementView;
+use crate::pipeline::statements::PagedStatement;
 use crate::pipeline::{Period, Pipeline, SETTLEMENT_PREFIX};
 use crate::store::records::OperatorRecord;
+
+/// Lines of each statement given when `lines_limit` is not: a page an affiliate's portal shows.
+const DEFAULT_LINES: u64 = 1000;
+/// The most lines of each statement one answer gives: a month of a million events is read a
+/// page at a time, not in one answer.
+const MAX_LINES: u64 = 10_000;
+
+/// Which of each statement's lines an answer gives.
+#[derive(Clone, Copy)]
+struct LinePage {
+    from: u64,
+    limit: u64,
+}
 
 /// Per affiliate: the statement as closed (recomputed, and whether it equals the one stored at
 /// the close), the statement restated with late events in place, and what was paid: the
@@ -35,6 +50,8 @@ use crate::store::records::OperatorRecord;
         ("affiliate" = Option<String>, Query, description = "only this affiliate's statement"),
         ("format" = Option<String>, Query, description = "`csv` for what the month paid as CSV (or `Accept: text/csv`)"),
         ("recompute" = Option<bool>, Query, description = "`true`: recompute the statement as closed from the ledger and compare it with the stored one"),
+        ("lines_from" = Option<u64>, Query, description = "the first line of each statement to give, from 0 (default 0); `line_count` says how many there are"),
+        ("lines_limit" = Option<u64>, Query, description = "at most this many lines of each statement (default 1000, at most 10000; 0 for none)"),
     ),
     responses((status = 200, description = "the period's statements, or what it paid as CSV", content(
         (PeriodStatement = "application/json"),
@@ -50,6 +67,7 @@ pub async fn statement(
     let (operator, reader) = auth::reader(&state, &headers, &op)?;
     let period = Period::parse(&period).map_err(|problem| ApiError::field("period", problem))?;
     let (mut affiliate, mut format, mut recompute) = (None, None, false);
+    let mut lines = LinePage { from: 0, limit: DEFAULT_LINES };
     let mut problems = Vec::new();
     for (key, value) in query_params(query.as_deref())? {
         match key.as_str() {
@@ -62,7 +80,20 @@ pub async fn statement(
                 Ok(value) => recompute = value,
                 Err(_) => problems.push(FieldError::new("recompute", "true or false")),
             },
-            other => problems.push(FieldError::new(other, "unknown parameter; known: affiliate, format, recompute")),
+            "lines_from" => match value.parse() {
+                Ok(from) => lines.from = from,
+                Err(_) => problems.push(FieldError::new("lines_from", "a whole number of lines, from 0")),
+            },
+            "lines_limit" => match value.parse() {
+                Ok(limit) if limit <= MAX_LINES => lines.limit = limit,
+                _ => {
+                    problems.push(FieldError::new("lines_limit", format!("a whole number of lines, 0 to {MAX_LINES}")))
+                }
+            },
+            other => problems.push(FieldError::new(
+                other,
+                "unknown parameter; known: affiliate, format, recompute, lines_from, lines_limit",
+            )),
         }
     }
     if !problems.is_empty() {
@@ -97,33 +128,60 @@ pub async fn statement(
     let answer = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
         let _slots = slots;
         let error = super::replay::replay_error;
-        let store = pipeline.store();
-        // From storage (a key read per affiliate), unless asked to recompute or not stored.
+        let page = |statement: PagedStatement| {
+            statement.page(&pipeline, &operator, &period, lines.from, lines.limit).map_err(error)
+        };
+        // From storage (a key read per affiliate, and its page of lines), unless asked to
+        // recompute or not stored.
         let stored_closed = match recompute {
             true => None,
             false => stored_statements(&pipeline, &operator, &period, affiliate.as_deref())?,
         };
-        let as_closed = match &stored_closed {
-            Some(stored) => stored.clone(),
-            None => pipeline.period_statements(&operator, &period, StatementView::AsClosed).map_err(error)?,
+        // Recomputed, each with what was stored at the close (all its lines: to compare).
+        let mut recomputed = BTreeMap::new();
+        if stored_closed.is_none() {
+            for (id, closed) in
+                pipeline.period_statements(&operator, &period, StatementView::AsClosed).map_err(error)?
+            {
+                if affiliate.as_ref().is_some_and(|wanted| *wanted != id) {
+                    continue;
+                }
+                let whole = |statement: PagedStatement| {
+                    statement.page(&pipeline, &operator, &period, 0, u64::MAX).map_err(error)
+                };
+                let closed = whole(PagedStatement::in_hand(closed))?;
+                let stored =
+                    pipeline.stored_statement(&operator, &period, &id).map_err(error)?.map(whole).transpose()?;
+                let compared = match stored {
+                    None => "missing",
+                    Some(stored) if stored == closed => "matches",
+                    Some(_) => "differs",
+                };
+                recomputed.insert(id, (compared, PagedStatement::in_hand(closed)));
+            }
+        }
+        let as_closed: Vec<(String, &str, PagedStatement)> = match stored_closed {
+            Some(stored) => stored.into_iter().map(|(id, statement)| (id, "stored", statement)).collect(),
+            None => recomputed.into_iter().map(|(id, (compared, statement))| (id, compared, statement)).collect(),
         };
-        let restated = match pipeline.restated_statements(&operator, &period).map_err(error)? {
-            Some(restated) => restated,
-            None => pipeline.period_statements(&operator, &period, StatementView::Restated).map_err(error)?,
-        };
+        let mut restated =
+            match pipeline.restated_statements(&operator, &period, affiliate.as_deref()).map_err(error)? {
+                Some(restated) => restated,
+                None => pipeline
+                    .period_statements(&operator, &period, StatementView::Restated)
+                    .map_err(error)?
+                    .into_iter()
+                    .map(|(id, statement)| (id, PagedStatement::in_hand(statement)))
+                    .collect(),
+            };
         let paid = match pipeline.period_paid_from_books(&operator, &period).map_err(error)? {
             Some(paid) => paid,
             None => pipeline.period_paid(&operator, &period).map_err(error)?,
         };
         let mut affiliates = Vec::new();
-        for (id, closed) in as_closed {
-            if affiliate.as_ref().is_some_and(|wanted| *wanted != id) {
-                continue;
-            }
-            let stored: Option<AffiliateStatement> = match stored_closed {
-                Some(_) => None,
-                None => store.statement(&operator.id, &period.id, &id)?,
-            };
+        for (id, compared, closed) in as_closed {
+            let closed = page(closed)?;
+            let restated = restated.remove(&id).map(page).transpose()?;
             let settlement_paid = paid.get(&period.settlement_id(&id));
             let at_close = settlement_paid.map(|paid| paid.at_close.iter().map(commission_json).collect::<Vec<_>>());
             let adjustments =
@@ -140,14 +198,9 @@ pub async fn statement(
                 .collect();
             let mut entry = json!({
                 "affiliate": id,
-                "stored_at_close": match &stored {
-                    None if stored_closed.is_some() => "stored",
-                    None => "missing",
-                    Some(stored) if *stored == closed => "matches",
-                    Some(_) => "differs",
-                },
+                "stored_at_close": compared,
                 "as_closed": closed,
-                "restated": restated.get(&id),
+                "restated": restated,
                 "paid": {
                     "at_close": at_close.unwrap_or_default(),
                     "adjustments": adjustments.unwrap_or_default(),
@@ -166,22 +219,22 @@ pub async fn statement(
     Ok(Json(answer).into_response())
 }
 
-/// The statements stored at the close, for `affiliate` or every affiliate settled: `None` if
-/// any is not stored (a month closed before statements were kept).
+/// The statements stored at the close, for `affiliate` or every affiliate settled, their lines
+/// left in storage: `None` if any is not stored (a month closed before statements were kept).
 fn stored_statements(
     pipeline: &Pipeline,
     operator: &OperatorRecord,
     period: &Period,
     affiliate: Option<&str>,
-) -> Result<Option<std::collections::BTreeMap<String, AffiliateStatement>>, ApiError> {
+) -> Result<Option<BTreeMap<String, PagedStatement>>, ApiError> {
     let store = pipeline.store();
-    let mut statements = std::collections::BTreeMap::new();
+    let mut statements = BTreeMap::new();
     for id in store.settlement_ids(&operator.id, SETTLEMENT_PREFIX, Some(&period.id))? {
         let Some(settled) = id.strip_prefix(&period.settlement_id("")) else { continue };
         if affiliate.is_some_and(|wanted| wanted != settled) {
             continue;
         }
-        match store.statement(&operator.id, &period.id, settled)? {
+        match pipeline.stored_statement(operator, period, settled).map_err(super::replay::replay_error)? {
             Some(statement) => statements.insert(settled.to_owned(), statement),
             None => return Ok(None),
         };

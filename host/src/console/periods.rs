@@ -126,8 +126,9 @@ fn affiliate_asked(raw: Option<String>) -> Option<String> {
 }
 
 pub async fn statement(signed: Signed, Path(period): Path<String>, RawQuery(raw): RawQuery) -> Page {
+    let lines_from = statement::lines_from(raw.as_deref());
     let affiliate = affiliate_asked(raw).or_else(|| signed.affiliate().map(str::to_owned));
-    statement::page(&signed, &period, affiliate.as_deref()).await
+    statement::page(&signed, &period, affiliate.as_deref(), lines_from).await
 }
 
 /// What the month paid, as the API's CSV, byte for byte.

@@ -132,11 +132,12 @@ pub async fn page(signed: Signed) -> Page {
 
 /// One month's statement (`?affiliate=` is passed on: the API refuses another affiliate's).
 pub async fn statement(signed: Signed, Path(period): Path<String>, RawQuery(raw): RawQuery) -> Page {
+    let lines_from = statement::lines_from(raw.as_deref());
     let asked = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
         .find(|(key, _)| key == "affiliate")
         .map(|(_, value)| value.into_owned());
     let affiliate = asked.or_else(|| signed.affiliate().map(str::to_owned));
-    statement::page(&signed, &period, affiliate.as_deref()).await
+    statement::page(&signed, &period, affiliate.as_deref(), lines_from).await
 }
 
 /// `?period=` from the month picker, as the statement's own address.

@@ -11,22 +11,52 @@ use super::layout::{self, text};
 use super::session::Signed;
 use super::{Page, enc, failed};
 
-/// The page for `period`, limited to `affiliate` if given (the API refuses another's).
-pub async fn page(signed: &Signed, period: &str, affiliate: Option<&str>) -> Page {
+/// The page for `period`, limited to `affiliate` if given (the API refuses another's), its
+/// statements' lines from `lines_from`, a page of the API's default size at a time.
+pub async fn page(signed: &Signed, period: &str, affiliate: Option<&str>, lines_from: u64) -> Page {
     let query = affiliate.map(|affiliate| format!("?affiliate={}", enc(affiliate))).unwrap_or_default();
-    let answer = signed.get(&format!("/periods/{}/statement{query}", enc(period))).await;
+    let separator = if query.is_empty() { '?' } else { '&' };
+    let answer =
+        signed.get(&format!("/periods/{}/statement{query}{separator}lines_from={lines_from}", enc(period))).await;
     if !answer.ok() {
         return Err(failed(&answer, "Statement not shown"));
     }
     let statement = answer.json();
     let csv = format!("/console/periods/{}/statement.csv{query}", enc(period));
-    let body = html! {
-        p { a href=(csv) download { "Download what this month paid as CSV" } }
-        @for entry in statement["affiliates"].as_array().into_iter().flatten() {
-            (affiliate_statement(entry))
+    let entries: Vec<&Value> = statement["affiliates"].as_array().into_iter().flatten().collect();
+    let views = entries.iter().flat_map(|entry| [&entry["as_closed"], &entry["restated"]]);
+    let (shown, count) = views.fold((0, 0), |(shown, count), view| {
+        let lines = view["lines"].as_array().map_or(0, Vec::len) as u64;
+        (shown.max(lines), count.max(view["line_count"].as_u64().unwrap_or(lines)))
+    });
+    // The same page of lines of every statement shown: links to the pages before and after.
+    let at = |from: u64| format!("{query}{separator}lines_from={from}");
+    let paging = html! {
+        @if count > shown {
+            p.paging {
+                "Lines " (lines_from + 1) "–" (lines_from + shown) " of " (count) ". "
+                @if lines_from > 0 { a href=(at(lines_from.saturating_sub(shown.max(1000)))) { "Earlier lines" } " " }
+                @if lines_from + shown < count { a href=(at(lines_from + shown)) rel="next" { "Later lines" } }
+            }
         }
     };
+    let body = html! {
+        p { a href=(csv) download { "Download what this month paid as CSV" } }
+        (paging)
+        @for entry in entries {
+            (affiliate_statement(entry))
+        }
+        (paging)
+    };
     Ok(layout::page(&signed.session, &format!("Statement {period}"), body))
+}
+
+/// `lines_from` of a console address's query: 0 if absent or not a number.
+pub fn lines_from(raw: Option<&str>) -> u64 {
+    form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .find(|(key, _)| key == "lines_from")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
 }
 
 fn affiliate_statement(entry: &Value) -> Markup {

@@ -554,8 +554,13 @@ pub struct AffiliateStatement {
     pub affiliate: String,
     /// The settlement's state keys as they were before it: what earlier periods carried in.
     pub carried_in: BTreeMap<String, Option<String>>,
-    /// The period's events attributed to the affiliate, in the order they count.
+    /// The period's events attributed to the affiliate, in the order they count: in an
+    /// answer, the page asked for (`lines_from`, `lines_limit`).
     pub lines: Vec<StatementLine>,
+    /// How many lines the statement has in all. Absent from a statement stored before lines
+    /// were kept apart from it (its lines are then inline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line_count: Option<u64>,
     pub settlement: Option<SettlementLine>,
     /// The same keys as the settlement left them: what it carries into the next period.
     pub carried_out: BTreeMap<String, Option<String>>,

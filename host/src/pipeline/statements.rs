@@ -66,23 +66,39 @@ impl Pipeline {
             // No book (the close could not write one): from a replay of the ledger.
             None => self.period_statements(operator, period, StatementView::AsClosed)?,
         };
-        for (affiliate, statement) in statements {
+        for (affiliate, mut statement) in statements {
             if settled.contains(&period.settlement_id(&affiliate))
                 || store.statement::<AffiliateStatement>(&operator.id, &period.id, &affiliate)?.is_none()
             {
-                store.put_statement(&operator.id, &period.id, &affiliate, &statement)?;
+                let lines = std::mem::take(&mut statement.lines);
+                statement.line_count = Some(lines.len() as u64);
+                store.put_statement(&operator.id, &period.id, &affiliate, &statement, &lines)?;
             }
         }
         Ok(())
     }
 
-    /// The month's statements as restated now, per affiliate, from its checkpoint; `None` when
-    /// what that needs is not stored.
+    /// `affiliate`'s statement of `period` as stored at the close, its lines left in storage.
+    pub fn stored_statement(
+        &self,
+        operator: &OperatorRecord,
+        period: &Period,
+        affiliate: &str,
+    ) -> Result<Option<PagedStatement>, IngestError> {
+        let stored = self.store().statement::<AffiliateStatement>(&operator.id, &period.id, affiliate)?;
+        Ok(stored.map(PagedStatement::from_stored))
+    }
+
+    /// The month's statements as restated now, per affiliate (only `only`'s, if given), from
+    /// its checkpoint, the lines stored at the close left in storage; `None` when what that
+    /// needs is not stored. Every late event and settlement of the month runs again (they
+    /// change the state the others see), but only the statements asked for are read.
     pub fn restated_statements(
         &self,
         operator: &OperatorRecord,
         period: &Period,
-    ) -> Result<Option<BTreeMap<String, AffiliateStatement>>, IngestError> {
+        only: Option<&str>,
+    ) -> Result<Option<BTreeMap<String, PagedStatement>>, IngestError> {
         let store = self.store();
         let Some(books) = self.checked_books(operator)? else { return Ok(None) };
         let Some(j) = books.iter().position(|book| book.period == period.id) else { return Ok(None) };
@@ -93,12 +109,15 @@ impl Pipeline {
             apply(&mut base, &decode_writes(&earlier.settled));
         }
         let mut statements = BTreeMap::new();
+        let mut stored_lines = BTreeMap::new();
         for id in &book.settlements {
             let Some(affiliate) = id.strip_prefix(&period.settlement_id("")) else { continue };
-            let Some(stored) = store.statement::<AffiliateStatement>(&operator.id, &period.id, affiliate)? else {
-                return Ok(None);
-            };
-            statements.insert(affiliate.to_owned(), stored);
+            if only.is_some_and(|wanted| wanted != affiliate) {
+                continue;
+            }
+            let Some(stored) = self.stored_statement(operator, period, affiliate)? else { return Ok(None) };
+            stored_lines.insert(affiliate.to_owned(), stored.stored_lines);
+            statements.insert(affiliate.to_owned(), stored.statement);
         }
         let scratch = Arc::new(ScratchState::from_state(base));
         for id in &book.late {
@@ -109,7 +128,15 @@ impl Pipeline {
         for id in &book.settlements {
             self.add_replayed(operator, period, id, false, &scratch, &mut statements)?;
         }
-        Ok(Some(statements))
+        let paged = statements
+            .into_iter()
+            .filter(|(affiliate, _)| only.is_none_or(|wanted| wanted == affiliate))
+            .map(|(affiliate, statement)| {
+                let stored_lines = stored_lines.get(&affiliate).copied().unwrap_or(0);
+                (affiliate, PagedStatement { statement, stored_lines })
+            })
+            .collect();
+        Ok(Some(paged))
     }
 
     /// Replays stored event `id` over `scratch` and adds it to the statements.
@@ -177,5 +204,58 @@ impl Pipeline {
             }
         }
         Ok(Some(paid))
+    }
+}
+
+/// One affiliate's statement with the lines stored at its close left in storage until a page
+/// of them is asked for: a statement of a month with a million events reads only its page.
+#[derive(Debug)]
+pub struct PagedStatement {
+    /// All but the lines stored apart; its `lines` are those after them (a restatement's late
+    /// lines), or all of them for a statement computed in hand.
+    statement: AffiliateStatement,
+    /// How many lines, stored apart at the close, come before `statement.lines`.
+    stored_lines: u64,
+}
+
+impl PagedStatement {
+    /// A statement computed in hand, every line in it.
+    pub fn in_hand(mut statement: AffiliateStatement) -> Self {
+        statement.line_count = None;
+        Self { statement, stored_lines: 0 }
+    }
+
+    /// A statement as stored: its lines apart (`line_count` set, none inline), or inline (a
+    /// statement stored before lines were kept apart).
+    fn from_stored(mut statement: AffiliateStatement) -> Self {
+        match statement.line_count.take() {
+            Some(count) if statement.lines.is_empty() => Self { statement, stored_lines: count },
+            _ => Self { statement, stored_lines: 0 },
+        }
+    }
+
+    /// The statement with lines `from..from + limit` (0-based) and `line_count`, the number of
+    /// lines in all.
+    pub fn page(
+        mut self,
+        pipeline: &Pipeline,
+        operator: &OperatorRecord,
+        period: &Period,
+        from: u64,
+        limit: u64,
+    ) -> Result<AffiliateStatement, IngestError> {
+        let count = self.stored_lines + self.statement.lines.len() as u64;
+        let mut lines = Vec::new();
+        if from < self.stored_lines {
+            let wanted = limit.min(self.stored_lines - from);
+            let affiliate = &self.statement.affiliate;
+            lines = pipeline.store().statement_lines(&operator.id, &period.id, affiliate, from, wanted)?;
+        }
+        let skip = from.saturating_sub(self.stored_lines) as usize;
+        let room = limit.saturating_sub(lines.len() as u64) as usize;
+        lines.extend(std::mem::take(&mut self.statement.lines).into_iter().skip(skip).take(room));
+        self.statement.lines = lines;
+        self.statement.line_count = Some(count);
+        Ok(self.statement)
     }
 }

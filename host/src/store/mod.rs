@@ -25,6 +25,7 @@ mod payouts;
 mod quota;
 pub mod records;
 mod shadow;
+mod statements;
 mod verify_jobs;
 
 use std::collections::BTreeMap;
@@ -86,8 +87,11 @@ pub struct Store {
     shadow_state: Tree,
     shadow_results: Tree,
     shadow_progress: Tree,
-    /// (operator, period, affiliate) -> the period statement as its close computed it.
+    /// (operator, period, affiliate) -> the period statement as its close computed it, without
+    /// its lines; and (operator, period, affiliate, chunk) -> its lines, a chunk at a time (see
+    /// [`statements`]).
     statements: Tree,
+    statement_lines: Tree,
     /// (operator, sha256 of the deal's JSON) -> the deal: each version an event was evaluated
     /// with, kept once and referenced by the events' chains.
     deals: Tree,
@@ -140,6 +144,7 @@ impl Store {
             shadow_results: tree("shadow_results")?,
             shadow_progress: tree("shadow_progress")?,
             statements: tree("statements")?,
+            statement_lines: tree("statement_lines")?,
             deals: tree("deals")?,
             stored_bytes: tree("stored_bytes")?,
             affiliate_keys: tree("affiliate_keys")?,
@@ -333,30 +338,6 @@ impl Store {
         let skip = keys::operator_prefix(operator).len();
         let last = self.events.scan_prefix(settlement_key_prefix(operator, prefix, None)).next_back().transpose()?;
         Ok(last.map(|(key, _)| String::from_utf8_lossy(&key[skip..]).into_owned()))
-    }
-
-    /// The statement of `affiliate` for `period` as the close computed it, if it was stored.
-    pub fn statement<T: serde::de::DeserializeOwned>(
-        &self,
-        operator: &str,
-        period: &str,
-        affiliate: &str,
-    ) -> Result<Option<T>, StoreError> {
-        get_json(&self.statements, "statements", &keys::key(operator, &[period.as_bytes(), affiliate.as_bytes()]))
-    }
-
-    /// Stores a statement as its close computed it, unless one is stored already: the first
-    /// is kept, so a statement can later be recomputed and compared with it.
-    pub fn put_statement<T: serde::Serialize>(
-        &self,
-        operator: &str,
-        period: &str,
-        affiliate: &str,
-        statement: &T,
-    ) -> Result<(), StoreError> {
-        let key = keys::key(operator, &[period.as_bytes(), affiliate.as_bytes()]);
-        let _ = self.statements.compare_and_swap(key, None::<&[u8]>, Some(to_json(statement)))?;
-        Ok(())
     }
 
     /// The sequence number of the operator's last committed event (0 before the first).
