@@ -5,16 +5,17 @@
 # ten months (2025-01 to 2025-10), each closed in order. Then, timed through HTTP (curl):
 # a late wager into the latest closed month, into the oldest of ten, one affiliate's statement,
 # and a full verify (events/s). Usage: SIZES="10000 100000 1000000" bench/checkpoints.sh
+# HOST_BIN=path skips the build (a binary built by `cargo build --release`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES=${SIZES:-"10000 100000"}
 export COMMISSION_HOST_ADMIN_TOKEN=bench-admin-token-0123456789abcdef
-cargo build --release -p commission-host >/dev/null
+[ -n "${HOST_BIN:-}" ] || cargo build --release -p commission-host >/dev/null
 [ -e target/wasm32-wasip2/plugin/revshare.wasm ] || cargo build-plugins >/dev/null
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 H=http://127.0.0.1:18083
-target/release/commission-host serve --data "$work/data" --listen 127.0.0.1:18083 >"$work/host.out" 2>"$work/host.err" &
+${HOST_BIN:-target/release/commission-host} serve --data "$work/data" --listen 127.0.0.1:18083 >"$work/host.out" 2>"$work/host.err" &
 until grep -q listening "$work/host.out"; do sleep 0.2; done
 admin=(-H "Authorization: Bearer $COMMISSION_HOST_ADMIN_TOKEN")
 ms() { awk '{ printf "%d", $1 * 1000 }'; }
@@ -49,9 +50,12 @@ setup() { # operator months size
   echo "$key"
 }
 
-late() { # operator key id month -> ms
-  curl -s -o "$work/late.out" -w '%{time_total}\n' -X POST "$H/v1/operators/$1/events" -H "Authorization: Bearer $2" \
-    -d "{\"id\":\"$3\",\"type\":\"wager\",\"customer\":\"c1\",\"amount\":\"100\",\"occurred_at\":\"2025-$4-20T10:00:00Z\"}" | ms
+late() { # operator key id month -> ms of three late events, one after the other
+  for i in 1 2 3; do
+    curl -s -o "$work/late.out" -w '%{time_total}\n' -X POST "$H/v1/operators/$1/events" -H "Authorization: Bearer $2" \
+      -d "{\"id\":\"$3-$i\",\"type\":\"wager\",\"customer\":\"c$i\",\"amount\":\"100\",\"occurred_at\":\"2025-$4-20T10:00:00Z\"}" | ms
+    printf ' '
+  done
 }
 
 for size in $SIZES; do
@@ -61,8 +65,13 @@ for size in $SIZES; do
   echo "late event into the latest closed month, one month:  $(late "one$size" "$key1" late1 01) ms"
   echo "late event into the latest closed month, ten months: $(late "ten$size" "$key10" late10 10) ms"
   echo "late event into the oldest of ten closed months:     $(late "ten$size" "$key10" late11 01) ms"
-  t=$(curl -s -o /dev/null -w '%{time_total}\n' "$H/v1/operators/one$size/periods/2025-01/statement?affiliate=aff1" -H "Authorization: Bearer $key1" | ms)
-  echo "one affiliate's statement (from storage), one month: $t ms"
+  t=""
+  for a in aff1 aff2 aff3; do
+    t="$t$(curl -s -o /dev/null -w '%{time_total}\n' "$H/v1/operators/one$size/periods/2025-01/statement?affiliate=$a" -H "Authorization: Bearer $key1" | ms) "
+  done
+  echo "one affiliate's statement (from storage, its first 1,000 lines), one month, three affiliates: $t ms"
+  bytes=$(curl -s "$H/v1/operators/one$size/periods/2025-01/statement?affiliate=aff1&lines_limit=100" -H "Authorization: Bearer $key1" | wc -c)
+  echo "   (a page of 100 lines is $bytes bytes of JSON, both views)"
   t=$(curl -s -o "$work/verify.out" -w '%{time_total}\n' -X POST "$H/v1/operators/one$size/verify" -H "Authorization: Bearer $key1" | ms)
   echo "full verify, one month: $t ms ($(( size * 1000 / (t + 1) )) events/s): $(head -c 120 "$work/verify.out")"
   for op in "one$size" "ten$size"; do

@@ -20,6 +20,10 @@ use commission_host::{secrets, server, shadow};
 mod cli;
 mod demo;
 
+/// mimalloc, not glibc's malloc: see the reason beside the dependency in Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Event-driven affiliate commissions, with each operator's rules as a WebAssembly plugin.
 #[derive(Parser)]
 #[command(version, about)]
