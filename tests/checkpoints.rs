@@ -323,3 +323,63 @@ fn a_missing_or_altered_checkpoint_is_rederived_from_the_previous_sound_periodic
         .collect();
     assert_eq!(named, [(Some(5), Value::Null)], "only the altered periodic one is left to report: {report}");
 }
+
+/// A backtest over a range can start from the operator's state at the checkpoint before it
+/// (`start: checkpoint`) instead of building the version's state from the first event: for
+/// the version that was live, the report is the same, and the replay starts at that checkpoint,
+/// not at event 1. Without `from` there is no checkpoint to start from: refused, naming it.
+#[test]
+fn a_backtest_from_the_checkpoint_before_its_range_reports_what_one_from_the_start_does() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let casino = host.create_operator("casino");
+    let version = host.install_plugin(&casino, "revshare");
+    host.put_affiliate(&casino, "carry", None, json!({"revshare_percent": "30"}));
+    host.accept(
+        &casino,
+        json!({"id": "p1-r", "type": "registration", "customer": "p1", "affiliate": "carry", "occurred_at": "2025-10-01T08:00:00Z"}),
+    );
+    // Each month closed before the next one's events come: a checkpoint before each close.
+    money(&host, &casino, "o1", "win", "1000", "2025-10-02T10:00:00Z");
+    close(&host, &casino, "2025-10");
+    money(&host, &casino, "n1", "wager", "600", "2025-11-02T10:00:00Z");
+    close(&host, &casino, "2025-11");
+    money(&host, &casino, "d1", "wager", "3000", "2025-12-02T10:00:00Z");
+    close(&host, &casino, "2025-12");
+    money(&host, &casino, "j1", "wager", "500", "2026-01-02T10:00:00Z");
+
+    let backtest = |body: Value| {
+        let (status, report) = common::answer(
+            host.client
+                .post(host.url(&format!("/v1/operators/casino/plugins/{version}/replay")))
+                .bearer_auth(&casino.api_key)
+                .json(&body)
+                .send(),
+        );
+        (status, report)
+    };
+    let from = "2025-12-01T00:00:00Z";
+    let (status, whole) = backtest(json!({"from": from}));
+    assert_eq!(status, StatusCode::OK, "{whole}");
+    let (status, from_checkpoint) = backtest(json!({"from": from, "start": "checkpoint"}));
+    assert_eq!(status, StatusCode::OK, "{from_checkpoint}");
+
+    assert_eq!(whole["replayed_from"], 1, "{whole}");
+    // December's first event came after November's close: from the checkpoint before that
+    // close, past the registration and October's events.
+    let started = from_checkpoint["replayed_from"].as_u64().unwrap();
+    assert!(started > 3, "{from_checkpoint}");
+    // December pays (3,000 - 400 carried) x 30 % = 780, as live did: nothing changed, the same
+    // totals both ways.
+    for report in [&whole, &from_checkpoint] {
+        assert_eq!(report["events_changed"], 0, "{report}");
+        let totals = &report["affiliates"][0];
+        assert_eq!((common::amount(&totals["paid"]), common::amount(&totals["would_pay"])), (dec("780"), dec("780")));
+    }
+    assert_eq!(whole["events_compared"], from_checkpoint["events_compared"]);
+    assert_eq!(whole["affiliates"], from_checkpoint["affiliates"]);
+
+    let (status, refused) = backtest(json!({"start": "checkpoint"}));
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(refused.to_string().contains("from"), "{refused}");
+}

@@ -18,7 +18,7 @@ use super::{ApiError, AppState, auth, read_body};
 use crate::amounts::AmountOverflow;
 use crate::event::parse_time;
 use crate::pipeline::IngestError;
-use crate::replay::TimeRange;
+use crate::replay::{BacktestStart, TimeRange};
 
 /// `POST /v1/operators/{op}/verify`: replays the ledger in scratch state; writes nothing.
 #[utoipa::path(
@@ -54,6 +54,11 @@ pub struct ReplayRequest {
     from: Option<String>,
     /// Exclusive.
     to: Option<String>,
+    /// `ledger` (the default): the version builds its own state from the first event;
+    /// `checkpoint`: it starts from the operator's state at the checkpoint before `from`
+    /// (which it requires), in time proportional to the range, not to history.
+    #[serde(default)]
+    start: BacktestStart,
 }
 
 /// `POST /v1/operators/{op}/plugins/{version}/replay`: a backtest; writes nothing.
@@ -80,11 +85,15 @@ pub async fn backtest(
         value.map(|value| parse_time(&value).map_err(|problem| ApiError::field(field, problem))).transpose()
     };
     let range = TimeRange { from: time("from", request.from)?, to: time("to", request.to)? };
+    let start = request.start;
+    if start == BacktestStart::Checkpoint && range.from.is_none() {
+        return Err(ApiError::field("from", "required with start: checkpoint (the checkpoint is the one before it)"));
+    }
     let pipeline = state.pipeline.clone();
     let slots = pipeline.replay_slots().await;
     let report = tokio::task::spawn_blocking(move || {
         let _slots = slots;
-        pipeline.backtest(&operator, version, range)
+        pipeline.backtest(&operator, version, range, start)
     })
     .await
     .map_err(ApiError::internal)?

@@ -395,6 +395,19 @@ impl Store {
         Ok(())
     }
 
+    /// The first ledger position of an event dated in `month` or after it, as far as the ledger
+    /// is indexed: where a replay of what occurred from `month` on must start.
+    pub fn first_seq_dated_from(&self, operator: &str, month: &str) -> Result<Option<u64>, StoreError> {
+        let tree = self.db.open_tree(MONTHS)?;
+        let mut first: Option<u64> = None;
+        // Months sort as `YYYY-MM`; the "~indexed" key sorts after them all.
+        for entry in tree.range(keys::text(operator, month)..keys::text(operator, INDEXED)) {
+            let span: MonthSpan = decode(MONTHS, &entry?.1)?;
+            first = Some(first.map_or(span.first, |first| first.min(span.first)));
+        }
+        Ok(first)
+    }
+
     /// Where the events dated in `month` lie, as far as the ledger is indexed.
     pub fn month_span(&self, operator: &str, month: &str) -> Result<Option<MonthSpan>, StoreError> {
         let tree = self.db.open_tree(MONTHS)?;
