@@ -337,8 +337,8 @@ pub struct AffiliateStatementView {
     affiliate: String,
     /// `matches`, `differs` or `missing`: the statement stored at the close against this one.
     stored_at_close: String,
-    as_closed: crate::pipeline::restate::AffiliateStatement,
-    restated: Option<crate::pipeline::restate::AffiliateStatement>,
+    as_closed: crate::pipeline::statements::AffiliateStatement,
+    restated: Option<crate::pipeline::statements::AffiliateStatement>,
     paid: PeriodPaid,
 }
 

@@ -1,5 +1,5 @@
 //! `GET /v1/operators/{op}/periods/{YYYY-MM}/statement[?affiliate=A]`: what each affiliate was
-//! paid for a closed period and why, recomputed from the stored events (see [`crate::pipeline::restate`]);
+//! paid for a closed period and why, recomputed from the stored events (see [`crate::pipeline::statements`]);
 //! with `Accept: text/csv` or `format=csv`, what it paid as CSV (see [`super::export`]).
 
 use std::collections::BTreeMap;
@@ -18,8 +18,7 @@ use super::export::{self, Format};
 use super::operators::query_params;
 use super::{ApiError, AppState, auth};
 use crate::event::{FieldError, affiliate_id_problem};
-use crate::pipeline::restate::StatementView;
-use crate::pipeline::statements::PagedStatement;
+use crate::pipeline::statements::{PagedStatement, StatementView};
 use crate::pipeline::{Period, Pipeline, SETTLEMENT_PREFIX};
 use crate::store::records::OperatorRecord;
 

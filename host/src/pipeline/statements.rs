@@ -1,3 +1,12 @@
+//! A **period statement** is recomputed from the stored events and the plugin versions that
+//! evaluated and settled them, by the replay a restatement runs ([`super::restate`]): per
+//! affiliate, the state the settlement carried in and out (the values, before and after, of the
+//! keys it wrote), each of the period's events with the state it changed and its contribution,
+//! the settlement, and the log lines. An upline's statement also lists the events of affiliates
+//! below it that paid it an override, each naming the affiliate it came `through`. The statement
+//! as the close computed it is stored at the close; the "as closed" view recomputes it from the
+//! ledger up to the close, and must equal it.
+//!
 //! Period statements from checkpoints (issue 15): a closed month's restated statement, and what
 //! its settlements paid, in time proportional to the month's late events and settlements.
 //!
@@ -13,11 +22,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::restate::{AffiliateStatement, Before, SettlementPaid, StatementView, add_to_statements};
-use super::{IngestError, Period, Pipeline};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::restate::{Before, SettlementPaid, restated_order};
+use super::{Evaluated, IngestError, Period, Pipeline, SETTLEMENT_PREFIX, settlement_period};
+use crate::amounts::Payout;
+use crate::event::format_time;
 use crate::sandbox::ScratchState;
 use crate::store::checkpoints::{State, apply, decode_writes};
-use crate::store::records::{EventRecord, OperatorRecord};
+use crate::store::records::{EventRecord, LogLine, OperatorRecord};
 
 impl Pipeline {
     /// The month's statements as its close computes them, without a replay of the ledger's
@@ -139,6 +153,38 @@ impl Pipeline {
         Ok(Some(paged))
     }
 
+    /// The statements of `period`, per affiliate, from a replay of the ledger: as the close
+    /// computed them (up to the period's last settlement entry), or as restated now.
+    pub fn period_statements(
+        &self,
+        operator: &OperatorRecord,
+        period: &Period,
+        view: StatementView,
+    ) -> Result<BTreeMap<String, AffiliateStatement>, IngestError> {
+        let store = self.store();
+        let settlements = store.settlement_ids(&operator.id, SETTLEMENT_PREFIX, Some(&period.id))?;
+        let upto = match view {
+            StatementView::Restated => store.last_sequence(&operator.id)?,
+            StatementView::AsClosed => {
+                let mut last = 0;
+                for id in &settlements {
+                    if let Some(record) = store.event(&operator.id, id)? {
+                        last = last.max(record.seq);
+                    }
+                }
+                last
+            }
+        };
+        let records: Vec<EventRecord> = self.records_in_order(operator, upto).collect::<Result<_, _>>()?;
+        let entries = restated_order(records);
+        let mut statements: BTreeMap<String, AffiliateStatement> = BTreeMap::new();
+        self.replay_entries(operator, &entries, |entry, evaluated, before| -> Result<(), IngestError> {
+            add_to_statements(&mut statements, period, &entry.record, entry.late, evaluated, before);
+            Ok(())
+        })?;
+        Ok(statements)
+    }
+
     /// Replays stored event `id` over `scratch` and adds it to the statements.
     fn add_replayed(
         &self,
@@ -207,6 +253,174 @@ impl Pipeline {
     }
 }
 
+/// Adds what one replayed ledger entry shows to `period`'s statements: a settlement of the
+/// period its affiliate's carried-in, settlement and carried-out; an event of the period a line
+/// (on its affiliate's statement, and on those of the uplines it paid an override).
+pub(crate) fn add_to_statements(
+    statements: &mut BTreeMap<String, AffiliateStatement>,
+    period: &Period,
+    record: &EventRecord,
+    late: bool,
+    evaluated: &Evaluated,
+    before: &Before,
+) {
+    let Some(affiliate) = &record.attributed_to else { return };
+    let statement = |of: &String| AffiliateStatement { affiliate: of.clone(), ..AffiliateStatement::default() };
+    match settlement_period(&record.event) {
+        Some(settled) if settled.id == period.id => {
+            let statement = statements.entry(affiliate.clone()).or_insert_with(|| statement(affiliate));
+            statement.carried_in = before.iter().map(|(key, value)| (key.clone(), text(value))).collect();
+            statement.carried_out =
+                evaluated.state_writes.iter().map(|(key, value)| (key.clone(), text(value))).collect();
+            statement.settlement = Some(SettlementLine {
+                event_id: record.event.id.clone(),
+                plugin_version: record.evaluation.as_ref().map_or(0, |e| e.plugin_version),
+                commissions: evaluated.commissions.iter().map(Payout::from).collect(),
+                failure: evaluated.failure.as_ref().map(|failure| failure.message.clone()),
+                logs: evaluated_logs(evaluated),
+            });
+        }
+        Some(_) => {}
+        None if (period.starts_at..period.ends_at).contains(&record.event.occurred_at) => {
+            let changes: Vec<StateChange> = before
+                .iter()
+                .map(|(key, was)| StateChange {
+                    key: key.clone(),
+                    before: text(was),
+                    after: text(evaluated.state_writes.get(key).unwrap_or(&None)),
+                })
+                .collect();
+            let event = &record.event;
+            let (amount, currency) = match &event.fx {
+                Some(fx) => (Some(fx.amount), Some(fx.currency.clone())),
+                None => (event.amount, event.currency.clone()),
+            };
+            let line = StatementLine {
+                event_id: event.id.clone(),
+                kind: event.kind.clone(),
+                occurred_at: format_time(event.occurred_at),
+                received_at: format_time(record.received_at),
+                amount,
+                currency,
+                late,
+                through: None,
+                contribution: contribution(&changes),
+                changes,
+                commissions: evaluated.commissions.iter().map(Payout::from).collect(),
+                logs: evaluated_logs(evaluated),
+            };
+            // An upline the event paid (an override) sees it on its own statement too:
+            // what it needs to check the override against the sub-affiliate's activity.
+            let uplines: std::collections::BTreeSet<&String> = evaluated
+                .commissions
+                .iter()
+                .map(|commission| &commission.affiliate)
+                .filter(|paid| *paid != affiliate)
+                .collect();
+            for upline in uplines {
+                statements
+                    .entry(upline.clone())
+                    .or_insert_with(|| statement(upline))
+                    .lines
+                    .push(StatementLine { through: Some(affiliate.clone()), ..line.clone() });
+            }
+            statements.entry(affiliate.clone()).or_insert_with(|| statement(affiliate)).lines.push(line);
+        }
+        None => {}
+    }
+}
+
+fn evaluated_logs(evaluated: &Evaluated) -> Vec<LogLine> {
+    evaluated.record.as_ref().map(|record| record.logs.clone()).unwrap_or_default()
+}
+
+fn text(value: &Option<Vec<u8>>) -> Option<String> {
+    value.as_ref().map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// The change of the one decimal state value an event changed: what it contributed to the
+/// running total the plugin keeps (a month's NGR, say). `None` when it changed no value or
+/// several, or values that are not decimals, or a change too large for a decimal.
+fn contribution(changes: &[StateChange]) -> Option<Decimal> {
+    let [change] = changes else { return None };
+    let decimal = |value: &Option<String>| match value {
+        None => Some(Decimal::ZERO),
+        Some(text) => text.parse::<Decimal>().ok(),
+    };
+    decimal(&change.after)?.checked_sub(decimal(&change.before)?)
+}
+
+/// Which statement to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementView {
+    /// From the ledger up to the period's close: what the close computed.
+    AsClosed,
+    /// From the whole ledger, late events in place.
+    Restated,
+}
+
+/// One affiliate's statement for one period.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AffiliateStatement {
+    pub affiliate: String,
+    /// The settlement's state keys as they were before it: what earlier periods carried in.
+    pub carried_in: BTreeMap<String, Option<String>>,
+    /// The period's events attributed to the affiliate, in the order they count: in an
+    /// answer, the page asked for (`lines_from`, `lines_limit`).
+    pub lines: Vec<StatementLine>,
+    /// How many lines the statement has in all. Absent from a statement stored before lines
+    /// were kept apart from it (its lines are then inline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line_count: Option<u64>,
+    pub settlement: Option<SettlementLine>,
+    /// The same keys as the settlement left them: what it carries into the next period.
+    pub carried_out: BTreeMap<String, Option<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StatementLine {
+    pub event_id: String,
+    pub kind: String,
+    pub occurred_at: String,
+    /// In the operator's currency (converted at the rate stored with the event).
+    #[schema(value_type = Option<String>)]
+    pub amount: Option<Decimal>,
+    pub currency: Option<String>,
+    /// When the host received it.
+    pub received_at: String,
+    /// It arrived after the period was closed.
+    pub late: bool,
+    /// On an upline's statement: the affiliate below it the event is attributed to. The line is
+    /// here because the event paid this affiliate (an override).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<String>,
+    /// What the event added to the one running total it changed (NGR, for RevShare).
+    #[schema(value_type = Option<String>)]
+    pub contribution: Option<Decimal>,
+    /// Every state value the event changed.
+    pub changes: Vec<StateChange>,
+    /// What the event paid by itself (a CPA, say).
+    pub commissions: Vec<Payout>,
+    pub logs: Vec<LogLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StateChange {
+    pub key: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SettlementLine {
+    pub event_id: String,
+    pub plugin_version: u32,
+    pub commissions: Vec<Payout>,
+    /// Why the replayed settlement did not finish, if it did not.
+    pub failure: Option<String>,
+    pub logs: Vec<LogLine>,
+}
+
 /// One affiliate's statement with the lines stored at its close left in storage until a page
 /// of them is asked for: a statement of a month with a million events reads only its page.
 #[derive(Debug)]
@@ -257,5 +471,35 @@ impl PagedStatement {
         self.statement.lines = lines;
         self.statement.line_count = Some(count);
         Ok(self.statement)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contribution_is_the_change_of_the_one_decimal_an_event_changed() {
+        let change = |before: Option<&str>, after: Option<&str>| StateChange {
+            key: "k".into(),
+            before: before.map(Into::into),
+            after: after.map(Into::into),
+        };
+        assert_eq!(contribution(&[change(None, Some("3000"))]), Some(Decimal::from(3000)));
+        assert_eq!(contribution(&[change(Some("3000"), Some("-2000"))]), Some(Decimal::from(-5000)));
+        assert_eq!(contribution(&[]), None);
+        assert_eq!(contribution(&[change(None, Some("yes"))]), None);
+        assert_eq!(contribution(&[change(None, Some("1")), change(None, Some("2"))]), None);
+    }
+
+    #[test]
+    fn a_change_too_large_for_a_decimal_is_no_contribution() {
+        // Rather than a panic.
+        let change = StateChange {
+            key: "k".into(),
+            before: Some(Decimal::MIN.to_string()),
+            after: Some(Decimal::MAX.to_string()),
+        };
+        assert_eq!(contribution(&[change]), None);
     }
 }
