@@ -324,6 +324,29 @@ fn a_missing_or_altered_checkpoint_is_rederived_from_the_previous_sound_periodic
     assert_eq!(named, [(Some(5), Value::Null)], "only the altered periodic one is left to report: {report}");
 }
 
+/// RevShare 30 % with negative carryover, each month closed before the next one's events come
+/// (a checkpoint before each close): October NGR 1,000 pays 300; November -400 pays 0 and
+/// carries -400; December 3,000: (3,000 - 400) x 30 % = 780; January open. Returns the
+/// operator and its plugin version.
+fn months_closed_one_by_one(host: &Host) -> (Operator, u64) {
+    let casino = host.create_operator("casino");
+    let version = host.install_plugin(&casino, "revshare");
+    host.put_affiliate(&casino, "carry", None, json!({"revshare_percent": "30"}));
+    host.accept(
+        &casino,
+        json!({"id": "p1-r", "type": "registration", "customer": "p1", "affiliate": "carry", "occurred_at": "2025-10-01T08:00:00Z"}),
+    );
+    let settled = |period| paid(&close(host, &casino, period)["settlements"][0]);
+    money(host, &casino, "o1", "wager", "1000", "2025-10-02T10:00:00Z");
+    assert_eq!(settled("2025-10"), [("carry".into(), dec("300"))]);
+    money(host, &casino, "n1", "win", "400", "2025-11-02T10:00:00Z");
+    assert_eq!(settled("2025-11"), []);
+    money(host, &casino, "d1", "wager", "3000", "2025-12-02T10:00:00Z");
+    assert_eq!(settled("2025-12"), [("carry".into(), dec("780"))]);
+    money(host, &casino, "j1", "wager", "500", "2026-01-02T10:00:00Z");
+    (casino, version)
+}
+
 /// A backtest over a range can start from the operator's state at the checkpoint before it
 /// (`start: checkpoint`) instead of building the version's state from the first event: for
 /// the version that was live, the report is the same, and the replay starts at that checkpoint,
@@ -332,21 +355,7 @@ fn a_missing_or_altered_checkpoint_is_rederived_from_the_previous_sound_periodic
 fn a_backtest_from_the_checkpoint_before_its_range_reports_what_one_from_the_start_does() {
     let (_dir, data) = data_dir();
     let host = Host::start(&data);
-    let casino = host.create_operator("casino");
-    let version = host.install_plugin(&casino, "revshare");
-    host.put_affiliate(&casino, "carry", None, json!({"revshare_percent": "30"}));
-    host.accept(
-        &casino,
-        json!({"id": "p1-r", "type": "registration", "customer": "p1", "affiliate": "carry", "occurred_at": "2025-10-01T08:00:00Z"}),
-    );
-    // Each month closed before the next one's events come: a checkpoint before each close.
-    money(&host, &casino, "o1", "win", "1000", "2025-10-02T10:00:00Z");
-    close(&host, &casino, "2025-10");
-    money(&host, &casino, "n1", "wager", "600", "2025-11-02T10:00:00Z");
-    close(&host, &casino, "2025-11");
-    money(&host, &casino, "d1", "wager", "3000", "2025-12-02T10:00:00Z");
-    close(&host, &casino, "2025-12");
-    money(&host, &casino, "j1", "wager", "500", "2026-01-02T10:00:00Z");
+    let (casino, version) = months_closed_one_by_one(&host);
 
     let backtest = |body: Value| {
         let (status, report) = common::answer(
@@ -369,8 +378,8 @@ fn a_backtest_from_the_checkpoint_before_its_range_reports_what_one_from_the_sta
     // close, past the registration and October's events.
     let started = from_checkpoint["replayed_from"].as_u64().unwrap();
     assert!(started > 3, "{from_checkpoint}");
-    // December pays (3,000 - 400 carried) x 30 % = 780, as live did: nothing changed, the same
-    // totals both ways.
+    // December paid (3,000 - 400 carried) x 30 % = 780, and the replay pays it: the same totals
+    // both ways.
     for report in [&whole, &from_checkpoint] {
         assert_eq!(report["events_changed"], 0, "{report}");
         let totals = &report["affiliates"][0];
@@ -382,4 +391,40 @@ fn a_backtest_from_the_checkpoint_before_its_range_reports_what_one_from_the_sta
     let (status, refused) = backtest(json!({"start": "checkpoint"}));
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     assert!(refused.to_string().contains("from"), "{refused}");
+}
+
+/// A shadow started from the operator's latest checkpoint (`start: checkpoint`) follows the
+/// ledger from there, over the state the checkpoint holds: of the live version, it pays what
+/// was paid since (December's 780), not October's 300 before it, and agrees with the ledger.
+#[test]
+fn a_shadow_started_from_the_latest_checkpoint_follows_the_ledger_from_there() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let (casino, version) = months_closed_one_by_one(&host);
+    let shadow = |body: Value| {
+        common::answer(
+            host.client.put(host.url("/v1/operators/casino/shadow")).bearer_auth(&casino.api_key).json(&body).send(),
+        )
+    };
+    let (status, set) = shadow(json!({"version": version, "start": "checkpoint"}));
+    assert_eq!(status, StatusCode::OK, "{set}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let (status, report) = host.get(&casino, &format!("/plugins/{version}/shadow-report"));
+        assert_eq!(status, StatusCode::OK, "{report}");
+        if report["ledger_entries_followed"] == report["ledger_entries"] {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "the shadow did not catch up: {report}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // December's close is the latest checkpoint: its settlement and January's event follow.
+    assert!(report["started_from"].as_u64().unwrap() > 3, "{report}");
+    assert_eq!(report["events_differing"], 0, "{report}");
+    let totals = &report["affiliates"][0];
+    assert_eq!((common::amount(&totals["paid"]), common::amount(&totals["would_pay"])), (dec("780"), dec("780")));
+
+    let (status, refused) = shadow(json!({"version": null, "start": "checkpoint"}));
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(refused.to_string().contains("start"), "{refused}");
 }

@@ -125,18 +125,18 @@ pub struct BacktestReport {
     pub changes: Vec<EventDifference>,
 }
 
-/// Where a backtest's version starts building its plugin state.
+/// Where a backtest's or a shadow's version starts building its plugin state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum BacktestStart {
+pub enum ReplayStart {
     /// From the ledger's first event, with empty state: the version builds its own state over
     /// all history, as if it had been live from the start. Takes time in proportion to history.
     #[default]
     Ledger,
-    /// From the operator's state as it stood at the checkpoint at or before the range's first
-    /// event (`from` is required): what switching to the version then would have paid. Takes
-    /// time in proportion to what lies after the checkpoint, not to history. For the version
-    /// that was live, the same report as `ledger`.
+    /// From the operator's state as it stood at a checkpoint: for a backtest, the one at or
+    /// before the range's first event (`from` is required); for a shadow, the latest. What
+    /// switching to the version then would have paid, in time proportional to what follows
+    /// the checkpoint, not to history. For the version that was live, the same as `ledger`.
     Checkpoint,
 }
 
@@ -161,11 +161,11 @@ impl Pipeline {
         operator: &OperatorRecord,
         version: u32,
         range: TimeRange,
-        start: BacktestStart,
+        start: ReplayStart,
     ) -> Result<BacktestReport, IngestError> {
         let last_sequence = self.store().last_sequence(&operator.id)?;
         let (after, state) = match (start, range.from) {
-            (BacktestStart::Checkpoint, Some(from)) => self.checkpoint_before(operator, from)?,
+            (ReplayStart::Checkpoint, Some(from)) => self.checkpoint_before(operator, from)?,
             _ => (0, State::new()),
         };
         let scratch = Arc::new(ScratchState::from_state(state));

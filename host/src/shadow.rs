@@ -5,11 +5,13 @@
 //! evaluates each entry with the candidate, in the candidate's own state, recording what it
 //! would have paid next to the entry; the live path never waits for it and cannot be failed by
 //! it. A shadow started later first works through the history, so its state (first deposits
-//! seen, lots so far) is what it would have been live. The report compares, per event and per
-//! affiliate, what the shadow would have paid with what was paid.
+//! seen, lots so far) is what it would have been live; one started from a checkpoint
+//! (`start: checkpoint`) takes the operator's state there instead and follows from there, in
+//! time proportional to what follows. The report compares, per event and per affiliate, what
+//! the shadow would have paid with what was paid.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -19,7 +21,12 @@ use crate::pipeline::{IngestError, Pipeline, Run, settlement_period};
 use crate::replay::{AffiliateTotal, AffiliateTotals, EventDifference};
 use crate::sandbox::StateSource;
 use crate::store::Store;
+use crate::store::checkpoints::State;
 use crate::store::records::{OperatorRecord, ShadowResult};
+
+/// Held by the follower for each entry it evaluates and by a restart: a restart never lands
+/// in the middle of an evaluation, and the follower re-reads where the shadow is before each.
+static FOLLOWER: Mutex<()> = Mutex::new(());
 
 /// How long the follower rests when every shadow has caught up.
 const IDLE: Duration = Duration::from_millis(50);
@@ -59,6 +66,8 @@ pub fn spawn_follower(pipeline: Pipeline) -> std::io::Result<()> {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ShadowReport {
     pub version: u32,
+    /// The ledger position the shadow started following from: 1, or its checkpoint's.
+    pub started_from: u64,
     /// How far through the ledger the shadow is, of how far the ledger goes.
     pub ledger_entries_followed: u64,
     pub ledger_entries: u64,
@@ -79,6 +88,17 @@ impl Pipeline {
                 self.store().events_after(&operator.id, progress).take(BATCH).collect::<Result<_, _>>()?;
             for (seq, id) in pending {
                 let _slots = runtime.block_on(self.replay_slots());
+                let _follower = FOLLOWER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                // A restart (`start: checkpoint`) may have moved the shadow since this batch was
+                // read: go on only from the entry that now comes next.
+                let still = self.store().operator(&operator.id)?.is_some_and(|now| now.shadow_plugin == Some(version));
+                let next = self
+                    .store()
+                    .events_after(&operator.id, self.store().shadow_progress(&operator.id, version)?)
+                    .next();
+                if !still || !matches!(next, Some(Ok((next, _))) if next == seq) {
+                    break;
+                }
                 self.shadow_one(&operator, version, seq, &id)?;
                 done += 1;
             }
@@ -112,6 +132,20 @@ impl Pipeline {
         };
         let writes = if evaluated.failure.is_none() { evaluated.state_writes } else { BTreeMap::new() };
         Ok(store.commit_shadow(&operator.id, version, &result, &writes)?)
+    }
+
+    /// Starts shadow `version` from the operator's state at its latest sound checkpoint rather
+    /// than from the ledger's first event: what the version would pay from there on, in time
+    /// proportional to what follows. Answers where it starts (1 without a checkpoint: from the
+    /// ledger's start, as without `start: checkpoint`).
+    pub fn restart_shadow_from_checkpoint(&self, operator: &OperatorRecord, version: u32) -> Result<u64, IngestError> {
+        let store = self.store();
+        let _follower = FOLLOWER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let last = store.last_sequence(&operator.id)?;
+        let (next, state) = store.checkpoint_at_or_before(&operator.id, last + 1)?.unwrap_or((1, State::new()));
+        store.restart_shadow_at(&operator.id, version, next, &state)?;
+        tracing::info!(operator = %operator.id, version, next, keys = state.len(), "shadow started from a checkpoint");
+        Ok(next)
     }
 
     /// Where shadow `version` and the ledger disagree, for the entries it has evaluated.
@@ -148,6 +182,7 @@ impl Pipeline {
         }
         Ok(ShadowReport {
             version,
+            started_from: store.shadow_started_from(&operator.id, version)?,
             ledger_entries_followed: store.shadow_progress(&operator.id, version)?,
             ledger_entries: store.last_sequence(&operator.id)?,
             events_differing: differences.len(),

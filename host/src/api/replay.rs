@@ -18,7 +18,7 @@ use super::{ApiError, AppState, auth, read_body};
 use crate::amounts::AmountOverflow;
 use crate::event::parse_time;
 use crate::pipeline::IngestError;
-use crate::replay::{BacktestStart, TimeRange};
+use crate::replay::{ReplayStart, TimeRange};
 
 /// `POST /v1/operators/{op}/verify`: replays the ledger in scratch state; writes nothing.
 #[utoipa::path(
@@ -58,7 +58,7 @@ pub struct ReplayRequest {
     /// `checkpoint`: it starts from the operator's state at the checkpoint before `from`
     /// (which it requires), in time proportional to the range, not to history.
     #[serde(default)]
-    start: BacktestStart,
+    start: ReplayStart,
 }
 
 /// `POST /v1/operators/{op}/plugins/{version}/replay`: a backtest; writes nothing.
@@ -86,7 +86,7 @@ pub async fn backtest(
     };
     let range = TimeRange { from: time("from", request.from)?, to: time("to", request.to)? };
     let start = request.start;
-    if start == BacktestStart::Checkpoint && range.from.is_none() {
+    if start == ReplayStart::Checkpoint && range.from.is_none() {
         return Err(ApiError::field("from", "required with start: checkpoint (the checkpoint is the one before it)"));
     }
     let pipeline = state.pipeline.clone();
@@ -106,10 +106,16 @@ pub async fn backtest(
 pub struct ShadowRequest {
     /// A plugin version, or null to stop.
     version: Option<u32>,
+    /// `ledger` (the default): the version starts at the ledger's first event (or goes on
+    /// where it was); `checkpoint`: it starts again from the operator's state at its latest
+    /// checkpoint, its earlier results dropped.
+    #[serde(default)]
+    start: ReplayStart,
 }
 
 /// `PUT /v1/operators/{op}/shadow` `{"version": N}` runs version N in shadow mode beside the
-/// active one (from the start of the ledger, then live); `{"version": null}` stops it.
+/// active one (from the start of the ledger, then live; with `"start": "checkpoint"`, from the
+/// operator's latest checkpoint); `{"version": null}` stops it.
 #[utoipa::path(
     put,
     path = "/v1/operators/{op}/shadow",
@@ -130,6 +136,15 @@ pub async fn set_shadow(
     let request: ShadowRequest = parse_json(&body)?;
     if let Some(version) = request.version {
         existing_version(&state, &operator.id, &version.to_string())?;
+    }
+    if let (Some(version), ReplayStart::Checkpoint) = (request.version, request.start) {
+        let (pipeline, operator) = (state.pipeline.clone(), operator.clone());
+        tokio::task::spawn_blocking(move || pipeline.restart_shadow_from_checkpoint(&operator, version))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(replay_error)?;
+    } else if request.start == ReplayStart::Checkpoint {
+        return Err(ApiError::field("start", "checkpoint starts a version: give one"));
     }
     state
         .pipeline

@@ -19,6 +19,61 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// Where shadow `version` started following the ledger: 1, or the position of the
+    /// checkpoint it was started from ([`Store::restart_shadow_at`]).
+    pub fn shadow_started_from(&self, operator: &str, version: u32) -> Result<u64, StoreError> {
+        Ok(self
+            .shadow_progress
+            .get(started_key(operator, version))?
+            .and_then(|seq| seq.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(1))
+    }
+
+    /// Starts shadow `version` again at ledger position `next`, from `state` (a checkpoint's):
+    /// its earlier state and results go, in one transaction with the new state and progress, so
+    /// a crash leaves the old shadow or the new one. The caller keeps the follower out meanwhile.
+    pub fn restart_shadow_at(
+        &self,
+        operator: &str,
+        version: u32,
+        next: u64,
+        state: &super::checkpoints::State,
+    ) -> Result<(), StoreError> {
+        let prefix = keys::key(operator, &[&version.to_be_bytes()]);
+        let mut old_state = Vec::new();
+        for entry in self.shadow_state.scan_prefix(&prefix) {
+            old_state.push(entry?.0);
+        }
+        let mut old_results = Vec::new();
+        for entry in self.shadow_results.scan_prefix(&prefix) {
+            old_results.push(entry?.0);
+        }
+        let new_state: Vec<(Vec<u8>, &Vec<u8>)> = state
+            .iter()
+            .map(|(key, value)| (keys::key(operator, &[&version.to_be_bytes(), key.as_bytes()]), value))
+            .collect();
+        let (progress_key, started_key) = (keys::plugin(operator, version), started_key(operator, version));
+        (&self.shadow_state, &self.shadow_results, &self.shadow_progress)
+            .transaction(|(state, results, progress)| {
+                for key in &old_state {
+                    state.remove(key)?;
+                }
+                for key in &old_results {
+                    results.remove(key)?;
+                }
+                for (key, value) in &new_state {
+                    state.insert(key.as_slice(), value.as_slice())?;
+                }
+                progress.insert(progress_key.as_slice(), (next - 1).to_be_bytes().as_slice())?;
+                progress.insert(started_key.as_slice(), next.to_be_bytes().as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|error| match error {
+                TransactionError::Storage(error) => StoreError::Sled(error),
+                TransactionError::Abort(()) => unreachable!("the shadow restart never aborts"),
+            })
+    }
+
     pub fn shadow_state_value(&self, operator: &str, version: u32, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = keys::key(operator, &[&version.to_be_bytes(), key.as_bytes()]);
         Ok(self.shadow_state.get(key)?.map(|value| value.to_vec()))
@@ -65,4 +120,9 @@ impl Store {
             .map(|entry| decode("shadow_results", &entry?.1))
             .collect()
     }
+}
+
+/// The key, beside a shadow's progress, of where it started (absent: the ledger's start).
+fn started_key(operator: &str, version: u32) -> Vec<u8> {
+    keys::key(operator, &[&version.to_be_bytes(), b"started_from"])
 }
