@@ -128,13 +128,10 @@ fn node(dir: &Path, nats: &Nats, name: &str) -> Host {
     )
 }
 
-/// The same operators on a host: the multi-event plugin and the affiliate `aff1`. (Operators and
-/// plugins are not replicated yet: each node is given them; the affiliate travels through the
-/// log, and putting it again changes nothing.)
-fn set_up(host: &Host) {
-    for id in OPERATORS {
-        host.multi_event_with_aff1(id);
-    }
+/// The operators on a host (in a cluster, on one node of it): the multi-event plugin and the
+/// affiliate `aff1`; with their credentials.
+fn set_up(host: &Host) -> Vec<Operator> {
+    OPERATORS.iter().map(|id| host.multi_event_with_aff1(id)).collect()
 }
 
 /// An operator as the admin acts for it, on any node.
@@ -483,14 +480,16 @@ fn cluster(dir: &Path) -> (Nats, HashMap<String, Host>) {
     let mut names = vec!["a", "b", "c"];
     let preferred = preferred_node("busy", &names);
     names.sort_by_key(|name| *name == preferred);
-    let hosts: HashMap<String, Host> = names.iter().map(|name| (name.to_string(), node(dir, &nats, name))).collect();
-    set_up(&hosts[names[0]]);
+    let mut hosts = HashMap::from([(names[0].to_string(), node(dir, &nats, names[0]))]);
+    let operators = set_up(&hosts[names[0]]);
     for operator in OPERATORS {
         assert_eq!(owner(&nats, operator), names[0], "the only node with {operator} set up owns it");
     }
+    // The others are given nothing: they set the operators up from the cluster.
     for name in &names[1..] {
-        set_up(&hosts[*name]);
+        hosts.insert(name.to_string(), node(dir, &nats, name));
     }
+    configuration_travels_through_the_cluster(&hosts, &operators, &names);
     for operator in OPERATORS {
         wait_for_owner(&nats, operator, preferred_node(operator, &names));
     }
@@ -509,6 +508,113 @@ fn cluster(dir: &Path) -> (Nats, HashMap<String, Host>) {
     }
     affiliates_travel_through_the_log(&nats, &hosts, names[0]);
     (nats, hosts)
+}
+
+/// Waits (60 s at most: each node compiles each plugin version) until `check` holds on `host`;
+/// past that, fails with the end of its log.
+fn eventually(what: &str, host: &Host, mut check: impl FnMut() -> Result<(), String>) {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(last) if started.elapsed() > Duration::from_secs(60) => {
+                let log: Vec<char> = host.log().chars().collect();
+                let tail: String = log[log.len().saturating_sub(6000)..].iter().collect();
+                panic!("{what}: {last}\nthe node's log ends:\n{tail}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// `GET path` on `host` with `key`, answered from its own view (as [`own_view`]): the status
+/// and JSON. The node checks the key against what it holds, as it does for an event it takes.
+fn get_with(client: &Client, host: &Host, key: &str, path: &str) -> (StatusCode, Value) {
+    let answer = client
+        .get(format!("{}{path}", host.base))
+        .bearer_auth(key)
+        .header("commission-host-forwarded-by", "the test: this node's own view")
+        .send()
+        .unwrap();
+    (answer.status(), answer.json().unwrap_or(Value::Null))
+}
+
+/// Operators created on one node, and their plugins, are set up on every node from the
+/// cluster: the same plugin versions (number and sha256), and the credentials shown once at
+/// creation work on every node. An id taken on one node is taken on all; a plugin uploaded
+/// through another node is the next version everywhere; a key rotated through a third is the
+/// only key of the operator on every node once its views have applied the rotation.
+fn configuration_travels_through_the_cluster(hosts: &HashMap<String, Host>, operators: &[Operator], names: &[&str]) {
+    let client = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let plugins_of = |host: &Host, operator: &Operator| {
+        let path = format!("/v1/operators/{}/plugins", operator.id);
+        let answer = own_view(&client, host, &path);
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body: Value = answer.json().unwrap();
+        body["plugins"].as_array().unwrap().iter().map(|p| (p["version"].clone(), p["sha256"].clone())).collect()
+    };
+    let held = |operator: &Operator| -> Vec<(Value, Value)> { plugins_of(&hosts[names[0]], operator) };
+    for operator in operators {
+        let expected = held(operator);
+        assert_eq!(expected.len(), 1, "{expected:?}");
+        for name in &names[1..] {
+            eventually(&format!("{} set up on node {name}", operator.id), &hosts[*name], || {
+                match get_with(
+                    &client,
+                    &hosts[*name],
+                    &operator.api_key,
+                    &format!("/v1/operators/{}/plugins", operator.id),
+                ) {
+                    (StatusCode::OK, _) => {}
+                    (status, body) => return Err(format!("the operator's own key: {status} {body}")),
+                }
+                let there: Vec<(Value, Value)> = plugins_of(&hosts[*name], operator);
+                if there == expected { Ok(()) } else { Err(format!("{there:?} against {expected:?}")) }
+            });
+        }
+    }
+
+    let again = client
+        .post(format!("{}/v1/operators", hosts[names[1]].base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"id": "busy", "name": "Busy again", "currency": "EUR"}))
+        .send()
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT, "an id taken on another node is taken");
+
+    let calm = operators.iter().find(|operator| operator.id == "calm").unwrap();
+    let (status, uploaded) = hosts[names[2]].upload_plugin(calm, &common::plugin_wasm("multi-event"), false);
+    assert_eq!(status, StatusCode::CREATED, "{uploaded}");
+    assert_eq!(uploaded["version"], 2, "{uploaded}");
+    let expected = vec![held(calm)[0].clone(), (uploaded["version"].clone(), uploaded["sha256"].clone())];
+    for name in names {
+        eventually(&format!("calm's version 2 on node {name}"), &hosts[*name], || {
+            let there: Vec<(Value, Value)> = plugins_of(&hosts[*name], calm);
+            if there == expected { Ok(()) } else { Err(format!("{there:?} against {expected:?}")) }
+        });
+    }
+
+    let rotated = client
+        .post(format!("{}/v1/operators/calm/credentials/api_key/rotate", hosts[names[1]].base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"grace_seconds": 0}))
+        .send()
+        .unwrap();
+    assert_eq!(rotated.status(), StatusCode::OK);
+    let rotated: Value = rotated.json().unwrap();
+    let new_key = rotated["value"].as_str().unwrap();
+    for name in names {
+        eventually(&format!("calm's rotated key on node {name}"), &hosts[*name], || {
+            let path = "/v1/operators/calm/plugins";
+            match (
+                get_with(&client, &hosts[*name], new_key, path).0,
+                get_with(&client, &hosts[*name], &calm.api_key, path).0,
+            ) {
+                (StatusCode::OK, StatusCode::UNAUTHORIZED) => Ok(()),
+                (new, old) => Err(format!("the new key: {new}, the old: {old}")),
+            }
+        });
+    }
 }
 
 /// An affiliate put through one node is in every node's own view, the same record (its deal
@@ -647,10 +753,10 @@ fn a_host_stopped_with_sigterm_hands_its_operators_over_with_no_5xx_to_retrying_
     let single = single_node_run(dir.path(), &seen, None);
     check_ledger(&nats, &hosts, &seen, &single);
 
-    // A node on an empty data directory, once the others have left, takes both operators and
-    // rebuilds its view from the ledger stream: the same commissions.
+    // A node on an empty data directory, given nothing, once the others have left, sets the
+    // operators up from the cluster, takes them, and rebuilds its view from the ledger stream:
+    // the same commissions.
     let fresh = node(dir.path(), &nats, "d");
-    set_up(&fresh);
     for (_, host) in hosts.drain() {
         signal(&host, libc::SIGTERM);
         assert!(host.wait_exit(), "the host exits 0 after SIGTERM");
@@ -736,6 +842,7 @@ fn an_owner_paused_past_its_lease_writes_nothing_after_the_new_owner_took_over()
     let single = single_node_run(dir.path(), &seen, Some(CLOSED));
     check_ledger(&nats, &hosts, &seen, &single);
     views_follow_the_close(dir.path(), &nats, &hosts, &client);
+    money_moves_through_the_log(dir.path(), &nats, &hosts, &client);
 }
 
 /// The month the pause scenario closes.
@@ -745,18 +852,7 @@ const CLOSED: &str = "2020-01";
 /// is the same in every view (read from each node's own, not forwarded), `verify` is clean on
 /// each, and an event of the closed month is refused as late through every node.
 fn views_follow_the_close(dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>, client: &Client) {
-    let last = with_nats(nats, async |client| {
-        let stream = async_nats::jetstream::new(client).get_stream("CH_LEDGER").await.expect("the ledger stream");
-        stream.get_last_raw_message_by_subject("ch.ledger.busy").await.expect("a ledger entry").sequence
-    });
-    let started = Instant::now();
-    for name in hosts.keys() {
-        let position = dir.join(name).join("cluster").join("busy.position");
-        while std::fs::read_to_string(&position).ok().and_then(|text| text.trim().parse::<u64>().ok()) < Some(last) {
-            assert!(started.elapsed() < Duration::from_secs(30), "{name}'s view did not reach ledger entry {last}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    views_apply_the_whole_ledger(dir, nats, hosts);
     let statements: BTreeMap<&String, Value> = hosts
         .iter()
         .map(|(name, host)| {
@@ -777,6 +873,118 @@ fn views_follow_the_close(dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>
         let (status, body) = host.post_events(&as_admin("busy"), &late);
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {body}");
         assert_eq!(body["details"][0]["field"], "occurred_at", "{name}: {body}");
+    }
+}
+
+/// Waits (30 s at most) until every node's view of `busy` has applied its last ledger entry.
+fn views_apply_the_whole_ledger(dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>) {
+    let last = with_nats(nats, async |client| {
+        let stream = async_nats::jetstream::new(client).get_stream("CH_LEDGER").await.expect("the ledger stream");
+        stream.get_last_raw_message_by_subject("ch.ledger.busy").await.expect("a ledger entry").sequence
+    });
+    let started = Instant::now();
+    for name in hosts.keys() {
+        let position = dir.join(name).join("cluster").join("busy.position");
+        while std::fs::read_to_string(&position).ok().and_then(|text| text.trim().parse::<u64>().ok()) < Some(last) {
+            assert!(started.elapsed() < Duration::from_secs(30), "{name}'s view did not reach ledger entry {last}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `busy`'s commissions in `host`'s own view, named as every node names them (event, rule,
+/// amount), with their statuses, sorted.
+fn statuses(client: &Client, host: &Host) -> Vec<(String, String, String, String)> {
+    let (mut all, mut cursor) = (Vec::new(), String::new());
+    loop {
+        let answer = own_view(client, host, &format!("/v1/operators/busy/commissions?limit=1000{cursor}"));
+        assert_eq!(answer.status(), StatusCode::OK);
+        let page: Value = answer.json().unwrap();
+        for commission in page["commissions"].as_array().unwrap() {
+            let text = |field: &str| commission[field].as_str().unwrap_or_default().to_owned();
+            all.push((text("event_id"), text("rule"), text("amount"), text("status")));
+        }
+        match page["next"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    all.sort();
+    all
+}
+
+/// Money moved through nodes that do not own the operator: the closed month approved through
+/// one, paid under a reference through another (sent again through the first, it pays nothing
+/// more), one commission of the load moved to `rejected` through the first; each answered as
+/// one host answers, and once every view has applied the ledger, every node's own view holds
+/// the same statuses. An affiliate key issued through one node opens the affiliate's
+/// commissions through every node, and once revoked through another, none.
+fn money_moves_through_the_log(dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>, client: &Client) {
+    let owner_name = owner(nats, "busy");
+    let others: Vec<&Host> = hosts.iter().filter(|(name, _)| **name != owner_name).map(|(_, host)| host).collect();
+    let post = |host: &Host, path: &str, body: Value| -> (StatusCode, Value) {
+        let answer = client.post(format!("{}{path}", host.base)).bearer_auth(ADMIN_TOKEN).json(&body).send().unwrap();
+        (answer.status(), answer.json().unwrap_or(Value::Null))
+    };
+    let (status, approved) = post(others[0], &format!("/v1/operators/busy/periods/{CLOSED}/approve"), json!({}));
+    assert_eq!(status, StatusCode::OK, "{approved}");
+    assert!(!approved["approved"].as_array().unwrap().is_empty(), "{approved}");
+    let payment = json!({"reference": "bank-2020-01", "period": CLOSED});
+    let (status, paid) = post(others[1], "/v1/operators/busy/payouts", payment.clone());
+    assert_eq!(status, StatusCode::OK, "{paid}");
+    assert_eq!(paid["duplicate"], false, "{paid}");
+    let approved_ids: HashSet<&Value> =
+        approved["approved"].as_array().unwrap().iter().map(|line| &line["id"]).collect();
+    let paid_lines = paid["paid"].as_array().unwrap();
+    assert!(!paid_lines.is_empty() && paid_lines.iter().all(|line| approved_ids.contains(&line["id"])), "{paid}");
+    let (status, again) = post(others[0], "/v1/operators/busy/payouts", payment);
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!((&again["duplicate"], &again["paid"]), (&json!(true), &paid["paid"]), "{again}");
+
+    let answer = client
+        .get(format!("{}/v1/operators/busy/commissions?status=pending&limit=1", others[1].base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .unwrap();
+    let pending: Value = answer.json().unwrap();
+    let id = pending["commissions"][0]["id"].as_str().expect("a pending commission of the load").to_owned();
+    let path = format!("/v1/operators/busy/commissions/{id}/status");
+    let (status, moved) = post(others[0], &path, json!({"status": "rejected", "note": "fraud"}));
+    assert_eq!((status, &moved["status"]), (StatusCode::OK, &json!("rejected")), "{moved}");
+    let (status, refused) = post(others[1], &path, json!({"status": "approved"}));
+    assert_eq!((status, &refused["error"]), (StatusCode::CONFLICT, &json!("status_transition")), "{refused}");
+
+    views_apply_the_whole_ledger(dir, nats, hosts);
+    let owners = statuses(client, &hosts[&owner_name]);
+    for wanted in ["paid", "rejected"] {
+        assert!(owners.iter().any(|(.., status)| status == wanted), "no {wanted} commission: {owners:?}");
+    }
+    for (name, host) in hosts {
+        assert_eq!(statuses(client, host), owners, "{name}'s view of the commissions' statuses");
+    }
+
+    let (status, issued) = post(others[0], "/v1/operators/busy/affiliates/aff1/keys", json!({}));
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let key = issued["key"].as_str().unwrap().to_owned();
+    let read = |host: &Host| {
+        let answer = client
+            .get(format!("{}/v1/operators/busy/commissions?limit=1", host.base))
+            .bearer_auth(&key)
+            .send()
+            .unwrap();
+        answer.status()
+    };
+    for host in hosts.values() {
+        assert_eq!(read(host), StatusCode::OK, "the affiliate's key through {}", host.base);
+    }
+    let answer = client
+        .delete(format!("{}/v1/operators/busy/affiliates/aff1/keys/{}", others[1].base, issued["id"].as_str().unwrap()))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    for host in hosts.values() {
+        assert_eq!(read(host), StatusCode::UNAUTHORIZED, "the revoked key through {}", host.base);
     }
 }
 

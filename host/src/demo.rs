@@ -53,7 +53,7 @@ pub async fn set_up(pipeline: &Pipeline, plugin: &Path, address: SocketAddr) -> 
         let plugins = pipeline.plugins().clone();
         let record = tokio::task::spawn_blocking(move || {
             let prepared = plugins.prepare(OPERATOR, wasm)?;
-            anyhow::Ok(plugins.add(OPERATOR, prepared)?)
+            anyhow::Ok(plugins.add(OPERATOR, prepared, None)?)
         })
         .await??;
         operator.active_plugin = Some(record.version);

@@ -45,18 +45,26 @@ impl PluginRegistry {
         Ok(PreparedPlugin { sha256: hex::encode(Sha256::digest(&wasm)), wasm, contract, artifact, plugin })
     }
 
-    /// Stores a prepared component as the operator's next version.
-    pub fn add(&self, operator: &str, prepared: PreparedPlugin) -> Result<PluginRecord, StoreError> {
+    /// Stores a prepared component as the operator's next version, or as `numbered` (the
+    /// record the cluster gave it, [`crate::cluster`]).
+    pub fn add(
+        &self,
+        operator: &str,
+        prepared: PreparedPlugin,
+        numbered: Option<PluginRecord>,
+    ) -> Result<PluginRecord, StoreError> {
         let artifact_key = self.sandbox.artifact_key(&prepared.sha256);
-        let record = self.store.add_plugin(operator, &prepared.wasm, &artifact_key, &prepared.artifact, |version| {
-            PluginRecord {
-                version,
-                sha256: prepared.sha256.clone(),
-                size: prepared.wasm.len() as u64,
-                contract: prepared.contract.to_owned(),
-                uploaded_at: now_ms(),
-            }
-        })?;
+        let uploaded_at = numbered.as_ref().map_or_else(now_ms, |record| record.uploaded_at);
+        let make_record = |version| PluginRecord {
+            version,
+            sha256: prepared.sha256.clone(),
+            size: prepared.wasm.len() as u64,
+            contract: prepared.contract.to_owned(),
+            uploaded_at,
+        };
+        let version = numbered.map(|record| record.version);
+        let record =
+            self.store.add_plugin(operator, &prepared.wasm, &artifact_key, &prepared.artifact, make_record, version)?;
         let plugin = self.share(&artifact_key, || Ok(prepared.plugin)).expect("a prepared plugin needs no loading");
         self.loaded.write().expect("registry lock").insert((operator.to_owned(), record.version), plugin);
         tracing::info!(operator, version = record.version, sha256 = %record.sha256, contract = prepared.contract, "plugin uploaded");
@@ -173,6 +181,23 @@ pub struct PreparedPlugin {
     contract: &'static str,
     artifact: Vec<u8>,
     plugin: LoadedPlugin,
+}
+
+impl PreparedPlugin {
+    /// The record it would be stored under as `version`, uploaded now.
+    pub fn record(&self, version: u32) -> PluginRecord {
+        PluginRecord {
+            version,
+            sha256: self.sha256.clone(),
+            size: self.wasm.len() as u64,
+            contract: self.contract.to_owned(),
+            uploaded_at: now_ms(),
+        }
+    }
+
+    pub fn wasm(&self) -> &[u8] {
+        &self.wasm
+    }
 }
 
 struct EmptyState;

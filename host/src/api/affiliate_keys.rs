@@ -2,7 +2,8 @@
 //! `POST /v1/operators/{op}/affiliates/{aff}/keys` (the key is shown once; only its sha256 is
 //! kept) and `DELETE /v1/operators/{op}/affiliates/{aff}/keys/{id}`. What such a key opens is
 //! decided in [`super::auth`]: the affiliate's own commissions, period statements and payout
-//! report lines, and nothing else (403 on every other operator route).
+//! report lines, and nothing else (403 on every other operator route). Issues and revocations
+//! are commands in the operator's turn: in a cluster every node's view holds the same keys.
 
 use std::sync::Arc;
 
@@ -12,9 +13,12 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
 use super::auth::{self, AFFILIATE_KEY_PREFIX};
+use super::events::ingest_error;
+use super::openapi::ErrorSchema;
 use super::operators::durable;
 use super::{ApiError, AppState};
 use crate::event::{affiliate_id_problem, format_time, now_ms};
+use crate::pipeline::{Command, Done};
 use crate::secrets::{random_text, sha256_hex};
 use crate::store::records::AffiliateKeyRecord;
 
@@ -54,6 +58,8 @@ fn key_json(record: &AffiliateKeyRecord, key: Option<String>) -> AffiliateKey {
         (status = 403, description = "an affiliate key"),
         (status = 404, description = "no such affiliate"),
         (status = 422, description = "a malformed affiliate id"),
+        (status = 202, description = "`pending`, with `--cluster` only: the change is durable in the cluster's log, but the operator's owner had not applied it within `--cluster-answer-secs`; it will", body = ErrorSchema),
+        (status = 503, description = "with `--cluster` only: `owner_unavailable` (the node that owns the operator, which answers this, did not answer, or none owns it this moment) or `log_unavailable` (the cluster's log did not take the change). Retry after `Retry-After`", body = ErrorSchema),
     ),
     security(("operator_key" = []), ("admin_token" = []))
 )]
@@ -63,7 +69,6 @@ pub async fn issue(
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<AffiliateKey>), ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
-    let store = state.pipeline.store();
     existing_affiliate(&state, &operator.id, &affiliate)?;
     // The id is 64 random bits (found by it, a key is still checked whole); one taken is drawn again.
     for _ in 0..3 {
@@ -76,7 +81,8 @@ pub async fn issue(
             created_at: now_ms(),
             revoked_at: None,
         };
-        if store.create_affiliate_key(&operator.id, &record)? {
+        let issuing = Command::IssueAffiliateKey { key: record.clone() };
+        if state.pipeline.command(&operator, issuing).await.and_then(Done::changed).map_err(ingest_error)? {
             durable(&state).await?;
             tracing::info!(operator = %operator.id, affiliate, key_id = %record.id, "affiliate key issued");
             return Ok((StatusCode::CREATED, Json(key_json(&record, Some(key)))));
@@ -100,6 +106,8 @@ pub async fn issue(
         (status = 401, description = "not the operator's key"),
         (status = 403, description = "an affiliate key"),
         (status = 404, description = "no such key of the affiliate"),
+        (status = 202, description = "`pending`, with `--cluster` only: the change is durable in the cluster's log, but the operator's owner had not applied it within `--cluster-answer-secs`; it will", body = ErrorSchema),
+        (status = 503, description = "with `--cluster` only: `owner_unavailable` (the node that owns the operator, which answers this, did not answer, or none owns it this moment) or `log_unavailable` (the cluster's log did not take the change). Retry after `Retry-After`", body = ErrorSchema),
     ),
     security(("operator_key" = []), ("admin_token" = []))
 )]
@@ -110,12 +118,13 @@ pub async fn revoke(
 ) -> Result<Json<AffiliateKey>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
     existing_affiliate(&state, &operator.id, &affiliate)?;
-    let record = state
-        .pipeline
-        .store()
-        .revoke_affiliate_key(&operator.id, &affiliate, &id, now_ms())?
-        .ok_or_else(|| ApiError::not_found(format!("affiliate {affiliate:?} has no key {id:?}")))?;
+    let missing = || ApiError::not_found(format!("affiliate {affiliate:?} has no key {id:?}"));
+    let revoking = Command::RevokeAffiliateKey { affiliate: affiliate.clone(), id: id.clone(), now: now_ms() };
+    if !state.pipeline.command(&operator, revoking).await.and_then(Done::changed).map_err(ingest_error)? {
+        return Err(missing());
+    }
     durable(&state).await?;
+    let record = state.pipeline.store().affiliate_key(&operator.id, &id)?.ok_or_else(missing)?;
     tracing::info!(operator = %operator.id, affiliate, key_id = %record.id, "affiliate key revoked");
     Ok(Json(key_json(&record, None)))
 }

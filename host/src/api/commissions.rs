@@ -16,13 +16,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::answers::{CommissionPage, CommissionView, StatusMoved};
+use super::events::ingest_error;
 use super::export::{self, Format};
 use super::openapi::ErrorSchema;
 use super::operators::{durable, parse_json, query_params};
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::{FieldError, affiliate_id_problem, format_time, now_ms, parse_time};
+use crate::pipeline::{Command, Done};
 use crate::store::records::{CommissionRecord, CommissionStatus, StatusChange, StatusRecord};
-use crate::store::{LedgerPosition, Store, StoreError, format_cursor, parse_cursor};
+use crate::store::{LedgerPosition, MoveOutcome, Store, StoreError, format_cursor, parse_cursor};
 
 pub(super) const DEFAULT_LIMIT: usize = 100;
 pub(super) const MAX_LIMIT: usize = 1000;
@@ -196,6 +198,8 @@ pub struct StatusMove {
     responses(
         (status = 200, description = "moved", body = StatusMoved),
         (status = 409, description = "a move its status does not allow, or an approval inside its hold", body = ErrorSchema),
+        (status = 202, description = "`pending`, with `--cluster` only: the change is durable in the cluster's log, but the operator's owner had not applied it within `--cluster-answer-secs`; it will", body = ErrorSchema),
+        (status = 503, description = "with `--cluster` only: `owner_unavailable` (the node that owns the operator, which answers this, did not answer, or none owns it this moment) or `log_unavailable` (the cluster's log did not take the change). Retry after `Retry-After`", body = ErrorSchema),
     )
 )]
 pub async fn set_status(
@@ -226,10 +230,17 @@ pub async fn set_status(
     let by = if auth::is_admin(&state, &headers) { "admin" } else { "operator" };
     let change =
         StatusChange { status: request.status, at: now, by: by.to_owned(), note: request.note, reference: None };
-    let record = store
-        .change_commission_status(&operator.id, &id, change)?
-        .map_err(|refusal| ApiError::new(StatusCode::CONFLICT, "status_transition", format!("{id} {refusal}")))?;
+    // In the operator's turn, so that in a cluster every node's view makes the same move.
+    let commissions = store.commission_ref(&operator.id, &id)?.into_iter().collect();
+    let moving = Command::MoveCommissions { commissions, change, payout: None };
+    let moved = state.pipeline.command(&operator, moving).await.and_then(Done::moved).map_err(ingest_error)?;
+    if let MoveOutcome::Moved { refused, .. } = moved
+        && let Some((_, refusal)) = refused.into_iter().next()
+    {
+        return Err(ApiError::new(StatusCode::CONFLICT, "status_transition", format!("{id} {refusal}")));
+    }
     durable(&state).await?;
+    let record = store.commission_status(&operator.id, &id)?;
     let mut answer = json!({ "id": id, "status": record.status, "history": history_json(&record.history) });
     reversal_fields(&mut answer, &record);
     Ok(Json(answer))

@@ -46,7 +46,8 @@ pub struct NewOperator {
     request_body = NewOperator,
     responses(
         (status = 201, description = "created; the credentials are shown this once", body = CreatedOperator),
-        (status = 409, description = "an operator with this id exists", body = ErrorSchema),
+        (status = 409, description = "an operator with this id exists (in a cluster, on any node)", body = ErrorSchema),
+        (status = 503, description = "`log_unavailable`, with `--cluster` only: the cluster's operators bucket did not take it; nothing was created. Retry after `Retry-After`", body = ErrorSchema),
     )
 )]
 pub async fn create_operator(
@@ -92,8 +93,7 @@ pub async fn create_operator(
         fx_rates: Default::default(),
         late_events: Default::default(),
     };
-    let store = state.pipeline.store();
-    if !store.create_operator(&operator)? {
+    if !state.pipeline.create_operator(&operator).await.map_err(super::events::ingest_error)? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "operator_exists",
@@ -196,9 +196,12 @@ pub(super) async fn add_plugin(
         .map_err(|rejection| {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", rejection.to_string())
         })?;
+    // In a cluster, numbered by the cluster and set up on every node.
+    let numbered = state.pipeline.share_plugin(operator, &prepared).await.map_err(super::events::ingest_error)?;
     let plugins = state.pipeline.plugins().clone();
     let operator_id = operator.to_owned();
-    Ok(tokio::task::spawn_blocking(move || plugins.add(&operator_id, prepared)).await.map_err(ApiError::internal)??)
+    let adding = move || plugins.add(&operator_id, prepared, numbered);
+    Ok(tokio::task::spawn_blocking(adding).await.map_err(ApiError::internal)??)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

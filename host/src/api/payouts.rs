@@ -16,7 +16,8 @@
 //!   the payout as it was made (`duplicate: true`) and nothing more is paid.
 //!
 //! Each move follows the rules of `POST .../commissions/{id}/status` (the same store move), and
-//! each run's moves are written together or not at all.
+//! each run's moves are written together or not at all, in the operator's turn (a command): in a
+//! cluster they travel through the operator's log, and every node's view makes them alike.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,16 +29,17 @@ use axum::http::{HeaderMap, StatusCode};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::openapi::ErrorSchema;
 use super::operators::{durable, parse_json, query_params};
 use super::{ApiError, AppState, auth, read_body};
 use crate::amounts::checked_add;
 use crate::event::{FieldError, affiliate_id_problem, format_time, now_ms};
-use crate::pipeline::Period;
+use crate::pipeline::{Command, Done, Period};
 use crate::secrets::sha256_hex;
 use crate::store::records::{
-    ClawBackOutcome, CommissionRecord, CommissionStatus, PayoutRecord, StatusChange, StatusRecord,
+    ClawBackOutcome, CommissionRecord, CommissionStatus, OperatorRecord, PayoutRecord, StatusChange, StatusRecord,
 };
-use crate::store::{MoveOutcome, Store};
+use crate::store::{CommissionRef, MoveOutcome, Store};
 
 /// At most this many commissions named in one payment.
 const MAX_IDS: usize = 10_000;
@@ -107,6 +109,8 @@ pub struct ApproveAnswer {
         (status = 401, description = "not the operator's key"),
         (status = 403, description = "an affiliate key"),
         (status = 422, description = "a bad period or affiliate, named"),
+        (status = 202, description = "`pending`, with `--cluster` only: the change is durable in the cluster's log, but the operator's owner had not applied it within `--cluster-answer-secs`; it will", body = ErrorSchema),
+        (status = 503, description = "with `--cluster` only: `owner_unavailable` (the node that owns the operator, which answers this, did not answer, or none owns it this moment) or `log_unavailable` (the cluster's log did not take the change). Retry after `Retry-After`", body = ErrorSchema),
     ),
     security(("operator_key" = []), ("admin_token" = []))
 )]
@@ -144,7 +148,7 @@ pub async fn approve(
     let note = format!("approved by the payout run of {}{}", period.id, suffix(&request.note));
     let change =
         StatusChange { status: CommissionStatus::Approved, at: now, by: by(&state, &headers), note, reference: None };
-    let MoveOutcome::Moved { moved, refused } = store.move_commissions(&operator.id, &eligible, &change, None)? else {
+    let MoveOutcome::Moved { moved, refused } = move_in_turn(&state, &operator, eligible, change, None).await? else {
         return Err(ApiError::internal("an approval run found a payout record"));
     };
     durable(&state).await?;
@@ -213,6 +217,8 @@ pub struct PayoutAnswer {
         (status = 403, description = "an affiliate key"),
         (status = 409, description = "the reference was used for another selection"),
         (status = 422, description = "a bad field, named"),
+        (status = 202, description = "`pending`, with `--cluster` only: the change is durable in the cluster's log, but the operator's owner had not applied it within `--cluster-answer-secs`; it will", body = ErrorSchema),
+        (status = 503, description = "with `--cluster` only: `owner_unavailable` (the node that owns the operator, which answers this, did not answer, or none owns it this moment) or `log_unavailable` (the cluster's log did not take the change). Retry after `Retry-After`", body = ErrorSchema),
     ),
     security(("operator_key" = []), ("admin_token" = []))
 )]
@@ -281,7 +287,7 @@ pub async fn pay(
     };
     let note = format!("paid under reference {reference}{}", suffix(&request.note));
     let change = StatusChange { status: CommissionStatus::Paid, at: now, by, note, reference: Some(reference.clone()) };
-    let (record, duplicate, refused) = match store.move_commissions(&operator.id, &ids, &change, Some(&record))? {
+    let (record, duplicate, refused) = match move_in_turn(&state, &operator, ids, change, Some(record.clone())).await? {
         MoveOutcome::Existing(existing) if existing.request_sha256 == record.request_sha256 => {
             (existing, true, Vec::new())
         }
@@ -318,6 +324,25 @@ pub async fn pay(
         carried_forward: if duplicate { Vec::new() } else { carried_forward },
         refused: refused.into_iter().map(|(id, problem)| Refused { problem: format!("{id} {problem}"), id }).collect(),
     }))
+}
+
+/// Moves the commissions in the operator's turn, so that in a cluster every node's view makes
+/// the same moves: all of them (with the payment's record) or none.
+async fn move_in_turn(
+    state: &AppState,
+    operator: &OperatorRecord,
+    ids: Vec<String>,
+    change: StatusChange,
+    payout: Option<PayoutRecord>,
+) -> Result<MoveOutcome, ApiError> {
+    let store = state.pipeline.store();
+    let commissions: Vec<CommissionRef> = ids
+        .iter()
+        .map(|id| store.commission_ref(&operator.id, id))
+        .filter_map(Result::transpose)
+        .collect::<Result<_, _>>()?;
+    let moving = Command::MoveCommissions { commissions, change, payout };
+    state.pipeline.command(operator, moving).await.and_then(Done::moved).map_err(super::events::ingest_error)
 }
 
 /// The commissions named in a payment, each checked: one of the operator's, named once, the

@@ -19,7 +19,7 @@ use crate::event::{FieldError, UniqueKeys, format_time, now_ms, parse_amount};
 use crate::pipeline::{Command, effective_limits};
 use crate::sandbox;
 use crate::secrets::{OperatorCredentials, sha256_hex};
-use crate::store::records::{CredentialKind, FxRates, LateEventPolicy, OperatorLimits, PreviousCredential};
+use crate::store::records::{CredentialKind, FxRates, LateEventPolicy, OperatorLimits};
 
 use super::operators::{changed, durable, parse_json};
 
@@ -117,7 +117,11 @@ const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
     security(("admin_token" = [])),
     params(("op" = String, Path), ("kind" = CredentialKind, Path)),
     request_body(content = Option<RotateRequest>),
-    responses((status = 200, description = "the new value, shown this once", body = Rotated))
+    responses(
+        (status = 200, description = "the new value, shown this once", body = Rotated),
+        (status = 202, description = "`pending`, with `--cluster` only: the change is durable in the cluster's log, but the operator's owner had not applied it within `--cluster-answer-secs`; it will, and the value this rotation made is lost: rotate again", body = ErrorSchema),
+        (status = 503, description = "`log_unavailable`, with `--cluster` only: the cluster's log did not take the change; nothing was done. Retry after `Retry-After`", body = ErrorSchema),
+    )
 )]
 pub async fn rotate_credential(
     State(state): State<Arc<AppState>>,
@@ -148,29 +152,11 @@ pub async fn rotate_credential(
         CredentialKind::PostbackToken => (fresh.postback_token.clone(), sha256_hex(&fresh.postback_token)),
         CredentialKind::WebhookSecret => (fresh.webhook_secret.clone(), fresh.webhook_secret.clone()),
     };
-    state
-        .pipeline
-        .store()
-        .update_operator(&op, |operator| {
-            let slot = match kind {
-                CredentialKind::ApiKey => &mut operator.api_key_sha256,
-                CredentialKind::PostbackToken => &mut operator.postback_token_sha256,
-                CredentialKind::WebhookSecret => &mut operator.webhook_secret,
-            };
-            let old = std::mem::replace(slot, stored.clone());
-            // The grace asked for now bounds every earlier value of this kind too, so a rotation
-            // with `grace_seconds: 0` cuts off all of them (a leaked key among them) at once.
-            for previous in &mut operator.previous_credentials {
-                if previous.kind == kind {
-                    previous.expires_at = previous.expires_at.min(expires_at);
-                }
-            }
-            operator.previous_credentials.retain(|previous| previous.expires_at > now);
-            if expires_at > now {
-                operator.previous_credentials.push(PreviousCredential { kind, value: old, expires_at });
-            }
-        })?
-        .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
+    let operator =
+        state.pipeline.store().operator(&op)?.ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
+    // A command, so that in a cluster every node's view takes the new value at the same place.
+    let rotate = Command::RotateCredential { kind, stored, now, expires_at };
+    changed(&state, &operator, rotate, &format!("no operator {op:?}")).await?;
     durable(&state).await?;
     tracing::info!(operator = %op, ?kind, grace_seconds = grace, "credential rotated");
     Ok(Json(Rotated { kind, value: new_value, previous_valid_until: format_time(expires_at) }))

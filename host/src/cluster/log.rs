@@ -8,13 +8,18 @@
 //!   owner's ledger does, by event id, forever.
 //! - `CH_LEDGER`, subjects `ch.ledger.<operator>`: the owner's ledger entries (what it
 //!   committed and the answers), each written with the subject's last sequence expected.
-//! - KV `ch_owners` (an operator's lease, [`super::ownership`]) and `ch_nodes` (live nodes).
+//! - KV `ch_owners` (an operator's lease, [`super::ownership`]) and `ch_nodes` (live nodes),
+//!   whose entries expire with the lease.
+//! - KV `ch_operators`: each operator as it was created, kept for good ([`super::operators`]).
+//! - KV `ch_plugins` (`<operator>.<version>`: a plugin version's record) and the object store
+//!   `ch_plugin_wasm` (the components, by sha256), kept for good ([`super::plugins`]).
 //!
 //! All with the replicas asked for (3 in the tests): a write is acknowledged once a quorum of
 //! replicas holds it.
 
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::{self, kv, stream};
 
 /// The events stream.
@@ -47,6 +52,9 @@ pub struct Log {
     pub ledger: stream::Stream,
     pub owners: kv::Store,
     pub nodes: kv::Store,
+    pub operators: kv::Store,
+    pub plugins: kv::Store,
+    pub plugin_wasm: ObjectStore,
 }
 
 /// An ordered consumer's messages: one subject of a stream, in order, from a sequence on.
@@ -107,25 +115,64 @@ impl Log {
         let ledger = jetstream.get_or_create_stream(stream(LEDGER, "ch.ledger.*")).await?;
         let owners = key_value(jetstream, "ch_owners", replicas, lease).await?;
         let nodes = key_value(jetstream, "ch_nodes", replicas, lease).await?;
-        Ok(Log { client: client.clone(), jetstream: jetstream.clone(), events, ledger, owners, nodes })
+        let operators = key_value(jetstream, OPERATORS, replicas, Duration::ZERO).await?;
+        let plugins = key_value(jetstream, PLUGINS, replicas, Duration::ZERO).await?;
+        let plugin_wasm = object_store(jetstream, PLUGIN_WASM, replicas).await?;
+        Ok(Log {
+            client: client.clone(),
+            jetstream: jetstream.clone(),
+            events,
+            ledger,
+            owners,
+            nodes,
+            operators,
+            plugins,
+            plugin_wasm,
+        })
     }
 }
 
-/// The bucket, made if missing (another node may make it at the same moment). Its stream is
+/// The bucket of operators as they were created.
+pub const OPERATORS: &str = "ch_operators";
+/// The bucket of plugin versions' records.
+pub const PLUGINS: &str = "ch_plugins";
+/// The object store of plugin components.
+pub const PLUGIN_WASM: &str = "ch_plugin_wasm";
+
+/// The object store, made if missing, as [`key_value`] makes a bucket (and as async-nats makes
+/// an object store's stream).
+async fn object_store(jetstream: &jetstream::Context, bucket: &str, replicas: usize) -> anyhow::Result<ObjectStore> {
+    jetstream
+        .get_or_create_stream(stream::Config {
+            name: format!("OBJ_{bucket}"),
+            subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await?;
+    Ok(jetstream.get_object_store(bucket).await?)
+}
+
+/// The bucket, made if missing (another node may make it at the same moment); its entries
+/// expire after `max_age` (zero: never). Its stream is
 /// made here, shaped as async-nats makes a bucket's: its `create_key_value` first reads the
 /// account's info, which a 2.9 server gives without fields the client requires.
 async fn key_value(
     jetstream: &jetstream::Context,
     bucket: &str,
     replicas: usize,
-    lease: Duration,
+    max_age: Duration,
 ) -> anyhow::Result<kv::Store> {
     jetstream
         .get_or_create_stream(stream::Config {
             name: format!("KV_{bucket}"),
             subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: 1,
-            max_age: lease,
+            max_age,
             storage: stream::StorageType::File,
             num_replicas: replicas,
             allow_rollup: true,

@@ -23,8 +23,8 @@
 //!   the operator, catches its view up from the ledger stream, and goes on from the first
 //!   event the ledger does not account for. A clean SIGTERM drains requests in flight, then
 //!   deletes its leases, so the operators move at the next sweep.
-//! - **Reads** of an operator's data are forwarded to its owner, whose view holds everything
-//!   the ledger acknowledged ([`reads`]).
+//! - **Reads** of an operator's data, and the writes worked out from it, are forwarded to its
+//!   owner, whose view holds everything the ledger acknowledged ([`reads`]).
 //!
 //! Why the state delta is not in the ledger entry: plugins are deterministic, so the events in
 //! ledger order, evaluated again, give the same commissions and state; catching up runs them
@@ -36,13 +36,17 @@
 //! them at their place in the operator's stream, and every node's view applies them at the
 //! same place of the ledger ([`view`]).
 //!
-//! Not (yet) through the stream: the rest of the configuration (operators, plugins, keys) is
-//! each node's own; make such a change on every node.
+//! Operators are created once for the cluster, in a bucket every node follows ([`operators`]),
+//! and so are plugin versions ([`plugins`]). Credentials' rotations, commission moves
+//! (approvals, payments) and affiliate keys are ordered commands; the writes worked out from
+//! the operator's data are answered by its owner ([`reads`]).
 
 mod answer;
 mod log;
+mod operators;
 mod owner;
 mod ownership;
+mod plugins;
 mod reads;
 mod status;
 mod view;
@@ -60,7 +64,7 @@ use tokio::sync::watch;
 
 use crate::event::{IncomingEvent, now_ms};
 use crate::pipeline::{Answered, Command, Done, EventRoute, IngestError, Pipeline};
-use crate::store::records::OperatorRecord;
+use crate::store::records::{OperatorRecord, PluginRecord};
 use answer::Waiters;
 use log::{Log, events_subject};
 use owner::Owned;
@@ -134,6 +138,9 @@ impl Cluster {
                 tracing::error!(%error, "stopped reading the ledger's answers");
             }
         });
+        cluster.offer_operators().await?;
+        tokio::spawn(cluster.clone().keep_following("ch_operators", Cluster::follow_operators));
+        tokio::spawn(cluster.clone().keep_following("ch_plugins", Cluster::follow_plugins));
         pipeline.route_events(Arc::new(Route(cluster.clone())));
         tokio::spawn(cluster.clone().keep_leases());
         tracing::info!(node = %cluster.node, servers = %cluster.config.servers.join(","), "joined the cluster");
@@ -244,5 +251,21 @@ impl EventRoute for Route {
         command: Command,
     ) -> Pin<Box<dyn Future<Output = Result<Done, IngestError>> + Send + 'a>> {
         Box::pin(async move { self.0.publish(operator, Vec::new(), Some(command)).await?.into_done(&operator.id) })
+    }
+
+    fn create_operator<'a>(
+        &'a self,
+        operator: &'a OperatorRecord,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, IngestError>> + Send + 'a>> {
+        Box::pin(self.0.create_operator(operator))
+    }
+
+    fn share_plugin<'a>(
+        &'a self,
+        operator: &'a str,
+        wasm: &'a [u8],
+        record: PluginRecord,
+    ) -> Pin<Box<dyn Future<Output = Result<PluginRecord, IngestError>> + Send + 'a>> {
+        Box::pin(self.0.share_plugin(operator, wasm, record))
     }
 }

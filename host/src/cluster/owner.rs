@@ -19,6 +19,7 @@
 //! account for is evaluated again by the next owner, and what this view committed already is a
 //! `duplicate` to it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -252,10 +253,23 @@ impl Cluster {
                     .collect();
             }
         };
+        // A version is held before it is activated: the events after the activation need it.
+        let mut unheld = HashMap::new();
+        for (sequence, request) in &requests {
+            if let Some(version) = request.command.as_ref().and_then(Command::activated_version)
+                && let Err(error) = self.hold_plugin(operator, version).await
+            {
+                unheld.insert(*sequence, Answer::Unavailable { message: error.to_string() });
+            }
+        }
         // Submitted in order before any is awaited: the sequencer takes them in this order.
         let submitted: Vec<(u64, BoxFuture<'static, Answer>)> = requests
             .into_iter()
             .map(|(sequence, request)| {
+                if let Some(refused) = unheld.remove(&sequence) {
+                    let answer: BoxFuture<'static, Answer> = Box::pin(std::future::ready(refused));
+                    return (sequence, answer);
+                }
                 let answer: BoxFuture<'static, Answer> = match request.command {
                     Some(command) => match self.pipeline.submit_command(&record, command, request.received_at) {
                         Ok(done) => Box::pin(done.map(Answer::from)),

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{FieldError, IncomingEvent};
 use crate::pipeline::{Command, Disposition, Done, EventOutcome, IngestError, RetryReport};
-use crate::store::QuotaExceeded;
-use crate::store::records::{CommissionRecord, EventRecord, EventStatus, StoredEvent};
+use crate::store::records::{CommissionRecord, EventRecord, EventStatus, PayoutRecord, StoredEvent};
+use crate::store::{MoveOutcome, QuotaExceeded};
 
 /// One request's checked events, as the receiving node published them.
 #[derive(Debug, Serialize, Deserialize)]
@@ -113,6 +113,15 @@ pub enum Answer {
     Changed {
         found: bool,
     },
+    /// A run of commission moves did this (`existing`: the payment's reference was used).
+    Moved {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        existing: Option<PayoutRecord>,
+        #[serde(default)]
+        moved: Vec<String>,
+        #[serde(default)]
+        refused: Vec<(String, String)>,
+    },
 }
 
 impl Answer {
@@ -142,7 +151,7 @@ impl Answer {
 
     /// Whether the request's events were committed (some of them may be duplicates).
     pub fn committed(&self) -> bool {
-        matches!(self, Answer::Outcomes { .. } | Answer::Retried { .. } | Answer::Changed { .. })
+        matches!(self, Answer::Outcomes { .. } | Answer::Retried { .. } | Answer::Changed { .. } | Answer::Moved { .. })
     }
 }
 
@@ -154,6 +163,10 @@ impl From<Result<Done, IngestError>> for Answer {
                 Answer::Retried { retried, accepted, still_failed }
             }
             Ok(Done::Changed(found)) => Answer::Changed { found },
+            Ok(Done::Moved(MoveOutcome::Existing(payout))) => {
+                Answer::Moved { existing: Some(payout), moved: Vec::new(), refused: Vec::new() }
+            }
+            Ok(Done::Moved(MoveOutcome::Moved { moved, refused })) => Answer::Moved { existing: None, moved, refused },
             Err(error) => Answer::from(Err::<Vec<EventOutcome>, _>(error)),
         }
     }
@@ -226,7 +239,7 @@ impl Answer {
                 refused: QuotaExceeded { used, needed, quota },
             }),
             Answer::Unavailable { message } => Err(IngestError::LogUnavailable(message)),
-            Answer::Retried { .. } | Answer::Changed { .. } => {
+            Answer::Retried { .. } | Answer::Changed { .. } | Answer::Moved { .. } => {
                 Err(IngestError::Internal("events were answered as a command".into()))
             }
         }
@@ -239,6 +252,8 @@ impl Answer {
                 Ok(Done::Retried(RetryReport { retried, accepted, still_failed }))
             }
             Answer::Changed { found } => Ok(Done::Changed(found)),
+            Answer::Moved { existing: Some(payout), .. } => Ok(Done::Moved(MoveOutcome::Existing(payout))),
+            Answer::Moved { existing: None, moved, refused } => Ok(Done::Moved(MoveOutcome::Moved { moved, refused })),
             other => other.into_result(operator).map(Done::Closed),
         }
     }

@@ -1,6 +1,7 @@
 //! The operator's ordered commands as data: a period close, a retry of the failed events, an
 //! activation (now or from a date), a settings, limits or FX rates change, an affiliate's
-//! creation or change.
+//! creation or change, a credential's rotation, moves of commissions' statuses (approvals,
+//! payments), an affiliate key's issue or revocation.
 //!
 //! Why data and not a closure on the sequencer: in a cluster a command must travel through the
 //! operator's log like an event, so that the node that owns the operator runs it at its place
@@ -16,9 +17,12 @@ use tokio::sync::oneshot;
 use super::sequencer::Job;
 use super::{EventOutcome, IngestError, Period, Pipeline, RetryReport};
 use crate::event::{FieldError, now_ms};
+use crate::plugins::PreparedPlugin;
 use crate::store::records::{
-    AffiliateRecord, DatedActivation, FxRates, LateEventPolicy, OperatorLimits, OperatorRecord,
+    AffiliateKeyRecord, AffiliateRecord, CredentialKind, DatedActivation, FxRates, LateEventPolicy, OperatorLimits,
+    OperatorRecord, PayoutRecord, PluginRecord, StatusChange,
 };
+use crate::store::{CommissionRef, MoveOutcome};
 
 /// A command ordered with the operator's events.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +56,43 @@ pub enum Command {
     PutAffiliate {
         affiliate: AffiliateRecord,
     },
+    /// Move commissions' statuses together (an approval, a payment with its `payout` record, one
+    /// commission's move): [`crate::store::Store::move_commissions`].
+    MoveCommissions {
+        commissions: Vec<CommissionRef>,
+        change: StatusChange,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payout: Option<PayoutRecord>,
+    },
+    /// Store a new affiliate (portal) key: found `false` if its id is taken.
+    IssueAffiliateKey {
+        key: AffiliateKeyRecord,
+    },
+    /// Revoke an affiliate's key at `now`: found `false` if the affiliate has no such key.
+    RevokeAffiliateKey {
+        affiliate: String,
+        id: String,
+        now: i64,
+    },
+    /// Replace a credential (`stored`: the new key's or token's sha256, or the webhook secret),
+    /// the old one valid until `expires_at` ([`OperatorRecord::rotate_credential`]).
+    RotateCredential {
+        kind: CredentialKind,
+        stored: String,
+        now: i64,
+        expires_at: i64,
+    },
+}
+
+impl Command {
+    /// The plugin version an activation (now or dated) makes evaluate events.
+    pub fn activated_version(&self) -> Option<u32> {
+        match self {
+            Command::Activate { version } => Some(*version),
+            Command::ActivateDated { activation } => Some(activation.version),
+            _ => None,
+        }
+    }
 }
 
 /// What a command did.
@@ -61,6 +102,8 @@ pub enum Done {
     Retried(RetryReport),
     /// A change of the operator's record; `false` if the operator was not found.
     Changed(bool),
+    /// What a run of commission moves did.
+    Moved(MoveOutcome),
 }
 
 impl Done {
@@ -76,6 +119,13 @@ impl Done {
         match self {
             Done::Retried(report) => Ok(report),
             _ => Err(IngestError::Internal("a retry was answered as another command".into())),
+        }
+    }
+
+    pub fn moved(self) -> Result<MoveOutcome, IngestError> {
+        match self {
+            Done::Moved(outcome) => Ok(outcome),
+            _ => Err(IngestError::Internal("commission moves were answered as another command".into())),
         }
     }
 
@@ -98,6 +148,28 @@ impl Pipeline {
             return route.command(operator, command).await;
         }
         self.submit_command(operator, command, now_ms())?.await
+    }
+
+    /// Creates `operator` (`false`: its id is taken); in a cluster, on every node
+    /// ([`super::EventRoute::create_operator`]).
+    pub async fn create_operator(&self, operator: &OperatorRecord) -> Result<bool, IngestError> {
+        if let Some(route) = self.route.get() {
+            return route.create_operator(operator).await;
+        }
+        Ok(self.store.create_operator(operator)?)
+    }
+
+    /// In a cluster, shares a validated plugin with every node and answers the record the
+    /// cluster numbered it under; on one host `None` (the store numbers it).
+    pub async fn share_plugin(
+        &self,
+        operator: &str,
+        prepared: &PreparedPlugin,
+    ) -> Result<Option<PluginRecord>, IngestError> {
+        match self.route.get() {
+            Some(route) => Ok(Some(route.share_plugin(operator, prepared.wasm(), prepared.record(0)).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Puts `command` on the operator's queue now (after what was submitted before it, before
@@ -126,22 +198,31 @@ impl Pipeline {
                 Box::pin(async move { answered.await.map_err(|_| stopped())?.map(Done::Retried) })
             }
             Command::PutAffiliate { affiliate } => {
-                let (answer, answered) = oneshot::channel();
                 let owned = operator.clone();
-                let job = Job::Change(Box::new(move |pipeline: &Pipeline| {
-                    let _ = answer.send(pipeline.put_affiliate_in_turn(&owned, &affiliate));
-                }));
-                self.submit(&operator.id, job)?;
-                Box::pin(async move { answered.await.map_err(|_| stopped())? })
+                self.in_turn(&operator.id, move |pipeline| pipeline.put_affiliate_in_turn(&owned, &affiliate))?
+            }
+            Command::MoveCommissions { commissions, change, payout } => {
+                let owned = operator.id.clone();
+                self.in_turn(&operator.id, move |pipeline| {
+                    let store = &pipeline.store;
+                    Ok(Done::Moved(store.move_named_commissions(&owned, &commissions, &change, payout.as_ref())?))
+                })?
+            }
+            Command::IssueAffiliateKey { key } => {
+                let owned = operator.id.clone();
+                self.in_turn(&operator.id, move |pipeline| {
+                    Ok(Done::Changed(pipeline.store.create_affiliate_key(&owned, &key)?))
+                })?
+            }
+            Command::RevokeAffiliateKey { affiliate, id, now } => {
+                let owned = operator.id.clone();
+                self.in_turn(&operator.id, move |pipeline| {
+                    Ok(Done::Changed(pipeline.store.revoke_affiliate_key(&owned, &affiliate, &id, now)?.is_some()))
+                })?
             }
             change => {
-                let (answer, answered) = oneshot::channel();
                 let owned = operator.id.clone();
-                let job = Job::Change(Box::new(move |pipeline: &Pipeline| {
-                    let _ = answer.send(pipeline.change_operator(&owned, &change));
-                }));
-                self.submit(&operator.id, job)?;
-                Box::pin(async move { answered.await.map_err(|_| stopped())? })
+                self.in_turn(&operator.id, move |pipeline| pipeline.change_operator(&owned, &change))?
             }
         };
         let durability = self.durability.clone();
@@ -150,6 +231,19 @@ impl Pipeline {
             durability.wait().await?;
             Ok(done)
         }))
+    }
+
+    /// Runs `work` in the operator's turn (after what was submitted before it); its answer.
+    fn in_turn(
+        &self,
+        operator: &str,
+        work: impl FnOnce(&Pipeline) -> Result<Done, IngestError> + Send + 'static,
+    ) -> Result<Commanded, IngestError> {
+        let (answer, answered) = oneshot::channel();
+        self.submit(operator, Job::Change(Box::new(move |pipeline: &Pipeline| drop(answer.send(work(pipeline))))))?;
+        let id = operator.to_owned();
+        let stopped = move || IngestError::Internal(format!("operator {id}'s sequencer stopped"));
+        Ok(Box::pin(async move { answered.await.map_err(|_| stopped())? }))
     }
 
     /// A change of the operator's record, in its turn: the events before it are evaluated under
@@ -161,7 +255,15 @@ impl Pipeline {
             Command::Settings { late_events } => record.late_events = *late_events,
             Command::Limits { limits } => record.limits = *limits,
             Command::FxRates { fx_rates } => record.fx_rates = fx_rates.clone(),
-            Command::Close { .. } | Command::RetryFailed | Command::PutAffiliate { .. } => {}
+            Command::RotateCredential { kind, stored, now, expires_at } => {
+                record.rotate_credential(*kind, stored, *now, *expires_at)
+            }
+            Command::Close { .. }
+            | Command::RetryFailed
+            | Command::PutAffiliate { .. }
+            | Command::MoveCommissions { .. }
+            | Command::IssueAffiliateKey { .. }
+            | Command::RevokeAffiliateKey { .. } => {}
         })?;
         Ok(Done::Changed(updated.is_some()))
     }

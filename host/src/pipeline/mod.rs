@@ -63,7 +63,7 @@ use crate::metrics::{FailureLabels, Metrics};
 use crate::plugins::PluginRegistry;
 use crate::sandbox::{Limits, Sandbox};
 use crate::store::records::{
-    CommissionRecord, EventRecord, FxConversion, LateEventPolicy, OperatorRecord, StoredEvent,
+    CommissionRecord, EventRecord, FxConversion, LateEventPolicy, OperatorRecord, PluginRecord, StoredEvent,
 };
 use crate::store::{CommitOutcome, Durability, DurabilityError, QuotaExceeded, Store, StoreError};
 use batch::PendingWrites;
@@ -101,6 +101,20 @@ pub trait EventRoute: Send + Sync {
         operator: &'a OperatorRecord,
         command: Command,
     ) -> Pin<Box<dyn Future<Output = Result<Done, IngestError>> + Send + 'a>>;
+    /// A new operator, known to every node once this answers `true` here (`false`: the id is
+    /// taken, on any node).
+    fn create_operator<'a>(
+        &'a self,
+        operator: &'a OperatorRecord,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, IngestError>> + Send + 'a>>;
+    /// Shares a validated plugin component with every node as the operator's next version;
+    /// the record it is numbered under (`record`'s own version is ignored).
+    fn share_plugin<'a>(
+        &'a self,
+        operator: &'a str,
+        wasm: &'a [u8],
+        record: PluginRecord,
+    ) -> Pin<Box<dyn Future<Output = Result<PluginRecord, IngestError>> + Send + 'a>>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]

@@ -36,7 +36,7 @@ use sled::{Transactional, Tree};
 
 pub use commit::{CommitOutcome, EventCommit, HeldBack};
 pub use durability::{Durability, DurabilityError};
-pub use payouts::MoveOutcome;
+pub use payouts::{CommissionRef, MoveOutcome};
 pub use quota::QuotaExceeded;
 use quota::read_u64;
 use records::{
@@ -216,14 +216,29 @@ impl Store {
         artifact_key: &str,
         artifact: &[u8],
         make_record: impl Fn(u32) -> PluginRecord,
+        numbered: Option<u32>,
     ) -> Result<PluginRecord, StoreError> {
         let result =
             (&self.plugins, &self.plugin_wasm, &self.artifacts).transaction(|(plugins, plugin_wasm, artifacts)| {
-                // Versions are dense per operator: the next one is one more than the last.
-                let mut version = 1;
-                while plugins.get(keys::plugin(operator, version))?.is_some() {
-                    version += 1;
-                }
+                // Versions are dense per operator: the next one is one more than the last, unless
+                // the cluster numbered it (then a version stored already is kept as it is).
+                let version = match numbered {
+                    Some(version) => {
+                        if let Some(stored) = plugins.get(keys::plugin(operator, version))? {
+                            let stored: PluginRecord =
+                                serde_json::from_slice(&stored).map_err(|_| ConflictableTransactionError::Abort(()))?;
+                            return Ok(stored);
+                        }
+                        version
+                    }
+                    None => {
+                        let mut version = 1;
+                        while plugins.get(keys::plugin(operator, version))?.is_some() {
+                            version += 1;
+                        }
+                        version
+                    }
+                };
                 let record = make_record(version);
                 plugins.insert(keys::plugin(operator, version), to_json(&record))?;
                 plugin_wasm.insert(record.sha256.as_bytes(), wasm)?;
@@ -232,7 +247,9 @@ impl Store {
             });
         result.map_err(|error| match error {
             TransactionError::Storage(error) => StoreError::Sled(error),
-            TransactionError::Abort(()) => unreachable!("the plugin transaction never aborts"),
+            TransactionError::Abort(()) => {
+                StoreError::Decode { tree: "plugins", detail: format!("{operator}'s version {numbered:?}") }
+            }
         })
     }
 

@@ -13,7 +13,11 @@
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use super::records::{AffiliateKeyRecord, ClawBack, ClawBackOutcome, PayoutRecord, StatusChange, StatusRecord};
+use serde::{Deserialize, Serialize};
+
+use super::records::{
+    AffiliateKeyRecord, ClawBack, ClawBackOutcome, CommissionRecord, PayoutRecord, StatusChange, StatusRecord,
+};
 use super::{Abort, Store, StoreError, TxResult, clawback, decode_in_tx, get_json, keys, to_json};
 
 /// What a run of moves did.
@@ -57,6 +61,15 @@ pub(super) fn move_status(
     Ok(Ok((record, follower)))
 }
 
+/// A commission named alike on every node of a cluster: its event's id and its place among
+/// the event's commissions. A commission id numbers the node's own ledger, whose sequence can
+/// differ from another node's, so commands that travel between nodes name commissions so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommissionRef {
+    pub event: String,
+    pub index: u16,
+}
+
 fn storage_error(tree: &'static str) -> impl Fn(TransactionError<Abort>) -> StoreError {
     move |error| match error {
         TransactionError::Storage(error) => StoreError::Sled(error),
@@ -96,6 +109,42 @@ impl Store {
             Ok(MoveOutcome::Moved { moved, refused })
         });
         result.map_err(storage_error("commission_status"))
+    }
+
+    /// The commission `id`, named alike on every node; `None` if there is none.
+    pub fn commission_ref(&self, operator: &str, id: &str) -> Result<Option<CommissionRef>, StoreError> {
+        let Some((_, index)) = super::parse_commission_id(id) else { return Ok(None) };
+        Ok(self.commission(operator, id)?.map(|commission| CommissionRef { event: commission.event_id, index }))
+    }
+
+    /// Moves the named commissions as [`Store::move_commissions`] moves ids; one this node's
+    /// ledger does not hold is refused as such.
+    pub fn move_named_commissions(
+        &self,
+        operator: &str,
+        named: &[CommissionRef],
+        change: &StatusChange,
+        payout: Option<&PayoutRecord>,
+    ) -> Result<MoveOutcome, StoreError> {
+        let (mut ids, mut unknown) = (Vec::new(), Vec::new());
+        for commission in named {
+            let id = match self.event(operator, &commission.event)? {
+                Some(event) => Some(CommissionRecord::id_for(event.seq, commission.index.into())),
+                None => None,
+            };
+            match id.filter(|id| self.commission(operator, id).ok().flatten().is_some()) {
+                Some(id) => ids.push(id),
+                None => unknown.push((
+                    format!("{}#{}", commission.event, commission.index),
+                    "is not in this node's ledger".to_owned(),
+                )),
+            }
+        }
+        let mut outcome = self.move_commissions(operator, &ids, change, payout)?;
+        if let MoveOutcome::Moved { refused, .. } = &mut outcome {
+            refused.extend(unknown);
+        }
+        Ok(outcome)
     }
 
     /// The payout made under `reference`, if one was.

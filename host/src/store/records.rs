@@ -163,6 +163,28 @@ impl OperatorRecord {
                 .map(|previous| previous.value.as_str()),
         )
     }
+
+    /// Replaces a credential with `stored` (a key's or token's sha256, or the webhook secret)
+    /// at `now`, keeping the old value valid until `expires_at`. The grace asked for now bounds
+    /// every earlier value of this kind too, so a rotation with no grace cuts off all of them (a
+    /// leaked key among them) at once.
+    pub fn rotate_credential(&mut self, kind: CredentialKind, stored: &str, now: i64, expires_at: i64) {
+        let slot = match kind {
+            CredentialKind::ApiKey => &mut self.api_key_sha256,
+            CredentialKind::PostbackToken => &mut self.postback_token_sha256,
+            CredentialKind::WebhookSecret => &mut self.webhook_secret,
+        };
+        let old = std::mem::replace(slot, stored.to_owned());
+        for previous in &mut self.previous_credentials {
+            if previous.kind == kind {
+                previous.expires_at = previous.expires_at.min(expires_at);
+            }
+        }
+        self.previous_credentials.retain(|previous| previous.expires_at > now);
+        if expires_at > now {
+            self.previous_credentials.push(PreviousCredential { kind, value: old, expires_at });
+        }
+    }
 }
 
 /// One uploaded version of an operator's plugin. Immutable; the bytes are kept beside it.
