@@ -542,8 +542,9 @@ fn get_with(client: &Client, host: &Host, key: &str, path: &str) -> (StatusCode,
 /// Operators created on one node, and their plugins, are set up on every node from the
 /// cluster: the same plugin versions (number and sha256), and the credentials shown once at
 /// creation work on every node. An id taken on one node is taken on all; a plugin uploaded
-/// through another node is the next version everywhere; a key rotated through a third is the
-/// only key of the operator on every node once its views have applied the rotation.
+/// through another node is the next version everywhere, and shadowed through a third, it is the
+/// shadow in every view; a key rotated through that node is the only key of the operator on
+/// every node once its views have applied the rotation.
 fn configuration_travels_through_the_cluster(hosts: &HashMap<String, Host>, operators: &[Operator], names: &[&str]) {
     let client = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     let plugins_of = |host: &Host, operator: &Operator| {
@@ -591,6 +592,25 @@ fn configuration_travels_through_the_cluster(hosts: &HashMap<String, Host>, oper
         eventually(&format!("calm's version 2 on node {name}"), &hosts[*name], || {
             let there: Vec<(Value, Value)> = plugins_of(&hosts[*name], calm);
             if there == expected { Ok(()) } else { Err(format!("{there:?} against {expected:?}")) }
+        });
+    }
+
+    // Shadowing the new version through one node starts the shadow in every node's view.
+    let shadow = client
+        .put(format!("{}/v1/operators/calm/shadow", hosts[names[1]].base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"version": 2}))
+        .send()
+        .unwrap();
+    assert_eq!(shadow.status(), StatusCode::OK);
+    for name in names {
+        eventually(&format!("calm's shadow on node {name}"), &hosts[*name], || {
+            let operators: Value = own_view(&client, &hosts[*name], "/v1/operators").json().unwrap();
+            let calm = operators["operators"].as_array().unwrap().iter().find(|op| op["id"] == "calm").cloned();
+            match calm {
+                Some(calm) if calm["settings"]["shadow_plugin"] == 2 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
         });
     }
 

@@ -13,11 +13,12 @@ use serde_json::Value;
 
 use super::answers::ShadowSet;
 
-use super::operators::{durable, existing_version, parse_json};
+use super::openapi::ErrorSchema;
+use super::operators::{changed, durable, existing_version, parse_json};
 use super::{ApiError, AppState, auth, read_body};
 use crate::amounts::AmountOverflow;
 use crate::event::parse_time;
-use crate::pipeline::IngestError;
+use crate::pipeline::{Command, IngestError};
 use crate::replay::{ReplayStart, TimeRange};
 
 /// `POST /v1/operators/{op}/verify`: replays the ledger in scratch state; writes nothing.
@@ -123,7 +124,11 @@ pub struct ShadowRequest {
     security(("operator_key" = []), ("admin_token" = [])),
     params(("op" = String, Path)),
     request_body = ShadowRequest,
-    responses((status = 200, description = "the shadow version now", body = ShadowSet))
+    responses(
+        (status = 200, description = "the shadow version now", body = ShadowSet),
+        (status = 202, description = "`pending`, with `--cluster` only: the change is durable in the cluster's log, but the operator's owner had not applied it within `--cluster-answer-secs`; it will", body = ErrorSchema),
+        (status = 503, description = "`log_unavailable`, with `--cluster` only: the cluster's log did not take the change; nothing was done. Retry after `Retry-After`", body = ErrorSchema),
+    )
 )]
 pub async fn set_shadow(
     State(state): State<Arc<AppState>>,
@@ -137,20 +142,13 @@ pub async fn set_shadow(
     if let Some(version) = request.version {
         existing_version(&state, &operator.id, &version.to_string())?;
     }
-    if let (Some(version), ReplayStart::Checkpoint) = (request.version, request.start) {
-        let (pipeline, operator) = (state.pipeline.clone(), operator.clone());
-        tokio::task::spawn_blocking(move || pipeline.restart_shadow_from_checkpoint(&operator, version))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(replay_error)?;
-    } else if request.start == ReplayStart::Checkpoint {
+    if request.version.is_none() && request.start == ReplayStart::Checkpoint {
         return Err(ApiError::field("start", "checkpoint starts a version: give one"));
     }
-    state
-        .pipeline
-        .store()
-        .update_operator(&operator.id, |record| record.shadow_plugin = request.version)?
-        .ok_or_else(|| ApiError::not_found(format!("no operator {op:?}")))?;
+    // In the operator's turn: in a cluster every node's view starts (or stops) the shadow at
+    // the same place of the ledger, so its report reads alike from whichever node owns it.
+    let shadow = Command::Shadow { version: request.version, start: request.start };
+    changed(&state, &operator, shadow, &format!("no operator {op:?}")).await?;
     durable(&state).await?;
     Ok(Json(ShadowSet { shadow_plugin: request.version }))
 }

@@ -37,7 +37,7 @@
 //! same place of the ledger ([`view`]).
 //!
 //! Operators are created once for the cluster, in a bucket every node follows ([`operators`]),
-//! and so are plugin versions ([`plugins`]). Credentials' rotations, commission moves
+//! and so are plugin versions ([`plugins`]). Credentials' rotations, shadows, commission moves
 //! (approvals, payments) and affiliate keys are ordered commands; the writes worked out from
 //! the operator's data are answered by its owner ([`reads`]).
 

@@ -253,10 +253,10 @@ impl Cluster {
                     .collect();
             }
         };
-        // A version is held before it is activated: the events after the activation need it.
+        // A version is held before it is activated (or shadowed): what follows needs it.
         let mut unheld = HashMap::new();
         for (sequence, request) in &requests {
-            if let Some(version) = request.command.as_ref().and_then(Command::activated_version)
+            if let Some(version) = request.command.as_ref().and_then(Command::runs_version)
                 && let Err(error) = self.hold_plugin(operator, version).await
             {
                 unheld.insert(*sequence, Answer::Unavailable { message: error.to_string() });

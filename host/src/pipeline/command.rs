@@ -1,7 +1,7 @@
 //! The operator's ordered commands as data: a period close, a retry of the failed events, an
 //! activation (now or from a date), a settings, limits or FX rates change, an affiliate's
 //! creation or change, a credential's rotation, moves of commissions' statuses (approvals,
-//! payments), an affiliate key's issue or revocation.
+//! payments), an affiliate key's issue or revocation, a shadow version's start or stop.
 //!
 //! Why data and not a closure on the sequencer: in a cluster a command must travel through the
 //! operator's log like an event, so that the node that owns the operator runs it at its place
@@ -18,6 +18,7 @@ use super::sequencer::Job;
 use super::{EventOutcome, IngestError, Period, Pipeline, RetryReport};
 use crate::event::{FieldError, now_ms};
 use crate::plugins::PreparedPlugin;
+use crate::replay::ReplayStart;
 use crate::store::records::{
     AffiliateKeyRecord, AffiliateRecord, CredentialKind, DatedActivation, FxRates, LateEventPolicy, OperatorLimits,
     OperatorRecord, PayoutRecord, PluginRecord, StatusChange,
@@ -74,6 +75,13 @@ pub enum Command {
         id: String,
         now: i64,
     },
+    /// Run a plugin version in shadow mode beside the active one (`None`: stop), from the
+    /// ledger's start or, with `start: checkpoint`, from the operator's latest checkpoint.
+    Shadow {
+        version: Option<u32>,
+        #[serde(default)]
+        start: ReplayStart,
+    },
     /// Replace a credential (`stored`: the new key's or token's sha256, or the webhook secret),
     /// the old one valid until `expires_at` ([`OperatorRecord::rotate_credential`]).
     RotateCredential {
@@ -85,10 +93,11 @@ pub enum Command {
 }
 
 impl Command {
-    /// The plugin version an activation (now or dated) makes evaluate events.
-    pub fn activated_version(&self) -> Option<u32> {
+    /// The plugin version the command makes evaluate events: an activation's (now or dated),
+    /// or a shadow's.
+    pub fn runs_version(&self) -> Option<u32> {
         match self {
-            Command::Activate { version } => Some(*version),
+            Command::Activate { version } | Command::Shadow { version: Some(version), .. } => Some(*version),
             Command::ActivateDated { activation } => Some(activation.version),
             _ => None,
         }
@@ -208,6 +217,16 @@ impl Pipeline {
                     Ok(Done::Moved(store.move_named_commissions(&owned, &commissions, &change, payout.as_ref())?))
                 })?
             }
+            Command::Shadow { version, start } => {
+                let owned = operator.clone();
+                self.in_turn(&operator.id, move |pipeline| {
+                    if let (Some(version), ReplayStart::Checkpoint) = (version, start) {
+                        pipeline.restart_shadow_from_checkpoint(&owned, version)?;
+                    }
+                    let updated = pipeline.store.update_operator(&owned.id, |record| record.shadow_plugin = version)?;
+                    Ok(Done::Changed(updated.is_some()))
+                })?
+            }
             Command::IssueAffiliateKey { key } => {
                 let owned = operator.id.clone();
                 self.in_turn(&operator.id, move |pipeline| {
@@ -262,6 +281,7 @@ impl Pipeline {
             | Command::RetryFailed
             | Command::PutAffiliate { .. }
             | Command::MoveCommissions { .. }
+            | Command::Shadow { .. }
             | Command::IssueAffiliateKey { .. }
             | Command::RevokeAffiliateKey { .. } => {}
         })?;
