@@ -126,7 +126,7 @@ pub struct BacktestReport {
 }
 
 /// Where a backtest's or a shadow's version starts building its plugin state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplayStart {
     /// From the ledger's first event, with empty state: the version builds its own state over

@@ -11,7 +11,7 @@
 //! the shadow would have paid with what was paid.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -20,13 +20,8 @@ use crate::amounts::Payout;
 use crate::pipeline::{IngestError, Pipeline, Run, settlement_period};
 use crate::replay::{AffiliateTotal, AffiliateTotals, EventDifference};
 use crate::sandbox::StateSource;
-use crate::store::Store;
-use crate::store::checkpoints::State;
 use crate::store::records::{OperatorRecord, ShadowResult};
-
-/// Held by the follower for each entry it evaluates and by a restart: a restart never lands
-/// in the middle of an evaluation, and the follower re-reads where the shadow is before each.
-static FOLLOWER: Mutex<()> = Mutex::new(());
+use crate::store::{SHADOW_FOLLOWER, Store};
 
 /// How long the follower rests when every shadow has caught up.
 const IDLE: Duration = Duration::from_millis(50);
@@ -88,7 +83,7 @@ impl Pipeline {
                 self.store().events_after(&operator.id, progress).take(BATCH).collect::<Result<_, _>>()?;
             for (seq, id) in pending {
                 let _slots = runtime.block_on(self.replay_slots());
-                let _follower = FOLLOWER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let _follower = SHADOW_FOLLOWER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 // A restart (`start: checkpoint`) may have moved the shadow since this batch was
                 // read: go on only from the entry that now comes next.
                 let still = self.store().operator(&operator.id)?.is_some_and(|now| now.shadow_plugin == Some(version));
@@ -132,20 +127,6 @@ impl Pipeline {
         };
         let writes = if evaluated.failure.is_none() { evaluated.state_writes } else { BTreeMap::new() };
         Ok(store.commit_shadow(&operator.id, version, &result, &writes)?)
-    }
-
-    /// Starts shadow `version` from the operator's state at its latest sound checkpoint rather
-    /// than from the ledger's first event: what the version would pay from there on, in time
-    /// proportional to what follows. Answers where it starts (1 without a checkpoint: from the
-    /// ledger's start, as without `start: checkpoint`).
-    pub fn restart_shadow_from_checkpoint(&self, operator: &OperatorRecord, version: u32) -> Result<u64, IngestError> {
-        let store = self.store();
-        let _follower = FOLLOWER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let last = store.last_sequence(&operator.id)?;
-        let (next, state) = store.checkpoint_at_or_before(&operator.id, last + 1)?.unwrap_or((1, State::new()));
-        store.restart_shadow_at(&operator.id, version, next, &state)?;
-        tracing::info!(operator = %operator.id, version, next, keys = state.len(), "shadow started from a checkpoint");
-        Ok(next)
     }
 
     /// Where shadow `version` and the ledger disagree, for the entries it has evaluated.

@@ -147,7 +147,8 @@ pub async fn set_shadow(
     }
     // In the operator's turn: in a cluster every node's view starts (or stops) the shadow at
     // the same place of the ledger, so its report reads alike from whichever node owns it.
-    let shadow = Command::Shadow { version: request.version, start: request.start };
+    let from_checkpoint = request.start == ReplayStart::Checkpoint;
+    let shadow = Command::Shadow { version: request.version, from_checkpoint };
     changed(&state, &operator, shadow, &format!("no operator {op:?}")).await?;
     durable(&state).await?;
     Ok(Json(ShadowSet { shadow_plugin: request.version }))

@@ -18,7 +18,6 @@ use super::sequencer::Job;
 use super::{EventOutcome, IngestError, Period, Pipeline, RetryReport};
 use crate::event::{FieldError, now_ms};
 use crate::plugins::PreparedPlugin;
-use crate::replay::ReplayStart;
 use crate::store::records::{
     AffiliateKeyRecord, AffiliateRecord, CredentialKind, DatedActivation, FxRates, LateEventPolicy, OperatorLimits,
     OperatorRecord, PayoutRecord, PluginRecord, StatusChange,
@@ -76,11 +75,11 @@ pub enum Command {
         now: i64,
     },
     /// Run a plugin version in shadow mode beside the active one (`None`: stop), from the
-    /// ledger's start or, with `start: checkpoint`, from the operator's latest checkpoint.
+    /// ledger's start or, `from_checkpoint`, from the operator's latest checkpoint.
     Shadow {
         version: Option<u32>,
         #[serde(default)]
-        start: ReplayStart,
+        from_checkpoint: bool,
     },
     /// Replace a credential (`stored`: the new key's or token's sha256, or the webhook secret),
     /// the old one valid until `expires_at` ([`OperatorRecord::rotate_credential`]).
@@ -217,13 +216,13 @@ impl Pipeline {
                     Ok(Done::Moved(store.move_named_commissions(&owned, &commissions, &change, payout.as_ref())?))
                 })?
             }
-            Command::Shadow { version, start } => {
-                let owned = operator.clone();
+            Command::Shadow { version, from_checkpoint } => {
+                let owned = operator.id.clone();
                 self.in_turn(&operator.id, move |pipeline| {
-                    if let (Some(version), ReplayStart::Checkpoint) = (version, start) {
-                        pipeline.restart_shadow_from_checkpoint(&owned, version)?;
+                    if let (Some(version), true) = (version, from_checkpoint) {
+                        pipeline.store.restart_shadow_from_latest_checkpoint(&owned, version)?;
                     }
-                    let updated = pipeline.store.update_operator(&owned.id, |record| record.shadow_plugin = version)?;
+                    let updated = pipeline.store.update_operator(&owned, |record| record.shadow_plugin = version)?;
                     Ok(Done::Changed(updated.is_some()))
                 })?
             }

@@ -25,6 +25,7 @@ mod payouts;
 mod quota;
 pub mod records;
 mod shadow;
+pub use shadow::SHADOW_FOLLOWER;
 mod statements;
 mod verify_jobs;
 

@@ -6,10 +6,29 @@ use std::collections::BTreeMap;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use super::checkpoints::State;
 use super::records::ShadowResult;
 use super::{Store, StoreError, decode, keys, to_json};
 
+/// Held by the shadow follower for each entry it evaluates and by a restart: a restart never
+/// lands in the middle of an evaluation, and the follower re-reads where the shadow is before
+/// each.
+pub static SHADOW_FOLLOWER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Store {
+    /// Starts shadow `version` again from the operator's state at its latest checkpoint (its
+    /// earlier state and results replaced): what the version would pay from there on, in time
+    /// proportional to what follows. Answers where it starts (1 without a checkpoint: the
+    /// ledger's start).
+    pub fn restart_shadow_from_latest_checkpoint(&self, operator: &str, version: u32) -> Result<u64, StoreError> {
+        let _follower = SHADOW_FOLLOWER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let last = self.last_sequence(operator)?;
+        let (next, state) = self.checkpoint_at_or_before(operator, last + 1)?.unwrap_or((1, State::new()));
+        self.restart_shadow_at(operator, version, next, &state)?;
+        tracing::info!(operator, version, next, keys = state.len(), "shadow started from a checkpoint");
+        Ok(next)
+    }
+
     /// How far shadow `version` of the operator has gone through the ledger (0: not started).
     pub fn shadow_progress(&self, operator: &str, version: u32) -> Result<u64, StoreError> {
         Ok(self
