@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
-use common::{ADMIN_TOKEN, Host, Operator, Rng};
+use common::{ADMIN_TOKEN, Host, Operator, Rng, metric};
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
@@ -584,9 +584,19 @@ fn configuration_travels_through_the_cluster(hosts: &HashMap<String, Host>, oper
     assert_eq!(again.status(), StatusCode::CONFLICT, "an id taken on another node is taken");
 
     let calm = operators.iter().find(|operator| operator.id == "calm").unwrap();
+    let compiled = |host: &Host| metric(&host.metrics(), r#"commission_host_plugin_loads_total{source="compiled"}"#);
+    let compiled_before = compiled(&hosts[names[2]]).unwrap_or(0.0);
     let (status, uploaded) = hosts[names[2]].upload_plugin(calm, &common::plugin_wasm("multi-event"), false);
     assert_eq!(status, StatusCode::CREATED, "{uploaded}");
     assert_eq!(uploaded["version"], 2, "{uploaded}");
+    // Named through another node at once, before that node's own watch could compile it.
+    let dated = client
+        .post(format!("{}/v1/operators/calm/plugins/2/activate", hosts[names[0]].base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"effective_from": "2031-01-01T00:00:00Z"}))
+        .send()
+        .unwrap();
+    assert_eq!(dated.status(), StatusCode::OK, "{}", dated.text().unwrap());
     let expected = vec![held(calm)[0].clone(), (uploaded["version"].clone(), uploaded["sha256"].clone())];
     for name in names {
         eventually(&format!("calm's version 2 on node {name}"), &hosts[*name], || {
@@ -635,6 +645,8 @@ fn configuration_travels_through_the_cluster(hosts: &HashMap<String, Host>, oper
             }
         });
     }
+    // The node that took the upload compiled it once: its own watch found it stored.
+    assert_eq!(compiled(&hosts[names[2]]), Some(compiled_before + 1.0), "{}", hosts[names[2]].metrics());
 }
 
 /// An affiliate put through one node is in every node's own view, the same record (its deal
@@ -863,6 +875,7 @@ fn an_owner_paused_past_its_lease_writes_nothing_after_the_new_owner_took_over()
     check_ledger(&nats, &hosts, &seen, &single);
     views_follow_the_close(dir.path(), &nats, &hosts, &client);
     money_moves_through_the_log(dir.path(), &nats, &hosts, &client);
+    an_export_imported_through_one_node_is_in_every_view(dir.path(), &nats, &hosts, &client);
 }
 
 /// The month the pause scenario closes.
@@ -898,13 +911,19 @@ fn views_follow_the_close(dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>
 
 /// Waits (30 s at most) until every node's view of `busy` has applied its last ledger entry.
 fn views_apply_the_whole_ledger(dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>) {
+    views_apply_the_ledger_of("busy", dir, nats, hosts);
+}
+
+/// Waits (30 s at most) until every node's view of `operator` has applied its last ledger entry.
+fn views_apply_the_ledger_of(operator: &str, dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>) {
     let last = with_nats(nats, async |client| {
         let stream = async_nats::jetstream::new(client).get_stream("CH_LEDGER").await.expect("the ledger stream");
-        stream.get_last_raw_message_by_subject("ch.ledger.busy").await.expect("a ledger entry").sequence
+        let subject = format!("ch.ledger.{operator}");
+        stream.get_last_raw_message_by_subject(&subject).await.expect("a ledger entry").sequence
     });
     let started = Instant::now();
     for name in hosts.keys() {
-        let position = dir.join(name).join("cluster").join("busy.position");
+        let position = dir.join(name).join("cluster").join(format!("{operator}.position"));
         while std::fs::read_to_string(&position).ok().and_then(|text| text.trim().parse::<u64>().ok()) < Some(last) {
             assert!(started.elapsed() < Duration::from_secs(30), "{name}'s view did not reach ledger entry {last}");
             std::thread::sleep(Duration::from_millis(100));
@@ -912,12 +931,12 @@ fn views_apply_the_whole_ledger(dir: &Path, nats: &Nats, hosts: &HashMap<String,
     }
 }
 
-/// `busy`'s commissions in `host`'s own view, named as every node names them (event, rule,
-/// amount), with their statuses, sorted.
-fn statuses(client: &Client, host: &Host) -> Vec<(String, String, String, String)> {
+/// The operator's commissions in `host`'s own view, named as every node names them (event,
+/// rule, amount), with their statuses, sorted.
+fn statuses(client: &Client, host: &Host, operator: &str) -> Vec<(String, String, String, String)> {
     let (mut all, mut cursor) = (Vec::new(), String::new());
     loop {
-        let answer = own_view(client, host, &format!("/v1/operators/busy/commissions?limit=1000{cursor}"));
+        let answer = own_view(client, host, &format!("/v1/operators/{operator}/commissions?limit=1000{cursor}"));
         assert_eq!(answer.status(), StatusCode::OK);
         let page: Value = answer.json().unwrap();
         for commission in page["commissions"].as_array().unwrap() {
@@ -975,12 +994,12 @@ fn money_moves_through_the_log(dir: &Path, nats: &Nats, hosts: &HashMap<String, 
     assert_eq!((status, &refused["error"]), (StatusCode::CONFLICT, &json!("status_transition")), "{refused}");
 
     views_apply_the_whole_ledger(dir, nats, hosts);
-    let owners = statuses(client, &hosts[&owner_name]);
+    let owners = statuses(client, &hosts[&owner_name], "busy");
     for wanted in ["paid", "rejected"] {
         assert!(owners.iter().any(|(.., status)| status == wanted), "no {wanted} commission: {owners:?}");
     }
     for (name, host) in hosts {
-        assert_eq!(statuses(client, host), owners, "{name}'s view of the commissions' statuses");
+        assert_eq!(statuses(client, host, "busy"), owners, "{name}'s view of the commissions' statuses");
     }
 
     let (status, issued) = post(others[0], "/v1/operators/busy/affiliates/aff1/keys", json!({}));
@@ -1005,6 +1024,62 @@ fn money_moves_through_the_log(dir: &Path, nats: &Nats, hosts: &HashMap<String, 
     assert_eq!(answer.status(), StatusCode::OK);
     for host in hosts.values() {
         assert_eq!(read(host), StatusCode::UNAUTHORIZED, "the revoked key through {}", host.base);
+    }
+}
+
+/// `busy`'s export, imported onto a new operator through one node, is restored in every node's
+/// own view: its affiliates, and its commissions with the statuses money moved them to (paid,
+/// rejected); the import job's progress is answered through another node.
+fn an_export_imported_through_one_node_is_in_every_view(
+    dir: &Path,
+    nats: &Nats,
+    hosts: &HashMap<String, Host>,
+    client: &Client,
+) {
+    let names: Vec<&String> = hosts.keys().collect();
+    let export = client
+        .get(format!("{}/v1/operators/busy/export", hosts[names[0]].base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(export.status(), StatusCode::OK);
+    let export = export.text().unwrap();
+    let created = client
+        .post(format!("{}/v1/operators", hosts[names[1]].base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"id": "moved", "name": "Moved", "currency": "USD"}))
+        .send()
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let imported = client
+        .post(format!("{}/v1/operators/moved/imports?format=export&job=from-busy", hosts[names[2]].base))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/x-ndjson")
+        .body(export)
+        .send()
+        .unwrap();
+    let status = imported.status();
+    let job: Value = imported.json().unwrap();
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["failed"], 0, "{job}");
+    let answer = client
+        .get(format!("{}/v1/operators/moved/imports/from-busy", hosts[names[0]].base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let progress: Value = answer.json().unwrap();
+    assert_eq!((&progress["state"], &progress["accepted"]), (&json!("done"), &job["accepted"]), "{progress}");
+
+    views_apply_the_ledger_of("moved", dir, nats, hosts);
+    for (name, host) in hosts {
+        let moved = statuses(client, host, "moved");
+        assert_eq!(moved, statuses(client, host, "busy"), "{name}'s view of the imported commissions");
+        for wanted in ["paid", "rejected"] {
+            assert!(moved.iter().any(|(.., status)| status == wanted), "{name}: no {wanted} commission: {moved:?}");
+        }
+        let affiliate = own_view(client, host, "/v1/operators/moved/affiliates/aff1");
+        assert_eq!(affiliate.status(), StatusCode::OK, "{name}'s view of the imported affiliate");
     }
 }
 

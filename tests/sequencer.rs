@@ -8,14 +8,9 @@ use crate::common;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use common::{Host, Operator, answer, data_dir};
+use common::{Host, Operator, answer, data_dir, metric};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-/// The value of the metric line that starts with `name` (labels included), if there is one.
-fn metric(metrics: &str, name: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
 
 /// Posts one event; the status, the `Retry-After` header and the body.
 fn post(host: &Host, operator: &Operator, event: &Value) -> (StatusCode, Option<String>, Value) {

@@ -483,3 +483,8 @@ pub fn entries(ledger: &[Value]) -> Vec<Entry> {
     entries.sort();
     entries
 }
+
+/// The value of the metric line that starts with `name` (labels included), if there is one.
+pub fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}

@@ -24,7 +24,7 @@ use super::rate_limit::Verdict;
 use super::restore::{self, Action};
 use super::{ApiError, AppState, auth};
 use crate::event::{FieldError, IncomingEvent, format_time, now_ms};
-use crate::pipeline::{Disposition, IngestError};
+use crate::pipeline::{Command, Disposition, IngestError};
 use crate::store::imports::{ImportJob, ImportState, LineProblem};
 use crate::store::records::OperatorRecord;
 
@@ -269,8 +269,8 @@ pub async fn start(
             run: this_run().to_owned(),
         },
     };
-    store.put_import_job(&job)?;
     let mut import = Import { state: &state, operator: operator.id.clone(), admin, job, batch: Vec::new() };
+    import.keep().await?;
     let outcome = import.run(Lines::new(body), &request).await;
     let failure = match outcome {
         Ok(()) => None,
@@ -288,8 +288,7 @@ pub async fn start(
         }
     };
     import.job.state = if import.job.stopped_at.is_some() { ImportState::Stopped } else { ImportState::Done };
-    import.job.updated_at = now_ms();
-    store.put_import_job(&import.job)?;
+    import.keep().await?;
     state.pipeline.make_durable().await.map_err(ApiError::unavailable)?;
     tracing::info!(operator = %operator.id, job = %import.job.id, state = ?import.job.state, lines = import.job.lines_read, "import ended");
     if let Some(error) = failure {
@@ -480,7 +479,7 @@ impl Import<'_> {
                     match conflict {
                         None => {
                             self.job.lines_read = batch.last().map_or(self.job.lines_read, |(line, _)| *line);
-                            self.save()?;
+                            self.save().await?;
                             break;
                         }
                         Some(index) => {
@@ -530,9 +529,19 @@ impl Import<'_> {
         }
     }
 
-    pub(super) fn save(&mut self) -> Result<(), Stop> {
+    pub(super) async fn save(&mut self) -> Result<(), Stop> {
+        self.keep().await.map_err(Stop::Error)
+    }
+
+    /// Keeps the job's progress in the operator's order (in a cluster, through its log, so that
+    /// every node's view shows it).
+    async fn keep(&mut self) -> Result<(), ApiError> {
         self.job.updated_at = now_ms();
-        self.state.pipeline.store().put_import_job(&self.job).map_err(|error| Stop::Error(error.into()))
+        let operator = self.state.pipeline.store().operator(&self.operator)?;
+        let operator = operator.ok_or_else(|| ApiError::not_found(format!("no operator {:?}", self.operator)))?;
+        let keeping = Command::PutImportJob { job: self.job.clone() };
+        self.state.pipeline.command(&operator, keeping).await.map_err(super::events::ingest_error)?;
+        Ok(())
     }
 }
 

@@ -197,11 +197,7 @@ pub(super) async fn add_plugin(
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", rejection.to_string())
         })?;
     // In a cluster, numbered by the cluster and set up on every node.
-    let numbered = state.pipeline.share_plugin(operator, &prepared).await.map_err(super::events::ingest_error)?;
-    let plugins = state.pipeline.plugins().clone();
-    let operator_id = operator.to_owned();
-    let adding = move || plugins.add(&operator_id, prepared, numbered);
-    Ok(tokio::task::spawn_blocking(adding).await.map_err(ApiError::internal)??)
+    state.pipeline.add_plugin(operator, prepared).await.map_err(super::events::ingest_error)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -245,7 +241,7 @@ pub async fn activate_plugin(
     body: Body,
 ) -> Result<Json<Activated>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
-    let version = existing_version(&state, &operator.id, &version)?;
+    let version = existing_version(&state, &operator.id, &version).await?;
     let body = read_body(body, state.limits.json()).await?;
     if body.is_empty() {
         set_active(&state, &operator.id, version).await?;
@@ -294,14 +290,15 @@ async fn load(state: &AppState, operator: &str, version: u32) -> Result<(), ApiE
     Ok(())
 }
 
-/// The plugin version named in a path, if the operator has it.
-pub(super) fn existing_version(state: &AppState, operator: &str, version: &str) -> Result<u32, ApiError> {
+/// The plugin version named in a path, if the operator has it; in a cluster, fetched first if
+/// another node took its upload a moment ago.
+pub(super) async fn existing_version(state: &AppState, operator: &str, version: &str) -> Result<u32, ApiError> {
     let number: u32 = version
         .parse()
         .map_err(|_| ApiError::field("version", format!("{version:?} is not a plugin version number")))?;
-    match state.pipeline.store().plugin(operator, number)? {
-        Some(_) => Ok(number),
-        None => Err(ApiError::not_found(format!("operator {operator:?} has no plugin version {number}"))),
+    match state.pipeline.hold_plugin(operator, number).await.map_err(super::events::ingest_error)? {
+        true => Ok(number),
+        false => Err(ApiError::not_found(format!("operator {operator:?} has no plugin version {number}"))),
     }
 }
 

@@ -79,7 +79,7 @@ pub async fn backtest(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
-    let version = existing_version(&state, &operator.id, &version)?;
+    let version = existing_version(&state, &operator.id, &version).await?;
     let body = read_body(body, state.limits.json()).await?;
     let request: ReplayRequest = if body.is_empty() { ReplayRequest::default() } else { parse_json(&body)? };
     let time = |field: &str, value: Option<String>| {
@@ -140,7 +140,7 @@ pub async fn set_shadow(
     let body = read_body(body, state.limits.json()).await?;
     let request: ShadowRequest = parse_json(&body)?;
     if let Some(version) = request.version {
-        existing_version(&state, &operator.id, &version.to_string())?;
+        existing_version(&state, &operator.id, &version.to_string()).await?;
     }
     if request.version.is_none() && request.start == ReplayStart::Checkpoint {
         return Err(ApiError::field("start", "checkpoint starts a version: give one"));
@@ -169,7 +169,7 @@ pub async fn shadow_report(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
-    let version = existing_version(&state, &operator.id, &version)?;
+    let version = existing_version(&state, &operator.id, &version).await?;
     let pipeline = state.pipeline.clone();
     let report = tokio::task::spawn_blocking(move || pipeline.shadow_report(&operator, version))
         .await

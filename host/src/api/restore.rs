@@ -1,7 +1,8 @@
 //! An export brought back in: `POST /v1/operators/{op}/imports?format=export` onto an operator
 //! with no history. Each line is done as its route would do it (an upload, an activation, an
-//! affiliate, rates, a setting, a close, a status move), and events go through the ordinary
-//! event path in batches: the ledger is built again by the host itself, not copied, so `verify`
+//! affiliate, rates, a setting, a close, a status move: a command in the operator's order, so
+//! in a cluster through its log and into every node's view), and events go through the
+//! ordinary event path in batches: the ledger is built again by the host itself, not copied, so `verify`
 //! checks it like any other. Events keep the hash they were received with, so a sender's retry
 //! of one after the move is still a `duplicate`.
 
@@ -15,9 +16,9 @@ use super::import_lines::webhook_event;
 use super::imports::{Import, Stop, at_line};
 use super::{ApiError, operators};
 use crate::event::{IncomingEvent, affiliate_id_problem, parse_time};
-use crate::pipeline::{IngestError, Period};
-use crate::store::Store;
+use crate::pipeline::{Command, Done, IngestError, Period};
 use crate::store::records::{AffiliateRecord, DatedActivation, FxRates, OperatorRecord, StatusChange};
+use crate::store::{CommissionRef, MoveOutcome, Store};
 use crate::terms;
 
 /// A line of an export, ready to be done.
@@ -93,9 +94,7 @@ impl Restore {
     pub async fn apply(&mut self, import: &mut Import<'_>, number: u64, action: Action) -> Result<(), Stop> {
         let Action::Line(line) = action else { return Ok(()) };
         let state = import.state;
-        let store = state.pipeline.store();
         let op = import.operator.clone();
-        let storage = |error: crate::store::StoreError| Stop::Error(error.into());
         match *line {
             ExportLine::Operator { config, .. } => {
                 let wire = wire(config);
@@ -111,11 +110,11 @@ impl Restore {
                              admin token",
                         ));
                     }
-                    store.update_operator(&op, |operator| operator.config = config.clone()).map_err(storage)?;
+                    ordered(import, number, Command::Config { config }).await?;
                 }
             }
             ExportLine::Settings { late_events } => {
-                store.update_operator(&op, |operator| operator.late_events = late_events).map_err(storage)?;
+                ordered(import, number, Command::Settings { late_events }).await?;
             }
             ExportLine::FxRates { rates, source } => {
                 let currency = import.operator_record()?.currency;
@@ -129,8 +128,8 @@ impl Restore {
                     ));
                 }
                 let rates: BTreeMap<String, Decimal> = rates;
-                let fx = FxRates { rates, source, updated_at: crate::event::now_ms() };
-                store.update_operator(&op, |operator| operator.fx_rates = fx.clone()).map_err(storage)?;
+                let fx_rates = FxRates { rates, source, updated_at: crate::event::now_ms() };
+                ordered(import, number, Command::FxRates { fx_rates }).await?;
             }
             ExportLine::Plugin { version, wasm_base64, .. } => {
                 let wasm = base64::engine::general_purpose::STANDARD
@@ -157,7 +156,8 @@ impl Restore {
             }
             ExportLine::Activate { version, effective_from: Some(from), scope, affiliate } => {
                 let effective_from = time(number, "effective_from", &from)?;
-                if store.plugin(&op, version).map_err(storage)?.is_none() {
+                let held = state.pipeline.hold_plugin(&op, version).await;
+                if !held.map_err(|error| Stop::Error(super::events::ingest_error(error)))? {
                     return Err(at_line(number, "version", format!("no plugin version {version} before this line")));
                 }
                 let activation = DatedActivation {
@@ -167,29 +167,16 @@ impl Restore {
                     affiliate,
                     activated_at: crate::event::now_ms(),
                 };
-                store
-                    .update_operator(&op, |operator| operator.dated_activations.push(activation.clone()))
-                    .map_err(storage)?;
+                ordered(import, number, Command::ActivateDated { activation }).await?;
             }
             ExportLine::Affiliate { id, parent, deal } => {
                 if let Some(problem) = affiliate_id_problem(&id) {
                     return Err(at_line(number, "id", problem));
                 }
-                if let Some(parent) = &parent
-                    && store.affiliate(&op, parent).map_err(storage)?.is_none()
-                {
-                    return Err(at_line(
-                        number,
-                        "parent",
-                        format!("affiliate {parent:?} does not exist before this line"),
-                    ));
-                }
                 let deal = terms::checked_deal("deal", wire(deal)).map_err(|problems| first(number, problems))?;
-                let record = AffiliateRecord { id, parent, deal, updated_at: crate::event::now_ms() };
-                let quota = import.operator_record()?.limits.stored_bytes;
-                store.put_affiliate(&op, &record, quota).map_err(storage)?.map_err(|refused| {
-                    at_line(number, "stored_bytes", format!("over the operator's quota ({refused:?})"))
-                })?;
+                let affiliate = AffiliateRecord { id, parent, deal, updated_at: crate::event::now_ms() };
+                // The parent is checked in the operator's turn, as its route's is.
+                ordered(import, number, Command::PutAffiliate { affiliate }).await?;
             }
             ExportLine::Close { period } => {
                 let period = Period::parse(&period).map_err(|problem| at_line(number, "period", problem))?;
@@ -202,23 +189,28 @@ impl Restore {
             }
             ExportLine::Status { event, index, status, by, note, at, reference } => {
                 let at = time(number, "at", &at)?;
-                let record = store.event(&op, &event).map_err(storage)?;
-                let Some(id) = record.and_then(|record| record.commission_ids.get(index).cloned()) else {
-                    return Err(at_line(number, "event", format!("event {event:?} has no commission {index} here")));
+                let Ok(index) = u16::try_from(index) else {
+                    return Err(at_line(number, "index", format!("{index} is past any event's commissions")));
                 };
-                store
-                    .change_commission_status(
-                        &op,
-                        &id,
-                        StatusChange { status, at, by, note: format!("imported: {note}"), reference },
-                    )
-                    .map_err(storage)?
-                    .map_err(|refusal| at_line(number, "status", format!("{id} {refusal}")))?;
+                let moving = Command::MoveCommissions {
+                    commissions: vec![CommissionRef { event: event.clone(), index }],
+                    change: StatusChange { status, at, by, note: format!("imported: {note}"), reference },
+                    payout: None,
+                };
+                let moved = ordered(import, number, moving).await?.moved();
+                if let MoveOutcome::Moved { refused, .. } =
+                    moved.map_err(|error| Stop::Error(super::events::ingest_error(error)))?
+                    && let Some((id, refusal)) = refused.into_iter().next()
+                {
+                    // A commission this ledger does not have is named by its event.
+                    let field = if id.starts_with(&event) { "event" } else { "status" };
+                    return Err(at_line(number, field, format!("{id} {refusal}")));
+                }
             }
             ExportLine::End { .. } => self.ended = true,
             ExportLine::Event { .. } => {}
         }
-        import.save()
+        import.save().await
     }
 
     /// Whether the file had its `end` line: one without it was cut off.
@@ -235,4 +227,18 @@ fn wire(terms: crate::store::records::Properties) -> terms::WireTerms {
 fn first(line: u64, problems: Vec<crate::event::FieldError>) -> Stop {
     let first = problems.into_iter().next().unwrap_or_else(|| crate::event::FieldError::new("", "refused"));
     at_line(line, first.field, first.problem)
+}
+
+/// Does a line's change as its route would: in the operator's order, in a cluster through its
+/// log, so that every node's view makes it.
+async fn ordered(import: &Import<'_>, number: u64, command: Command) -> Result<Done, Stop> {
+    let operator = import.operator_record()?;
+    match import.state.pipeline.command(&operator, command).await {
+        Ok(done) => Ok(done),
+        Err(IngestError::Invalid(problems)) => Err(first(number, problems)),
+        Err(IngestError::QuotaExceeded { refused, .. }) => {
+            Err(at_line(number, "stored_bytes", format!("over the operator's quota ({refused:?})")))
+        }
+        Err(error) => Err(Stop::Error(super::events::ingest_error(error))),
+    }
 }

@@ -64,6 +64,7 @@ use tokio::sync::watch;
 
 use crate::event::{IncomingEvent, now_ms};
 use crate::pipeline::{Answered, Command, Done, EventRoute, IngestError, Pipeline};
+use crate::plugins::PreparedPlugin;
 use crate::store::records::{OperatorRecord, PluginRecord};
 use answer::Waiters;
 use log::{Log, events_subject};
@@ -100,6 +101,8 @@ pub struct Cluster {
     owned: Mutex<HashMap<String, Arc<Owned>>>,
     /// Each operator's view on this node, which follows its ledger ([`view`]).
     views: Mutex<HashMap<String, Arc<view::View>>>,
+    /// Each operator's plugin uploads and installs on this node, one at a time ([`plugins`]).
+    installing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     stopping: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
 }
@@ -129,6 +132,7 @@ impl Cluster {
                 .map_err(|error| anyhow::anyhow!("the HTTP client for reads: {error}"))?,
             owned: Mutex::default(),
             views: Mutex::default(),
+            installing: Mutex::default(),
             stopping,
             stop,
         });
@@ -260,12 +264,24 @@ impl EventRoute for Route {
         Box::pin(self.0.create_operator(operator))
     }
 
-    fn share_plugin<'a>(
+    fn add_plugin<'a>(
         &'a self,
         operator: &'a str,
-        wasm: &'a [u8],
-        record: PluginRecord,
+        prepared: PreparedPlugin,
     ) -> Pin<Box<dyn Future<Output = Result<PluginRecord, IngestError>> + Send + 'a>> {
-        Box::pin(self.0.share_plugin(operator, wasm, record))
+        Box::pin(self.0.add_plugin(operator, prepared))
+    }
+
+    fn hold_plugin<'a>(
+        &'a self,
+        operator: &'a str,
+        version: u32,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, IngestError>> + Send + 'a>> {
+        Box::pin(async move {
+            self.0
+                .held_plugin(operator, version)
+                .await
+                .map_err(|error| IngestError::LogUnavailable(format!("{error:#}")))
+        })
     }
 }

@@ -6,8 +6,12 @@
 //! that takes the upload validates it as one host does (a bad component is refused there,
 //! nothing shared), stores the component, then numbers it: the bucket's `create` of
 //! `<operator>.<n>` succeeds for one upload only, so two uploads at once on two nodes get two
-//! numbers. Every node follows the bucket from its start and compiles each version it does not
-//! hold (each node keeps its own compiled artifact: its engine may differ). A version must be
+//! numbers; it stores the version itself, with the operator's installs on this node held back
+//! meanwhile, so that its own watch finds it stored rather than compiling it twice. Every node
+//! follows the bucket from its start and compiles each version it does not hold (each node
+//! keeps its own compiled artifact: its engine may differ); a request naming a version this
+//! node has not compiled yet (an activation sent to another node than the upload) fetches it
+//! first ([`Cluster::held_plugin`]). A version must be
 //! held before it evaluates anything, so an activation, run in the operator's order by its
 //! owner and by every view, first makes sure this node holds it ([`Cluster::hold_plugin`]).
 
@@ -21,6 +25,7 @@ use tokio::io::AsyncReadExt as _;
 
 use super::Cluster;
 use crate::pipeline::IngestError;
+use crate::plugins::PreparedPlugin;
 use crate::store::records::PluginRecord;
 
 /// How many numbers an upload tries past the last this node holds, should other uploads of
@@ -35,16 +40,20 @@ fn key(operator: &str, version: u32) -> String {
 }
 
 impl Cluster {
-    /// Shares a validated component with every node as the operator's next version; the record
-    /// it is numbered under (`record`'s own version is ignored).
-    pub(super) async fn share_plugin(
+    /// Shares a validated component with every node as the operator's next version, and
+    /// stores it here under that number; the record it is stored under.
+    pub(super) async fn add_plugin(
         &self,
         operator: &str,
-        wasm: &[u8],
-        mut record: PluginRecord,
+        prepared: PreparedPlugin,
     ) -> Result<PluginRecord, IngestError> {
         let unavailable = |error: &dyn std::fmt::Display| IngestError::LogUnavailable(error.to_string());
-        self.keep_component(&record.sha256, wasm).await.map_err(|error| unavailable(&error))?;
+        let mut record = prepared.record(0);
+        self.keep_component(&record.sha256, prepared.wasm()).await.map_err(|error| unavailable(&error))?;
+        // Numbered and stored with the operator's installs held back: this node's own watch
+        // sees the number at once and must find the version stored, not compile it again.
+        let installing = self.installing(operator);
+        let _installing = installing.lock().await;
         let mut version = 1;
         while self.pipeline.store().plugin(operator, version)?.is_some() {
             version += 1;
@@ -53,12 +62,24 @@ impl Cluster {
             record.version = version;
             let value = serde_json::to_vec(&record).map_err(|error| IngestError::Internal(error.to_string()))?;
             match self.log.plugins.create(key(operator, version), value.into()).await {
-                Ok(_) => return Ok(record),
+                Ok(_) => {
+                    let plugins = self.pipeline.plugins().clone();
+                    let owned = operator.to_owned();
+                    let adding = move || plugins.add(&owned, prepared, Some(record));
+                    return Ok(tokio::task::spawn_blocking(adding)
+                        .await
+                        .map_err(|error| IngestError::Internal(error.to_string()))??);
+                }
                 Err(error) if error.kind() == CreateErrorKind::AlreadyExists => version += 1,
                 Err(error) => return Err(unavailable(&error)),
             }
         }
         Err(IngestError::Internal(format!("no free plugin version for {operator} in {NUMBERING_TRIES} tries")))
+    }
+
+    /// The lock that one operator's uploads and installs on this node take, one at a time.
+    fn installing(&self, operator: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.installing.lock().expect("installing lock").entry(operator.to_owned()).or_default().clone()
     }
 
     /// Offers the operator's versions this node holds that the bucket does not: a data
@@ -96,13 +117,29 @@ impl Cluster {
     /// Makes sure this node holds `version` of the operator's plugin, fetching and compiling
     /// it from the cluster if not.
     pub(super) async fn hold_plugin(&self, operator: &str, version: u32) -> anyhow::Result<()> {
+        if !self.held_plugin(operator, version).await? {
+            anyhow::bail!("the cluster has no plugin version {version} of {operator}");
+        }
+        Ok(())
+    }
+
+    /// Whether `version` of the operator's plugin exists in the cluster, held on this node
+    /// once this answers `true`: a request naming a version uploaded through another node a
+    /// moment ago finds it, rather than a 404 until this node's watch compiled it.
+    pub(super) async fn held_plugin(&self, operator: &str, version: u32) -> anyhow::Result<bool> {
         if self.pipeline.store().plugin(operator, version)?.is_some() {
-            return Ok(());
+            return Ok(true);
+        }
+        let installing = self.installing(operator);
+        let _installing = installing.lock().await;
+        if self.pipeline.store().plugin(operator, version)?.is_some() {
+            return Ok(true);
         }
         let Some(value) = self.log.plugins.get(key(operator, version)).await? else {
-            anyhow::bail!("the cluster has no plugin version {version} of {operator}");
+            return Ok(false);
         };
-        self.install(operator, serde_json::from_slice(&value)?).await
+        self.install(operator, serde_json::from_slice(&value)?).await?;
+        Ok(true)
     }
 
     /// Fetches, validates, compiles and stores a version the cluster numbered.

@@ -18,9 +18,10 @@ use super::sequencer::Job;
 use super::{EventOutcome, IngestError, Period, Pipeline, RetryReport};
 use crate::event::{FieldError, now_ms};
 use crate::plugins::PreparedPlugin;
+use crate::store::imports::ImportJob;
 use crate::store::records::{
     AffiliateKeyRecord, AffiliateRecord, CredentialKind, DatedActivation, FxRates, LateEventPolicy, OperatorLimits,
-    OperatorRecord, PayoutRecord, PluginRecord, StatusChange,
+    OperatorRecord, PayoutRecord, PluginRecord, Properties, StatusChange,
 };
 use crate::store::{CommissionRef, MoveOutcome};
 
@@ -80,6 +81,15 @@ pub enum Command {
         version: Option<u32>,
         #[serde(default)]
         from_checkpoint: bool,
+    },
+    /// Set the operator's config (the admin's, from an imported export).
+    Config {
+        config: Properties,
+    },
+    /// Keep an import job's progress ([`crate::store::imports::ImportJob`]), so that whichever
+    /// node answers for the operator shows it.
+    PutImportJob {
+        job: ImportJob,
     },
     /// Replace a credential (`stored`: the new key's or token's sha256, or the webhook secret),
     /// the old one valid until `expires_at` ([`OperatorRecord::rotate_credential`]).
@@ -167,16 +177,27 @@ impl Pipeline {
         Ok(self.store.create_operator(operator)?)
     }
 
-    /// In a cluster, shares a validated plugin with every node and answers the record the
-    /// cluster numbered it under; on one host `None` (the store numbers it).
-    pub async fn share_plugin(
-        &self,
-        operator: &str,
-        prepared: &PreparedPlugin,
-    ) -> Result<Option<PluginRecord>, IngestError> {
+    /// Stores a validated plugin as the operator's next version; in a cluster, numbered by
+    /// the cluster and set up on every node ([`super::EventRoute::add_plugin`]).
+    pub async fn add_plugin(&self, operator: &str, prepared: PreparedPlugin) -> Result<PluginRecord, IngestError> {
+        if let Some(route) = self.route.get() {
+            return route.add_plugin(operator, prepared).await;
+        }
+        let plugins = self.plugins.clone();
+        let owned = operator.to_owned();
+        let adding = move || plugins.add(&owned, prepared, None);
+        Ok(tokio::task::spawn_blocking(adding).await.map_err(|error| IngestError::Internal(error.to_string()))??)
+    }
+
+    /// Whether the operator has plugin version `version`, held on this node once this answers
+    /// `true` (in a cluster, fetched if another node took its upload a moment ago).
+    pub async fn hold_plugin(&self, operator: &str, version: u32) -> Result<bool, IngestError> {
+        if self.store.plugin(operator, version)?.is_some() {
+            return Ok(true);
+        }
         match self.route.get() {
-            Some(route) => Ok(Some(route.share_plugin(operator, prepared.wasm(), prepared.record(0)).await?)),
-            None => Ok(None),
+            Some(route) => route.hold_plugin(operator, version).await,
+            None => Ok(false),
         }
     }
 
@@ -232,6 +253,10 @@ impl Pipeline {
                     Ok(Done::Changed(pipeline.store.create_affiliate_key(&owned, &key)?))
                 })?
             }
+            Command::PutImportJob { job } => self.in_turn(&operator.id, move |pipeline| {
+                pipeline.store.put_import_job(&job)?;
+                Ok(Done::Changed(true))
+            })?,
             Command::RevokeAffiliateKey { affiliate, id, now } => {
                 let owned = operator.id.clone();
                 self.in_turn(&operator.id, move |pipeline| {
@@ -273,6 +298,7 @@ impl Pipeline {
             Command::Settings { late_events } => record.late_events = *late_events,
             Command::Limits { limits } => record.limits = *limits,
             Command::FxRates { fx_rates } => record.fx_rates = fx_rates.clone(),
+            Command::Config { config } => record.config = config.clone(),
             Command::RotateCredential { kind, stored, now, expires_at } => {
                 record.rotate_credential(*kind, stored, *now, *expires_at)
             }
@@ -282,7 +308,8 @@ impl Pipeline {
             | Command::MoveCommissions { .. }
             | Command::Shadow { .. }
             | Command::IssueAffiliateKey { .. }
-            | Command::RevokeAffiliateKey { .. } => {}
+            | Command::RevokeAffiliateKey { .. }
+            | Command::PutImportJob { .. } => {}
         })?;
         Ok(Done::Changed(updated.is_some()))
     }

@@ -60,7 +60,7 @@ use crate::amounts::AmountOverflow;
 use crate::committer::{CommitError, CommitMetrics, Committer};
 use crate::event::{FieldError, IncomingEvent, now_ms};
 use crate::metrics::{FailureLabels, Metrics};
-use crate::plugins::PluginRegistry;
+use crate::plugins::{PluginRegistry, PreparedPlugin};
 use crate::sandbox::{Limits, Sandbox};
 use crate::store::records::{
     CommissionRecord, EventRecord, FxConversion, LateEventPolicy, OperatorRecord, PluginRecord, StoredEvent,
@@ -107,14 +107,20 @@ pub trait EventRoute: Send + Sync {
         &'a self,
         operator: &'a OperatorRecord,
     ) -> Pin<Box<dyn Future<Output = Result<bool, IngestError>> + Send + 'a>>;
-    /// Shares a validated plugin component with every node as the operator's next version;
-    /// the record it is numbered under (`record`'s own version is ignored).
-    fn share_plugin<'a>(
+    /// Shares a validated plugin with every node as the operator's next version, stored on
+    /// this one once this answers.
+    fn add_plugin<'a>(
         &'a self,
         operator: &'a str,
-        wasm: &'a [u8],
-        record: PluginRecord,
+        prepared: PreparedPlugin,
     ) -> Pin<Box<dyn Future<Output = Result<PluginRecord, IngestError>> + Send + 'a>>;
+    /// Whether the cluster has `version` of the operator's plugin, held on this node once
+    /// this answers `true`.
+    fn hold_plugin<'a>(
+        &'a self,
+        operator: &'a str,
+        version: u32,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, IngestError>> + Send + 'a>>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
