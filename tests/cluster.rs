@@ -186,21 +186,21 @@ fn deliver(
     panic!("event {event} was never acknowledged");
 }
 
-/// Four senders, each with its own customers, one event at a time (per-customer order), over
-/// both operators (three in four to `busy`); one event in ten sent again to another node.
-/// `during` runs once `trigger_after` events are acknowledged.
-fn load(nodes: Vec<String>, customers: u64, trigger_after: usize, during: impl FnOnce()) -> Seen {
+/// Four senders, each with its own customers (ids starting with `prefix`), one event at a time
+/// (per-customer order), over both operators (three in four to `busy`); one event in ten sent
+/// again to another node. `during` runs once `trigger_after` events are acknowledged.
+fn load(nodes: Vec<String>, prefix: &str, customers: u64, trigger_after: usize, during: impl FnOnce()) -> Seen {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let acknowledged = Arc::new(AtomicUsize::new(0));
     let senders: Vec<_> = (0..4u64)
         .map(|sender| {
-            let (nodes, seen, acknowledged) = (nodes.clone(), seen.clone(), acknowledged.clone());
+            let (nodes, seen, acknowledged, prefix) = (nodes.clone(), seen.clone(), acknowledged.clone(), prefix.to_owned());
             std::thread::spawn(move || {
                 let client = Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
                 let mut rng = Rng::new(sender * 7919 + 1);
                 for customer in 0..customers {
                     let operator = if rng.chance(75) { OPERATORS[0] } else { OPERATORS[1] };
-                    let id = format!("s{sender}-c{customer}");
+                    let id = format!("{prefix}s{sender}-c{customer}");
                     let mut events =
                         vec![json!({"id": format!("{id}-d"), "type": "deposit", "customer": id, "amount": "50", "affiliate": "aff1"})];
                     for trade in 0..rng.below(0..4) {
@@ -438,7 +438,7 @@ fn killing_the_owner_of_a_busy_operator_and_a_nats_server_mid_load_loses_nothing
     .expect("the events stream has a leader");
     let mut killed_at = None;
     let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        load(nodes, 12, 60, || {
+        load(nodes, "", 12, 60, || {
             killed_at = Some(Instant::now());
             nats.kill(&leader);
             host.kill();
@@ -777,7 +777,7 @@ fn a_host_stopped_with_sigterm_hands_its_operators_over_with_no_5xx_to_retrying_
     let nodes: Vec<String> = hosts.values().map(|host| host.base.clone()).collect();
     let victim = owner(&nats, "busy");
     let host = hosts.remove(&victim).unwrap();
-    let seen = load(nodes, 10, 40, || signal(&host, libc::SIGTERM));
+    let seen = load(nodes, "", 10, 40, || signal(&host, libc::SIGTERM));
     assert!(seen.server_errors.is_empty(), "5xx seen by clients: {:?}", seen.server_errors);
     assert!(host.wait_exit(), "the host exits 0 after SIGTERM");
     let new_owner = owner(&nats, "busy");
@@ -831,7 +831,7 @@ fn an_owner_paused_past_its_lease_writes_nothing_after_the_new_owner_took_over()
     }
     let lease = Duration::from_millis(LEASE_MS.parse().unwrap());
     let mut seen = std::thread::scope(|scope| {
-        load(nodes.clone(), 14, 40, || {
+        load(nodes.clone(), "", 14, 40, || {
             // Under load, the month is closed through a node that does not own the operator.
             let (status, closed) = other.close(&as_admin("busy"), CLOSED);
             assert_eq!(status, StatusCode::OK, "{closed}");
@@ -952,11 +952,12 @@ fn statuses(client: &Client, host: &Host, operator: &str) -> Vec<(String, String
     all
 }
 
-/// Money moved through nodes that do not own the operator: the closed month approved through
-/// one, paid under a reference through another (sent again through the first, it pays nothing
-/// more), one commission of the load moved to `rejected` through the first; each answered as
-/// one host answers, and once every view has applied the ledger, every node's own view holds
-/// the same statuses. An affiliate key issued through one node opens the affiliate's
+/// Money moved through nodes that do not own the operator while events keep arriving: the
+/// closed month approved through one, paid under a reference through another (sent again
+/// through the first, it pays nothing more), one commission of the load moved to `rejected`
+/// through the first; each answered as one host answers, and once every view has applied the
+/// ledger, every node's own view holds the same statuses (of the moved commissions and of the
+/// new events' alike). An affiliate key issued through one node opens the affiliate's
 /// commissions through every node, and once revoked through another, none.
 fn money_moves_through_the_log(dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>, client: &Client) {
     let owner_name = owner(nats, "busy");
@@ -965,34 +966,36 @@ fn money_moves_through_the_log(dir: &Path, nats: &Nats, hosts: &HashMap<String, 
         let answer = client.post(format!("{}{path}", host.base)).bearer_auth(ADMIN_TOKEN).json(&body).send().unwrap();
         (answer.status(), answer.json().unwrap_or(Value::Null))
     };
-    let (status, approved) = post(others[0], &format!("/v1/operators/busy/periods/{CLOSED}/approve"), json!({}));
-    assert_eq!(status, StatusCode::OK, "{approved}");
-    assert!(!approved["approved"].as_array().unwrap().is_empty(), "{approved}");
-    let payment = json!({"reference": "bank-2020-01", "period": CLOSED});
-    let (status, paid) = post(others[1], "/v1/operators/busy/payouts", payment.clone());
-    assert_eq!(status, StatusCode::OK, "{paid}");
-    assert_eq!(paid["duplicate"], false, "{paid}");
-    let approved_ids: HashSet<&Value> =
-        approved["approved"].as_array().unwrap().iter().map(|line| &line["id"]).collect();
-    let paid_lines = paid["paid"].as_array().unwrap();
-    assert!(!paid_lines.is_empty() && paid_lines.iter().all(|line| approved_ids.contains(&line["id"])), "{paid}");
-    let (status, again) = post(others[0], "/v1/operators/busy/payouts", payment);
-    assert_eq!(status, StatusCode::OK, "{again}");
-    assert_eq!((&again["duplicate"], &again["paid"]), (&json!(true), &paid["paid"]), "{again}");
+    let nodes: Vec<String> = hosts.values().map(|host| host.base.clone()).collect();
+    load(nodes, "moving-", 6, 5, || {
+        let (status, approved) = post(others[0], &format!("/v1/operators/busy/periods/{CLOSED}/approve"), json!({}));
+        assert_eq!(status, StatusCode::OK, "{approved}");
+        assert!(!approved["approved"].as_array().unwrap().is_empty(), "{approved}");
+        let payment = json!({"reference": "bank-2020-01", "period": CLOSED});
+        let (status, paid) = post(others[1], "/v1/operators/busy/payouts", payment.clone());
+        assert_eq!(status, StatusCode::OK, "{paid}");
+        assert_eq!(paid["duplicate"], false, "{paid}");
+        let approved_ids: HashSet<&Value> =
+            approved["approved"].as_array().unwrap().iter().map(|line| &line["id"]).collect();
+        let paid_lines = paid["paid"].as_array().unwrap();
+        assert!(!paid_lines.is_empty() && paid_lines.iter().all(|line| approved_ids.contains(&line["id"])), "{paid}");
+        let (status, again) = post(others[0], "/v1/operators/busy/payouts", payment);
+        assert_eq!(status, StatusCode::OK, "{again}");
+        assert_eq!((&again["duplicate"], &again["paid"]), (&json!(true), &paid["paid"]), "{again}");
 
-    let answer = client
-        .get(format!("{}/v1/operators/busy/commissions?status=pending&limit=1", others[1].base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .unwrap();
-    let pending: Value = answer.json().unwrap();
-    let id = pending["commissions"][0]["id"].as_str().expect("a pending commission of the load").to_owned();
-    let path = format!("/v1/operators/busy/commissions/{id}/status");
-    let (status, moved) = post(others[0], &path, json!({"status": "rejected", "note": "fraud"}));
-    assert_eq!((status, &moved["status"]), (StatusCode::OK, &json!("rejected")), "{moved}");
-    let (status, refused) = post(others[1], &path, json!({"status": "approved"}));
-    assert_eq!((status, &refused["error"]), (StatusCode::CONFLICT, &json!("status_transition")), "{refused}");
-
+        let answer = client
+            .get(format!("{}/v1/operators/busy/commissions?status=pending&limit=1", others[1].base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .unwrap();
+        let pending: Value = answer.json().unwrap();
+        let id = pending["commissions"][0]["id"].as_str().expect("a pending commission of the load").to_owned();
+        let path = format!("/v1/operators/busy/commissions/{id}/status");
+        let (status, moved) = post(others[0], &path, json!({"status": "rejected", "note": "fraud"}));
+        assert_eq!((status, &moved["status"]), (StatusCode::OK, &json!("rejected")), "{moved}");
+        let (status, refused) = post(others[1], &path, json!({"status": "approved"}));
+        assert_eq!((status, &refused["error"]), (StatusCode::CONFLICT, &json!("status_transition")), "{refused}");
+    });
     views_apply_the_whole_ledger(dir, nats, hosts);
     let owners = statuses(client, &hosts[&owner_name], "busy");
     for wanted in ["paid", "rejected"] {

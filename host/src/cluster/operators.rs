@@ -11,7 +11,8 @@
 //! view at the same place ([`super::view`]).
 //!
 //! The node that created the operator holds it when it answers; the others within moments
-//! (the time for the bucket's entry to reach their watchers). A data directory from before the
+//! (the time for the bucket's entry to reach their watchers), or at once when a request names
+//! it first ([`Cluster::hold_operator`]). A data directory from before the
 //! bucket offers its operators at start-up: each that the bucket does not hold is put there
 //! as this node holds it.
 
@@ -44,6 +45,19 @@ impl Cluster {
     fn set_up(&self, operator: &OperatorRecord) -> Result<(), IngestError> {
         if self.pipeline.store().create_operator(operator)? {
             tracing::info!(node = %self.node, operator = %operator.id, "operator set up from the cluster");
+        }
+        Ok(())
+    }
+
+    /// Sets up `id` from the bucket if this node does not hold it yet: a request for an
+    /// operator created through another node a moment ago, before this node's watch saw it,
+    /// finds it rather than a 404.
+    pub(super) async fn hold_operator(&self, id: &str) -> anyhow::Result<()> {
+        if self.pipeline.store().operator(id)?.is_some() {
+            return Ok(());
+        }
+        if let Some(value) = self.log.operators.get(id).await? {
+            self.set_up(&serde_json::from_slice(&value)?)?;
         }
         Ok(())
     }

@@ -52,15 +52,19 @@ fn owners_write(rest: &str) -> bool {
 
 /// Middleware over the whole router in cluster mode.
 pub async fn forward_to_owner(State(cluster): State<Arc<Cluster>>, request: Request, next: Next) -> Response {
-    if request.headers().contains_key(FORWARDED) {
-        return next.run(request).await;
-    }
-    let write = request.method() != Method::GET;
     let Some((operator, rest)) =
         request.uri().path().strip_prefix("/v1/operators/").and_then(|rest| rest.split_once('/'))
     else {
         return next.run(request).await;
     };
+    // Not a warning: any client can name an operator that does not exist.
+    if let Err(error) = cluster.hold_operator(operator).await {
+        tracing::debug!(%operator, %error, "looking the operator up in the cluster");
+    }
+    if request.headers().contains_key(FORWARDED) {
+        return next.run(request).await;
+    }
+    let write = request.method() != Method::GET;
     if write && !owners_write(rest) {
         return next.run(request).await;
     }
