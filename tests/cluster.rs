@@ -418,7 +418,18 @@ fn check_ledger(nats: &Nats, hosts: &HashMap<String, Host>, seen: &Seen, single:
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+        for (name, host) in hosts {
+            assert_no_divergence(name, host, operator);
+        }
     }
+}
+
+/// What `host`'s view applied of the operator's ledger paid what the owner paid: each view
+/// checks each request it applies against the owner's answer in the entry.
+fn assert_no_divergence(name: &str, host: &Host, operator: &str) {
+    let diverged = format!("commission_host_view_divergences_total{{operator=\"{operator}\"}}");
+    let metrics = host.metrics();
+    assert_eq!(metric(&metrics, &diverged).unwrap_or(0.0), 0.0, "{name}'s view paid otherwise: {metrics}");
 }
 
 #[test]
@@ -928,6 +939,7 @@ fn views_apply_the_ledger_of(operator: &str, dir: &Path, nats: &Nats, hosts: &Ha
             assert!(started.elapsed() < Duration::from_secs(30), "{name}'s view did not reach ledger entry {last}");
             std::thread::sleep(Duration::from_millis(100));
         }
+        assert_no_divergence(name, &hosts[name], operator);
     }
 }
 

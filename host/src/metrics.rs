@@ -73,6 +73,7 @@ pub struct Metrics {
     pub sequencers: Gauge,
     pub queue_events: Family<OperatorLabels, Gauge>,
     pub queue_full: Family<OperatorLabels, Counter>,
+    pub view_divergences: Family<OperatorLabels, Counter>,
     pub throttled: Family<OperatorLabels, Counter>,
     pub throttled_seconds: Family<OperatorLabels, Counter<f64, AtomicU64>>,
     pub process_threads: Gauge,
@@ -176,6 +177,12 @@ impl Default for Metrics {
             "Requests refused with 503 because the operator's queue was full, by operator",
             queue_full.clone(),
         );
+        let view_divergences = Family::default();
+        registry.register(
+            "view_divergences",
+            "Cluster ledger requests this node's view applied paying otherwise than the owner did, by operator (0 is the only right count)",
+            view_divergences.clone(),
+        );
         let throttled = Family::default();
         registry.register(
             "throttled",
@@ -251,6 +258,7 @@ impl Default for Metrics {
             sequencers,
             queue_events,
             queue_full,
+            view_divergences,
             throttled,
             throttled_seconds,
             process_threads,

@@ -13,11 +13,14 @@
 //! says; events it holds already are `duplicate`s. A request the ledger refused is not run.
 //! One applier per operator at a time (the follower, or the owner catching up at its takeover),
 //! by the view's lock; the position applied is kept in `<data>/cluster/<operator>.position`.
+//! Each request applied is checked against the owner's answer in the entry: a view that would
+//! pay otherwise is reported, never silent ([`Cluster::check_paid_alike`]).
 //!
 //! The follower is woken by the answers' subscription ([`super::answer`]), which sees every
 //! entry written, possibly before the stream has stored it: so after each wake-up the follower
 //! looks again half a second later, until a look finds nothing new.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -26,7 +29,8 @@ use tokio::sync::Notify;
 
 use super::Cluster;
 use super::log::{Ordered, ledger_subject, read_after};
-use super::wire::{Entry, Request};
+use super::wire::{Answer, Entry, Request};
+use crate::metrics::OperatorLabels;
 
 /// How long applying the ledger waits for the stream's next entry before it gives up (and is
 /// tried again).
@@ -139,10 +143,12 @@ impl Cluster {
             if let Entry::Committed { requests: committed, .. } = serde_json::from_slice(&message.payload)
                 .map_err(|error| anyhow::anyhow!("ledger entry {sequence}: {error}"))?
             {
+                let mut answered = HashMap::new();
                 let applying: Vec<_> = committed
                     .into_iter()
                     .filter(|request| request.answer.committed())
                     .map(|request| {
+                        answered.insert(request.sequence, request.answer);
                         (
                             request.sequence,
                             Request {
@@ -162,6 +168,7 @@ impl Cluster {
                     if !answer.committed() {
                         anyhow::bail!("ledger entry {sequence}: request {request} was refused on replay: {answer:?}");
                     }
+                    self.check_paid_alike(operator, sequence, request, &answer, answered.get(&request));
                 }
             }
             self.set_position(operator, sequence);
@@ -170,6 +177,19 @@ impl Cluster {
             }
         }
         Ok(requests)
+    }
+
+    /// Reports a request this view applied paying otherwise than the owner did. Plugins are
+    /// deterministic and every node runs the same components, so this is never expected: it
+    /// would mean the nodes' engines differ, or a view missed something the owner had, and an
+    /// affiliate would be paid differently depending on which node answers. It is not
+    /// corrected here (which view is right is for `verify` on each node to say): it is logged
+    /// as an error and counted in `view_divergences`, for an alert.
+    fn check_paid_alike(&self, operator: &str, entry: u64, request: u64, answer: &Answer, ledger: Option<&Answer>) {
+        let Some(difference) = ledger.and_then(|ledger| answer.pays_otherwise_than(ledger)) else { return };
+        tracing::error!(node = %self.node, %operator, entry, request, %difference, "this node's view pays otherwise than the ledger");
+        let labels = OperatorLabels { operator: operator.to_owned() };
+        self.pipeline.metrics().view_divergences.get_or_create(&labels).inc();
     }
 
     fn position_file(&self, operator: &str) -> PathBuf {

@@ -80,6 +80,20 @@ pub struct Committed {
     pub answer: Answer,
 }
 
+/// What an event's commissions pay, in an order of their own: its id, then (affiliate, rule,
+/// currency, amount) of each.
+fn paid(outcome: &Outcome) -> (&str, Vec<(&str, &str, &str, rust_decimal::Decimal)>) {
+    let mut paid: Vec<_> = outcome
+        .commissions
+        .iter()
+        .map(|commission| {
+            (commission.affiliate.as_str(), commission.rule.as_str(), commission.currency.as_str(), commission.amount)
+        })
+        .collect();
+    paid.sort();
+    (outcome.record.event.id.as_str(), paid)
+}
+
 /// [`crate::pipeline::Pipeline::ingest`]'s result, on the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -146,6 +160,36 @@ impl Answer {
                 };
                 outcome.disposition = first.as_str().to_owned();
             }
+        }
+    }
+
+    /// Where this answer (a view's, applying a ledger entry) pays otherwise than `ledger` (the
+    /// owner's answer in that entry): an event's commissions by affiliate, rule, currency and
+    /// amount, or a retry's counts. `None` when they agree. Commission ids are not compared:
+    /// each node numbers its own ledger.
+    pub fn pays_otherwise_than(&self, ledger: &Answer) -> Option<String> {
+        match (self, ledger) {
+            (Answer::Outcomes { outcomes: here }, Answer::Outcomes { outcomes: there }) => {
+                if here.len() != there.len() {
+                    return Some(format!("{} events here, {} in the ledger", here.len(), there.len()));
+                }
+                here.iter().zip(there).find_map(|(here, there)| {
+                    let (paid_here, paid_there) = (paid(here), paid(there));
+                    (paid_here != paid_there).then(|| {
+                        format!(
+                            "event {}: paid {paid_here:?} here, {paid_there:?} in the ledger",
+                            there.record.event.id
+                        )
+                    })
+                })
+            }
+            (
+                Answer::Retried { retried, accepted, still_failed },
+                Answer::Retried { retried: r, accepted: a, still_failed: s },
+            ) if (retried, accepted, still_failed) != (r, a, s) => {
+                Some(format!("{self:?} here, {ledger:?} in the ledger"))
+            }
+            _ => None,
         }
     }
 
@@ -320,5 +364,59 @@ mod tests {
         };
         answer.own_commits_as_first_answered(7_000);
         assert_eq!(dispositions(&answer), ["accepted", "failed", "duplicate", "accepted"]);
+    }
+
+    fn paying(id: &str, disposition: &str, amounts: &[(&str, &str)]) -> Outcome {
+        let mut outcome = outcome(id, disposition, 7_000, EventStatus::Accepted);
+        outcome.commissions = amounts
+            .iter()
+            .enumerate()
+            .map(|(index, (affiliate, amount))| CommissionRecord {
+                id: format!("cm_{index}"),
+                event_id: id.to_owned(),
+                affiliate: (*affiliate).to_owned(),
+                customer: "c1".to_owned(),
+                amount: amount.parse().unwrap(),
+                currency: "USD".to_owned(),
+                rule: "cpa".to_owned(),
+                explanation: String::new(),
+                plugin_version: 1,
+                occurred_at: 1_000,
+                created_at: 7_000,
+                reverses: None,
+                fx_rate: None,
+                version_reason: String::new(),
+                hold_until: None,
+                restates: None,
+                unrounded_amount: None,
+            })
+            .collect();
+        outcome
+    }
+
+    /// A view that applies an entry and pays what the owner paid agrees, whatever its own
+    /// commission ids and whether it held the events already; one that pays another amount or
+    /// another affiliate is told where.
+    #[test]
+    fn a_view_paying_otherwise_than_the_ledger_is_told_where() {
+        let ledger = Answer::Outcomes {
+            outcomes: vec![
+                paying("d1", "accepted", &[("aff1", "10"), ("aff2", "1.50")]),
+                paying("d2", "accepted", &[]),
+            ],
+        };
+        let mut same = Answer::Outcomes {
+            outcomes: vec![
+                paying("d1", "duplicate", &[("aff2", "1.5"), ("aff1", "10.00")]),
+                paying("d2", "accepted", &[]),
+            ],
+        };
+        assert_eq!(same.pays_otherwise_than(&ledger), None);
+        let Answer::Outcomes { outcomes } = &mut same else { unreachable!() };
+        outcomes[0].commissions[0].amount = "1.51".parse().unwrap();
+        let told = same.pays_otherwise_than(&ledger).expect("another amount");
+        assert!(told.starts_with("event d1: "), "{told}");
+        let fewer = Answer::Outcomes { outcomes: vec![paying("d1", "accepted", &[("aff1", "10"), ("aff2", "1.50")])] };
+        assert!(fewer.pays_otherwise_than(&ledger).is_some());
     }
 }
