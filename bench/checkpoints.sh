@@ -5,7 +5,8 @@
 # ten months (2025-01 to 2025-10), each closed in order. Then, timed through HTTP (curl):
 # a late wager into the latest closed month, into the oldest of ten, one affiliate's statement,
 # and a full verify (events/s). Usage: SIZES="10000 100000 1000000" bench/checkpoints.sh
-# HOST_BIN=path skips the build (a binary built by `cargo build --release`).
+# HOST_BIN=path skips the build (a binary built by `cargo build --release`). SERVE_ARGS are
+# passed to the host's `serve` (say, SERVE_ARGS="--ledger-cache-bytes 8589934592").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES=${SIZES:-"10000 100000"}
@@ -15,7 +16,7 @@ export COMMISSION_HOST_ADMIN_TOKEN=bench-admin-token-0123456789abcdef
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 H=http://127.0.0.1:18083
-${HOST_BIN:-target/release/commission-host} serve --data "$work/data" --listen 127.0.0.1:18083 >"$work/host.out" 2>"$work/host.err" &
+${HOST_BIN:-target/release/commission-host} serve --data "$work/data" --listen 127.0.0.1:18083 ${SERVE_ARGS:-} >"$work/host.out" 2>"$work/host.err" &
 until grep -q listening "$work/host.out"; do sleep 0.2; done
 admin=(-H "Authorization: Bearer $COMMISSION_HOST_ADMIN_TOKEN")
 ms() { awk '{ printf "%d", $1 * 1000 }'; }

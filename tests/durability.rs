@@ -115,3 +115,61 @@ fn sigterm_finishes_what_was_acknowledged_and_exits_cleanly() {
     }
     assert_eq!(host.commissions(&acme, "").len(), acknowledged.len(), "one commission per acknowledged deposit");
 }
+
+/// `serve --ledger-cache-bytes`: a ledger several times the size of sled's cache gives the same
+/// answers read from disk as it gave from memory, and a cache too small to be of use is refused
+/// at start, saying the least it takes.
+#[test]
+fn a_ledger_larger_than_its_cache_answers_the_same() {
+    const CACHE_BYTES: u64 = 1 << 20;
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let acme = host.multi_event_with_aff1("acme");
+    for batch in 0..20 {
+        let events: Vec<_> = (0..100)
+            .map(|n| {
+                let customer = format!("c{batch}-{n}");
+                json!({"id": format!("{customer}-d"), "type": "deposit", "customer": customer, "amount": "50", "affiliate": "aff1"})
+            })
+            .collect();
+        let (status, body) = host.post_events(&acme, &json!(events));
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let commissions = host.commissions(&acme, "");
+    assert_eq!(commissions.len(), 2000, "one first-deposit commission per customer");
+    host.kill();
+    let on_disk = common::disk_usage(&data);
+    assert!(on_disk > 3 * CACHE_BYTES, "the ledger ({on_disk} bytes) should be several times the cache");
+
+    let host = Host::start_with(&data, &["--ledger-cache-bytes", &CACHE_BYTES.to_string()]);
+    assert_eq!(host.commissions(&acme, ""), commissions);
+    assert_eq!(common::assert_verifies(&host, &acme), 2000);
+    let late = json!({"id": "late-d", "type": "deposit", "customer": "late", "amount": "50", "affiliate": "aff1"});
+    assert_eq!(host.accept(&acme, late)["status"], "accepted");
+    assert_eq!(host.totals(&acme)["aff1"], dec("10") * rust_decimal::Decimal::from(2001));
+    host.kill();
+
+    let mut refused = std::process::Command::new(env!("CARGO_BIN_EXE_commission-host"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--ledger-cache-bytes", "4096", "--data"])
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            refused.kill().unwrap();
+            refused.wait().unwrap();
+            panic!("the host started with a 4 KiB ledger cache");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("--ledger-cache-bytes must be at least 1048576"), "{stderr}");
+}

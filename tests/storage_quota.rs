@@ -56,19 +56,6 @@ fn deposits(host: &Host, operator: &Operator, affiliate: &str, ids: std::ops::Ra
     }
 }
 
-/// The bytes the data directory takes on disk, as `du` counts them.
-fn disk_usage(path: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(path)
-        .unwrap()
-        .map(|entry| {
-            let entry = entry.unwrap();
-            let metadata = entry.metadata().unwrap();
-            if metadata.is_dir() { disk_usage(&entry.path()) } else { metadata.blocks() * 512 }
-        })
-        .sum()
-}
-
 /// The operator's `commission_host_stored_bytes` in `/metrics`.
 fn stored_bytes(host: &Host, operator: &str) -> u64 {
     let prefix = format!("commission_host_stored_bytes{{operator=\"{operator}\"}} ");
@@ -103,10 +90,10 @@ fn an_event_on_a_deep_chain_of_large_deals_costs_a_few_kb_on_disk() {
     deposits(&host, &plain, "aff1", 0..100);
     let events = 400;
     let cost = |operator: &Operator, affiliate: &str| {
-        let (disk, stored) = (disk_usage(&data), stored_bytes(&host, &operator.id));
+        let (disk, stored) = (common::disk_usage(&data), stored_bytes(&host, &operator.id));
         deposits(&host, operator, affiliate, 100..100 + events);
         let per_event = |before: u64, after: u64| after.saturating_sub(before) / events as u64;
-        (per_event(disk, disk_usage(&data)), per_event(stored, stored_bytes(&host, &operator.id)))
+        (per_event(disk, common::disk_usage(&data)), per_event(stored, stored_bytes(&host, &operator.id)))
     };
     let (plain_disk, plain_stored) = cost(&plain, "aff1");
     let (deep_disk, deep_stored) = cost(&acme, "l15");

@@ -94,6 +94,11 @@ enum Command {
         /// default): only before each month's settlements.
         #[arg(long, default_value_t = commission_host::pipeline::checkpoints::DEFAULT_CHECKPOINT_EVERY)]
         checkpoint_every: u64,
+        /// Bytes of the ledger sled keeps in memory (its page cache). A ledger past it is read
+        /// from disk where it is not cached: raise it toward the directory's size when late
+        /// events, statements or verify over a large history wait on the disk.
+        #[arg(long, default_value_t = commission_host::store::DEFAULT_LEDGER_CACHE_BYTES)]
+        ledger_cache_bytes: u64,
         /// Leave out the operator console and affiliate portal (the HTML pages under /console/).
         #[arg(long)]
         no_console: bool,
@@ -182,6 +187,7 @@ fn main() -> anyhow::Result<ExitCode> {
             state_cache_operator_bytes,
             state_quota_bytes,
             checkpoint_every,
+            ledger_cache_bytes,
             no_console,
             cluster,
         } => {
@@ -207,6 +213,11 @@ fn main() -> anyhow::Result<ExitCode> {
                 state_quota_bytes,
                 checkpoint_every,
             };
+            if ledger_cache_bytes < MIN_LEDGER_CACHE_BYTES {
+                anyhow::bail!(
+                    "--ledger-cache-bytes must be at least {MIN_LEDGER_CACHE_BYTES} (1 MiB); leave it out for 1 GiB"
+                );
+            }
             if state_quota_bytes == Some(0) {
                 anyhow::bail!("--state-quota-bytes must be at least 1 (leave it out for no quota)");
             }
@@ -219,6 +230,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 connections,
                 scheduling,
                 console: !no_console,
+                ledger_cache_bytes,
                 cluster,
             }))?;
             Ok(ExitCode::SUCCESS)
@@ -313,6 +325,8 @@ fn keep_data_private(data: &Path) -> anyhow::Result<()> {
 
 /// The shortest admin token taken: the admin routes are open to the network, and guessed at.
 const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+/// Below a mebibyte sled would keep little more than the page being written.
+const MIN_LEDGER_CACHE_BYTES: u64 = 1 << 20;
 
 /// What `serve` was asked for, once its flags are checked.
 struct ServeConfig {
@@ -324,11 +338,23 @@ struct ServeConfig {
     scheduling: Scheduling,
     /// Whether to serve the HTML console and affiliate portal under /console/.
     console: bool,
+    /// sled's page cache, in bytes.
+    ledger_cache_bytes: u64,
     cluster: Option<ClusterConfig>,
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let ServeConfig { data, listen, demo_plugin, body_limits, connections, scheduling, console, cluster } = config;
+    let ServeConfig {
+        data,
+        listen,
+        demo_plugin,
+        body_limits,
+        connections,
+        scheduling,
+        console,
+        ledger_cache_bytes,
+        cluster,
+    } = config;
     let admin_token = match std::env::var("COMMISSION_HOST_ADMIN_TOKEN") {
         Ok(token) if token.chars().count() >= MIN_ADMIN_TOKEN_CHARS => token,
         Ok(_) => {
@@ -343,7 +369,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     };
     keep_data_private(&data)?;
-    let store = Arc::new(Store::open(&data).with_context(|| format!("opening the ledger in {}", data.display()))?);
+    let store = Arc::new(
+        Store::open_with_cache(&data, ledger_cache_bytes)
+            .with_context(|| format!("opening the ledger in {}", data.display()))?,
+    );
     let sandbox = Arc::new(Sandbox::new(Limits::default()).context("configuring the wasm sandbox")?);
     let metrics = Arc::new(Metrics::default());
     let plugins = Arc::new(PluginRegistry::new(store.clone(), sandbox.clone(), metrics.clone()));

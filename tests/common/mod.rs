@@ -488,3 +488,16 @@ pub fn entries(ledger: &[Value]) -> Vec<Entry> {
 pub fn metric(metrics: &str, name: &str) -> Option<f64> {
     metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// The bytes the data directory takes on disk, as `du` counts them.
+pub fn disk_usage(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(path)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let metadata = entry.metadata().unwrap();
+            if metadata.is_dir() { disk_usage(&entry.path()) } else { metadata.blocks() * 512 }
+        })
+        .sum()
+}

@@ -111,10 +111,22 @@ enum Abort {
 
 type TxResult<T> = Result<T, ConflictableTransactionError<Abort>>;
 
+/// Bytes of the ledger sled keeps decoded in memory, unless `serve --ledger-cache-bytes` says
+/// otherwise: sled's own default (1 GiB).
+pub const DEFAULT_LEDGER_CACHE_BYTES: u64 = 1 << 30;
+
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, DEFAULT_LEDGER_CACHE_BYTES)
+    }
+
+    /// Opens the ledger with `cache_bytes` of sled's page cache. A ledger larger than its cache
+    /// is read from disk for what is not in it: where the machine's page cache is small or
+    /// reclaimed (BENCHMARKS.md, history), a late event or a verify then waits on the disk.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(cache_bytes)
             // Durability comes from explicit, grouped flushes before each answer; the
             // background flush only bounds what an unacknowledged write can lose.
             .flush_every_ms(Some(1000))
