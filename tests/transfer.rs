@@ -342,6 +342,19 @@ fn an_export_imported_into_an_empty_host_gives_the_same_ledger_and_verifies() {
     assert_eq!(statement(&empty, &moved), statement(&host, &acme));
     let (status, settlement) = empty.get(&moved, "/events/commission-host.period:2025-09:aff3");
     assert_eq!(status, StatusCode::OK, "aff3 existed at the close: {settlement}");
+    // The job gone over again from its second line, as a job resumed at a line it had done
+    // (its progress not yet saved) goes over that line: each line is found done (the same
+    // component under its number, the same status move last), the job ends done, and the ledger
+    // is as it was.
+    let history = |host: &Host| host.get(&moved, &format!("/commissions/{}", approved["id"].as_str().unwrap())).1;
+    let before = history(&empty);
+    let (status, again) =
+        import(&empty, &moved, "format=export&job=cut&from_line=2", "application/x-ndjson", export.clone());
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!((&again["state"], &again["failed"]), (&json!("done"), &json!(0)), "{again}");
+    assert_eq!(comparable(&check_ledger_invariants(&empty, &moved)), comparable(&original));
+    assert_eq!(empty.get(&moved, "/plugins").1["plugins"].as_array().map(Vec::len), Some(2));
+    assert_eq!(history(&empty), before, "the approval is not made twice");
     // A sender's retry of an event after the move is still a duplicate.
     let (_, retry) = empty.post_events(&moved, &json!({"id": "d1", "type": "deposit", "customer": "c1", "affiliate": "aff1", "amount": "100", "occurred_at": at("2025-09-02")}));
     assert_eq!(retry["status"], "duplicate", "{retry}");

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
 
 use super::history::{ExportLine, FORMAT};
 use super::import_lines::webhook_event;
@@ -135,6 +136,9 @@ impl Restore {
                 let wasm = base64::engine::general_purpose::STANDARD
                     .decode(wasm_base64)
                     .map_err(|error| at_line(number, "wasm_base64", error.to_string()))?;
+                if holds_plugin(import, version, &wasm).await? {
+                    return import.save().await;
+                }
                 let record = operators::add_plugin(state, &op, wasm)
                     .await
                     .map_err(|error| at_line(number, "wasm_base64", error.message().to_owned()))?;
@@ -192,9 +196,13 @@ impl Restore {
                 let Ok(index) = u16::try_from(index) else {
                     return Err(at_line(number, "index", format!("{index} is past any event's commissions")));
                 };
+                let change = StatusChange { status, at, by, note: format!("imported: {note}"), reference };
+                if last_move_is(import, &event, index, &change)? {
+                    return import.save().await;
+                }
                 let moving = Command::MoveCommissions {
                     commissions: vec![CommissionRef { event: event.clone(), index }],
-                    change: StatusChange { status, at, by, note: format!("imported: {note}"), reference },
+                    change,
                     payout: None,
                 };
                 let moved = ordered(import, number, moving).await?.moved();
@@ -217,6 +225,30 @@ impl Restore {
     pub fn ended(&self) -> bool {
         self.ended
     }
+}
+
+// A job resumed at a line it had done (its progress is saved after each line, so a host that
+// stopped between the two, or a client sending `from_line` back, goes over it again): the lines
+// that are not idempotent by themselves are found done and passed over.
+
+/// Whether the operator holds this very component as `version` already.
+async fn holds_plugin(import: &Import<'_>, version: u32, wasm: &[u8]) -> Result<bool, Stop> {
+    let pipeline = &import.state.pipeline;
+    let stop = |error: IngestError| Stop::Error(super::events::ingest_error(error));
+    if !pipeline.hold_plugin(&import.operator, version).await.map_err(stop)? {
+        return Ok(false);
+    }
+    let stored = pipeline.store().plugin(&import.operator, version).map_err(|error| stop(error.into()))?;
+    Ok(stored.is_some_and(|record| record.sha256 == hex::encode(Sha256::digest(wasm))))
+}
+
+/// Whether the last move of the event's `index`th commission is `change` already.
+fn last_move_is(import: &Import<'_>, event: &str, index: u16, change: &StatusChange) -> Result<bool, Stop> {
+    let store = import.state.pipeline.store();
+    let stop = |error: crate::store::StoreError| Stop::Error(ApiError::from(error));
+    let Some(record) = store.event(&import.operator, event).map_err(stop)? else { return Ok(false) };
+    let Some(id) = record.commission_ids.get(usize::from(index)) else { return Ok(false) };
+    Ok(store.commission_status(&import.operator, id).map_err(stop)?.history.last() == Some(change))
 }
 
 /// Stored terms as they arrive on the wire, to be checked as a route checks them.
