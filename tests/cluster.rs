@@ -6,6 +6,8 @@
 
 use crate::common;
 
+mod imports;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -366,7 +368,7 @@ fn single_node_run(dir: &Path, seen: &Seen, closed: Option<&str>) -> BTreeMap<St
 
 /// Every acknowledged event is in the ledger, accepted exactly once; per customer, the ledger
 /// accepted them in the order they were sent; the owner's view pays what a single host pays.
-fn check_ledger(nats: &Nats, hosts: &HashMap<String, Host>, seen: &Seen, single: &BTreeMap<String, Paid>) {
+fn check_ledger(dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>, seen: &Seen, single: &BTreeMap<String, Paid>) {
     for operator in OPERATORS {
         let (outcomes, order) = committed(&ledger(nats, operator));
         let sent: Vec<&Value> = seen.acknowledged.get(operator).into_iter().flatten().collect();
@@ -418,9 +420,9 @@ fn check_ledger(nats: &Nats, hosts: &HashMap<String, Host>, seen: &Seen, single:
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        for (name, host) in hosts {
-            assert_no_divergence(name, host, operator);
-        }
+        // Every live node's view applies the whole ledger, each request checked against the
+        // owner's answer (`view_divergences`).
+        views_apply_the_ledger_of(operator, dir, nats, hosts);
     }
 }
 
@@ -475,7 +477,7 @@ fn killing_the_owner_of_a_busy_operator_and_a_nats_server_mid_load_loses_nothing
     let new_owner = owner(&nats, "busy");
     assert_ne!(new_owner, victim, "another node owns the operator");
     let single = single_node_run(dir.path(), &seen, None);
-    check_ledger(&nats, &hosts, &seen, &single);
+    check_ledger(dir.path(), &nats, &hosts, &seen, &single);
 }
 
 /// The scenarios run one at a time: each is a cluster of six processes, on loopback.
@@ -518,7 +520,49 @@ fn cluster(dir: &Path) -> (Nats, HashMap<String, Host>) {
         assert_eq!(placement["preferred"], placement["owner"], "{status}");
     }
     affiliates_travel_through_the_log(&nats, &hosts, names[0]);
+    the_console_shows_a_new_operator_on_any_node(&hosts, &names);
     (nats, hosts)
+}
+
+/// An operator created through one node, an event for it through another, and at once the
+/// console of a third: its sign-in takes the operator's key and its ledger page shows the
+/// commission just answered (the console's API calls are forwarded to the owner like any read).
+/// A session lives on the node that signed it in, so the cookie is used there.
+fn the_console_shows_a_new_operator_on_any_node(hosts: &HashMap<String, Host>, names: &[&str]) {
+    let fresh = hosts[names[0]].multi_event_with_aff1("fresh");
+    let through = &hosts[names[2]];
+    let paid = through.accept(
+        &fresh,
+        json!({"id": "fresh-d1", "type": "deposit", "customer": "fresh-c1", "amount": "50", "affiliate": "aff1"}),
+    );
+    assert_eq!(paid["status"], "accepted", "{paid}");
+
+    let console = &hosts[names[1]];
+    let browser =
+        Client::builder().timeout(Duration::from_secs(30)).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let cookie_of = |answer: &reqwest::blocking::Response| -> String {
+        let set = answer.headers()["set-cookie"].to_str().unwrap();
+        set.split(';').next().unwrap().to_owned()
+    };
+    let form = browser.get(format!("{}/console/sign-in", console.base)).send().unwrap();
+    assert_eq!(form.status(), StatusCode::OK);
+    let anonymous = cookie_of(&form);
+    let page = form.text().unwrap();
+    let csrf = page.split(r#"name="csrf" value=""#).nth(1).and_then(|rest| rest.split('"').next()).unwrap();
+    let signed_in = browser
+        .post(format!("{}/console/sign-in", console.base))
+        .header("cookie", &anonymous)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}&operator=fresh&affiliate=&key={}", fresh.api_key))
+        .send()
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER, "{}", signed_in.text().unwrap());
+    assert_eq!(signed_in.headers()["location"], "/console/overview");
+    let session = cookie_of(&signed_in);
+    let ledger = browser.get(format!("{}/console/ledger", console.base)).header("cookie", &session).send().unwrap();
+    assert_eq!(ledger.status(), StatusCode::OK);
+    let ledger = ledger.text().unwrap();
+    assert!(ledger.contains(">fresh-d1<"), "the commission of fresh-d1 is not on the console's ledger page:\n{ledger}");
 }
 
 /// Waits (60 s at most: each node compiles each plugin version) until `check` holds on `host`;
@@ -794,7 +838,7 @@ fn a_host_stopped_with_sigterm_hands_its_operators_over_with_no_5xx_to_retrying_
     let new_owner = owner(&nats, "busy");
     assert_ne!(new_owner, victim, "another node owns the operator");
     let single = single_node_run(dir.path(), &seen, None);
-    check_ledger(&nats, &hosts, &seen, &single);
+    check_ledger(dir.path(), &nats, &hosts, &seen, &single);
 
     // A node on an empty data directory, given nothing, once the others have left, sets the
     // operators up from the cluster, takes them, and rebuilds its view from the ledger stream:
@@ -883,10 +927,11 @@ fn an_owner_paused_past_its_lease_writes_nothing_after_the_new_owner_took_over()
     );
     seen.acknowledged.get_mut("busy").unwrap().splice(0..0, early);
     let single = single_node_run(dir.path(), &seen, Some(CLOSED));
-    check_ledger(&nats, &hosts, &seen, &single);
+    check_ledger(dir.path(), &nats, &hosts, &seen, &single);
     views_follow_the_close(dir.path(), &nats, &hosts, &client);
     money_moves_through_the_log(dir.path(), &nats, &hosts, &client);
     an_export_imported_through_one_node_is_in_every_view(dir.path(), &nats, &hosts, &client);
+    imports::an_import_is_running_through_every_node_while_it_runs(&nats, &hosts, &client);
 }
 
 /// The month the pause scenario closes.
@@ -979,7 +1024,7 @@ fn money_moves_through_the_log(dir: &Path, nats: &Nats, hosts: &HashMap<String, 
         (answer.status(), answer.json().unwrap_or(Value::Null))
     };
     let nodes: Vec<String> = hosts.values().map(|host| host.base.clone()).collect();
-    load(nodes, "moving-", 6, 5, || {
+    let seen = load(nodes, "moving-", 6, 5, || {
         let (status, approved) = post(others[0], &format!("/v1/operators/busy/periods/{CLOSED}/approve"), json!({}));
         assert_eq!(status, StatusCode::OK, "{approved}");
         assert!(!approved["approved"].as_array().unwrap().is_empty(), "{approved}");
@@ -1008,6 +1053,7 @@ fn money_moves_through_the_log(dir: &Path, nats: &Nats, hosts: &HashMap<String, 
         let (status, refused) = post(others[1], &path, json!({"status": "approved"}));
         assert_eq!((status, &refused["error"]), (StatusCode::CONFLICT, &json!("status_transition")), "{refused}");
     });
+    assert!(seen.server_errors.is_empty(), "5xx while money moved: {:?}", seen.server_errors);
     views_apply_the_whole_ledger(dir, nats, hosts);
     let owners = statuses(client, &hosts[&owner_name], "busy");
     for wanted in ["paid", "rejected"] {

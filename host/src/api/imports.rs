@@ -32,10 +32,34 @@ use crate::store::records::OperatorRecord;
 /// speed of webhook batches and holds no more than one in memory.
 const BATCH: usize = 500;
 
-/// This run of the host: a job recorded `running` by another run was cut off by a restart.
-fn this_run() -> &'static str {
+/// How long a job recorded `running` by another node of a cluster is taken to be running there
+/// without progress: it saves its progress after every batch, so one that did not for this long
+/// was cut off (its node stopped, or its client went away).
+const RUNNING_ELSEWHERE_FOR: i64 = 60_000;
+
+/// This run of the host, after its node's name in a cluster (`node/run`; a single host has no
+/// name). A job recorded `running` by an earlier run of the same node was cut off by a restart;
+/// one recorded by another node is running there while its progress keeps coming.
+fn this_run(state: &AppState) -> String {
     static RUN: OnceLock<String> = OnceLock::new();
-    RUN.get_or_init(crate::secrets::random_text)
+    let run = RUN.get_or_init(crate::secrets::random_text);
+    match &state.cluster {
+        Some(cluster) => format!("{}/{run}", cluster.node()),
+        None => run.clone(),
+    }
+}
+
+/// The node a run id names (`""` for a single host's).
+fn node_of(run: &str) -> &str {
+    run.split_once('/').map_or("", |(node, _)| node)
+}
+
+/// Whether `job` is running on another node of the cluster: recorded so by a run of that node,
+/// which saved its progress lately.
+fn running_elsewhere(state: &AppState, job: &ImportJob) -> bool {
+    job.state == ImportState::Running
+        && node_of(&job.run) != node_of(&this_run(state))
+        && now_ms().saturating_sub(job.updated_at) < RUNNING_ELSEWHERE_FOR
 }
 
 /// The jobs running in this process: one request per job at a time.
@@ -77,15 +101,17 @@ pub struct JobView {
     pub updated_at: String,
 }
 
-fn view(job: &ImportJob) -> JobView {
+fn view(state: &AppState, job: &ImportJob) -> JobView {
     let mut job = job.clone();
     // A job recorded running that no request runs was cut off: by a restart of the host, or
     // by its client going away (the handler is dropped with the connection).
     let key = (job.operator.clone(), job.id.clone());
+    let ours = job.run == this_run(state);
     if job.state == ImportState::Running
-        && (job.run != this_run() || !running().lock().expect("running imports lock").contains(&key))
+        && !running_elsewhere(state, &job)
+        && (!ours || !running().lock().expect("running imports lock").contains(&key))
     {
-        let cause = if job.run != this_run() { "the host stopped" } else { "the request that sent it ended" };
+        let cause = if ours { "the request that sent it ended" } else { "the host running it stopped" };
         job.state = ImportState::Stopped;
         job.stopped_at = Some(LineProblem {
             line: job.lines_read + 1,
@@ -133,7 +159,7 @@ pub async fn status(
         .store()
         .import_job(&operator.id, &job)?
         .ok_or_else(|| ApiError::not_found(format!("operator {op:?} has no import job {job:?}")))?;
-    Ok(Json(view(&job)))
+    Ok(Json(view(&state, &job)))
 }
 
 /// What the query asked for.
@@ -233,6 +259,13 @@ pub async fn start(
     }
     let _guard = RunningGuard(key);
     let earlier = store.import_job(&operator.id, &id)?;
+    if let Some(earlier) = earlier.as_ref().filter(|earlier| running_elsewhere(&state, earlier)) {
+        let message = format!(
+            "import job {id:?} is running on node {}; read its status, and send the file again with this job once it has stopped",
+            node_of(&earlier.run)
+        );
+        return Err(ApiError::new(StatusCode::CONFLICT, "import_running", message));
+    }
     if let Some(earlier) = &earlier
         && earlier.format != request.format
     {
@@ -250,7 +283,7 @@ pub async fn start(
             lines_read: from_line - 1,
             stopped_at: None,
             updated_at: now,
-            run: this_run().to_owned(),
+            run: this_run(&state),
             ..earlier
         },
         None => ImportJob {
@@ -266,7 +299,7 @@ pub async fn start(
             stopped_at: None,
             started_at: now,
             updated_at: now,
-            run: this_run().to_owned(),
+            run: this_run(&state),
         },
     };
     let mut import = Import { state: &state, operator: operator.id.clone(), admin, job, batch: Vec::new() };
@@ -294,7 +327,7 @@ pub async fn start(
     if let Some(error) = failure {
         return Err(error);
     }
-    let view = view(&import.job);
+    let view = view(&state, &import.job);
     Ok(match &view.stopped_at {
         None => Json(view).into_response(),
         Some(stopped) => {

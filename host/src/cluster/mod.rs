@@ -108,6 +108,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// This node's name in the cluster.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Joins the cluster: makes its streams if missing, routes `pipeline`'s events through it,
     /// and starts taking operators.
     pub async fn join(

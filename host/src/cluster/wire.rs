@@ -165,9 +165,15 @@ impl Answer {
 
     /// Where this answer (a view's, applying a ledger entry) pays otherwise than `ledger` (the
     /// owner's answer in that entry): an event's commissions by affiliate, rule, currency and
-    /// amount, or a retry's counts. `None` when they agree. Commission ids are not compared:
-    /// each node numbers its own ledger.
+    /// amount, a retry's counts, a money move's counts, or another kind of answer. `None` when
+    /// they agree. Commission ids are not compared: each node numbers its own ledger.
+    ///
+    /// A view can apply an entry again (its position is noted without a sync, and after a
+    /// refusal mid-entry): its events are then `duplicate`, paying what they paid, but a retry
+    /// finds nothing left to retry and a move finds its commissions moved. So a retry or a move
+    /// of which this view did nothing is taken as applied before, not as a difference.
     pub fn pays_otherwise_than(&self, ledger: &Answer) -> Option<String> {
+        let differs = || Some(format!("{self:?} here, {ledger:?} in the ledger"));
         match (self, ledger) {
             (Answer::Outcomes { outcomes: here }, Answer::Outcomes { outcomes: there }) => {
                 if here.len() != there.len() {
@@ -183,12 +189,19 @@ impl Answer {
                     })
                 })
             }
+            (Answer::Retried { retried: 0, .. }, Answer::Retried { .. }) => None,
             (
                 Answer::Retried { retried, accepted, still_failed },
                 Answer::Retried { retried: r, accepted: a, still_failed: s },
-            ) if (retried, accepted, still_failed) != (r, a, s) => {
-                Some(format!("{self:?} here, {ledger:?} in the ledger"))
+            ) => ((retried, accepted, still_failed) != (r, a, s)).then(differs).flatten(),
+            (Answer::Moved { moved, .. }, Answer::Moved { .. }) if moved.is_empty() => None,
+            (Answer::Moved { existing, moved, refused }, Answer::Moved { existing: e, moved: m, refused: r }) => {
+                ((existing.is_some(), moved.len(), refused.len()) != (e.is_some(), m.len(), r.len()))
+                    .then(differs)
+                    .flatten()
             }
+            (Answer::Changed { found }, Answer::Changed { found: f }) => (found != f).then(differs).flatten(),
+            _ if std::mem::discriminant(self) != std::mem::discriminant(ledger) => differs(),
             _ => None,
         }
     }
@@ -418,5 +431,32 @@ mod tests {
         assert!(told.starts_with("event d1: "), "{told}");
         let fewer = Answer::Outcomes { outcomes: vec![paying("d1", "accepted", &[("aff1", "10"), ("aff2", "1.50")])] };
         assert!(fewer.pays_otherwise_than(&ledger).is_some());
+        let retried = Answer::Retried { retried: 0, accepted: 0, still_failed: 0 };
+        assert!(retried.pays_otherwise_than(&ledger).is_some(), "another kind of answer");
+    }
+
+    #[test]
+    fn a_move_or_retry_is_compared_by_its_counts_unless_the_view_applied_it_before() {
+        let moved = |moved: usize, refused: usize| Answer::Moved {
+            existing: None,
+            moved: (0..moved).map(|n| format!("com_{n}")).collect(),
+            refused: (0..refused).map(|n| (format!("com_r{n}"), "is paid".to_owned())).collect(),
+        };
+        // Other ids on another node: the counts are what is compared.
+        let mut renumbered = moved(3, 1);
+        if let Answer::Moved { moved, .. } = &mut renumbered {
+            moved[0] = "com_99".into();
+        }
+        assert_eq!(renumbered.pays_otherwise_than(&moved(3, 1)), None);
+        assert!(moved(2, 1).pays_otherwise_than(&moved(3, 1)).is_some(), "a commission fewer moved");
+        assert!(moved(3, 0).pays_otherwise_than(&moved(3, 1)).is_some(), "one refused in the ledger only");
+        // The same entry applied again: everything moved already.
+        assert_eq!(moved(0, 4).pays_otherwise_than(&moved(3, 1)), None);
+
+        let retried = |retried, accepted| Answer::Retried { retried, accepted, still_failed: retried - accepted };
+        assert_eq!(retried(2, 1).pays_otherwise_than(&retried(2, 1)), None);
+        assert!(retried(2, 2).pays_otherwise_than(&retried(2, 1)).is_some());
+        assert_eq!(retried(0, 0).pays_otherwise_than(&retried(2, 1)), None, "applied again: nothing left to retry");
+        assert!(Answer::Changed { found: false }.pays_otherwise_than(&Answer::Changed { found: true }).is_some());
     }
 }
