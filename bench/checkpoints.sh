@@ -6,7 +6,8 @@
 # a late wager into the latest closed month, into the oldest of ten, one affiliate's statement,
 # and a full verify (events/s). Usage: SIZES="10000 100000 1000000" bench/checkpoints.sh
 # HOST_BIN=path skips the build (a binary built by `cargo build --release`). SERVE_ARGS are
-# passed to the host's `serve` (say, SERVE_ARGS="--ledger-cache-bytes 8589934592").
+# passed to the host's `serve` (say, SERVE_ARGS="--ledger-cache-bytes 8589934592"); DROP_CACHES=1
+# (as root) empties the kernel's page cache between filling and timing, as a cold disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES=${SIZES:-"10000 100000"}
@@ -62,6 +63,9 @@ late() { # operator key id month -> ms of three late events, one after the other
 for size in $SIZES; do
   key1=$(setup "one$size" 1 "$size")
   key10=$(setup "ten$size" 10 "$size")
+  if [ -n "${DROP_CACHES:-}" ]; then # the kernel's page cache emptied (root): reads not in sled's own cache go to the disk
+    sync && echo 3 >/proc/sys/vm/drop_caches
+  fi
   echo "== $size events of history ($(du -sh "$work/data" | cut -f1) on disk for both)"
   echo "late event into the latest closed month, one month:  $(late "one$size" "$key1" late1 01) ms"
   echo "late event into the latest closed month, ten months: $(late "ten$size" "$key10" late10 10) ms"
