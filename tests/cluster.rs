@@ -3,10 +3,17 @@
 //! and retries, and a node killed (with a nats-server), stopped or paused mid-load.
 //!
 //! Needs Debian's `nats-server` (2.9.10): `apt-get install -y nats-server` (`.ci/run` does).
+//!
+//! Here: the harness (the NATS servers, the nodes, the load, the ledger checks) and the three
+//! scenarios. What the scenarios check beside the load is in `cluster/`: [`configuration`]
+//! (what is created once travels to every node), [`views`] (every node's own view of the
+//! ledger) and [`imports`].
 
 use crate::common;
 
+mod configuration;
 mod imports;
+mod views;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
@@ -18,10 +25,18 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use common::{ADMIN_TOKEN, Host, Operator, Rng, metric};
+use configuration::{
+    affiliates_travel_through_the_log, configuration_travels_through_the_cluster,
+    the_console_shows_a_new_operator_on_any_node,
+};
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
+use views::{
+    an_export_imported_through_one_node_is_in_every_view, money_moves_through_the_log, views_apply_the_ledger_of,
+    views_follow_the_close,
+};
 
 const OPERATORS: [&str; 2] = ["busy", "calm"];
 const LEASE_MS: &str = "1500";
@@ -524,47 +539,6 @@ fn cluster(dir: &Path) -> (Nats, HashMap<String, Host>) {
     (nats, hosts)
 }
 
-/// An operator created through one node, an event for it through another, and at once the
-/// console of a third: its sign-in takes the operator's key and its ledger page shows the
-/// commission just answered (the console's API calls are forwarded to the owner like any read).
-/// A session lives on the node that signed it in, so the cookie is used there.
-fn the_console_shows_a_new_operator_on_any_node(hosts: &HashMap<String, Host>, names: &[&str]) {
-    let fresh = hosts[names[0]].multi_event_with_aff1("fresh");
-    let through = &hosts[names[2]];
-    let paid = through.accept(
-        &fresh,
-        json!({"id": "fresh-d1", "type": "deposit", "customer": "fresh-c1", "amount": "50", "affiliate": "aff1"}),
-    );
-    assert_eq!(paid["status"], "accepted", "{paid}");
-
-    let console = &hosts[names[1]];
-    let browser =
-        Client::builder().timeout(Duration::from_secs(30)).redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let cookie_of = |answer: &reqwest::blocking::Response| -> String {
-        let set = answer.headers()["set-cookie"].to_str().unwrap();
-        set.split(';').next().unwrap().to_owned()
-    };
-    let form = browser.get(format!("{}/console/sign-in", console.base)).send().unwrap();
-    assert_eq!(form.status(), StatusCode::OK);
-    let anonymous = cookie_of(&form);
-    let page = form.text().unwrap();
-    let csrf = page.split(r#"name="csrf" value=""#).nth(1).and_then(|rest| rest.split('"').next()).unwrap();
-    let signed_in = browser
-        .post(format!("{}/console/sign-in", console.base))
-        .header("cookie", &anonymous)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("csrf={csrf}&operator=fresh&affiliate=&key={}", fresh.api_key))
-        .send()
-        .unwrap();
-    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER, "{}", signed_in.text().unwrap());
-    assert_eq!(signed_in.headers()["location"], "/console/overview");
-    let session = cookie_of(&signed_in);
-    let ledger = browser.get(format!("{}/console/ledger", console.base)).header("cookie", &session).send().unwrap();
-    assert_eq!(ledger.status(), StatusCode::OK);
-    let ledger = ledger.text().unwrap();
-    assert!(ledger.contains(">fresh-d1<"), "the commission of fresh-d1 is not on the console's ledger page:\n{ledger}");
-}
-
 /// Waits (60 s at most: each node compiles each plugin version) until `check` holds on `host`;
 /// past that, fails with the end of its log.
 fn eventually(what: &str, host: &Host, mut check: impl FnMut() -> Result<(), String>) {
@@ -592,186 +566,6 @@ fn get_with(client: &Client, host: &Host, key: &str, path: &str) -> (StatusCode,
         .send()
         .unwrap();
     (answer.status(), answer.json().unwrap_or(Value::Null))
-}
-
-/// Operators created on one node, and their plugins, are set up on every node from the
-/// cluster: the same plugin versions (number and sha256), and the credentials shown once at
-/// creation work on every node. An id taken on one node is taken on all; a plugin uploaded
-/// through another node is the next version everywhere, and shadowed through a third, it is the
-/// shadow in every view; a key rotated through that node is the only key of the operator on
-/// every node once its views have applied the rotation.
-fn configuration_travels_through_the_cluster(hosts: &HashMap<String, Host>, operators: &[Operator], names: &[&str]) {
-    let client = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-    let plugins_of = |host: &Host, operator: &Operator| {
-        let path = format!("/v1/operators/{}/plugins", operator.id);
-        let answer = own_view(&client, host, &path);
-        assert_eq!(answer.status(), StatusCode::OK);
-        let body: Value = answer.json().unwrap();
-        body["plugins"].as_array().unwrap().iter().map(|p| (p["version"].clone(), p["sha256"].clone())).collect()
-    };
-    let held = |operator: &Operator| -> Vec<(Value, Value)> { plugins_of(&hosts[names[0]], operator) };
-    for operator in operators {
-        let expected = held(operator);
-        assert_eq!(expected.len(), 1, "{expected:?}");
-        for name in &names[1..] {
-            eventually(&format!("{} set up on node {name}", operator.id), &hosts[*name], || {
-                match get_with(
-                    &client,
-                    &hosts[*name],
-                    &operator.api_key,
-                    &format!("/v1/operators/{}/plugins", operator.id),
-                ) {
-                    (StatusCode::OK, _) => {}
-                    (status, body) => return Err(format!("the operator's own key: {status} {body}")),
-                }
-                let there: Vec<(Value, Value)> = plugins_of(&hosts[*name], operator);
-                if there == expected { Ok(()) } else { Err(format!("{there:?} against {expected:?}")) }
-            });
-        }
-    }
-
-    let again = client
-        .post(format!("{}/v1/operators", hosts[names[1]].base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"id": "busy", "name": "Busy again", "currency": "EUR"}))
-        .send()
-        .unwrap();
-    assert_eq!(again.status(), StatusCode::CONFLICT, "an id taken on another node is taken");
-
-    let calm = operators.iter().find(|operator| operator.id == "calm").unwrap();
-    let compiled = |host: &Host| metric(&host.metrics(), r#"commission_host_plugin_loads_total{source="compiled"}"#);
-    let compiled_before = compiled(&hosts[names[2]]).unwrap_or(0.0);
-    let (status, uploaded) = hosts[names[2]].upload_plugin(calm, &common::plugin_wasm("multi-event"), false);
-    assert_eq!(status, StatusCode::CREATED, "{uploaded}");
-    assert_eq!(uploaded["version"], 2, "{uploaded}");
-    // Named through another node at once, before that node's own watch could compile it.
-    let dated = client
-        .post(format!("{}/v1/operators/calm/plugins/2/activate", hosts[names[0]].base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"effective_from": "2031-01-01T00:00:00Z"}))
-        .send()
-        .unwrap();
-    assert_eq!(dated.status(), StatusCode::OK, "{}", dated.text().unwrap());
-    let expected = vec![held(calm)[0].clone(), (uploaded["version"].clone(), uploaded["sha256"].clone())];
-    for name in names {
-        eventually(&format!("calm's version 2 on node {name}"), &hosts[*name], || {
-            let there: Vec<(Value, Value)> = plugins_of(&hosts[*name], calm);
-            if there == expected { Ok(()) } else { Err(format!("{there:?} against {expected:?}")) }
-        });
-    }
-
-    // Shadowing the new version through one node starts the shadow in every node's view.
-    let shadow = client
-        .put(format!("{}/v1/operators/calm/shadow", hosts[names[1]].base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"version": 2}))
-        .send()
-        .unwrap();
-    assert_eq!(shadow.status(), StatusCode::OK);
-    for name in names {
-        eventually(&format!("calm's shadow on node {name}"), &hosts[*name], || {
-            let operators: Value = own_view(&client, &hosts[*name], "/v1/operators").json().unwrap();
-            let calm = operators["operators"].as_array().unwrap().iter().find(|op| op["id"] == "calm").cloned();
-            match calm {
-                Some(calm) if calm["settings"]["shadow_plugin"] == 2 => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        });
-    }
-
-    let rotated = client
-        .post(format!("{}/v1/operators/calm/credentials/api_key/rotate", hosts[names[1]].base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"grace_seconds": 0}))
-        .send()
-        .unwrap();
-    assert_eq!(rotated.status(), StatusCode::OK);
-    let rotated: Value = rotated.json().unwrap();
-    let new_key = rotated["value"].as_str().unwrap();
-    for name in names {
-        eventually(&format!("calm's rotated key on node {name}"), &hosts[*name], || {
-            let path = "/v1/operators/calm/plugins";
-            match (
-                get_with(&client, &hosts[*name], new_key, path).0,
-                get_with(&client, &hosts[*name], &calm.api_key, path).0,
-            ) {
-                (StatusCode::OK, StatusCode::UNAUTHORIZED) => Ok(()),
-                (new, old) => Err(format!("the new key: {new}, the old: {old}")),
-            }
-        });
-    }
-    // The node that took the upload compiled it once: its own watch found it stored.
-    assert_eq!(compiled(&hosts[names[2]]), Some(compiled_before + 1.0), "{}", hosts[names[2]].metrics());
-}
-
-/// An affiliate put through one node is in every node's own view, the same record (its deal
-/// and parent), and so are FX rates; a move that would make a loop is refused whichever node
-/// receives it.
-fn affiliates_travel_through_the_log(nats: &Nats, hosts: &HashMap<String, Host>, through: &str) {
-    let client = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-    let put = |node: &str, affiliate: &str, body: Value| {
-        let answer = client
-            .put(format!("{}/v1/operators/calm/affiliates/{affiliate}", hosts[node].base))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-            .unwrap();
-        (answer.status(), answer.json::<Value>().unwrap())
-    };
-    let (status, body) = put(through, "aff2", json!({"parent": "aff1", "deal": {"note": "through the log"}}));
-    assert_eq!(status, StatusCode::OK, "{body}");
-    for (name, host) in hosts {
-        let started = Instant::now();
-        loop {
-            let answer = own_view(&client, host, "/v1/operators/calm/affiliates/aff2");
-            let status = answer.status();
-            let seen = answer.text().unwrap();
-            if status == StatusCode::OK {
-                assert_eq!(serde_json::from_str::<Value>(&seen).unwrap(), body, "{name}'s view of aff2");
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                let log = host.log();
-                let trouble: Vec<&str> =
-                    log.lines().filter(|line| line.contains("WARN") || line.contains("ERROR")).collect();
-                panic!(
-                    "aff2 never reached {name}'s view (it answers {status}: {seen}; {} owns calm); its log's \
-                     warnings: {trouble:#?}",
-                    owner(nats, "calm")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    // FX rates too: every node's own record of the operator says the same rates, source and time.
-    let answer = client
-        .put(format!("{}/v1/operators/calm/fx-rates", hosts[through].base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"rates": {"EUR": "1.1"}, "source": "through the log"}))
-        .send()
-        .unwrap();
-    assert_eq!(answer.status(), StatusCode::OK);
-    let set: Value = answer.json().unwrap();
-    for (name, host) in hosts {
-        let started = Instant::now();
-        loop {
-            let operators: Value = own_view(&client, host, "/v1/operators").json().unwrap();
-            let calm = operators["operators"].as_array().unwrap().iter().find(|op| op["id"] == "calm").unwrap().clone();
-            let settings = &calm["settings"];
-            if settings["fx_source"] == "through the log" {
-                assert_eq!(settings["fx_currencies"], json!(["EUR"]), "{name}: {calm}");
-                assert_eq!(settings["fx_updated_at"], set["updated_at"], "{name}: {calm}");
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(20), "the rates never reached {name}'s view: {calm}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    let other = hosts.keys().find(|name| *name != through).unwrap();
-    let (status, refused) = put(other, "aff1", json!({"parent": "aff2"}));
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
-    assert_eq!(refused["details"][0]["field"], "parent", "{refused}");
-    assert!(refused["details"][0]["problem"].as_str().unwrap().contains("loop"), "{refused}");
 }
 
 /// `GET path` as the admin, answered from `host`'s own view (marked as forwarded already, so
@@ -936,230 +730,3 @@ fn an_owner_paused_past_its_lease_writes_nothing_after_the_new_owner_took_over()
 
 /// The month the pause scenario closes.
 const CLOSED: &str = "2020-01";
-
-/// Once every node's view has applied the whole ledger of `busy`: the closed month's statement
-/// is the same in every view (read from each node's own, not forwarded), `verify` is clean on
-/// each, and an event of the closed month is refused as late through every node.
-fn views_follow_the_close(dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>, client: &Client) {
-    views_apply_the_whole_ledger(dir, nats, hosts);
-    let statements: BTreeMap<&String, Value> = hosts
-        .iter()
-        .map(|(name, host)| {
-            let answer = own_view(client, host, &format!("/v1/operators/busy/periods/{CLOSED}/statement"));
-            assert_eq!(answer.status(), StatusCode::OK, "{name}");
-            (name, without_own_fields(answer.json().unwrap()))
-        })
-        .collect();
-    let first = statements.values().next().unwrap();
-    assert!(first["affiliates"][0]["as_closed"].is_object(), "{first}");
-    for (name, statement) in &statements {
-        assert_eq!(statement, first, "{name}'s view of the closed month's statement");
-    }
-    for (name, host) in hosts {
-        let replayed = common::assert_verifies(host, &as_admin("busy"));
-        assert!(replayed > 0, "{name} verified nothing");
-        let late = json!({"id": "late-1", "type": "deposit", "customer": "late", "amount": "10", "affiliate": "aff1", "occurred_at": format!("{CLOSED}-20T12:00:00Z")});
-        let (status, body) = host.post_events(&as_admin("busy"), &late);
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {body}");
-        assert_eq!(body["details"][0]["field"], "occurred_at", "{name}: {body}");
-    }
-}
-
-/// Waits (30 s at most) until every node's view of `busy` has applied its last ledger entry.
-fn views_apply_the_whole_ledger(dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>) {
-    views_apply_the_ledger_of("busy", dir, nats, hosts);
-}
-
-/// Waits (30 s at most) until every node's view of `operator` has applied its last ledger entry.
-fn views_apply_the_ledger_of(operator: &str, dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>) {
-    let last = with_nats(nats, async |client| {
-        let stream = async_nats::jetstream::new(client).get_stream("CH_LEDGER").await.expect("the ledger stream");
-        let subject = format!("ch.ledger.{operator}");
-        stream.get_last_raw_message_by_subject(&subject).await.expect("a ledger entry").sequence
-    });
-    let started = Instant::now();
-    for name in hosts.keys() {
-        let position = dir.join(name).join("cluster").join(format!("{operator}.position"));
-        while std::fs::read_to_string(&position).ok().and_then(|text| text.trim().parse::<u64>().ok()) < Some(last) {
-            assert!(started.elapsed() < Duration::from_secs(30), "{name}'s view did not reach ledger entry {last}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert_no_divergence(name, &hosts[name], operator);
-    }
-}
-
-/// The operator's commissions in `host`'s own view, named as every node names them (event,
-/// rule, amount), with their statuses, sorted.
-fn statuses(client: &Client, host: &Host, operator: &str) -> Vec<(String, String, String, String)> {
-    let (mut all, mut cursor) = (Vec::new(), String::new());
-    loop {
-        let answer = own_view(client, host, &format!("/v1/operators/{operator}/commissions?limit=1000{cursor}"));
-        assert_eq!(answer.status(), StatusCode::OK);
-        let page: Value = answer.json().unwrap();
-        for commission in page["commissions"].as_array().unwrap() {
-            let text = |field: &str| commission[field].as_str().unwrap_or_default().to_owned();
-            all.push((text("event_id"), text("rule"), text("amount"), text("status")));
-        }
-        match page["next"].as_str() {
-            Some(next) => cursor = format!("&cursor={next}"),
-            None => break,
-        }
-    }
-    all.sort();
-    all
-}
-
-/// Money moved through nodes that do not own the operator while events keep arriving: the
-/// closed month approved through one, paid under a reference through another (sent again
-/// through the first, it pays nothing more), one commission of the load moved to `rejected`
-/// through the first; each answered as one host answers, and once every view has applied the
-/// ledger, every node's own view holds the same statuses (of the moved commissions and of the
-/// new events' alike). An affiliate key issued through one node opens the affiliate's
-/// commissions through every node, and once revoked through another, none.
-fn money_moves_through_the_log(dir: &Path, nats: &Nats, hosts: &HashMap<String, Host>, client: &Client) {
-    let owner_name = owner(nats, "busy");
-    let others: Vec<&Host> = hosts.iter().filter(|(name, _)| **name != owner_name).map(|(_, host)| host).collect();
-    let post = |host: &Host, path: &str, body: Value| -> (StatusCode, Value) {
-        let answer = client.post(format!("{}{path}", host.base)).bearer_auth(ADMIN_TOKEN).json(&body).send().unwrap();
-        (answer.status(), answer.json().unwrap_or(Value::Null))
-    };
-    let nodes: Vec<String> = hosts.values().map(|host| host.base.clone()).collect();
-    let seen = load(nodes, "moving-", 6, 5, || {
-        let (status, approved) = post(others[0], &format!("/v1/operators/busy/periods/{CLOSED}/approve"), json!({}));
-        assert_eq!(status, StatusCode::OK, "{approved}");
-        assert!(!approved["approved"].as_array().unwrap().is_empty(), "{approved}");
-        let payment = json!({"reference": "bank-2020-01", "period": CLOSED});
-        let (status, paid) = post(others[1], "/v1/operators/busy/payouts", payment.clone());
-        assert_eq!(status, StatusCode::OK, "{paid}");
-        assert_eq!(paid["duplicate"], false, "{paid}");
-        let approved_ids: HashSet<&Value> =
-            approved["approved"].as_array().unwrap().iter().map(|line| &line["id"]).collect();
-        let paid_lines = paid["paid"].as_array().unwrap();
-        assert!(!paid_lines.is_empty() && paid_lines.iter().all(|line| approved_ids.contains(&line["id"])), "{paid}");
-        let (status, again) = post(others[0], "/v1/operators/busy/payouts", payment);
-        assert_eq!(status, StatusCode::OK, "{again}");
-        assert_eq!((&again["duplicate"], &again["paid"]), (&json!(true), &paid["paid"]), "{again}");
-
-        let answer = client
-            .get(format!("{}/v1/operators/busy/commissions?status=pending&limit=1", others[1].base))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .unwrap();
-        let pending: Value = answer.json().unwrap();
-        let id = pending["commissions"][0]["id"].as_str().expect("a pending commission of the load").to_owned();
-        let path = format!("/v1/operators/busy/commissions/{id}/status");
-        let (status, moved) = post(others[0], &path, json!({"status": "rejected", "note": "fraud"}));
-        assert_eq!((status, &moved["status"]), (StatusCode::OK, &json!("rejected")), "{moved}");
-        let (status, refused) = post(others[1], &path, json!({"status": "approved"}));
-        assert_eq!((status, &refused["error"]), (StatusCode::CONFLICT, &json!("status_transition")), "{refused}");
-    });
-    assert!(seen.server_errors.is_empty(), "5xx while money moved: {:?}", seen.server_errors);
-    views_apply_the_whole_ledger(dir, nats, hosts);
-    let owners = statuses(client, &hosts[&owner_name], "busy");
-    for wanted in ["paid", "rejected"] {
-        assert!(owners.iter().any(|(.., status)| status == wanted), "no {wanted} commission: {owners:?}");
-    }
-    for (name, host) in hosts {
-        assert_eq!(statuses(client, host, "busy"), owners, "{name}'s view of the commissions' statuses");
-    }
-
-    let (status, issued) = post(others[0], "/v1/operators/busy/affiliates/aff1/keys", json!({}));
-    assert_eq!(status, StatusCode::CREATED, "{issued}");
-    let key = issued["key"].as_str().unwrap().to_owned();
-    let read = |host: &Host| {
-        let answer = client
-            .get(format!("{}/v1/operators/busy/commissions?limit=1", host.base))
-            .bearer_auth(&key)
-            .send()
-            .unwrap();
-        answer.status()
-    };
-    for host in hosts.values() {
-        assert_eq!(read(host), StatusCode::OK, "the affiliate's key through {}", host.base);
-    }
-    let answer = client
-        .delete(format!("{}/v1/operators/busy/affiliates/aff1/keys/{}", others[1].base, issued["id"].as_str().unwrap()))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .unwrap();
-    assert_eq!(answer.status(), StatusCode::OK);
-    for host in hosts.values() {
-        assert_eq!(read(host), StatusCode::UNAUTHORIZED, "the revoked key through {}", host.base);
-    }
-}
-
-/// `busy`'s export, imported onto a new operator through one node, is restored in every node's
-/// own view: its affiliates, and its commissions with the statuses money moved them to (paid,
-/// rejected); the import job's progress is answered through another node.
-fn an_export_imported_through_one_node_is_in_every_view(
-    dir: &Path,
-    nats: &Nats,
-    hosts: &HashMap<String, Host>,
-    client: &Client,
-) {
-    let names: Vec<&String> = hosts.keys().collect();
-    let export = client
-        .get(format!("{}/v1/operators/busy/export", hosts[names[0]].base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .unwrap();
-    assert_eq!(export.status(), StatusCode::OK);
-    let export = export.text().unwrap();
-    let created = client
-        .post(format!("{}/v1/operators", hosts[names[1]].base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"id": "moved", "name": "Moved", "currency": "USD"}))
-        .send()
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let imported = client
-        .post(format!("{}/v1/operators/moved/imports?format=export&job=from-busy", hosts[names[2]].base))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("content-type", "application/x-ndjson")
-        .body(export)
-        .send()
-        .unwrap();
-    let status = imported.status();
-    let job: Value = imported.json().unwrap();
-    assert_eq!(status, StatusCode::OK, "{job}");
-    assert_eq!(job["failed"], 0, "{job}");
-    let answer = client
-        .get(format!("{}/v1/operators/moved/imports/from-busy", hosts[names[0]].base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .unwrap();
-    assert_eq!(answer.status(), StatusCode::OK);
-    let progress: Value = answer.json().unwrap();
-    assert_eq!((&progress["state"], &progress["accepted"]), (&json!("done"), &job["accepted"]), "{progress}");
-
-    views_apply_the_ledger_of("moved", dir, nats, hosts);
-    for (name, host) in hosts {
-        let moved = statuses(client, host, "moved");
-        assert_eq!(moved, statuses(client, host, "busy"), "{name}'s view of the imported commissions");
-        for wanted in ["paid", "rejected"] {
-            assert!(moved.iter().any(|(.., status)| status == wanted), "{name}: no {wanted} commission: {moved:?}");
-        }
-        let affiliate = own_view(client, host, "/v1/operators/moved/affiliates/aff1");
-        assert_eq!(affiliate.status(), StatusCode::OK, "{name}'s view of the imported affiliate");
-    }
-}
-
-/// A statement without what each ledger numbers itself (commission ids). Dates are compared:
-/// a commission is dated by the request that made it, which the ledger holds, on every node.
-fn without_own_fields(mut value: Value) -> Value {
-    match &mut value {
-        Value::Object(map) => {
-            map.remove("id");
-            for field in map.values_mut() {
-                *field = without_own_fields(field.take());
-            }
-        }
-        Value::Array(items) => {
-            for item in items.iter_mut() {
-                *item = without_own_fields(item.take());
-            }
-        }
-        _ => {}
-    }
-    value
-}
