@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use common::{ADMIN_TOKEN, Host, Operator, Rng, metric};
 use configuration::{
-    affiliates_travel_through_the_log, configuration_travels_through_the_cluster,
-    the_console_shows_a_new_operator_on_any_node,
+    affiliates_travel_through_the_log, an_unknown_operator_is_looked_up_about_once_a_second,
+    configuration_travels_through_the_cluster, the_console_shows_a_new_operator_on_any_node,
 };
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
@@ -536,6 +536,7 @@ fn cluster(dir: &Path) -> (Nats, HashMap<String, Host>) {
     }
     affiliates_travel_through_the_log(&nats, &hosts, names[0]);
     the_console_shows_a_new_operator_on_any_node(&hosts, &names);
+    an_unknown_operator_is_looked_up_about_once_a_second(&hosts[names[1]]);
     (nats, hosts)
 }
 

@@ -74,6 +74,7 @@ pub struct Metrics {
     pub queue_events: Family<OperatorLabels, Gauge>,
     pub queue_full: Family<OperatorLabels, Counter>,
     pub view_divergences: Family<OperatorLabels, Counter>,
+    pub cluster_operator_lookups: Counter,
     pub throttled: Family<OperatorLabels, Counter>,
     pub throttled_seconds: Family<OperatorLabels, Counter<f64, AtomicU64>>,
     pub process_threads: Gauge,
@@ -183,6 +184,12 @@ impl Default for Metrics {
             "Cluster ledger requests this node's view applied paying otherwise than the owner did, by operator (0 is the only right count)",
             view_divergences.clone(),
         );
+        let cluster_operator_lookups = Counter::default();
+        registry.register(
+            "cluster_operator_lookups",
+            "Requests naming an operator this node does not hold that looked it up in the cluster's bucket",
+            cluster_operator_lookups.clone(),
+        );
         let throttled = Family::default();
         registry.register(
             "throttled",
@@ -259,6 +266,7 @@ impl Default for Metrics {
             queue_events,
             queue_full,
             view_divergences,
+            cluster_operator_lookups,
             throttled,
             throttled_seconds,
             process_threads,

@@ -228,3 +228,21 @@ pub(super) fn affiliates_travel_through_the_log(nats: &Nats, hosts: &HashMap<Str
     assert_eq!(refused["details"][0]["field"], "parent", "{refused}");
     assert!(refused["details"][0]["problem"].as_str().unwrap().contains("loop"), "{refused}");
 }
+
+/// A client naming an operator that does not exist, many times a second (a tracker posting to a
+/// mistyped id): every request is a 404 naming it, and the node asks the cluster's bucket about
+/// it about once a second, not once per request.
+pub(super) fn an_unknown_operator_is_looked_up_about_once_a_second(host: &Host) {
+    let lookups = || metric(&host.metrics(), "commission_host_cluster_operator_lookups_total").unwrap_or(0.0);
+    let client = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let before = lookups();
+    let started = Instant::now();
+    for _ in 0..300 {
+        let (status, body) = get_with(&client, host, ADMIN_TOKEN, "/v1/operators/mistyped/plugins");
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert!(body["message"].as_str().unwrap_or_default().contains("mistyped"), "{body}");
+    }
+    let (asked, seconds) = (lookups() - before, started.elapsed().as_secs_f64());
+    assert!(asked >= 1.0, "the unknown id was never looked up");
+    assert!(asked <= seconds.ceil() + 1.0, "{asked} lookups in {seconds:.1} s for one unknown id");
+}

@@ -103,6 +103,8 @@ pub struct Cluster {
     views: Mutex<HashMap<String, Arc<view::View>>>,
     /// Each operator's plugin uploads and installs on this node, one at a time ([`plugins`]).
     installing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Operator ids looked up in the bucket lately and not found ([`operators`]).
+    unknown_operators: Mutex<HashMap<String, std::time::Instant>>,
     stopping: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
 }
@@ -138,6 +140,7 @@ impl Cluster {
             owned: Mutex::default(),
             views: Mutex::default(),
             installing: Mutex::default(),
+            unknown_operators: Mutex::default(),
             stopping,
             stop,
         });

@@ -16,9 +16,10 @@
 //! bucket offers its operators at start-up: each that the bucket does not hold is put there
 //! as this node holds it.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::{CreateErrorKind, Operation};
 use futures_util::StreamExt as _;
@@ -26,6 +27,11 @@ use futures_util::StreamExt as _;
 use super::Cluster;
 use crate::pipeline::IngestError;
 use crate::store::records::OperatorRecord;
+
+/// How long an operator id the bucket did not have is taken as unknown without asking again.
+const UNKNOWN_FOR: Duration = Duration::from_secs(1);
+/// The most unknown ids remembered; past it (made-up ids by the thousand) each is asked again.
+const UNKNOWN_KEPT: usize = 10_000;
 
 impl Cluster {
     /// Creates `operator` for the whole cluster; `false` if its id is taken.
@@ -52,12 +58,33 @@ impl Cluster {
     /// Sets up `id` from the bucket if this node does not hold it yet: a request for an
     /// operator created through another node a moment ago, before this node's watch saw it,
     /// finds it rather than a 404.
+    ///
+    /// This runs before the request is authenticated, for any id a client names. An id the
+    /// bucket did not have is not looked up again for [`UNKNOWN_FOR`]: a tracker posting to a
+    /// mistyped operator id thousands of times a second costs the cluster one lookup a second,
+    /// not one per request (`cluster_operator_lookups`). An operator created meanwhile is still
+    /// found within that second, or at once once this node's watch has set it up.
     pub(super) async fn hold_operator(&self, id: &str) -> anyhow::Result<()> {
         if self.pipeline.store().operator(id)?.is_some() {
             return Ok(());
         }
-        if let Some(value) = self.log.operators.get(id).await? {
-            self.set_up(&serde_json::from_slice(&value)?)?;
+        let looked_up_lately =
+            |unknown: &HashMap<String, Instant>| unknown.get(id).is_some_and(|at| at.elapsed() < UNKNOWN_FOR);
+        if looked_up_lately(&self.unknown_operators.lock().expect("unknown operators lock")) {
+            return Ok(());
+        }
+        self.pipeline.metrics().cluster_operator_lookups.inc();
+        match self.log.operators.get(id).await? {
+            Some(value) => self.set_up(&serde_json::from_slice(&value)?)?,
+            None => {
+                let mut unknown = self.unknown_operators.lock().expect("unknown operators lock");
+                if unknown.len() >= UNKNOWN_KEPT {
+                    unknown.retain(|_, at| at.elapsed() < UNKNOWN_FOR);
+                }
+                if unknown.len() < UNKNOWN_KEPT {
+                    unknown.insert(id.to_owned(), Instant::now());
+                }
+            }
         }
         Ok(())
     }
