@@ -258,6 +258,15 @@ pub async fn start(
         return Err(ApiError::new(StatusCode::CONFLICT, "import_running", format!("import job {id:?} is running")));
     }
     let _guard = RunningGuard(key);
+    if let Some(cluster) = &state.cluster {
+        // The job as the ledger has it, should another node have started it a moment ago.
+        cluster.apply_ledger_now(&operator.id).await.map_err(|error| {
+            let message =
+                format!("the cluster's ledger could not be read ({error}); nothing was started, send it again");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "log_unavailable", message)
+                .with_retry_after(std::time::Duration::from_secs(1))
+        })?;
+    }
     let earlier = store.import_job(&operator.id, &id)?;
     if let Some(earlier) = earlier.as_ref().filter(|earlier| running_elsewhere(&state, earlier)) {
         let message = format!(

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use futures_util::StreamExt as _;
 use tokio::sync::Notify;
 
@@ -59,6 +60,25 @@ impl Cluster {
         views.insert(operator.to_owned(), view.clone());
         tokio::spawn(self.clone().follow(operator.to_owned(), view.clone()));
         view
+    }
+
+    /// Applies the operator's ledger to this node's view up to its last entry now, so that a
+    /// request checking what the view holds sees everything the ledger had when it arrived (an
+    /// import job started through another node, say). Nothing to do where this node owns the
+    /// operator: its view is what the ledger is written from.
+    pub async fn apply_ledger_now(self: &Arc<Self>, operator: &str) -> anyhow::Result<()> {
+        let view = self.view(operator);
+        let _applying = view.lock.lock().await;
+        if self.owned.lock().expect("owned lock").contains_key(operator) {
+            return Ok(());
+        }
+        let last = match self.log.ledger.get_last_raw_message_by_subject(&ledger_subject(operator)).await {
+            Ok(message) => message.sequence,
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(()),
+            Err(error) => return Err(error.into()),
+        };
+        self.apply_ledger(operator, last).await?;
+        Ok(())
     }
 
     /// The operator's ledger has a new entry.
