@@ -232,7 +232,8 @@ fn request(query: Option<&str>, headers: &HeaderMap) -> Result<Request, ApiError
     request_body(content = String, description = "NDJSON (one webhook event per line), CSV with a header row, or an export", content_type = "application/x-ndjson"),
     responses(
         (status = 200, description = "every line was read and committed", body = JobView),
-        (status = 409, description = "the job is running already"),
+        (status = 409, description = "the job is running already: here, or (in a cluster) on the node the message names", body = super::openapi::ErrorSchema),
+        (status = 503, description = "in a cluster: the operator's ledger could not be read to look for the job; nothing was started, send it again (Retry-After)", body = super::openapi::ErrorSchema),
         (status = 422, description = "a bad query parameter (the error shape), or `import_stopped`: stopped at a bad line, `details[0].index` is its number, the lines before it are committed, and `job` is the job as it stands", body = super::openapi::ErrorSchema),
         (status = 401, description = "not the operator's key nor the admin token"),
     ),
