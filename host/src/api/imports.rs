@@ -25,17 +25,12 @@ use super::restore::{self, Action};
 use super::{ApiError, AppState, auth};
 use crate::event::{FieldError, IncomingEvent, format_time, now_ms};
 use crate::pipeline::{Command, Disposition, IngestError};
-use crate::store::imports::{ImportJob, ImportState, LineProblem};
+use crate::store::imports::{ImportJob, ImportState, LineProblem, node_of};
 use crate::store::records::OperatorRecord;
 
 /// Events sent through the pipeline at once: a webhook batch's worth, so an import runs at the
 /// speed of webhook batches and holds no more than one in memory.
 const BATCH: usize = 500;
-
-/// How long a job recorded `running` by another node of a cluster is taken to be running there
-/// without progress: it saves its progress after every batch, so one that did not for this long
-/// was cut off (its node stopped, or its client went away).
-const RUNNING_ELSEWHERE_FOR: i64 = 60_000;
 
 /// This run of the host, after its node's name in a cluster (`node/run`; a single host has no
 /// name). A job recorded `running` by an earlier run of the same node was cut off by a restart;
@@ -49,17 +44,18 @@ fn this_run(state: &AppState) -> String {
     }
 }
 
-/// The node a run id names (`""` for a single host's).
-fn node_of(run: &str) -> &str {
-    run.split_once('/').map_or("", |(node, _)| node)
+/// Whether `job` is running on another node of the cluster now.
+fn running_elsewhere(state: &AppState, job: &ImportJob) -> bool {
+    job.running_elsewhere(&this_run(state), now_ms())
 }
 
-/// Whether `job` is running on another node of the cluster: recorded so by a run of that node,
-/// which saved its progress lately.
-fn running_elsewhere(state: &AppState, job: &ImportJob) -> bool {
-    job.state == ImportState::Running
-        && node_of(&job.run) != node_of(&this_run(state))
-        && now_ms().saturating_sub(job.updated_at) < RUNNING_ELSEWHERE_FOR
+/// The refusal of a job running on another node.
+fn running_on(id: &str, job: &ImportJob) -> ApiError {
+    let message = format!(
+        "import job {id:?} is running on node {}; read its status, and send the file again with this job once it has stopped",
+        node_of(&job.run)
+    );
+    ApiError::new(StatusCode::CONFLICT, "import_running", message)
 }
 
 /// The jobs running in this process: one request per job at a time.
@@ -270,11 +266,7 @@ pub async fn start(
     }
     let earlier = store.import_job(&operator.id, &id)?;
     if let Some(earlier) = earlier.as_ref().filter(|earlier| running_elsewhere(&state, earlier)) {
-        let message = format!(
-            "import job {id:?} is running on node {}; read its status, and send the file again with this job once it has stopped",
-            node_of(&earlier.run)
-        );
-        return Err(ApiError::new(StatusCode::CONFLICT, "import_running", message));
+        return Err(running_on(&id, earlier));
     }
     if let Some(earlier) = &earlier
         && earlier.format != request.format
@@ -313,7 +305,7 @@ pub async fn start(
         },
     };
     let mut import = Import { state: &state, operator: operator.id.clone(), admin, job, batch: Vec::new() };
-    import.keep().await?;
+    import.claim().await?;
     let outcome = import.run(Lines::new(body), &request).await;
     let failure = match outcome {
         Ok(()) => None,
@@ -578,6 +570,37 @@ impl Import<'_> {
 
     /// Keeps the job's progress in the operator's order (in a cluster, through its log, so that
     /// every node's view shows it).
+    /// Records the job running in this run, in the operator's order: refused (409) if another
+    /// node's run of it got there first. The check above read this node's view; two starts
+    /// through two nodes at the same moment can both pass it, but only one claim is ordered
+    /// before the other's.
+    async fn claim(&mut self) -> Result<(), ApiError> {
+        self.job.updated_at = now_ms();
+        let store = self.state.pipeline.store();
+        let operator = store.operator(&self.operator)?;
+        let operator = operator.ok_or_else(|| ApiError::not_found(format!("no operator {:?}", self.operator)))?;
+        let claiming = Command::StartImportJob { job: self.job.clone() };
+        let done = self.state.pipeline.command(&operator, claiming).await.map_err(super::events::ingest_error)?;
+        if done.changed().map_err(super::events::ingest_error)? {
+            return Ok(());
+        }
+        // The claim that won is in the ledger before this refusal: the view applies it, to name
+        // its node.
+        if let Some(cluster) = &self.state.cluster
+            && let Err(error) = cluster.apply_ledger_now(&self.operator).await
+        {
+            tracing::warn!(operator = %self.operator, %error, "the job that runs could not be read from the ledger");
+        }
+        match store.import_job(&self.operator, &self.job.id)? {
+            Some(running) => Err(running_on(&self.job.id, &running)),
+            None => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "import_running",
+                format!("import job {:?} is running on another node", self.job.id),
+            )),
+        }
+    }
+
     async fn keep(&mut self) -> Result<(), ApiError> {
         self.job.updated_at = now_ms();
         let operator = self.state.pipeline.store().operator(&self.operator)?;

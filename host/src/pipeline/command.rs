@@ -91,6 +91,14 @@ pub enum Command {
     PutImportJob {
         job: ImportJob,
     },
+    /// Record an import job running in `job.run`, unless the stored job is running on another
+    /// node (found `false`, nothing written): of two starts of one job through two nodes at
+    /// once, the one the operator's order puts first runs, the other is refused. Decided from
+    /// the stored job and the command's own time (`job.updated_at`), so a view applying the
+    /// ledger decides alike.
+    StartImportJob {
+        job: ImportJob,
+    },
     /// Replace a credential (`stored`: the new key's or token's sha256, or the webhook secret),
     /// the old one valid until `expires_at` ([`OperatorRecord::rotate_credential`]).
     RotateCredential {
@@ -257,6 +265,14 @@ impl Pipeline {
                 pipeline.store.put_import_job(&job)?;
                 Ok(Done::Changed(true))
             })?,
+            Command::StartImportJob { job } => self.in_turn(&operator.id, move |pipeline| {
+                let stored = pipeline.store.import_job(&job.operator, &job.id)?;
+                if stored.is_some_and(|stored| stored.running_elsewhere(&job.run, job.updated_at)) {
+                    return Ok(Done::Changed(false));
+                }
+                pipeline.store.put_import_job(&job)?;
+                Ok(Done::Changed(true))
+            })?,
             Command::RevokeAffiliateKey { affiliate, id, now } => {
                 let owned = operator.id.clone();
                 self.in_turn(&operator.id, move |pipeline| {
@@ -309,7 +325,8 @@ impl Pipeline {
             | Command::Shadow { .. }
             | Command::IssueAffiliateKey { .. }
             | Command::RevokeAffiliateKey { .. }
-            | Command::PutImportJob { .. } => {}
+            | Command::PutImportJob { .. }
+            | Command::StartImportJob { .. } => {}
         })?;
         Ok(Done::Changed(updated.is_some()))
     }

@@ -8,6 +8,16 @@ use super::{Store, StoreError, decode, keys, to_json};
 
 const TREE: &str = "import_jobs";
 
+/// How long a job recorded `running` by another node of a cluster is taken to be running there
+/// without progress: it saves its progress after every batch, so one that did not for this long
+/// was cut off (its node stopped, or its client went away).
+const RUNNING_ELSEWHERE_FOR: i64 = 60_000;
+
+/// The node a run id (`node/run`) names; `""` for a single host's.
+pub fn node_of(run: &str) -> &str {
+    run.split_once('/').map_or("", |(node, _)| node)
+}
+
 /// Where an import is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -52,6 +62,17 @@ pub struct ImportJob {
     pub updated_at: i64,
     /// Which run of the host is running it: a `running` job of an earlier run was cut off.
     pub run: String,
+}
+
+impl ImportJob {
+    /// Whether the job, as stored, is running at `now` on a node other than the one of `run`:
+    /// recorded so by a run of that node, which saved its progress lately. A job a run of the
+    /// same node recorded running was cut off (by a restart), or is this node's own to refuse.
+    pub fn running_elsewhere(&self, run: &str, now: i64) -> bool {
+        self.state == ImportState::Running
+            && node_of(&self.run) != node_of(run)
+            && now.saturating_sub(self.updated_at) < RUNNING_ELSEWHERE_FOR
+    }
 }
 
 impl Store {
