@@ -10,8 +10,9 @@
 //! node, sees it: read-your-writes without a position to carry.
 //!
 //! A new owner answers once its view has caught up with the ledger (it took over with).
-//! When no node holds the lease (a failover in progress) or the owner cannot be reached, the
-//! node answers from its own view, which may be behind.
+//! When no node holds the lease (a handover or a failover in progress) or the owner cannot be
+//! reached, the node answers from its own view once that has applied the ledger up to its last
+//! entry, which holds every event a client was answered.
 
 use std::sync::Arc;
 
@@ -80,12 +81,16 @@ pub async fn forward_to_owner(State(cluster): State<Arc<Cluster>>, request: Requ
         return refusal(StatusCode::SERVICE_UNAVAILABLE, "owner_unavailable", &message);
     }
     let Some(holder) = holder.filter(|holder| holder.node != cluster.node) else {
-        // This node owns it: once its view has caught up with the ledger.
+        // This node owns it: once its view has caught up with the ledger. No node owns it (it
+        // is moving): once this node's view has applied the ledger as it stands.
         let owned = cluster.owned.lock().expect("owned lock").get(&operator).cloned();
-        if let Some(owned) = owned
-            && tokio::time::timeout(CATCH_UP_WAIT, owned.caught_up()).await.is_err()
-        {
-            tracing::warn!(%operator, "answering before this node's view caught up with the ledger");
+        match owned {
+            Some(owned) => {
+                if tokio::time::timeout(CATCH_UP_WAIT, owned.caught_up()).await.is_err() {
+                    tracing::warn!(%operator, "answering before this node's view caught up with the ledger");
+                }
+            }
+            None => apply_ledger_before_answering(&cluster, &operator).await,
         }
         return next.run(request).await;
     };
@@ -116,6 +121,7 @@ pub async fn forward_to_owner(State(cluster): State<Arc<Cluster>>, request: Requ
         }
         Err(error) => {
             tracing::warn!(%operator, owner = %holder.node, %error, "the owner did not answer a read; answering from this node's view");
+            apply_ledger_before_answering(&cluster, &operator).await;
             return next.run(Request::from_parts(parts, Body::empty())).await;
         }
     };
@@ -140,6 +146,25 @@ pub async fn forward_to_owner(State(cluster): State<Arc<Cluster>>, request: Requ
             tracing::warn!(%operator, owner = %holder.node, %error, "the owner's answer to a read was cut off");
             next.run(Request::from_parts(parts, Body::empty())).await
         }
+    }
+}
+
+/// Brings this node's view of the operator up to the ledger's last entry before it answers a
+/// read itself (no owner now, or the owner not answering): every event a client was answered
+/// is in the ledger, so the answer then holds it. Past [`CATCH_UP_WAIT`], or with the log out
+/// of reach, the view answers as it is.
+async fn apply_ledger_before_answering(cluster: &Arc<Cluster>, operator: &str) {
+    // Not for an id this node does not know: that answers 404 (or 401) with nothing to apply,
+    // and a view would be started for any id a client names.
+    if !matches!(cluster.pipeline.store().operator(operator), Ok(Some(_))) {
+        return;
+    }
+    match tokio::time::timeout(CATCH_UP_WAIT, cluster.apply_ledger_now(operator)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%operator, %error, "answering a read from this node's view, which could not apply the ledger")
+        }
+        Err(_) => tracing::warn!(%operator, "answering a read before this node's view applied the ledger"),
     }
 }
 
