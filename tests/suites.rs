@@ -41,4 +41,5 @@ mod security;
 mod sequencer;
 mod storage_quota;
 mod transfer;
+mod verify_ahead;
 mod verify_jobs;

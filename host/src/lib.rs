@@ -29,4 +29,5 @@ pub mod shadow;
 pub mod store;
 pub mod terms;
 pub mod verify;
+mod verify_ahead;
 pub mod verify_jobs;

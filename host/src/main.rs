@@ -11,6 +11,7 @@ use commission_host::cluster::{Cluster, ClusterConfig};
 use commission_host::metrics::Metrics;
 use commission_host::pipeline::{
     CacheBounds, DEFAULT_CACHE_BYTES, DEFAULT_OPERATOR_CACHE_BYTES, DEFAULT_QUEUE_EVENTS, Pipeline, Scheduling,
+    default_verify_helpers,
 };
 use commission_host::plugins::PluginRegistry;
 use commission_host::sandbox::{Limits, Sandbox};
@@ -94,6 +95,11 @@ enum Command {
         /// default): only before each month's settlements.
         #[arg(long, default_value_t = commission_host::pipeline::checkpoints::DEFAULT_CHECKPOINT_EVERY)]
         checkpoint_every: u64,
+        /// Threads a verify adds to its own to evaluate, ahead of it, the stretches between
+        /// stored checkpoints (default: one per core but one). 0: a verify runs on one thread,
+        /// leaving the other cores to live events.
+        #[arg(long)]
+        verify_helpers: Option<usize>,
         /// Bytes of the ledger sled keeps in memory (its page cache). A ledger past it is read
         /// from disk where it is not cached: raise it toward the directory's size when late
         /// events, statements or verify over a large history wait on the disk.
@@ -187,6 +193,7 @@ fn main() -> anyhow::Result<ExitCode> {
             state_cache_operator_bytes,
             state_quota_bytes,
             checkpoint_every,
+            verify_helpers,
             ledger_cache_bytes,
             no_console,
             cluster,
@@ -212,6 +219,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 state_cache: CacheBounds { total_bytes: state_cache_bytes, operator_bytes: state_cache_operator_bytes },
                 state_quota_bytes,
                 checkpoint_every,
+                verify_helpers: verify_helpers.unwrap_or_else(default_verify_helpers),
             };
             if ledger_cache_bytes < MIN_LEDGER_CACHE_BYTES {
                 anyhow::bail!(

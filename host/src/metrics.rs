@@ -85,6 +85,7 @@ pub struct Metrics {
     pub state_cache_misses: Counter,
     pub sequencer_turns: Family<OperatorLabels, Counter>,
     pub sliced_requests: Family<OperatorLabels, Counter>,
+    pub verify_evaluated_ahead: Counter,
 }
 
 impl Default for Metrics {
@@ -246,6 +247,12 @@ impl Default for Metrics {
             "Times a request's events were left for the operator's next turn at the end of a time slice",
             sliced_requests.clone(),
         );
+        let verify_evaluated_ahead = Counter::default();
+        registry.register(
+            "verify_evaluated_ahead",
+            "Events a verify took as evaluated ahead by a helper on another core (serve --verify-helpers)",
+            verify_evaluated_ahead.clone(),
+        );
         Self {
             registry,
             events,
@@ -277,6 +284,7 @@ impl Default for Metrics {
             state_cache_misses,
             sequencer_turns,
             sliced_requests,
+            verify_evaluated_ahead,
         }
     }
 }

@@ -14,8 +14,13 @@
 //! back and checked against the digest the verify saw). A month's replayed checkpoint is kept
 //! the same way (the stored one, by digest) unless it differed, then in full. Without periodic
 //! checkpoints (`serve --checkpoint-every`) the resume points are the months' checkpoints.
+//!
+//! **On other cores.** The stretches between stored checkpoints are evaluated ahead by helper
+//! threads ([`crate::verify_ahead`]); the verify takes a stretch's evaluations where it confirms
+//! the checkpoint the stretch starts from, and does everything else of each step itself, in
+//! order, so the report is the one a single thread gives.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +33,7 @@ use crate::replay::{CheckpointDifference, EventDifference, VerifyReport};
 use crate::sandbox::ScratchState;
 use crate::store::checkpoints::{PeriodBook, State, decode_writes, encode_writes, state_digest};
 use crate::store::records::{EventRecord, EventStatus, Failure, FailureKind, OperatorRecord};
+use crate::verify_ahead::{Helpers, evaluated_ahead};
 
 /// How far a verify has gone, and what it needs to go on (see the module's docs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,6 +149,11 @@ impl Pipeline {
         let mut periodic = periodic.into_iter().peekable();
         let by_month: HashMap<&str, u64> =
             stored.iter().filter_map(|checkpoint| Some((checkpoint.period.as_deref()?, checkpoint.seq))).collect();
+        let starts: BTreeSet<u64> =
+            stored.iter().map(|checkpoint| checkpoint.seq).filter(|seq| *seq > progress.next).collect();
+        let starts: Vec<u64> = starts.into_iter().collect();
+        let mut helpers = Helpers::start(self, operator, progress.next, &starts, progress.upto);
+        let mut ahead = None;
         for record in self.records_from(operator, progress.next - 1, progress.upto) {
             let record = record?;
             let mut sound = None;
@@ -151,6 +162,7 @@ impl Pipeline {
                 let digest = self.compare_checkpoint(operator, None, seq, &replay.scratch.snapshot(), &mut progress)?;
                 sound = digest.map(|digest| (seq, digest));
             }
+            let mut confirmed = sound.as_ref().map(|(seq, _)| *seq);
             let saved = sound.is_some();
             if let Some((seq, digest)) = sound {
                 save(observer, &mut progress, &replay, seq, digest)?;
@@ -175,16 +187,26 @@ impl Pipeline {
                     )),
                 };
                 progress.months.insert(month, kept);
+                if digest.is_some() && stored_at == Some(record.seq) {
+                    confirmed = Some(record.seq);
+                }
                 // A resume point only where the stored checkpoint is at this very entry, and
                 // none was just taken.
                 if let (false, Some(digest), true) = (saved, digest, stored_at == Some(record.seq)) {
                     save(observer, &mut progress, &replay, record.seq, digest)?;
                 }
             }
+            if let Some(entered) = helpers.reached(record.seq, confirmed) {
+                ahead = entered;
+            }
             let mut visit = |record: &EventRecord, evaluated: &Evaluated, adjustments: Option<&ReplayedAdjustments>| {
                 self.compare_event(operator, &mut progress, record, evaluated, adjustments)
             };
-            self.replay_step(operator, &mut replay, &record, &mut visit)?;
+            let given = evaluated_ahead(&mut ahead, &record);
+            if given.is_some() {
+                self.metrics().verify_evaluated_ahead.inc();
+            }
+            self.replay_step_with(operator, &mut replay, &record, given, &mut visit)?;
             progress.next = record.seq + 1;
             observer.replayed(progress.next, progress.report.events_replayed);
         }

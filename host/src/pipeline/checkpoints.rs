@@ -211,6 +211,20 @@ impl Pipeline {
         record: &EventRecord,
         visit: &mut ReplayVisitor<'_>,
     ) -> Result<(), IngestError> {
+        self.replay_step_with(operator, replay, record, None, visit)
+    }
+
+    /// [`Self::replay_step`], with the event's own evaluation `given` if it was made already
+    /// over the same state ([`Self::replay_accepted`] on another core, `crate::verify_ahead`):
+    /// everything else of the step is done here, in order.
+    pub(crate) fn replay_step_with(
+        &self,
+        operator: &OperatorRecord,
+        replay: &mut ReplayState,
+        record: &EventRecord,
+        given: Option<Evaluated>,
+        visit: &mut ReplayVisitor<'_>,
+    ) -> Result<(), IngestError> {
         let ReplayState { scratch, books, checkpoints } = replay;
         let (EventStatus::Accepted, Some(evaluation)) = (record.status, &record.evaluation) else { return Ok(()) };
         let period = settlement_period(&record.event);
@@ -223,15 +237,18 @@ impl Pipeline {
                 PeriodBook { period: period.id.clone(), seq: record.seq, ..PeriodBook::default() },
             );
         }
-        let evaluated = self.run_plugin(
-            operator,
-            &record.event,
-            evaluation.chain.clone(),
-            evaluation.plugin_version,
-            period.as_ref(),
-            scratch.clone(),
-            Run::Replay,
-        )?;
+        let evaluated = match given {
+            Some(evaluated) => evaluated,
+            None => self.run_plugin(
+                operator,
+                &record.event,
+                evaluation.chain.clone(),
+                evaluation.plugin_version,
+                period.as_ref(),
+                scratch.clone(),
+                Run::Replay,
+            )?,
+        };
         let writes = if evaluated.failure.is_none() { evaluated.state_writes.clone() } else { Writes::new() };
         scratch.apply(writes.clone());
         let ledger = self.store().commission_records(&operator.id, &record.commission_ids)?;

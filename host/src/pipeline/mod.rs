@@ -45,7 +45,7 @@ pub(crate) use evaluate::{Evaluated, Run};
 pub(crate) use period::settlement_period;
 pub use period::{Period, RESERVED_PREFIX, SETTLEMENT_KIND, SETTLEMENT_PREFIX};
 
-pub use sequencer::{DEFAULT_QUEUE_EVENTS, EvaluationSlots, Scheduling};
+pub use sequencer::{DEFAULT_QUEUE_EVENTS, EvaluationSlots, Scheduling, default_verify_helpers};
 pub use state_cache::{CacheBounds, DEFAULT_CACHE_BYTES, DEFAULT_OPERATOR_CACHE_BYTES};
 
 use std::collections::HashMap;

@@ -87,6 +87,9 @@ pub struct Scheduling {
     /// A checkpoint of an operator's plugin state every this many events (0: none but the
     /// closes'): see [`crate::pipeline::checkpoints`].
     pub checkpoint_every: u64,
+    /// Threads a verify may add to its own to evaluate the stretches between stored
+    /// checkpoints ahead of it ([`crate::verify_ahead`]); each takes a replay slot if one is free.
+    pub verify_helpers: usize,
 }
 
 impl Default for Scheduling {
@@ -97,8 +100,14 @@ impl Default for Scheduling {
             state_cache: CacheBounds::default(),
             state_quota_bytes: None,
             checkpoint_every: super::checkpoints::DEFAULT_CHECKPOINT_EVERY,
+            verify_helpers: default_verify_helpers(),
         }
     }
+}
+
+/// A verify's helpers by default: one per core beside the verify's own.
+pub fn default_verify_helpers() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get()) - 1
 }
 
 impl Scheduling {
@@ -416,6 +425,18 @@ impl Pipeline {
     pub async fn replay_slots(&self) -> EvaluationSlots {
         let permit = self.sequencers.replays.clone().acquire_owned().await.expect("the semaphore is never closed");
         EvaluationSlots { _slot: InFlight::new(self.metrics.clone(), permit, false) }
+    }
+
+    /// Another replay slot for a replay that already holds one, if one is free now: a verify's
+    /// helpers on other cores take what is free and never wait ([`crate::verify_ahead`]).
+    pub(crate) fn try_replay_slot(&self) -> Option<EvaluationSlots> {
+        let permit = self.sequencers.replays.clone().try_acquire_owned().ok()?;
+        Some(EvaluationSlots { _slot: InFlight::new(self.metrics.clone(), permit, false) })
+    }
+
+    /// Threads a verify may add to its own (`serve --verify-helpers`).
+    pub(crate) fn verify_helpers(&self) -> usize {
+        self.sequencers.scheduling.verify_helpers
     }
 }
 
