@@ -231,7 +231,8 @@ pub(super) fn affiliates_travel_through_the_log(nats: &Nats, hosts: &HashMap<Str
 
 /// A client naming an operator that does not exist, many times a second (a tracker posting to a
 /// mistyped id): every request is a 404 naming it, and the node asks the cluster's bucket about
-/// it about once a second, not once per request.
+/// it about once a second, not once per request. Made-up ids, each new (a flood from someone
+/// without a key): a hundred lookups a second at most.
 pub(super) fn an_unknown_operator_is_looked_up_about_once_a_second(host: &Host) {
     let lookups = || metric(&host.metrics(), "commission_host_cluster_operator_lookups_total").unwrap_or(0.0);
     let client = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
@@ -245,4 +246,15 @@ pub(super) fn an_unknown_operator_is_looked_up_about_once_a_second(host: &Host) 
     let (asked, seconds) = (lookups() - before, started.elapsed().as_secs_f64());
     assert!(asked >= 1.0, "the unknown id was never looked up");
     assert!(asked <= seconds.ceil() + 1.0, "{asked} lookups in {seconds:.1} s for one unknown id");
+
+    // Made-up ids, each new: a hundred lookups a second at most, the rest answered unknown.
+    let before = lookups();
+    let started = Instant::now();
+    for n in 0..1500 {
+        let (status, body) = get_with(&client, host, ADMIN_TOKEN, &format!("/v1/operators/made-up-{n}/plugins"));
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    }
+    let (asked, seconds) = (lookups() - before, started.elapsed().as_secs_f64());
+    assert!(asked >= 1.0, "no made-up id was looked up");
+    assert!(asked <= 100.0 * (seconds.ceil() + 1.0), "{asked} lookups in {seconds:.1} s for 1,500 made-up ids");
 }

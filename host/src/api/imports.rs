@@ -584,16 +584,23 @@ impl Import<'_> {
         if done.changed().map_err(super::events::ingest_error)? {
             return Ok(());
         }
-        // The claim that won is in the ledger before this refusal: the view applies it, to name
-        // its node.
-        if let Some(cluster) = &self.state.cluster
-            && let Err(error) = cluster.apply_ledger_now(&self.operator).await
-        {
-            tracing::warn!(operator = %self.operator, %error, "the job that runs could not be read from the ledger");
+        // The claim that won is in the ledger before this refusal; this node's view applies it
+        // to name its node. The refusal can come (from the entry as it was written) a moment
+        // before the stream answers for that entry, so the view looks a few times.
+        for _ in 0..20 {
+            let Some(cluster) = &self.state.cluster else { break };
+            if let Err(error) = cluster.apply_ledger_now(&self.operator).await {
+                tracing::warn!(operator = %self.operator, %error, "the job that runs could not be read from the ledger");
+                break;
+            }
+            if store.import_job(&self.operator, &self.job.id)?.is_some_and(|job| running_elsewhere(self.state, &job)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         match store.import_job(&self.operator, &self.job.id)? {
-            Some(running) => Err(running_on(&self.job.id, &running)),
-            None => Err(ApiError::new(
+            Some(running) if running_elsewhere(self.state, &running) => Err(running_on(&self.job.id, &running)),
+            _ => Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "import_running",
                 format!("import job {:?} is running on another node", self.job.id),

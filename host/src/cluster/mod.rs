@@ -105,6 +105,8 @@ pub struct Cluster {
     installing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Operator ids looked up in the bucket lately and not found ([`operators`]).
     unknown_operators: Mutex<HashMap<String, std::time::Instant>>,
+    /// The bucket lookups of operator ids this node made in the current second ([`operators`]).
+    lookups: Mutex<(std::time::Instant, u32)>,
     stopping: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
 }
@@ -141,6 +143,7 @@ impl Cluster {
             views: Mutex::default(),
             installing: Mutex::default(),
             unknown_operators: Mutex::default(),
+            lookups: Mutex::new((std::time::Instant::now(), 0)),
             stopping,
             stop,
         });

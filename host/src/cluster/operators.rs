@@ -32,6 +32,10 @@ use crate::store::records::OperatorRecord;
 const UNKNOWN_FOR: Duration = Duration::from_secs(1);
 /// The most unknown ids remembered; past it (made-up ids by the thousand) each is asked again.
 const UNKNOWN_KEPT: usize = 10_000;
+/// Bucket lookups of ids this node does not hold, at most, per second: past it (made-up ids by
+/// the thousand) an id is answered as unknown without asking, so a flood of them costs the
+/// cluster this many requests a second, not one each.
+const LOOKUPS_PER_SECOND: u32 = 100;
 
 impl Cluster {
     /// Creates `operator` for the whole cluster; `false` if its id is taken.
@@ -63,7 +67,10 @@ impl Cluster {
     /// bucket did not have is not looked up again for [`UNKNOWN_FOR`]: a tracker posting to a
     /// mistyped operator id thousands of times a second costs the cluster one lookup a second,
     /// not one per request (`cluster_operator_lookups`). An operator created meanwhile is still
-    /// found within that second, or at once once this node's watch has set it up.
+    /// found within that second, or at once once this node's watch has set it up. Made-up ids
+    /// by the thousand are looked up [`LOOKUPS_PER_SECOND`] a second at most; past that, an id
+    /// is answered as unknown (an operator created through another node a moment ago then
+    /// waits for the watch, milliseconds).
     pub(super) async fn hold_operator(&self, id: &str) -> anyhow::Result<()> {
         if self.pipeline.store().operator(id)?.is_some() {
             return Ok(());
@@ -71,6 +78,9 @@ impl Cluster {
         let looked_up_lately =
             |unknown: &HashMap<String, Instant>| unknown.get(id).is_some_and(|at| at.elapsed() < UNKNOWN_FOR);
         if looked_up_lately(&self.unknown_operators.lock().expect("unknown operators lock")) {
+            return Ok(());
+        }
+        if !self.take_lookup() {
             return Ok(());
         }
         self.pipeline.metrics().cluster_operator_lookups.inc();
@@ -87,6 +97,17 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Whether this second's budget of lookups ([`LOOKUPS_PER_SECOND`]) has one left: takes it.
+    fn take_lookup(&self) -> bool {
+        let mut lookups = self.lookups.lock().expect("lookups lock");
+        let (since, taken) = &mut *lookups;
+        if since.elapsed() >= Duration::from_secs(1) {
+            (*since, *taken) = (Instant::now(), 0);
+        }
+        *taken = taken.saturating_add(1);
+        *taken <= LOOKUPS_PER_SECOND
     }
 
     /// Offers this node's operators, and their plugin versions, to the buckets: those created

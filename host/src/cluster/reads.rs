@@ -12,7 +12,9 @@
 //! A new owner answers once its view has caught up with the ledger (it took over with).
 //! When no node holds the lease (a handover or a failover in progress) or the owner cannot be
 //! reached, the node answers from its own view once that has applied the ledger up to its last
-//! entry, which holds every event a client was answered.
+//! entry, which holds every event a client was answered but for one answered in the same few
+//! milliseconds (an answer comes from the entry as it is written, a moment before the stream
+//! serves it).
 
 use std::sync::Arc;
 
