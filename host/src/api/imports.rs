@@ -7,9 +7,11 @@
 //! of its batch included), nothing after it is read. Sending the file again with `?job=ID`
 //! continues at that line (or `?from_line=N` at any line); an event committed already is a
 //! `duplicate` there, as a webhook's retry is, so going over a line twice is harmless.
+//!
+//! Which run holds a job, and its status route: [`super::import_jobs`].
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
@@ -18,145 +20,20 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::import_jobs::{self, JobView, RunningGuard, running, running_elsewhere, running_on, this_run, view};
 use super::import_lines::{CSV_FIELDS, Csv, CsvLine, Lines, ndjson_event};
 use super::operators::{query_params, valid_operator_id};
 use super::rate_limit::Verdict;
 use super::restore::{self, Action};
 use super::{ApiError, AppState, auth};
-use crate::event::{FieldError, IncomingEvent, format_time, now_ms};
+use crate::event::{FieldError, IncomingEvent, now_ms};
 use crate::pipeline::{Command, Disposition, IngestError};
-use crate::store::imports::{ImportJob, ImportState, LineProblem, node_of};
+use crate::store::imports::{ImportJob, ImportState, LineProblem};
 use crate::store::records::OperatorRecord;
 
 /// Events sent through the pipeline at once: a webhook batch's worth, so an import runs at the
 /// speed of webhook batches and holds no more than one in memory.
 const BATCH: usize = 500;
-
-/// This run of the host, after its node's name in a cluster (`node/run`; a single host has no
-/// name). A job recorded `running` by an earlier run of the same node was cut off by a restart;
-/// one recorded by another node is running there while its progress keeps coming.
-fn this_run(state: &AppState) -> String {
-    static RUN: OnceLock<String> = OnceLock::new();
-    let run = RUN.get_or_init(crate::secrets::random_text);
-    match &state.cluster {
-        Some(cluster) => format!("{}/{run}", cluster.node()),
-        None => run.clone(),
-    }
-}
-
-/// Whether `job` is running on another node of the cluster now.
-fn running_elsewhere(state: &AppState, job: &ImportJob) -> bool {
-    job.running_elsewhere(&this_run(state), now_ms())
-}
-
-/// The refusal of a job running on another node.
-fn running_on(id: &str, job: &ImportJob) -> ApiError {
-    let message = format!(
-        "import job {id:?} is running on node {}; read its status, and send the file again with this job once it has stopped",
-        node_of(&job.run)
-    );
-    ApiError::new(StatusCode::CONFLICT, "import_running", message)
-}
-
-/// The jobs running in this process: one request per job at a time.
-fn running() -> &'static Mutex<HashSet<(String, String)>> {
-    static RUNNING: OnceLock<Mutex<HashSet<(String, String)>>> = OnceLock::new();
-    RUNNING.get_or_init(Mutex::default)
-}
-
-struct RunningGuard((String, String));
-
-impl Drop for RunningGuard {
-    fn drop(&mut self) {
-        running().lock().expect("running imports lock").remove(&self.0);
-    }
-}
-
-/// An import job, as its routes answer it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct JobView {
-    pub job: String,
-    /// `ndjson`, `csv` or `export`.
-    pub format: String,
-    pub state: ImportState,
-    /// The line this run started at.
-    pub from_line: u64,
-    /// The last line read and committed.
-    pub lines_read: u64,
-    /// Events stored now, stored before (sent again: nothing changed), and stored as failed
-    /// (the plugin did not finish; `retry-failed` runs them again).
-    pub accepted: u64,
-    pub duplicate: u64,
-    pub failed: u64,
-    /// The line the import stopped at, and why.
-    pub stopped_at: Option<LineProblem>,
-    /// The query that continues a stopped import at its line.
-    pub resume: Option<String>,
-    /// RFC 3339.
-    pub started_at: String,
-    pub updated_at: String,
-}
-
-fn view(state: &AppState, job: &ImportJob) -> JobView {
-    let mut job = job.clone();
-    // A job recorded running that no request runs was cut off: by a restart of the host, or
-    // by its client going away (the handler is dropped with the connection).
-    let key = (job.operator.clone(), job.id.clone());
-    let ours = job.run == this_run(state);
-    if job.state == ImportState::Running
-        && !running_elsewhere(state, &job)
-        && (!ours || !running().lock().expect("running imports lock").contains(&key))
-    {
-        let cause = if ours { "the request that sent it ended" } else { "the host running it stopped" };
-        job.state = ImportState::Stopped;
-        job.stopped_at = Some(LineProblem {
-            line: job.lines_read + 1,
-            field: String::new(),
-            problem: format!("{cause} during the import; send the file again with this job to continue"),
-        });
-    }
-    JobView {
-        resume: (job.state == ImportState::Stopped).then(|| format!("?format={}&job={}", job.format, job.id)),
-        job: job.id,
-        format: job.format,
-        state: job.state,
-        from_line: job.from_line,
-        lines_read: job.lines_read,
-        accepted: job.accepted,
-        duplicate: job.duplicate,
-        failed: job.failed,
-        stopped_at: job.stopped_at,
-        started_at: format_time(job.started_at),
-        updated_at: format_time(job.updated_at),
-    }
-}
-
-/// `GET /v1/operators/{op}/imports/{job}`: how far the job has gone.
-#[utoipa::path(
-    get,
-    path = "/v1/operators/{op}/imports/{job}",
-    tag = "imports",
-    params(("op" = String, Path, description = "operator id"), ("job" = String, Path, description = "import job id")),
-    responses(
-        (status = 200, description = "the job's status", body = JobView),
-        (status = 401, description = "not the operator's key nor the admin token"),
-        (status = 404, description = "no such job"),
-    ),
-    security(("operator_key" = []), ("admin_token" = []))
-)]
-pub async fn status(
-    State(state): State<Arc<AppState>>,
-    Path((op, job)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Json<JobView>, ApiError> {
-    let operator = auth::operator(&state, &headers, &op)?;
-    let job = state
-        .pipeline
-        .store()
-        .import_job(&operator.id, &job)?
-        .ok_or_else(|| ApiError::not_found(format!("operator {op:?} has no import job {job:?}")))?;
-    Ok(Json(view(&state, &job)))
-}
 
 /// What the query asked for.
 struct Request {
@@ -305,7 +182,7 @@ pub async fn start(
         },
     };
     let mut import = Import { state: &state, operator: operator.id.clone(), admin, job, batch: Vec::new() };
-    import.claim().await?;
+    import_jobs::claim(&state, &mut import.job).await?;
     let outcome = import.run(Lines::new(body), &request).await;
     let failure = match outcome {
         Ok(()) => None,
@@ -570,50 +447,9 @@ impl Import<'_> {
 
     /// Keeps the job's progress in the operator's order (in a cluster, through its log, so that
     /// every node's view shows it).
-    /// Records the job running in this run, in the operator's order: refused (409) if another
-    /// node's run of it got there first. The check above read this node's view; two starts
-    /// through two nodes at the same moment can both pass it, but only one claim is ordered
-    /// before the other's.
-    async fn claim(&mut self) -> Result<(), ApiError> {
-        self.job.updated_at = now_ms();
-        let store = self.state.pipeline.store();
-        let operator = store.operator(&self.operator)?;
-        let operator = operator.ok_or_else(|| ApiError::not_found(format!("no operator {:?}", self.operator)))?;
-        let claiming = Command::StartImportJob { job: self.job.clone() };
-        let done = self.state.pipeline.command(&operator, claiming).await.map_err(super::events::ingest_error)?;
-        if done.changed().map_err(super::events::ingest_error)? {
-            return Ok(());
-        }
-        // The claim that won is in the ledger before this refusal; this node's view applies it
-        // to name its node. The refusal can come (from the entry as it was written) a moment
-        // before the stream answers for that entry, so the view looks a few times.
-        for _ in 0..20 {
-            let Some(cluster) = &self.state.cluster else { break };
-            if let Err(error) = cluster.apply_ledger_now(&self.operator).await {
-                tracing::warn!(operator = %self.operator, %error, "the job that runs could not be read from the ledger");
-                break;
-            }
-            if store.import_job(&self.operator, &self.job.id)?.is_some_and(|job| running_elsewhere(self.state, &job)) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        match store.import_job(&self.operator, &self.job.id)? {
-            Some(running) if running_elsewhere(self.state, &running) => Err(running_on(&self.job.id, &running)),
-            _ => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "import_running",
-                format!("import job {:?} is running on another node", self.job.id),
-            )),
-        }
-    }
-
     async fn keep(&mut self) -> Result<(), ApiError> {
         self.job.updated_at = now_ms();
-        let operator = self.state.pipeline.store().operator(&self.operator)?;
-        let operator = operator.ok_or_else(|| ApiError::not_found(format!("no operator {:?}", self.operator)))?;
-        let keeping = Command::PutImportJob { job: self.job.clone() };
-        self.state.pipeline.command(&operator, keeping).await.map_err(super::events::ingest_error)?;
+        import_jobs::in_order(self.state, &self.job, Command::PutImportJob { job: self.job.clone() }).await?;
         Ok(())
     }
 }

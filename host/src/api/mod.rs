@@ -32,6 +32,7 @@ mod error;
 mod events;
 mod export;
 mod history;
+mod import_jobs;
 mod import_lines;
 mod imports;
 mod listings;
@@ -165,7 +166,7 @@ fn credentialed_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(affiliate_keys::issue))
         .routes(routes!(affiliate_keys::revoke))
         .routes(routes!(imports::start))
-        .routes(routes!(imports::status))
+        .routes(routes!(import_jobs::status))
         .routes(routes!(history::export))
         .routes(routes!(e::postback))
 }
