@@ -4,7 +4,8 @@
 # route: one with every event in one month (2025-01), closed; one with the events spread over
 # ten months (2025-01 to 2025-10), each closed in order. Then, timed through HTTP (curl):
 # a late wager into the latest closed month, into the oldest of ten, one affiliate's statement,
-# and a full verify (events/s). Usage: SIZES="10000 100000 1000000" bench/checkpoints.sh
+# a full verify (events/s), and a verify job that goes on from the last one after 1,000 more
+# events (`"start": "last_verified"`). Usage: SIZES="10000 100000 1000000" bench/checkpoints.sh
 # HOST_BIN=path skips the build (a binary built by `cargo build --release`). SERVE_ARGS are
 # passed to the host's `serve` (say, SERVE_ARGS="--ledger-cache-bytes 8589934592"); DROP_CACHES=1
 # (as root) empties the kernel's page cache between filling and timing, as a cold disk.
@@ -60,6 +61,17 @@ late() { # operator key id month -> ms of three late events, one after the other
   done
 }
 
+verify_job() { # operator key body -> ms from the start to done, and where it replayed from
+  local started=$(date +%s%N) url answer
+  url=$(curl -s -X POST "$H/v1/operators/$1/verify-jobs" -H "Authorization: Bearer $2" -d "$3" | sed -E 's/.*"url":"([^"]+)".*/\1/')
+  for _ in $(seq 1 30000); do # at most 10 minutes
+    answer=$(curl -s "$H$url" -H "Authorization: Bearer $2")
+    echo "$answer" | grep -q '"status":"running"' || break
+    sleep 0.02
+  done
+  echo "$(( ($(date +%s%N) - started) / 1000000 )) ms, from $(echo "$answer" | sed -E 's/.*"verified_from":([0-9]+).*/\1/')"
+}
+
 for size in $SIZES; do
   key1=$(setup "one$size" 1 "$size")
   key10=$(setup "ten$size" 10 "$size")
@@ -82,6 +94,12 @@ for size in $SIZES; do
   t=$(curl -s -o "$work/verify.out" -w '%{time_total}\n' -X POST "$H/v1/operators/ten$size/verify" -H "Authorization: Bearer $key10" | ms)
   echo "full verify, ten months: $t ms ($(( size * 1000 / (t + 1) )) events/s): $(head -c 120 "$work/verify.out")"
   echo "   (events evaluated ahead by the verifies' helpers: $(curl -s "$H/metrics" "${admin[@]}" | grep '^commission_host_verify_evaluated_ahead_total' | cut -d' ' -f2))"
+  echo "verify job from the first event, ten months: $(verify_job "ten$size" "$key10" '{}')"
+  awk -v n="$size" 'BEGIN { for (i = 0; i < 1000; i++)
+    printf "{\"id\":\"more%d\",\"type\":\"wager\",\"customer\":\"c%d\",\"amount\":\"10\",\"occurred_at\":\"2025-11-02T10:00:00Z\"}\n", i, i % 500 }' >"$work/more.ndjson"
+  curl -s -o /dev/null -X POST "$H/v1/operators/ten$size/imports?format=ndjson" -H "Authorization: Bearer $key10" \
+    -H 'Content-Type: application/x-ndjson' --data-binary @"$work/more.ndjson"
+  echo "then 1,000 more events, and a verify job from the last verified point: $(verify_job "ten$size" "$key10" '{"start":"last_verified"}')"
   for op in "one$size" "ten$size"; do
     sed 's/\x1b\[[0-9;]*m//g' "$work/host.err" | grep "checkpoint before" | grep "operator=\"\?$op\"\? " \
       | sed -E 's/.*seq=([0-9]+).*bytes=([0-9]+).*keys=([0-9]+).*/\1 \2 \3/' \

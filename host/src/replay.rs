@@ -52,6 +52,16 @@ pub struct VerifyReport {
     /// since, say: see the differences' `replay_failure`): the ledger could not be reproduced,
     /// and the replayed state compared is one the live ledger never had.
     pub complete: bool,
+    /// The ledger position this verify replayed from: 1, or, for a job started with
+    /// `"start": "last_verified"`, the resume point of the operator's previous verify job. The
+    /// entries before it are reported as that job found them; the state there is the stored
+    /// checkpoint that job confirmed, read back and checked against the digest it saw.
+    #[serde(default = "first_position")]
+    pub verified_from: u64,
+}
+
+pub(crate) fn first_position() -> u64 {
+    1
 }
 
 /// A stored checkpoint that a replay of the ledger does not confirm.

@@ -29,7 +29,7 @@ use crate::amounts::Payout;
 use crate::pipeline::checkpoints::{ReplayState, ReplayedAdjustments};
 use crate::pipeline::restate::missed_by_settlement;
 use crate::pipeline::{Evaluated, IngestError, Pipeline, settlement_period};
-use crate::replay::{CheckpointDifference, EventDifference, VerifyReport};
+use crate::replay::{CheckpointDifference, EventDifference, VerifyReport, first_position};
 use crate::sandbox::ScratchState;
 use crate::store::checkpoints::{PeriodBook, State, decode_writes, encode_writes, state_digest};
 use crate::store::records::{EventRecord, EventStatus, Failure, FailureKind, OperatorRecord};
@@ -44,6 +44,10 @@ pub struct VerifyProgress {
     pub next: u64,
     /// The report so far (`state_keys_differing` is set at the end).
     pub report: VerifyReport,
+    /// Where this verify started: 1, or the resume point of the verify it goes on from
+    /// ([`Self::continued`]).
+    #[serde(default = "first_position")]
+    started_from: u64,
     /// The digest of the stored checkpoint at `next`, whose state is the replay's there; `None`
     /// at the start.
     anchor: Option<String>,
@@ -76,13 +80,36 @@ impl VerifyProgress {
                 state_keys_differing: None,
                 checkpoints_differing: Vec::new(),
                 complete: true,
+                verified_from: 1,
             },
+            started_from: 1,
             anchor: None,
             periodic_compared: 0,
             first_settlement: HashMap::new(),
             books: BTreeMap::new(),
             months: BTreeMap::new(),
         }
+    }
+
+    /// Where this verify started replaying.
+    pub fn started_from(&self) -> u64 {
+        self.started_from
+    }
+
+    /// A verify of the ledger up to `upto` that goes on from this one's last resume point: the
+    /// entries before it are taken as this verify found them (its report so far, its books and
+    /// months), and the state there is the stored checkpoint it confirmed, read back by digest
+    /// when the new verify starts. With no resume point, a verify from the first event.
+    ///
+    /// Why: a ledger verified last night need not be replayed from event 1 again today; what
+    /// arrived since is replayed from the latest checkpoint the last verify confirmed, in time
+    /// proportional to that, not to history.
+    pub fn continued(self, upto: u64) -> Self {
+        if self.anchor.is_none() || upto + 1 < self.next {
+            return Self::new(upto);
+        }
+        let started_from = self.next;
+        Self { upto, started_from, ..self }
     }
 }
 
@@ -215,6 +242,7 @@ impl Pipeline {
             self.compare_checkpoint(operator, None, seq, &last, &mut progress)?;
         }
         let mut report = progress.report;
+        report.verified_from = progress.started_from;
         report.checkpoints_differing.sort_by_key(|difference| difference.seq);
         if store.last_sequence(&operator.id)? == progress.upto {
             let stored = store.state_entries(&operator.id)?;

@@ -32,6 +32,20 @@ pub enum VerifyJobStatus {
     Failed,
 }
 
+/// Where a job starts replaying.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyStart {
+    /// From the ledger's first event: everything is checked, in time proportional to history.
+    #[default]
+    Ledger,
+    /// From the last resume point of the operator's previous job, if it is done: what arrived
+    /// since is replayed from the latest checkpoint that job confirmed, and what came before is
+    /// reported as that job found it, not checked again. From the first event if there is no
+    /// such job, or its checkpoint no longer reads back as it did.
+    LastVerified,
+}
+
 /// An operator's latest verify job, as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VerifyJob {
@@ -42,7 +56,8 @@ pub struct VerifyJob {
     pub updated_at: i64,
     /// The ledger's last sequence number when the job started: it verifies up to there.
     pub upto: u64,
-    /// Where a restart goes on from: its latest resume point (`Running` only).
+    /// Its latest resume point: where a restart goes on from while `Running`, and where a
+    /// next job started with [`VerifyStart::LastVerified`] goes on from once `Done`.
     pub progress: Option<VerifyProgress>,
     /// Each ledger position a restarted host resumed the job from.
     pub resumed_from: Vec<u64>,
@@ -72,13 +87,23 @@ pub enum StartError {
     Storage(#[from] StoreError),
 }
 
-/// Starts a verify job of the operator's ledger as it stands now.
-pub fn start(pipeline: &Pipeline, operator: OperatorRecord) -> Result<VerifyJob, StartError> {
+/// Starts a verify job of the operator's ledger as it stands now, from `start`.
+pub fn start(pipeline: &Pipeline, operator: OperatorRecord, start: VerifyStart) -> Result<VerifyJob, StartError> {
     let mut jobs = running().lock().expect("verify jobs lock");
     if let Some(live) = jobs.get(&operator.id) {
         return Err(StartError::Running(live.id.clone()));
     }
     let upto = pipeline.store().last_sequence(&operator.id)?;
+    let progress = match start {
+        VerifyStart::Ledger => None,
+        VerifyStart::LastVerified => pipeline
+            .store()
+            .verify_job::<VerifyJob>(&operator.id)?
+            .filter(|job| job.status == VerifyJobStatus::Done)
+            .and_then(|job| job.progress)
+            .map(|progress| progress.continued(upto)),
+    };
+    let from = progress.as_ref().map_or(1, |progress| progress.next);
     let now = now_ms();
     let job = VerifyJob {
         id: crate::secrets::random_text()[..16].to_owned(),
@@ -87,13 +112,13 @@ pub fn start(pipeline: &Pipeline, operator: OperatorRecord) -> Result<VerifyJob,
         started_at: now,
         updated_at: now,
         upto,
-        progress: None,
+        progress,
         resumed_from: Vec::new(),
         report: None,
         error: None,
     };
     pipeline.store().put_verify_job(&operator.id, &job)?;
-    let live = Arc::new(Live { id: job.id.clone(), next: AtomicU64::new(1), replayed: AtomicU64::new(0) });
+    let live = Arc::new(Live { id: job.id.clone(), next: AtomicU64::new(from), replayed: AtomicU64::new(0) });
     jobs.insert(operator.id.clone(), live.clone());
     drop(jobs);
     spawn(pipeline.clone(), operator, job.clone(), live);
@@ -190,6 +215,7 @@ fn spawn(pipeline: Pipeline, operator: OperatorRecord, job: VerifyJob, live: Arc
             let stored = || pipeline.store().verify_job::<VerifyJob>(&key);
             let Some(mut job) = job.or(stored()?.filter(|job| job.id == id)) else { return Ok(()) };
             match result {
+                // The last resume point stays: a next job can go on from it.
                 Ok(report) => {
                     job.status = VerifyJobStatus::Done;
                     job.report = Some(report);
@@ -198,9 +224,9 @@ fn spawn(pipeline: Pipeline, operator: OperatorRecord, job: VerifyJob, live: Arc
                     tracing::warn!(operator = %key, job = %id, %error, "a verify job failed");
                     job.status = VerifyJobStatus::Failed;
                     job.error = Some(error);
+                    job.progress = None;
                 }
             }
-            job.progress = None;
             job.updated_at = now_ms();
             pipeline.store().put_verify_job(&key, &job)
         })();

@@ -5,16 +5,17 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::operators::durable;
-use super::{ApiError, AppState, auth};
+use super::operators::{durable, parse_json};
+use super::{ApiError, AppState, auth, read_body};
 use crate::event::format_time;
 use crate::replay::VerifyReport;
-use crate::verify_jobs::{self, StartError, VerifyJob, VerifyJobStatus};
+use crate::verify_jobs::{self, StartError, VerifyJob, VerifyJobStatus, VerifyStart};
 
 /// A verify job, as its routes answer it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -30,9 +31,13 @@ pub struct VerifyJobView {
     pub verified_through: u64,
     /// Events replayed so far (accepted ones: `report.events_replayed` at the end).
     pub events_replayed: u64,
-    /// Where a restart of the host would go on from: the entries before this position are
-    /// verified and saved (0: from the start).
+    /// The entries up to this position are verified and saved (0: none yet): where a restart of
+    /// the host would go on from while `running`, and where a next job started with
+    /// `"start": "last_verified"` goes on from once `done`.
     pub saved_through: u64,
+    /// The ledger position the job replays from: 1, or, with `"start": "last_verified"`, the
+    /// previous job's `saved_through + 1` (the entries before it as that job found them).
+    pub verified_from: u64,
     /// Each ledger position a restarted host resumed the job from.
     pub resumed_from: Vec<u64>,
     /// Once `done`: what `POST /v1/operators/{op}/verify` answers.
@@ -49,7 +54,13 @@ fn url(operator: &str, id: &str) -> String {
 }
 
 fn view(job: VerifyJob, next: u64, replayed: u64) -> VerifyJobView {
+    let verified_from = match (&job.report, &job.progress) {
+        (Some(report), _) => report.verified_from,
+        (None, Some(progress)) => progress.started_from(),
+        (None, None) => 1,
+    };
     VerifyJobView {
+        verified_from,
         url: url(&job.operator, &job.id),
         job: job.id,
         status: job.status,
@@ -65,6 +76,17 @@ fn view(job: VerifyJob, next: u64, replayed: u64) -> VerifyJobView {
     }
 }
 
+/// What a job is asked to do; the body may be empty.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyJobRequest {
+    /// `ledger` (the default): replay from the first event; `last_verified`: go on from the
+    /// last resume point of the operator's previous job, if it is `done` (from the first event
+    /// otherwise; `verified_from` says which).
+    #[serde(default)]
+    start: VerifyStart,
+}
+
 /// `POST /v1/operators/{op}/verify-jobs`: verifies the ledger as it stands, in the background.
 #[utoipa::path(
     post,
@@ -72,6 +94,7 @@ fn view(job: VerifyJob, next: u64, replayed: u64) -> VerifyJobView {
     tag = "plugins",
     security(("operator_key" = []), ("admin_token" = [])),
     params(("op" = String, Path)),
+    request_body(content = Option<VerifyJobRequest>),
     responses(
         (status = 202, description = "the job is started; `Location` and `url` are where to follow it", body = VerifyJobView,
             headers(("Location" = String, description = "the job's URL"))),
@@ -82,10 +105,13 @@ pub async fn start_verify_job(
     State(state): State<Arc<AppState>>,
     Path(op): Path<String>,
     headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
+    let body = read_body(body, state.limits.json()).await?;
+    let request: VerifyJobRequest = if body.is_empty() { VerifyJobRequest::default() } else { parse_json(&body)? };
     let id = operator.id.clone();
-    let job = verify_jobs::start(&state.pipeline, operator).map_err(|error| match error {
+    let job = verify_jobs::start(&state.pipeline, operator, request.start).map_err(|error| match error {
         StartError::Running(job) => ApiError::new(
             StatusCode::CONFLICT,
             "verify_running",
@@ -95,7 +121,9 @@ pub async fn start_verify_job(
     })?;
     durable(&state).await?;
     let location = url(&job.operator, &job.id);
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view(job, 1, 0))).into_response())
+    let (next, replayed) =
+        job.progress.as_ref().map_or((1, 0), |progress| (progress.next, progress.report.events_replayed as u64));
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view(job, next, replayed))).into_response())
 }
 
 /// `GET /v1/operators/{op}/verify-jobs/{job}`: how far the job has gone; its report once done.
