@@ -4,6 +4,9 @@
 # memory, the stack: tests/plugins/hostile, as tests/sequencer.rs uses it). Prints the
 # well-behaved operator's p99 and events/s in both runs and their ratios; the target is a p99
 # within 3x of its p99 alone. Real release binary, loopback, bounded by DURATION. Needs wrk.
+# VERIFY_EVENTS=N adds a third run: the same load while verify jobs run one after the other on a
+# third operator with N events of history (its verify helpers use the other cores: compare
+# with `bench/neighbour.sh --verify-helpers 0`). Arguments are passed to `serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15s}
@@ -57,4 +60,33 @@ awk -v a="$(p99 alone)" -v b="$(p99 beside)" -v ra="$(rps alone)" -v rb="$(rps b
   printf "p99 beside / alone: %.2f ms / %.2f ms = %.2fx (target <= 3x)\n", b, a, b / a
   printf "events/s beside / alone: %.0f / %.0f = %.2f\n", rb, ra, rb / ra
 }'
+if [ -n "${VERIFY_EVENTS:-}" ]; then
+  created=$(curl -s -X POST $H/v1/operators "${admin[@]}" -d '{"id":"big","name":"big","currency":"USD"}')
+  bigkey=$(echo "$created" | sed -E 's/.*"api_key":"([^"]+)".*/\1/')
+  curl -s -o /dev/null -X PUT $H/v1/operators/big/limits "${admin[@]}" -d '{"stored_bytes": 100000000000}'
+  curl -s -o /dev/null -X POST "$H/v1/operators/big/plugins?activate=true" -H "Authorization: Bearer $bigkey" \
+    -H 'Content-Type: application/wasm' --data-binary @target/wasm32-wasip2/plugin/multi_event.wasm
+  curl -s -o /dev/null -X PUT $H/v1/operators/big/affiliates/aff1 -H "Authorization: Bearer $bigkey" -d '{"deal":{}}'
+  awk -v n="$VERIFY_EVENTS" 'BEGIN { for (i = 0; i < n; i++)
+    printf "{\"id\":\"v%d\",\"type\":\"deposit\",\"customer\":\"c%d\",\"amount\":\"100\",\"affiliate\":\"aff1\",\"occurred_at\":\"2026-10-15T09:00:00Z\"}\n", i, i % 300 }' >"$work/big.ndjson"
+  curl -s -o /dev/null -X POST "$H/v1/operators/big/imports?format=ndjson" -H "Authorization: Bearer $bigkey" \
+    -H 'Content-Type: application/x-ndjson' --data-binary @"$work/big.ndjson"
+  echo "-- the well-behaved operator beside verify jobs of an operator with $VERIFY_EVENTS events"
+  ( end=$((SECONDS + ${DURATION%s} + 2)); jobs=0
+    while [ $SECONDS -lt $end ]; do
+      url=$(curl -s -X POST "$H/v1/operators/big/verify-jobs" -H "Authorization: Bearer $bigkey" | sed -E 's/.*"url":"([^"]+)".*/\1/')
+      jobs=$((jobs + 1))
+      while [ $SECONDS -lt $end ] && curl -s "$H$url" -H "Authorization: Bearer $bigkey" | grep -q '"status":"running"'; do sleep 0.1; done
+    done
+    echo "verify jobs started: $jobs" ) &
+  verifier=$!
+  sleep 1
+  good verifying
+  wait $verifier
+  curl -s $H/metrics "${admin[@]}" | grep -E '^commission_host_verify_evaluated_ahead_total' || true
+  awk -v a="$(p99 alone)" -v b="$(p99 verifying)" -v ra="$(rps alone)" -v rb="$(rps verifying)" 'BEGIN {
+    printf "p99 beside verify jobs / alone: %.2f ms / %.2f ms = %.2fx\n", b, a, b / a
+    printf "events/s beside verify jobs / alone: %.0f / %.0f = %.2f\n", rb, ra, rb / ra
+  }'
+fi
 kill %1; wait %1 2>/dev/null || true

@@ -150,10 +150,14 @@ pub fn resume_all(pipeline: &Pipeline) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The operator's job `id` as it stands: the stored record, with a running job's position in
-/// this process. `None` if it is not the operator's latest job.
+/// What names the operator's latest job, whatever its id (ids are 16 characters).
+pub const LATEST: &str = "latest";
+
+/// The operator's job `id` (or [`LATEST`]) as it stands: the stored record, with a running
+/// job's position in this process. `None` if it is not the operator's latest job.
 pub fn status(pipeline: &Pipeline, operator: &str, id: &str) -> Result<Option<(VerifyJob, u64, u64)>, StoreError> {
-    let Some(job) = pipeline.store().verify_job::<VerifyJob>(operator)?.filter(|job| job.id == id) else {
+    let latest = pipeline.store().verify_job::<VerifyJob>(operator)?;
+    let Some(job) = latest.filter(|job| job.id == id || id == LATEST) else {
         return Ok(None);
     };
     let (next, replayed) = match (&job.report, &job.progress) {
@@ -161,7 +165,7 @@ pub fn status(pipeline: &Pipeline, operator: &str, id: &str) -> Result<Option<(V
         (None, Some(progress)) => (progress.next, progress.report.events_replayed as u64),
         (None, None) => (1, 0),
     };
-    let live = running().lock().expect("verify jobs lock").get(operator).filter(|live| live.id == id).cloned();
+    let live = running().lock().expect("verify jobs lock").get(operator).filter(|live| live.id == job.id).cloned();
     let (next, replayed) = match live {
         Some(live) => {
             (live.next.load(Ordering::Relaxed).max(next), live.replayed.load(Ordering::Relaxed).max(replayed))

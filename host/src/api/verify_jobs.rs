@@ -127,12 +127,13 @@ pub async fn start_verify_job(
 }
 
 /// `GET /v1/operators/{op}/verify-jobs/{job}`: how far the job has gone; its report once done.
+/// `latest` names the operator's latest job (a client that lost the URL, the console).
 #[utoipa::path(
     get,
     path = "/v1/operators/{op}/verify-jobs/{job}",
     tag = "plugins",
     security(("operator_key" = []), ("admin_token" = [])),
-    params(("op" = String, Path), ("job" = String, Path, description = "the job's id")),
+    params(("op" = String, Path), ("job" = String, Path, description = "the job's id, or `latest` for the operator's latest job")),
     responses((status = 200, description = "the job's status and, once done, its report", body = VerifyJobView))
 )]
 pub async fn verify_job(

@@ -25,7 +25,8 @@
 //! | [`ledger`] | commissions with filters, bulk approve, payout run, CSV |
 //! | [`trace`] | one event's trace |
 //! | [`statement`] | a month's statement, line by line, closed and restated |
-//! | [`periods`] | months: close (with a confirmation), statements as closed and restated, verify |
+//! | [`periods`] | months: close (with a confirmation), statements as closed and restated |
+//! | [`verify`] | verify as a job: from the first event or since the last, its progress, its report |
 //! | [`portal`] | an affiliate's earnings, balances, commissions, statements, payouts |
 
 mod affiliates;
@@ -38,6 +39,7 @@ mod portal;
 mod session;
 mod statement;
 mod trace;
+mod verify;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,7 +77,8 @@ pub fn router(api: Router) -> Router {
         .route("/console/periods/{period}/close", get(periods::confirm_close).post(periods::close))
         .route("/console/periods/{period}/statement", get(periods::statement))
         .route("/console/periods/{period}/statement.csv", get(periods::statement_csv))
-        .route("/console/verify", post(periods::verify))
+        .route("/console/verify", post(verify::start))
+        .route("/console/verify-jobs/{job}", get(verify::job))
         .route("/console/portal", get(portal::page))
         .route("/console/portal/statements", get(portal::pick))
         .route("/console/portal/statements/{period}", get(portal::statement))

@@ -1,5 +1,6 @@
 //! Months: the list (`GET .../periods`), closing one behind a confirmation page, each closed
-//! month's statement (as closed and restated, see [`super::statement`]) and its CSV, and verify.
+//! month's statement (as closed and restated, see [`super::statement`]) and its CSV; verify's
+//! form ([`super::verify`]).
 //!
 //! The confirmation shows what the API can say before a close: the month's events and
 //! commissions so far, and the affiliates `settle` will run for. What each settlement will pay
@@ -8,11 +9,11 @@
 use axum::extract::{Path, RawQuery};
 use axum::http::Method;
 use axum::response::Response;
-use maud::{Markup, html};
+use maud::html;
 
 use super::layout::{self, text};
 use super::session::{Posted, Signed};
-use super::{Answer, Page, enc, failed, listing, statement};
+use super::{Answer, Page, enc, listing, statement};
 
 pub async fn page(signed: Signed) -> Page {
     let (periods, _) = listing(&signed, "/periods", "periods").await?;
@@ -41,12 +42,7 @@ pub async fn page(signed: Signed) -> Page {
                 }
             }
         }
-        h2 { "Verify" }
-        p { "Replays every accepted event through the version that evaluated it and reports any difference from the ledger." }
-        form method="post" action="/console/verify" {
-            (layout::csrf(session))
-            button type="submit" { "Verify the ledger" }
-        }
+        (super::verify::form(session))
     };
     Ok(layout::page(session, "Periods", body))
 }
@@ -138,36 +134,4 @@ pub async fn statement_csv(signed: Signed, Path(period): Path<String>, RawQuery(
         rest.push_str(&format!("&affiliate={}", enc(&affiliate)));
     }
     signed.get(&rest).await.passed_on()
-}
-
-pub async fn verify(Posted { signed, .. }: Posted) -> Page {
-    let answer = signed.api(Method::POST, "/verify", None).await;
-    if !answer.ok() {
-        return Err(failed(&answer, "Verify refused"));
-    }
-    let report = answer.json();
-    let differences = report["differences"].as_array().cloned().unwrap_or_default();
-    let verdict: Markup = html! {
-        @if report["complete"] == true && differences.is_empty() && report["state_keys_differing"].as_array().is_none_or(|keys| keys.is_empty()) {
-            p.notice role="status" { "The ledger verifies: " (text(&report["events_replayed"])) " events replayed, "
-                (text(&report["events_matching"])) " matching, no difference." }
-        } @else {
-            p.warn role="status" { "Differences found (complete: " (text(&report["complete"])) ")." }
-        }
-    };
-    let body = html! {
-        (verdict)
-        @if !differences.is_empty() {
-            table {
-                tr { th { "event" } th { "what differs" } }
-                @for difference in &differences {
-                    tr.diff {
-                        td { a href=(format!("/console/events/{}", enc(&text(&difference["event_id"])))) { (text(&difference["event_id"])) } }
-                        td { code { (difference.to_string()) } }
-                    }
-                }
-            }
-        }
-    };
-    Ok(layout::page(&signed.session, "Verify", body))
 }
