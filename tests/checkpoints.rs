@@ -272,7 +272,8 @@ fn late_events_under_concurrent_load_commit_and_none_is_refused() {
 
 /// Checkpoints every N events (`serve --checkpoint-every 2`): after the five events of
 /// [`four_closed_months`] the host keeps periodic ones at ledger positions 3 and 5, then one
-/// before each close's settlement (6 to 9). The one at 5 is altered and November's (7) deleted:
+/// before each close's settlement (6 to 9); the one at 5 is chained to the one at 3 (written
+/// from the keys committed since). The one at 5 is altered and November's (7) deleted:
 /// verify names the altered one (`period` null, for a periodic checkpoint); the late events
 /// re-derive October's and November's from the sound one at 3 (three events and October's
 /// settlement replayed, not the ledger) and pay the same hand-worked adjustments.
@@ -291,6 +292,8 @@ fn a_missing_or_altered_checkpoint_is_rederived_from_the_previous_sound_periodic
         match (seq, period) {
             (7, "2025-11") => None,
             (5, "") => {
+                // Written from the keys committed since 3, and linked to it by its digest.
+                assert_eq!(checkpoint["chained"], true, "{checkpoint}");
                 let delta = checkpoint["delta"].as_object_mut().unwrap();
                 let (_, value) = delta.iter_mut().next().expect("the delta since 3 is not empty");
                 *value = json!("MA==");

@@ -313,11 +313,12 @@ impl Pipeline {
             if next.saturating_sub(latest) < every {
                 return Ok(());
             }
-            let state = store.state_entries(operator)?;
-            let bytes = store.put_checkpoint(operator, next, None, &state)?;
+            let started = std::time::Instant::now();
+            let (bytes, chained) = store.put_periodic_checkpoint(operator, next)?;
+            let stored = started.elapsed();
             let month_of = |at| Period::containing(at).map(|period| period.id);
             store.index_months(operator, next - 1, month_of, |id| id.starts_with(RESERVED_PREFIX))?;
-            tracing::debug!(%operator, seq = next, bytes, keys = state.len(), "periodic checkpoint");
+            tracing::debug!(%operator, seq = next, bytes, chained, ?stored, took = ?started.elapsed(), "periodic checkpoint");
             Ok(())
         };
         if let Err(error) = due() {

@@ -7,7 +7,9 @@
 //! deleted key as `null`) with the sha256 of the whole state it stands for: reading one folds the
 //! deltas up to it and checks the digest, so a checkpoint that is missing, or one that was
 //! altered, or one after a missing delta, reads as absent (and the caller replays the ledger
-//! instead) rather than as a wrong state.
+//! instead) rather than as a wrong state. A periodic checkpoint may instead be **chained**
+//! ([`super::checkpoint_chain`]): written from the keys committed since the one before, its digest
+//! covers that one's digest and its own delta, and it is sound only if the one before is.
 //!
 //! A **period book** says, for one closed month, what a restatement needs besides the
 //! checkpoint: the writes of the late events booked into the month, the writes its settlements
@@ -32,7 +34,7 @@ pub type Writes = BTreeMap<String, Option<Vec<u8>>>;
 /// A whole plugin state.
 pub type State = BTreeMap<String, Vec<u8>>;
 
-const CHECKPOINTS: &str = "checkpoints";
+pub(super) const CHECKPOINTS: &str = "checkpoints";
 const BOOKS: &str = "period_books";
 
 /// One stored checkpoint: a delta from the operator's previous one.
@@ -42,14 +44,21 @@ pub struct StoredCheckpoint {
     pub seq: u64,
     /// The month whose first settlement it precedes.
     pub period: Option<String>,
-    /// sha256 (hex) of the whole state, see [`state_digest`].
+    /// sha256 (hex) of the whole state, see [`state_digest`]; for a `chained` one, of the
+    /// checkpoint before it and its own delta, see [`link_digest`].
     pub digest: String,
-    /// How many keys the whole state holds.
-    pub keys: usize,
+    /// How many keys the whole state holds (not counted for a `chained` one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<usize>,
     /// The delta is the whole state (the first checkpoint, or one after a broken chain):
     /// reading starts over from it.
     #[serde(default)]
     pub full: bool,
+    /// A periodic checkpoint written from the keys committed since the one before it
+    /// ([`super::checkpoint_chain`]): its delta holds their values (a key may be there unchanged),
+    /// and its digest links it to the one before, which must be sound itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chained: bool,
     /// The keys changed since the previous checkpoint; `None`: deleted.
     pub delta: BTreeMap<String, Option<String>>,
 }
@@ -117,6 +126,35 @@ pub fn state_digest(state: &State) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// The digest of a chained checkpoint: sha256 of the digest of the checkpoint before it, its own
+/// position, and its delta (each key and value, length-prefixed, in key order; a deleted key's
+/// value marked apart from an empty one).
+pub fn link_digest(previous: &str, seq: u64, delta: &BTreeMap<String, Option<String>>) -> String {
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(previous.as_bytes());
+    hasher.update(seq.to_be_bytes());
+    for (key, value) in delta {
+        hasher.update((key.len() as u64).to_be_bytes());
+        hasher.update(key.as_bytes());
+        match value {
+            Some(value) => {
+                hasher.update([1]);
+                hasher.update((value.len() as u64).to_be_bytes());
+                hasher.update(value.as_bytes());
+            }
+            None => hasher.update([0]),
+        }
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// The operator's checkpoints folded up to a position (see [`Store::fold_checkpoints`]).
+struct Folded {
+    state: State,
+    /// Each checkpoint's position, and whether it is sound.
+    sound: Vec<(u64, bool)>,
+}
+
 /// Applies `writes` to `state`.
 pub fn apply(state: &mut State, writes: &Writes) {
     for (key, value) in writes {
@@ -160,19 +198,40 @@ impl Store {
     /// The whole state at the checkpoint at `seq`: `None` if there is none, or it (or a delta
     /// before it) is missing or altered, so that its digest does not match.
     pub fn checkpoint_state(&self, operator: &str, seq: u64) -> Result<Option<State>, StoreError> {
-        let mut state = State::new();
-        for entry in self.checkpoint_tree()?.range(keys::sequence(operator, 0)..=keys::sequence(operator, seq)) {
+        let folded = self.fold_checkpoints(operator, seq, false)?;
+        Ok(folded.sound.last().filter(|(at, sound)| *at == seq && *sound).map(|_| folded.state))
+    }
+
+    /// Folds the operator's checkpoints up to `upto`, in order: the state at the last one, and
+    /// whether each is sound. A whole-state one is sound if the state folded so far has its
+    /// digest; a chained one if the one before it is sound and its link matches. The whole state
+    /// is hashed only where it is asked: the last one, the root of a chain, or (`every`) all.
+    fn fold_checkpoints(&self, operator: &str, upto: u64, every: bool) -> Result<Folded, StoreError> {
+        let mut records = Vec::new();
+        for entry in self.checkpoint_tree()?.range(keys::sequence(operator, 0)..=keys::sequence(operator, upto)) {
             let (_, value) = entry?;
-            let Ok(checkpoint) = serde_json::from_slice::<StoredCheckpoint>(&value) else { continue };
+            if let Ok(checkpoint) = serde_json::from_slice::<StoredCheckpoint>(&value) {
+                records.push(checkpoint);
+            }
+        }
+        let mut state = State::new();
+        let mut sound: Vec<(u64, bool)> = Vec::with_capacity(records.len());
+        for (i, checkpoint) in records.iter().enumerate() {
             if checkpoint.full {
                 state.clear();
             }
             apply(&mut state, &decode_writes(&checkpoint.delta));
-            if checkpoint.seq == seq {
-                return Ok((state_digest(&state) == checkpoint.digest).then_some(state));
-            }
+            let ok = if checkpoint.chained {
+                i > 0
+                    && sound[i - 1].1
+                    && link_digest(&records[i - 1].digest, checkpoint.seq, &checkpoint.delta) == checkpoint.digest
+            } else {
+                let asked = every || i + 1 == records.len() || records[i + 1].chained;
+                asked && state_digest(&state) == checkpoint.digest
+            };
+            sound.push((checkpoint.seq, ok));
         }
-        Ok(None)
+        Ok(Folded { state, sound })
     }
 
     /// Stores `state` as the checkpoint at `seq`, as a delta from the operator's latest
@@ -217,8 +276,9 @@ impl Store {
             seq,
             period: period.map(str::to_owned),
             digest: state_digest(state),
-            keys: state.len(),
+            keys: Some(state.len()),
             full,
+            chained: false,
             delta: encode_writes(&delta),
         };
         let bytes = to_json(&checkpoint);
@@ -329,22 +389,10 @@ impl Store {
     /// The latest checkpoint at or before `seq` that reads back whole (its digest matches),
     /// with its position: an altered or missing one falls back on the one before it.
     pub fn checkpoint_at_or_before(&self, operator: &str, seq: u64) -> Result<Option<(u64, State)>, StoreError> {
-        let mut state = State::new();
-        let mut sound = None;
-        for entry in self.checkpoint_tree()?.range(keys::sequence(operator, 0)..=keys::sequence(operator, seq)) {
-            let (_, value) = entry?;
-            let Ok(checkpoint) = serde_json::from_slice::<StoredCheckpoint>(&value) else { continue };
-            if checkpoint.full {
-                state.clear();
-            }
-            apply(&mut state, &decode_writes(&checkpoint.delta));
-            if state_digest(&state) == checkpoint.digest {
-                sound = Some(checkpoint.seq);
-            }
-        }
+        let folded = self.fold_checkpoints(operator, seq, true)?;
         // Folded once more up to the sound one: cheaper than cloning the state at each.
-        match sound {
-            Some(at) => Ok(self.checkpoint_state(operator, at)?.map(|state| (at, state))),
+        match folded.sound.iter().rev().find(|(_, sound)| *sound) {
+            Some((at, _)) => Ok(self.checkpoint_state(operator, *at)?.map(|state| (*at, state))),
             None => Ok(None),
         }
     }

@@ -446,10 +446,12 @@ impl Store {
                     .collect::<TxResult<Vec<_>>>()
             },
         );
-        result.map_err(|error| match error {
+        let outcomes = result.map_err(|error| match error {
             TransactionError::Abort(Abort::Decode(detail)) => StoreError::Decode { tree: "events", detail },
             TransactionError::Storage(error) => StoreError::Sled(error),
-        })
+        })?;
+        self.touched.note(group, &outcomes);
+        Ok(outcomes)
     }
 }
 

@@ -11,6 +11,7 @@
 //! `Corruption` report at start-up the host refuses to serve (see the README's recovery section)
 //! rather than guess.
 
+mod checkpoint_chain;
 pub mod checkpoints;
 mod clawback;
 mod commit;
@@ -103,6 +104,9 @@ pub struct Store {
     affiliate_keys: Tree,
     /// (operator, reference) -> the payout made under that reference.
     payouts: Tree,
+    /// The plugin state keys each operator's events wrote since its latest checkpoint (see
+    /// [`checkpoint_chain`]).
+    touched: checkpoint_chain::TouchedKeys,
 }
 
 enum Abort {
@@ -162,6 +166,7 @@ impl Store {
             stored_bytes: tree("stored_bytes")?,
             affiliate_keys: tree("affiliate_keys")?,
             payouts: tree("payouts")?,
+            touched: Default::default(),
             db,
         };
         migrate::to_current(&store.db)?;
