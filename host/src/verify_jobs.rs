@@ -70,6 +70,19 @@ struct Live {
     id: String,
     next: AtomicU64,
     replayed: AtomicU64,
+    /// The position the latest resume point goes on from, once it is flushed (0: none): the
+    /// stored record has it a moment earlier, before the flush has made it durable.
+    saved: AtomicU64,
+}
+
+/// A job as its status route shows it.
+pub struct JobStatus {
+    pub job: VerifyJob,
+    /// The next position to verify, and the events replayed so far.
+    pub next: u64,
+    pub replayed: u64,
+    /// The entries up to here are verified and their resume point is durable (0: none).
+    pub saved_through: u64,
 }
 
 /// The jobs running in this process, by operator.
@@ -118,7 +131,13 @@ pub fn start(pipeline: &Pipeline, operator: OperatorRecord, start: VerifyStart) 
         error: None,
     };
     pipeline.store().put_verify_job(&operator.id, &job)?;
-    let live = Arc::new(Live { id: job.id.clone(), next: AtomicU64::new(from), replayed: AtomicU64::new(0) });
+    let saved = job.progress.as_ref().map_or(0, |progress| progress.next);
+    let live = Arc::new(Live {
+        id: job.id.clone(),
+        next: AtomicU64::new(from),
+        replayed: AtomicU64::new(0),
+        saved: AtomicU64::new(saved),
+    });
     jobs.insert(operator.id.clone(), live.clone());
     drop(jobs);
     spawn(pipeline.clone(), operator, job.clone(), live);
@@ -143,6 +162,7 @@ pub fn resume_all(pipeline: &Pipeline) -> Result<(), StoreError> {
             replayed: AtomicU64::new(
                 job.progress.as_ref().map_or(0, |progress| progress.report.events_replayed as u64),
             ),
+            saved: AtomicU64::new(job.progress.as_ref().map_or(0, |progress| progress.next)),
         });
         running().lock().expect("verify jobs lock").insert(job.operator.clone(), live.clone());
         spawn(pipeline.clone(), operator, job, live);
@@ -155,7 +175,7 @@ pub const LATEST: &str = "latest";
 
 /// The operator's job `id` (or [`LATEST`]) as it stands: the stored record, with a running
 /// job's position in this process. `None` if it is not the operator's latest job.
-pub fn status(pipeline: &Pipeline, operator: &str, id: &str) -> Result<Option<(VerifyJob, u64, u64)>, StoreError> {
+pub fn status(pipeline: &Pipeline, operator: &str, id: &str) -> Result<Option<JobStatus>, StoreError> {
     let latest = pipeline.store().verify_job::<VerifyJob>(operator)?;
     let Some(job) = latest.filter(|job| job.id == id || id == LATEST) else {
         return Ok(None);
@@ -165,14 +185,17 @@ pub fn status(pipeline: &Pipeline, operator: &str, id: &str) -> Result<Option<(V
         (None, Some(progress)) => (progress.next, progress.report.events_replayed as u64),
         (None, None) => (1, 0),
     };
+    let saved = job.progress.as_ref().map_or(0, |progress| progress.next);
     let live = running().lock().expect("verify jobs lock").get(operator).filter(|live| live.id == job.id).cloned();
-    let (next, replayed) = match live {
-        Some(live) => {
-            (live.next.load(Ordering::Relaxed).max(next), live.replayed.load(Ordering::Relaxed).max(replayed))
-        }
-        None => (next, replayed),
+    let (next, replayed, saved) = match live {
+        Some(live) => (
+            live.next.load(Ordering::Relaxed).max(next),
+            live.replayed.load(Ordering::Relaxed).max(replayed),
+            live.saved.load(Ordering::Acquire),
+        ),
+        None => (next, replayed, saved),
     };
-    Ok(Some((job, next, replayed)))
+    Ok(Some(JobStatus { job, next, replayed, saved_through: saved.saturating_sub(1) }))
 }
 
 /// Saves each resume point with the job, flushed before the replay goes on.
@@ -194,7 +217,9 @@ impl VerifyObserver for Saver<'_> {
         self.pipeline.store().put_verify_job(&self.job.operator, &self.job)?;
         tokio::runtime::Handle::current()
             .block_on(self.pipeline.make_durable())
-            .map_err(|error| IngestError::Internal(format!("flushing a verify job's progress: {error}")))
+            .map_err(|error| IngestError::Internal(format!("flushing a verify job's progress: {error}")))?;
+        self.live.saved.store(progress.next, Ordering::Release);
+        Ok(())
     }
 }
 

@@ -15,7 +15,7 @@ use super::operators::{durable, parse_json};
 use super::{ApiError, AppState, auth, read_body};
 use crate::event::format_time;
 use crate::replay::VerifyReport;
-use crate::verify_jobs::{self, StartError, VerifyJob, VerifyJobStatus, VerifyStart};
+use crate::verify_jobs::{self, JobStatus, StartError, VerifyJobStatus, VerifyStart};
 
 /// A verify job, as its routes answer it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -53,7 +53,7 @@ fn url(operator: &str, id: &str) -> String {
     format!("/v1/operators/{operator}/verify-jobs/{id}")
 }
 
-fn view(job: VerifyJob, next: u64, replayed: u64) -> VerifyJobView {
+fn view(JobStatus { job, next, replayed, saved_through }: JobStatus) -> VerifyJobView {
     let verified_from = match (&job.report, &job.progress) {
         (Some(report), _) => report.verified_from,
         (None, Some(progress)) => progress.started_from(),
@@ -67,7 +67,7 @@ fn view(job: VerifyJob, next: u64, replayed: u64) -> VerifyJobView {
         upto: job.upto,
         verified_through: next.saturating_sub(1).min(job.upto),
         events_replayed: replayed,
-        saved_through: job.progress.as_ref().map_or(0, |progress| progress.next.saturating_sub(1)),
+        saved_through,
         resumed_from: job.resumed_from,
         report: job.report,
         error: job.error,
@@ -123,7 +123,10 @@ pub async fn start_verify_job(
     let location = url(&job.operator, &job.id);
     let (next, replayed) =
         job.progress.as_ref().map_or((1, 0), |progress| (progress.next, progress.report.events_replayed as u64));
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view(job, next, replayed))).into_response())
+    // A continuation's resume point is durable: `durable` above flushed the job's record.
+    let saved_through = job.progress.as_ref().map_or(0, |progress| progress.next.saturating_sub(1));
+    let status = JobStatus { job, next, replayed, saved_through };
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view(status))).into_response())
 }
 
 /// `GET /v1/operators/{op}/verify-jobs/{job}`: how far the job has gone; its report once done.
@@ -142,8 +145,8 @@ pub async fn verify_job(
     headers: HeaderMap,
 ) -> Result<Json<VerifyJobView>, ApiError> {
     let operator = auth::operator(&state, &headers, &op)?;
-    let (found, next, replayed) = verify_jobs::status(&state.pipeline, &operator.id, &job)?.ok_or_else(|| {
+    let found = verify_jobs::status(&state.pipeline, &operator.id, &job)?.ok_or_else(|| {
         ApiError::not_found(format!("operator {op:?} has no verify job {job:?} (only its latest one is kept)"))
     })?;
-    Ok(Json(view(found, next, replayed)))
+    Ok(Json(view(found)))
 }
