@@ -110,7 +110,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::deposit;
+    use super::super::tests::{deposit, reopen};
     use super::*;
     use crate::store::checkpoints::State;
 
@@ -182,7 +182,7 @@ mod tests {
             assert_eq!(store.checkpoint_state("op", chained).unwrap(), None);
             store.db.flush().unwrap();
         }
-        let store = Store::open(directory.path()).unwrap();
+        let store = reopen(directory.path());
         write(&store, "e3", "c");
         let after = next(&store);
         assert!(!store.put_periodic_checkpoint("op", after).unwrap().1, "nothing noted in this process yet");

@@ -84,7 +84,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::deposit;
+    use super::super::tests::{deposit, reopen};
     use super::super::{CommitOutcome, Store};
     use crate::store::records::AffiliateRecord;
 
@@ -115,7 +115,7 @@ mod tests {
             store.db.flush().unwrap();
             kept
         };
-        let store = Store::open(directory.path()).expect("sled opens again");
+        let store = reopen(directory.path());
         assert!(kept.0 > 0 && kept.1 > 0, "{kept:?}");
         assert_eq!((store.stored_bytes("op").unwrap(), store.stored_bytes("other").unwrap()), kept);
     }

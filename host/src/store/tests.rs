@@ -26,6 +26,22 @@ pub(super) fn cpa_of_ten(event_id: &str, affiliate: &str, customer: &str) -> Com
     }
 }
 
+/// The store at `path` opened again after the last handle on it was dropped: sled lets go of
+/// its directory's lock from a background thread a moment after the drop, so a busy machine
+/// can see it still held. Tried for up to 10 s.
+pub(super) fn reopen(path: &std::path::Path) -> Store {
+    let started = std::time::Instant::now();
+    loop {
+        match Store::open(path) {
+            Ok(store) => return store,
+            Err(_) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(error) => panic!("sled opens again: {error}"),
+        }
+    }
+}
+
 /// A deposit of `customer` that read `read` as absent and writes it; no commissions.
 pub(super) fn deposit(id: &str, customer: &str, read: &str) -> EventCommit {
     EventCommit {
