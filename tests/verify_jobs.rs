@@ -1,7 +1,8 @@
 //! A full verify as a job (`POST /v1/operators/{op}/verify-jobs`, issue 15): it ends with the
 //! report the synchronous `POST .../verify` gives on the same ledger (a tampered commission and
 //! an altered checkpoint included), one runs per operator at a time, and a host SIGKILLed
-//! mid-job goes on from the job's last resume point when it starts again, not from event 1.
+//! mid-job goes on from the job's last resume point when it starts again, not from event 1;
+//! one sent SIGTERM mid-job stops promptly, and the job goes on at its next start.
 //! A job started with `"start": "last_verified"` replays only what came after the previous
 //! job's last resume point, and from event 1 when that point's checkpoint was altered.
 
@@ -176,7 +177,7 @@ fn big_ledger(host: &Host, id: &str, events: usize) -> Operator {
 }
 
 #[test]
-fn a_second_verify_job_is_refused_and_a_host_killed_mid_job_resumes_it_where_it_stopped() {
+fn a_second_verify_job_is_refused_and_a_host_killed_or_stopped_mid_job_resumes_it_where_it_stopped() {
     let (_dir, data) = data_dir();
     let args = ["--checkpoint-every", "500"];
     let host = Host::start_with(&data, &args);
@@ -212,9 +213,20 @@ fn a_second_verify_job_is_refused_and_a_host_killed_mid_job_resumes_it_where_it_
     assert!(resumed["verified_through"].as_u64().unwrap() >= from - 1, "the progress does not restart: {resumed}");
     let (status, refused, _) = start_job(&host, &acme);
     assert_eq!(status, StatusCode::CONFLICT, "the resumed job runs: {refused}");
+
+    // SIGTERM mid-job: the host stops promptly, and the job stays to go on at the next start.
+    let running = job(&host, &acme, &url);
+    assert_eq!(running["status"], "running", "the job ended before the SIGTERM: make the ledger bigger: {running}");
+    let (clean, log) = host.terminate_within(Duration::from_secs(30));
+    assert!(clean, "the host exits cleanly with a verify job running: {log}");
+    assert!(log.contains("a verify job stopped with the host"), "{log}");
+    let host = Host::start_with(&data, &args);
+    let again = job(&host, &acme, &url);
+    let from_again = again["resumed_from"][1].as_u64().expect("the job was resumed again at start-up");
+    assert!(from_again >= from, "resumed from {from_again} after {from}: {again}");
     let done = wait_done(&host, &acme, &url);
     assert_eq!(done["status"], "done", "{done}");
-    assert_eq!(done["resumed_from"], json!([from]), "{done}");
+    assert_eq!(done["resumed_from"], json!([from, from_again]), "{done}");
     assert!(host.log().contains("verify resumed from a checkpoint it had confirmed"), "{}", host.log());
     // The same report as a verify from event 1, in one request.
     let sync = host.verify(&acme);

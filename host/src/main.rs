@@ -230,7 +230,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 anyhow::bail!("--state-quota-bytes must be at least 1 (leave it out for no quota)");
             }
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(serve(ServeConfig {
+            let served = runtime.block_on(serve(ServeConfig {
                 data,
                 listen,
                 demo_plugin: demo.then_some(demo_plugin),
@@ -240,7 +240,11 @@ fn main() -> anyhow::Result<ExitCode> {
                 console: !no_console,
                 ledger_cache_bytes,
                 cluster,
-            }))?;
+            }));
+            // Work still on blocking threads (a backtest, a statement's recomputation) answers
+            // no one any more and commits nothing: the process does not wait for it for ever.
+            runtime.shutdown_timeout(BLOCKING_STOP);
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Openapi { write } => {
@@ -336,6 +340,12 @@ const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 /// Below a mebibyte sled would keep little more than the page being written.
 const MIN_LEDGER_CACHE_BYTES: u64 = 1 << 20;
 
+/// How long a stopping host waits for its verify jobs to reach their next event and end.
+const VERIFY_JOBS_STOP: Duration = Duration::from_secs(5);
+
+/// How long a stopping host waits, once it has flushed, for work left on blocking threads.
+const BLOCKING_STOP: Duration = Duration::from_secs(5);
+
 /// What `serve` was asked for, once its flags are checked.
 struct ServeConfig {
     data: PathBuf,
@@ -423,6 +433,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         // opening the ledger anew recovers it from its log once the disk can take writes.
         anyhow::bail!("the ledger cannot write again in this process, so the host stops: {error}");
     }
+    commission_host::verify_jobs::stop_all(VERIFY_JOBS_STOP).await;
     if let Some(cluster) = cluster {
         cluster.leave().await;
     }

@@ -131,7 +131,10 @@ fn save(
 /// What a verify tells its caller as it goes.
 pub trait VerifyObserver {
     /// After each ledger entry: the next position, and the events replayed so far.
-    fn replayed(&mut self, _next: u64, _events_replayed: usize) {}
+    /// An error ends the verify there (the host is stopping).
+    fn replayed(&mut self, _next: u64, _events_replayed: usize) -> Result<(), IngestError> {
+        Ok(())
+    }
     /// At a resume point: everything needed to go on from `progress.next`.
     fn resume_point(&mut self, _progress: &VerifyProgress) -> Result<(), IngestError> {
         Ok(())
@@ -235,7 +238,7 @@ impl Pipeline {
             }
             self.replay_step_with(operator, &mut replay, &record, given, &mut visit)?;
             progress.next = record.seq + 1;
-            observer.replayed(progress.next, progress.report.events_replayed);
+            observer.replayed(progress.next, progress.report.events_replayed)?;
         }
         let last = replay.scratch.snapshot();
         for seq in periodic {

@@ -10,7 +10,7 @@
 //! is refused, naming the running one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,30 @@ pub struct JobStatus {
 fn running() -> &'static Mutex<HashMap<String, Arc<Live>>> {
     static RUNNING: OnceLock<Mutex<HashMap<String, Arc<Live>>>> = OnceLock::new();
     RUNNING.get_or_init(Mutex::default)
+}
+
+/// Set once the host stops: a running job ends at its next event, still `running` in the
+/// store with its last flushed resume point, and goes on from there at the next start.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Stops the running jobs, for a host that is stopping, and waits up to `within` for them to
+/// end. Why: a job's thread waits for flushes, and a runtime shut down under it would leave it
+/// (and the process, which waits for its blocking threads) waiting for ever.
+pub async fn stop_all(within: std::time::Duration) {
+    STOPPING.store(true, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + within;
+    while !running().lock().expect("verify jobs lock").is_empty() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("verify jobs still running at shutdown: they go on at the next start");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A job's replay ended because the host is stopping.
+fn stopping() -> IngestError {
+    IngestError::Internal("the host is stopping".into())
 }
 
 /// Why a job was not started.
@@ -206,9 +230,10 @@ struct Saver<'a> {
 }
 
 impl VerifyObserver for Saver<'_> {
-    fn replayed(&mut self, next: u64, events_replayed: usize) {
+    fn replayed(&mut self, next: u64, events_replayed: usize) -> Result<(), IngestError> {
         self.live.next.store(next, Ordering::Relaxed);
         self.live.replayed.store(events_replayed as u64, Ordering::Relaxed);
+        if STOPPING.load(Ordering::Relaxed) { Err(stopping()) } else { Ok(()) }
     }
 
     fn resume_point(&mut self, progress: &VerifyProgress) -> Result<(), IngestError> {
@@ -237,6 +262,12 @@ fn spawn(pipeline: Pipeline, operator: OperatorRecord, job: VerifyJob, live: Arc
         })
         .await;
         let (job, result) = match ran {
+            // Left as stored, `running` from its last resume point: the next start resumes it.
+            Ok((_, Err(_))) if STOPPING.load(Ordering::SeqCst) => {
+                tracing::info!(operator = %key, job = %id, "a verify job stopped with the host");
+                running().lock().expect("verify jobs lock").remove(&key);
+                return;
+            }
             Ok((job, result)) => (Some(job), result.map_err(|error| error.to_string())),
             Err(error) => (None, Err(format!("the job's thread ended: {error}"))),
         };

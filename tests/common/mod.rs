@@ -96,6 +96,25 @@ impl Host {
         self.child.wait().expect("reap the host").success()
     }
 
+    /// Sends SIGTERM and waits up to `limit` for the host to exit: whether it exited cleanly,
+    /// and its log. A host that does not stop when asked is SIGKILLed and the test fails.
+    pub fn terminate_within(mut self, limit: std::time::Duration) -> (bool, String) {
+        let pid = self.pid().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let asked = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the host") {
+                return (status.success(), self.log());
+            }
+            if asked.elapsed() > limit {
+                self.child.kill().expect("SIGKILL the host");
+                self.child.wait().expect("reap the host");
+                panic!("the host did not stop within {limit:?} of SIGTERM: {}", self.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

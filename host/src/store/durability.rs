@@ -37,6 +37,8 @@ struct Flushed {
     through: u64,
     /// The last flush that failed, and why: tickets it should have covered fail with it.
     failure: Option<(u64, String)>,
+    /// The flush loop has ended: no ticket not flushed yet ever will be.
+    stopped: bool,
 }
 
 impl Durability {
@@ -73,14 +75,17 @@ impl Durability {
         let mut flushed = self.shared.flushed.subscribe();
         let state = flushed
             .wait_for(|state| {
-                state.through >= ticket || state.failure.as_ref().is_some_and(|(upto, _)| *upto >= ticket)
+                state.through >= ticket
+                    || state.stopped
+                    || state.failure.as_ref().is_some_and(|(upto, _)| *upto >= ticket)
             })
             .await
             .map_err(|_| DurabilityError("the flush task has stopped".into()))?
             .clone();
         match state.failure {
-            Some((upto, error)) if upto >= ticket && state.through < ticket => Err(DurabilityError(error)),
-            _ => Ok(()),
+            _ if state.through >= ticket => Ok(()),
+            Some((upto, error)) if upto >= ticket => Err(DurabilityError(error)),
+            _ => Err(DurabilityError("the flush task has stopped".into())),
         }
     }
 }
@@ -89,7 +94,18 @@ impl Durability {
 /// (a commit that found sled's write error) is noticed within this.
 const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Tells the waiters when the flush loop is gone (dropped with the runtime at shutdown), so
+/// that a thread waiting for a flush gets an error instead of waiting for ever.
+struct LoopGone(Arc<Shared>);
+
+impl Drop for LoopGone {
+    fn drop(&mut self) {
+        self.0.flushed.send_modify(|state| state.stopped = true);
+    }
+}
+
 async fn flush_loop(db: sled::Db, shared: Arc<Shared>, flush_seconds: Histogram) {
+    let _gone = LoopGone(shared.clone());
     let mut through = 0;
     loop {
         if shared.tickets.load(Ordering::SeqCst) == through {
