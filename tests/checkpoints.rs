@@ -283,6 +283,12 @@ fn a_missing_or_altered_checkpoint_is_rederived_from_the_previous_sound_periodic
     let host = Host::start_with(&data, &["--checkpoint-every", "2"]);
     let casino = four_closed_months(&host, "casino");
     assert_verifies_with_checkpoints(&host, &casino);
+    // Taken in the turn, written by the writer thread: the one at 3 whole, the one at 5 chained.
+    let metrics = host.metrics();
+    for kind in ["whole", "chained"] {
+        let name = format!("commission_host_periodic_checkpoints_total{{operator=\"casino\",kind=\"{kind}\"}}");
+        assert_eq!(common::metric(&metrics, &name), Some(1.0), "{kind}: {metrics}");
+    }
     stop(host);
 
     let mut seen = Vec::new();

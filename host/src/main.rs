@@ -343,6 +343,9 @@ const MIN_LEDGER_CACHE_BYTES: u64 = 1 << 20;
 /// How long a stopping host waits for its verify jobs to reach their next event and end.
 const VERIFY_JOBS_STOP: Duration = Duration::from_secs(5);
 
+/// How long a stopping host waits for the periodic checkpoints taken to be written.
+const CHECKPOINTS_STOP: Duration = Duration::from_secs(10);
+
 /// How long a stopping host waits, once it has flushed, for work left on blocking threads.
 const BLOCKING_STOP: Duration = Duration::from_secs(5);
 
@@ -436,6 +439,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     commission_host::verify_jobs::stop_all(VERIFY_JOBS_STOP).await;
     if let Some(cluster) = cluster {
         cluster.leave().await;
+    }
+    let pipeline = state.pipeline.clone();
+    let written = tokio::task::spawn_blocking(move || pipeline.periodic_checkpoints_written(CHECKPOINTS_STOP)).await;
+    if !matches!(written, Ok(true)) {
+        tracing::warn!("periodic checkpoints still waiting to be written at shutdown: replays start from earlier ones");
     }
     state.pipeline.make_durable().await?;
     tracing::info!("stopped; the ledger is flushed");

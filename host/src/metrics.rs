@@ -49,6 +49,13 @@ pub struct OperatorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckpointLabels {
+    pub operator: String,
+    /// `chained`, `whole`, `skipped` (it could not chain) or `failed`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LoadLabels {
     /// `compiled` from the component, or `cache`: deserialized from the compiled-artifact cache.
     pub source: &'static str,
@@ -86,6 +93,9 @@ pub struct Metrics {
     pub sequencer_turns: Family<OperatorLabels, Counter>,
     pub sliced_requests: Family<OperatorLabels, Counter>,
     pub verify_evaluated_ahead: Counter,
+    pub periodic_checkpoints: Family<CheckpointLabels, Counter>,
+    pub checkpoint_capture_seconds: Histogram,
+    pub checkpoint_write_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -253,6 +263,24 @@ impl Default for Metrics {
             "Events a verify took as evaluated ahead by a helper on another core (serve --verify-helpers)",
             verify_evaluated_ahead.clone(),
         );
+        let periodic_checkpoints = Family::default();
+        registry.register(
+            "periodic_checkpoints",
+            "Periodic checkpoints of plugin state written (serve --checkpoint-every), by how",
+            periodic_checkpoints.clone(),
+        );
+        let checkpoint_capture_seconds = seconds_histogram();
+        registry.register(
+            "checkpoint_capture_seconds",
+            "Time a periodic checkpoint takes in its operator's turn",
+            checkpoint_capture_seconds.clone(),
+        );
+        let checkpoint_write_seconds = seconds_histogram();
+        registry.register(
+            "checkpoint_write_seconds",
+            "Time the writer thread takes to store a periodic checkpoint, off the turn",
+            checkpoint_write_seconds.clone(),
+        );
         Self {
             registry,
             events,
@@ -285,6 +313,9 @@ impl Default for Metrics {
             sequencer_turns,
             sliced_requests,
             verify_evaluated_ahead,
+            periodic_checkpoints,
+            checkpoint_capture_seconds,
+            checkpoint_write_seconds,
         }
     }
 }

@@ -298,34 +298,6 @@ impl Pipeline {
         Ok(store.month_span(&operator.id, month)?)
     }
 
-    /// After a turn's commits: a checkpoint of the operator's plugin state if `every` events or
-    /// more committed since its latest one (`serve --checkpoint-every`). In the operator's turn,
-    /// so the stored state is the one just before the next sequence number. A failure is
-    /// logged, not the turn's: a checkpoint is derived data.
-    pub(crate) fn checkpoint_if_due(&self, operator: &str, every: u64) {
-        if every == 0 {
-            return;
-        }
-        let store = self.store();
-        let due = || -> Result<(), IngestError> {
-            let next = store.last_sequence(operator)? + 1;
-            let latest = store.latest_checkpoint_seq(operator)?.unwrap_or(1);
-            if next.saturating_sub(latest) < every {
-                return Ok(());
-            }
-            let started = std::time::Instant::now();
-            let (bytes, chained) = store.put_periodic_checkpoint(operator, next)?;
-            let stored = started.elapsed();
-            let month_of = |at| Period::containing(at).map(|period| period.id);
-            store.index_months(operator, next - 1, month_of, |id| id.starts_with(RESERVED_PREFIX))?;
-            tracing::debug!(%operator, seq = next, bytes, chained, ?stored, took = ?started.elapsed(), "periodic checkpoint");
-            Ok(())
-        };
-        if let Err(error) = due() {
-            tracing::warn!(%operator, %error, "the periodic checkpoint was not stored; replays start from an earlier one");
-        }
-    }
-
     /// The state at the checkpoint at `seq`, or, if it does not read back (missing, altered),
     /// re-derived from the previous sound checkpoint by replaying the events between (and
     /// stored again): a fallback that costs the events since that checkpoint, not the ledger.

@@ -27,6 +27,7 @@
 
 mod affiliates;
 mod batch;
+mod checkpoint_writer;
 pub mod checkpoints;
 mod checks;
 mod close;
@@ -80,6 +81,7 @@ pub struct Pipeline {
     sandbox: Arc<Sandbox>,
     plugins: Arc<PluginRegistry>,
     committer: Committer,
+    checkpoint_writer: checkpoint_writer::CheckpointWriter,
     sequencers: Arc<Sequencers>,
     durability: Durability,
     metrics: Arc<Metrics>,
@@ -228,6 +230,7 @@ impl Pipeline {
                     group_events: metrics.commit_group_events.clone(),
                 },
             ),
+            checkpoint_writer: checkpoint_writer::CheckpointWriter::start(store.clone(), metrics.clone()),
             store,
             sandbox,
             plugins,

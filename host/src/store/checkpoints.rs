@@ -235,9 +235,23 @@ impl Store {
     }
 
     /// Stores `state` as the checkpoint at `seq`, as a delta from the operator's latest
-    /// checkpoint before it (if that one reads back whole; else in full). Returns the bytes
-    /// written.
+    /// checkpoint before it (if that one reads back whole; else in full), once the operator's
+    /// periodic checkpoints waiting for the writer are written. Returns the bytes written.
     pub fn put_checkpoint(
+        &self,
+        operator: &str,
+        seq: u64,
+        period: Option<&str>,
+        state: &State,
+    ) -> Result<usize, StoreError> {
+        self.settle_periodic_checkpoints(operator);
+        let written = self.put_checkpoint_now(operator, seq, period, state)?;
+        self.touched.forget_before(operator, seq);
+        Ok(written)
+    }
+
+    /// [`Store::put_checkpoint`] without waiting: for the periodic checkpoints' writer.
+    pub(super) fn put_checkpoint_now(
         &self,
         operator: &str,
         seq: u64,

@@ -12,6 +12,7 @@
 //! rather than guess.
 
 mod checkpoint_chain;
+pub use checkpoint_chain::{CheckpointCapture, CheckpointWritten};
 pub mod checkpoints;
 mod clawback;
 mod commit;
@@ -107,6 +108,8 @@ pub struct Store {
     /// The plugin state keys each operator's events wrote since its latest checkpoint (see
     /// [`checkpoint_chain`]).
     touched: checkpoint_chain::TouchedKeys,
+    /// Periodic checkpoints taken in a turn and not written yet (see [`checkpoint_chain`]).
+    pending_checkpoints: checkpoint_chain::PendingCheckpoints,
 }
 
 enum Abort {
@@ -167,6 +170,7 @@ impl Store {
             affiliate_keys: tree("affiliate_keys")?,
             payouts: tree("payouts")?,
             touched: Default::default(),
+            pending_checkpoints: Default::default(),
             db,
         };
         migrate::to_current(&store.db)?;
