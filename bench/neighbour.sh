@@ -55,7 +55,7 @@ wrk -t1 -c"$HOSTILE_CONNECTIONS" -d"$DURATION" --timeout 10s -s bench/hostile.lu
 good beside
 wait $(jobs -p | tail -1)
 echo "hostile: $(grep -E 'Requests/sec' "$work/wrk-hostile" | tr -s ' ')"
-curl -s $H/metrics "${admin[@]}" | grep -E '^commission_host_(throttled_total|throttled_seconds_total|plugin_failures_total|sequencer_turns_total)' || true
+curl -s $H/metrics "${admin[@]}" | grep -E '^commission_host_(throttled_total|throttled_seconds_total|plugin_failures_total|sequencer_turns_total|periodic_checkpoints_total|checkpoint_(capture|write)_seconds_(sum|count))' || true
 awk -v a="$(p99 alone)" -v b="$(p99 beside)" -v ra="$(rps alone)" -v rb="$(rps beside)" 'BEGIN {
   printf "p99 beside / alone: %.2f ms / %.2f ms = %.2fx (target <= 3x)\n", b, a, b / a
   printf "events/s beside / alone: %.0f / %.0f = %.2f\n", rb, ra, rb / ra

@@ -95,6 +95,15 @@ fn a_verify_with_helpers_reports_what_one_thread_does_on_a_clean_and_a_tampered_
     let (_dir, data) = data_dir();
     let host = Host::start_with(&data, &["--checkpoint-every", "100"]);
     let casino = three_months(&host);
+    // The process's first periodic checkpoint reads the whole state; every later one, across
+    // both closes, chains to the one before it (a close's included).
+    let metrics = host.metrics();
+    let written = |kind: &str| {
+        let name = format!("commission_host_periodic_checkpoints_total{{operator=\"casino\",kind=\"{kind}\"}}");
+        metric(&metrics, &name).unwrap_or(0.0)
+    };
+    assert_eq!((written("whole"), written("skipped"), written("failed")), (1.0, 0.0, 0.0), "{metrics}");
+    assert!(written("chained") >= 10.0, "{metrics}");
     let clean = host.verify(&casino);
     assert_eq!((&clean["differences"], &clean["checkpoints_differing"]), (&json!([]), &json!([])), "{clean}");
     // Every deposit, the late one and the two closes' settlements.

@@ -89,10 +89,10 @@ enum Command {
         /// their own (`state_bytes` in PUT /v1/operators/{op}/limits); none unless given.
         #[arg(long)]
         state_quota_bytes: Option<u64>,
-        /// Keep a checkpoint of each operator's plugin state every this many events (stored as
-        /// a delta from the previous one), where a close's replay and a checkpoint's repair
-        /// start; each one pauses the operator's events while it reads its whole state. 0 (the
-        /// default): only before each month's settlements.
+        /// Keep a checkpoint of each operator's plugin state every this many events (what
+        /// changed since the previous one, written off the operator's turn), where a verify
+        /// job's resume points, a verify's helpers, a close's replay and a checkpoint's repair
+        /// start. 0: only before each month's settlements.
         #[arg(long, default_value_t = commission_host::pipeline::checkpoints::DEFAULT_CHECKPOINT_EVERY)]
         checkpoint_every: u64,
         /// Threads a verify adds to its own to evaluate, ahead of it, the stretches between

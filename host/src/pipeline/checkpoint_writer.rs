@@ -25,7 +25,9 @@ struct Captured {
     operator: String,
     seq: u64,
     capture: CheckpointCapture,
+    /// When the turn took it, and how long that took.
     taken: Instant,
+    in_turn: std::time::Duration,
 }
 
 /// The handle turns hand captured checkpoints to; the thread ends with the last handle.
@@ -49,7 +51,7 @@ impl CheckpointWriter {
     }
 }
 
-fn write(store: &Store, metrics: &Metrics, Captured { operator, seq, capture, taken }: Captured) {
+fn write(store: &Store, metrics: &Metrics, Captured { operator, seq, capture, taken, in_turn }: Captured) {
     let started = Instant::now();
     let written = store.write_periodic_checkpoint(&operator, seq, capture).and_then(|written| {
         if written != CheckpointWritten::Skipped {
@@ -60,11 +62,11 @@ fn write(store: &Store, metrics: &Metrics, Captured { operator, seq, capture, ta
     });
     let kind = match written {
         Ok(CheckpointWritten::Chained(bytes)) => {
-            tracing::debug!(%operator, seq, bytes, waited = ?started - taken, took = ?started.elapsed(), "periodic checkpoint, chained");
+            tracing::debug!(%operator, seq, bytes, ?in_turn, waited = ?started - taken, took = ?started.elapsed(), "periodic checkpoint, chained");
             "chained"
         }
         Ok(CheckpointWritten::Whole(bytes)) => {
-            tracing::debug!(%operator, seq, bytes, waited = ?started - taken, took = ?started.elapsed(), "periodic checkpoint, whole");
+            tracing::debug!(%operator, seq, bytes, ?in_turn, waited = ?started - taken, took = ?started.elapsed(), "periodic checkpoint, whole");
             "whole"
         }
         Ok(CheckpointWritten::Skipped) => {
@@ -97,12 +99,12 @@ impl Pipeline {
                 return Ok(None);
             }
             let capture = store.capture_periodic_checkpoint(operator, seq)?;
-            Ok(Some(Captured { operator: operator.to_owned(), seq, capture, taken }))
+            Ok(Some(Captured { operator: operator.to_owned(), seq, capture, taken, in_turn: taken.elapsed() }))
         })();
         match captured {
             Ok(None) => {}
             Ok(Some(captured)) => {
-                self.metrics.checkpoint_capture_seconds.observe(taken.elapsed().as_secs_f64());
+                self.metrics.checkpoint_capture_seconds.observe(captured.in_turn.as_secs_f64());
                 if let Err(mpsc::SendError(lost)) = self.checkpoint_writer.captured.send(captured) {
                     // The writer thread stopped (a panic): written here, so that nothing waits.
                     store.write_periodic_checkpoint(&lost.operator, lost.seq, lost.capture).ok();

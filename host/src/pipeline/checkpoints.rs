@@ -30,14 +30,14 @@ use crate::sandbox::ScratchState;
 use crate::store::checkpoints::{MonthSpan, PeriodBook, State, Writes, apply, decode_writes, encode_writes};
 use crate::store::records::{CommissionRecord, EventRecord, EventStatus, OperatorRecord};
 
-/// How many events between two periodic checkpoints, by default: none. A periodic checkpoint
-/// reads and hashes the operator's whole plugin state in the operator's turn, so its events
-/// wait for it: with the benchmark's 30,000 customers per operator, every 10,000 events took
-/// a postback's p99 from 3.2 ms to 50 ms at one connection (BENCHMARKS.md). Until the digest is
-/// kept up to date by each commit rather than recomputed, they are opt-in
-/// (`serve --checkpoint-every N`); the checkpoint before each month's settlements is always
-/// kept.
-pub const DEFAULT_CHECKPOINT_EVERY: u64 = 0;
+/// How many events between two periodic checkpoints, by default (`serve --checkpoint-every`;
+/// 0: none but the closes'). A periodic checkpoint costs its operator's turn a swap of what the
+/// store noted since the last one (microseconds; the whole state once per process, or
+/// after a checkpoint that failed: [`crate::store::CheckpointCapture`]); the writer thread
+/// stores it off the turn. In return a verify job saves a resume point at each, a verify's
+/// helpers evaluate the stretches between them on other cores, and a replay that starts
+/// mid-month (a backtest, a shadow, a re-derived checkpoint) starts from the one before it.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 100_000;
 
 /// A settlement run again by a restatement.
 pub(crate) struct Resettled {
@@ -333,14 +333,18 @@ impl Pipeline {
         Ok(Some(state))
     }
 
-    /// Before a close's settlements: the checkpoint of the month (its first close only).
-    /// Returns the state it stands for, to book the close with.
+    /// Before a close's settlements, in the operator's turn: the checkpoint of the month (its
+    /// first close only), which the next periodic one chains to. Returns the state it stands
+    /// for, to book the close with.
     pub(crate) fn checkpoint_close(&self, operator: &OperatorRecord, period: &Period) -> Result<State, IngestError> {
         let store = self.store();
         let state = store.state_entries(&operator.id)?;
         if store.settlement_ids(&operator.id, SETTLEMENT_PREFIX, Some(&period.id))?.is_empty() {
             let seq = store.last_sequence(&operator.id)? + 1;
             let bytes = store.put_checkpoint(&operator.id, seq, Some(&period.id), &state)?;
+            if self.checkpoint_every() > 0 {
+                store.chain_periodic_checkpoints_from(&operator.id, seq);
+            }
             let book = PeriodBook { period: period.id.clone(), seq, ..PeriodBook::default() };
             store.put_period_books(&operator.id, [&book])?;
             tracing::info!(operator = %operator.id, period = %period.id, seq, bytes, keys = state.len(), "checkpoint before the month's settlements");

@@ -400,7 +400,7 @@ impl Pipeline {
             self.metrics.sliced_requests.get_or_create(&OperatorLabels { operator: queue.operator.clone() }).inc();
             queue.push_front(Job::Resume(resume), &self.metrics);
         }
-        self.checkpoint_if_due(&queue.operator, self.sequencers.scheduling.checkpoint_every);
+        self.checkpoint_if_due(&queue.operator, self.checkpoint_every());
         report
     }
 
@@ -432,6 +432,11 @@ impl Pipeline {
     pub(crate) fn try_replay_slot(&self) -> Option<EvaluationSlots> {
         let permit = self.sequencers.replays.clone().try_acquire_owned().ok()?;
         Some(EvaluationSlots { _slot: InFlight::new(self.metrics.clone(), permit, false) })
+    }
+
+    /// Events between two periodic checkpoints (`serve --checkpoint-every`; 0: none).
+    pub(super) fn checkpoint_every(&self) -> u64 {
+        self.sequencers.scheduling.checkpoint_every
     }
 
     /// Threads a verify may add to its own (`serve --verify-helpers`).

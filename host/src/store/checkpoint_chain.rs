@@ -14,9 +14,10 @@
 //! hashes the whole state only at the chain's root.
 //!
 //! What is noted lives in this process's memory only, and only for operators with periodic
-//! checkpoints (notes start at one): after a restart, after a checkpoint stored another way (a
-//! close's) past the notes' start, or past [`MAX_NOTED_KEYS`] or [`MAX_NOTED_BYTES`], the next
-//! periodic checkpoint captures the whole state in the turn, and the notes start again from it.
+//! checkpoints (notes start at one, or at a close's): after a restart, after a checkpoint stored
+//! another way past the notes' start (a re-derived one), or past [`MAX_NOTED_KEYS`] or
+//! [`MAX_NOTED_BYTES`], the next periodic checkpoint captures the whole state in the turn, and
+//! the notes start again from it.
 //! A write is noted only once its commit went through, so the notes never miss a write the
 //! state holds: the committer is the one writer of plugin state.
 //!
@@ -266,6 +267,12 @@ impl Store {
         let written = bytes.len();
         tree.insert(keys::sequence(operator, seq), bytes)?;
         Ok(CheckpointWritten::Chained(written))
+    }
+
+    /// The checkpoint at `seq` was just stored in the operator's turn from its current state (a
+    /// close's): the next periodic one chains to it, instead of being taken whole.
+    pub fn chain_periodic_checkpoints_from(&self, operator: &str, seq: u64) {
+        self.touched.restart(operator, seq);
     }
 
     /// Waits, up to `within`, for every captured periodic checkpoint to be written (a stopping
