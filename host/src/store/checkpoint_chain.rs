@@ -107,11 +107,13 @@ impl TouchedKeys {
         Some((since, std::mem::take(&mut notes.writes)))
     }
 
-    /// Drops the operator's notes if they start before `seq`, where another checkpoint was
-    /// stored: the next periodic one cannot chain to the notes' start.
-    pub(super) fn forget_before(&self, operator: &str, seq: u64) {
+    /// Drops the operator's notes unless they start after `seq`, where another checkpoint was
+    /// stored: after the notes' start, the next periodic one cannot chain to it; at it, the
+    /// checkpoint the notes are writes since may now hold another state (a close's, restated by
+    /// a late event), which the notes would be folded onto.
+    pub(super) fn forget_unless_after(&self, operator: &str, seq: u64) {
         let mut touched = self.lock();
-        if touched.get(operator).is_some_and(|notes| notes.since < seq) {
+        if touched.get(operator).is_some_and(|notes| notes.since <= seq) {
             touched.remove(operator);
         }
     }
@@ -432,5 +434,39 @@ mod tests {
         // The notes started before the close's checkpoint: the next periodic one is whole.
         write(&store, "e4", "d");
         assert!(!periodic(&store, next(&store)).1);
+    }
+
+    /// A close's checkpoint, stored in the turn from the current state: the next periodic one
+    /// chains to it.
+    fn close(store: &Store, period: &str) -> u64 {
+        let seq = next(store);
+        store.put_checkpoint("op", seq, Some(period), &store.state_entries("op").unwrap()).unwrap();
+        store.chain_periodic_checkpoints_from("op", seq);
+        seq
+    }
+
+    #[test]
+    fn periodic_checkpoints_chain_to_a_close_s_unless_it_is_stored_again_with_another_state() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(directory.path()).unwrap();
+        write(&store, "e1", "a");
+        close(&store, "2025-10");
+        write(&store, "e2", "b");
+        let chained = next(&store);
+        assert!(periodic(&store, chained).1, "chained to the close's");
+        assert_eq!(store.checkpoint_state("op", chained).unwrap(), Some(store.state_entries("op").unwrap()));
+
+        let november = close(&store, "2025-11");
+        write(&store, "e3", "c");
+        // A late event restates November: its checkpoint is stored again, with another state.
+        // The notes since it, folded onto that, would not give the live state: the next one is
+        // taken whole.
+        let mut restated = store.checkpoint_state("op", november).unwrap().unwrap();
+        restated.insert("late".into(), b"1".to_vec());
+        store.put_checkpoint("op", november, Some("2025-11"), &restated).unwrap();
+        write(&store, "e4", "d");
+        let later = next(&store);
+        assert!(!periodic(&store, later).1, "taken whole, not folded onto the restated one");
+        assert_eq!(store.checkpoint_state("op", later).unwrap(), Some(store.state_entries("op").unwrap()));
     }
 }

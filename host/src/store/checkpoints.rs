@@ -246,7 +246,7 @@ impl Store {
     ) -> Result<usize, StoreError> {
         self.settle_periodic_checkpoints(operator);
         let written = self.put_checkpoint_now(operator, seq, period, state)?;
-        self.touched.forget_before(operator, seq);
+        self.touched.forget_unless_after(operator, seq);
         Ok(written)
     }
 
