@@ -242,7 +242,8 @@ fn main() -> anyhow::Result<ExitCode> {
                 cluster,
             }));
             // Work still on blocking threads (a backtest, a statement's recomputation) answers
-            // no one any more and commits nothing: the process does not wait for it for ever.
+            // no one any more: everything acknowledged is flushed, and the ledger may stop at
+            // any point (the crash tests), so the process does not wait for it for ever.
             runtime.shutdown_timeout(BLOCKING_STOP);
             served?;
             Ok(ExitCode::SUCCESS)

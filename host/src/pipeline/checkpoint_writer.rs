@@ -9,8 +9,10 @@
 //! chained to the one before it ([`crate::store::CheckpointWritten`]).
 //!
 //! A checkpoint is derived data: one that fails to be written is logged, and the next is taken
-//! from the whole state. A stopping host waits for the queue to be written
-//! ([`Pipeline::periodic_checkpoints_written`]).
+//! from the whole state. While [`MAX_QUEUED`] captures wait for the writer, a turn takes none:
+//! its operator's notes go on growing (within their bounds) and the next turn tries again, so
+//! the memory held by captures is bounded however many operators reach a checkpoint at once.
+//! A stopping host waits for the queue to be written ([`Pipeline::periodic_checkpoints_written`]).
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -19,6 +21,9 @@ use std::time::Instant;
 use super::{Period, Pipeline, RESERVED_PREFIX};
 use crate::metrics::{CheckpointLabels, Metrics};
 use crate::store::{CheckpointCapture, CheckpointWritten, Store, StoreError};
+
+/// Captures waiting for the writer past which turns take no more.
+const MAX_QUEUED: usize = 64;
 
 /// A checkpoint taken in a turn, to be written.
 struct Captured {
@@ -88,10 +93,10 @@ impl Pipeline {
     /// it holds the state just before the next position, and written by the writer thread. A
     /// failure is logged, not the turn's: a checkpoint is derived data.
     pub(crate) fn checkpoint_if_due(&self, operator: &str, every: u64) {
-        if every == 0 {
+        let store = self.store();
+        if every == 0 || store.periodic_checkpoints_pending() >= MAX_QUEUED {
             return;
         }
-        let store = self.store();
         let taken = Instant::now();
         let captured = (|| -> Result<Option<Captured>, StoreError> {
             let seq = store.last_sequence(operator)? + 1;

@@ -149,6 +149,10 @@ impl PendingCheckpoints {
         self.written.notify_all();
     }
 
+    fn total(&self) -> usize {
+        self.pending.lock().expect("pending checkpoints lock").values().sum()
+    }
+
     /// Waits, up to `within`, until nothing is pending for `operator` (`None`: any operator);
     /// whether nothing is.
     pub(super) fn wait(&self, operator: Option<&str>, within: Duration) -> bool {
@@ -275,6 +279,11 @@ impl Store {
     /// close's): the next periodic one chains to it, instead of being taken whole.
     pub fn chain_periodic_checkpoints_from(&self, operator: &str, seq: u64) {
         self.touched.restart(operator, seq);
+    }
+
+    /// Captured periodic checkpoints not written yet, over all operators.
+    pub fn periodic_checkpoints_pending(&self) -> usize {
+        self.pending_checkpoints.total()
     }
 
     /// Waits, up to `within`, for every captured periodic checkpoint to be written (a stopping
