@@ -15,11 +15,11 @@
 //!
 //! What is noted lives in this process's memory only, and only for operators with periodic
 //! checkpoints (notes start at one, or at a close's): after a restart, after a checkpoint stored
-//! another way past the notes' start (a re-derived one), or past [`MAX_NOTED_KEYS`] or
-//! [`MAX_NOTED_BYTES`], the next periodic checkpoint captures the whole state in the turn, and
-//! the notes start again from it.
-//! A write is noted only once its commit went through, so the notes never miss a write the
-//! state holds: the committer is the one writer of plugin state.
+//! another way at or past the notes' start (re-derived, or a close's restated by a late event),
+//! or past [`MAX_NOTED_KEYS`] or [`MAX_NOTED_BYTES`], the next periodic checkpoint captures the
+//! whole state in the turn, and the notes start again from it. A write is noted only once its
+//! commit went through, so the notes never miss a write the state holds: the committer is the
+//! one writer of plugin state.
 //!
 //! A checkpoint waiting for the writer is not in the store yet: one stored another way waits
 //! for the operator's to be written first ([`Store::put_checkpoint`]), so that each delta is
