@@ -94,6 +94,7 @@ for size in $SIZES; do
   t=$(curl -s -o "$work/verify.out" -w '%{time_total}\n' -X POST "$H/v1/operators/ten$size/verify" -H "Authorization: Bearer $key10" | ms)
   echo "full verify, ten months: $t ms ($(( size * 1000 / (t + 1) )) events/s): $(head -c 120 "$work/verify.out")"
   echo "   (events evaluated ahead by the verifies' helpers: $(curl -s "$H/metrics" "${admin[@]}" | grep '^commission_host_verify_evaluated_ahead_total' | cut -d' ' -f2))"
+  echo "   (periodic checkpoints written: $(curl -s "$H/metrics" "${admin[@]}" | grep '^commission_host_periodic_checkpoints_total' | sed -E 's/.*operator="([^"]+)",kind="([^"]+)"} /\1 \2 /' | tr '\n' ' '))"
   echo "verify job from the first event, ten months: $(verify_job "ten$size" "$key10" '{}')"
   awk -v n="$size" 'BEGIN { for (i = 0; i < 1000; i++)
     printf "{\"id\":\"more%d\",\"type\":\"wager\",\"customer\":\"c%d\",\"amount\":\"10\",\"occurred_at\":\"2025-11-02T10:00:00Z\"}\n", i, i % 500 }' >"$work/more.ndjson"
