@@ -250,12 +250,7 @@ impl Store {
             }
             CheckpointCapture::Chained { since, writes } => (since, writes),
         };
-        let tree = self.db.open_tree(super::checkpoints::CHECKPOINTS)?;
-        let latest = match tree.range(keys::sequence(operator, 0)..keys::sequence(operator, seq)).next_back() {
-            Some(entry) => serde_json::from_slice::<StoredCheckpoint>(&entry?.1).ok(),
-            None => None,
-        };
-        let Some(previous) = latest.filter(|latest| latest.seq == since) else {
+        let Some(previous) = self.checkpoint_before(operator, seq)?.filter(|latest| latest.seq == since) else {
             return Ok(CheckpointWritten::Skipped);
         };
         let delta: BTreeMap<String, Option<String>> =
@@ -271,7 +266,7 @@ impl Store {
         };
         let bytes = to_json(&checkpoint);
         let written = bytes.len();
-        tree.insert(keys::sequence(operator, seq), bytes)?;
+        self.db.open_tree(super::checkpoints::CHECKPOINTS)?.insert(keys::sequence(operator, seq), bytes)?;
         Ok(CheckpointWritten::Chained(written))
     }
 

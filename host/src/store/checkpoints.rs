@@ -186,6 +186,15 @@ impl Store {
         Ok(checkpoints)
     }
 
+    /// The operator's latest stored checkpoint before `seq`, if it decodes.
+    pub(super) fn checkpoint_before(&self, operator: &str, seq: u64) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let tree = self.checkpoint_tree()?;
+        match tree.range(keys::sequence(operator, 0)..keys::sequence(operator, seq)).next_back() {
+            Some(entry) => Ok(serde_json::from_slice(&entry?.1).ok()),
+            None => Ok(None),
+        }
+    }
+
     /// The position of the operator's latest stored checkpoint.
     pub fn latest_checkpoint_seq(&self, operator: &str) -> Result<Option<u64>, StoreError> {
         let tree = self.checkpoint_tree()?;
@@ -259,15 +268,8 @@ impl Store {
         state: &State,
     ) -> Result<usize, StoreError> {
         let tree = self.checkpoint_tree()?;
-        let previous = match tree.range(keys::sequence(operator, 0)..keys::sequence(operator, seq)).next_back() {
-            Some(entry) => {
-                let (_, value) = entry?;
-                let previous: Option<StoredCheckpoint> = serde_json::from_slice(&value).ok();
-                match previous {
-                    Some(previous) => self.checkpoint_state(operator, previous.seq)?,
-                    None => None,
-                }
-            }
+        let previous = match self.checkpoint_before(operator, seq)? {
+            Some(previous) => self.checkpoint_state(operator, previous.seq)?,
             None => None,
         };
         let full = previous.is_none();
