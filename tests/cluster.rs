@@ -170,6 +170,12 @@ struct Seen {
     pending: usize,
 }
 
+/// How long a sender tries one event before the test fails. A bound against hanging, not a
+/// speed check (the failover time is measured in BENCHMARKS.md): on a CI machine shared with a
+/// browser and the other suites, JetStream's elections after a server's SIGKILL can take tens of
+/// seconds.
+const ACKNOWLEDGE_WITHIN: Duration = Duration::from_secs(120);
+
 /// Sends `event` to a random node until one acknowledges it (200), as a retrying client does:
 /// a refused connection, a 5xx or a 202 is sent again, to another node.
 fn deliver(
@@ -181,8 +187,8 @@ fn deliver(
     seen: &Mutex<Seen>,
 ) -> Value {
     let started = Instant::now();
-    for attempt in 0..600u32 {
-        assert!(started.elapsed() < Duration::from_secs(60), "event {event} not acknowledged within 60 s");
+    for attempt in 0..1200u32 {
+        assert!(started.elapsed() < ACKNOWLEDGE_WITHIN, "event {event} not acknowledged within {ACKNOWLEDGE_WITHIN:?}");
         let node = &nodes[rng.below(0..nodes.len() as u64) as usize];
         let sent =
             client.post(format!("{node}/v1/operators/{operator}/events")).bearer_auth(ADMIN_TOKEN).json(event).send();
@@ -245,7 +251,10 @@ fn load(nodes: Vec<String>, prefix: &str, customers: u64, trigger_after: usize, 
     }
     during();
     for sender in senders {
-        sender.join().expect("a sender panicked");
+        // The sender's own panic, so that what failed is what the test reports.
+        if let Err(panic) = sender.join() {
+            std::panic::resume_unwind(panic);
+        }
     }
     Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap()
 }
@@ -479,6 +488,8 @@ fn killing_the_owner_of_a_busy_operator_and_a_nats_server_mid_load_loses_nothing
             let lines: Vec<&str> = log.lines().filter(|line| !line.contains("DEBUG")).collect();
             eprintln!("--- {name}'s log, last lines:\n{}", lines[lines.len().saturating_sub(60)..].join("\n"));
         }
+        let said = panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied());
+        eprintln!("--- the load failed: {}", said.unwrap_or("see the sender's panic above"));
         std::panic::resume_unwind(panic)
     });
     println!(

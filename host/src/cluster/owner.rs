@@ -143,7 +143,7 @@ impl Cluster {
             %operator, lease, caught_up, events_sequence = tenure.events_sequence,
             took_ms = started.elapsed().as_millis() as u64, "owning the operator"
         );
-        let mut requests = self.requests_after(operator, tenure.events_sequence).await?;
+        let mut requests = self.read_requests(&tenure, &mut stopped).await?;
         loop {
             let next = tokio::select! {
                 next = tokio::time::timeout(IDLE_CHECK, requests.next()) => next,
@@ -155,15 +155,33 @@ impl Cluster {
                 // read from there with a new one.
                 if self.requests_waiting(operator, tenure.events_sequence).await {
                     tracing::warn!(%operator, after = tenure.events_sequence, "the events stream has requests this owner was not given; reading them again");
-                    requests = self.requests_after(operator, tenure.events_sequence).await?;
+                    requests = self.read_requests(&tenure, &mut stopped).await?;
                 }
                 continue;
             };
             let mut group = Vec::new();
+            let mut broken = None;
             let mut next = first;
-            while let Some(message) = next {
-                let message = message.map_err(anyhow::Error::from)?;
-                let sequence = message.info().map_err(|error| anyhow::anyhow!("{error}"))?.stream_sequence;
+            loop {
+                let message = match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        broken = Some(anyhow::Error::from(error));
+                        break;
+                    }
+                    None if group.is_empty() => {
+                        broken = Some(anyhow::anyhow!("the events stream's consumer ended"));
+                        break;
+                    }
+                    None => break,
+                };
+                let sequence = match message.info() {
+                    Ok(info) => info.stream_sequence,
+                    Err(error) => {
+                        broken = Some(anyhow::anyhow!("{error}"));
+                        break;
+                    }
+                };
                 match serde_json::from_slice::<Request>(&message.payload) {
                     Ok(request) => group.push((sequence, request)),
                     Err(error) => {
@@ -173,18 +191,42 @@ impl Cluster {
                 if group.len() >= MAX_GROUP_REQUESTS {
                     break;
                 }
-                next = requests.next().now_or_never().flatten();
+                next = match requests.next().now_or_never() {
+                    Some(next) => next,
+                    None => break,
+                };
             }
-            if group.is_empty() {
-                continue;
+            if !group.is_empty() {
+                self.commit_group(&mut tenure, group).await?;
             }
-            self.commit_group(&mut tenure, group).await?;
+            if let Some(error) = broken {
+                // The stream's leader is being elected, or a server went away: the requests
+                // are still in the stream, so read on from what the ledger accounts for.
+                tracing::warn!(%operator, %error, after = tenure.events_sequence, "reading the events stream failed; reading it again");
+                requests = self.read_requests(&tenure, &mut stopped).await?;
+            }
         }
     }
 
-    /// The operator's requests on the events stream after `sequence`, in order.
-    async fn requests_after(&self, operator: &str, sequence: u64) -> Result<Ordered, Stopped> {
-        Ok(read_after(&self.log.events, events_subject(operator), sequence).await?)
+    /// The operator's requests on the events stream after the last one the ledger accounts
+    /// for, in order. Tried again, a little later each time, until the stream answers: a stream
+    /// electing its leader is no reason to give the operator up (the lease decides that, and
+    /// stops this owner through `stopped`).
+    async fn read_requests(&self, tenure: &Tenure, stopped: &mut watch::Receiver<bool>) -> Result<Ordered, Stopped> {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match read_after(&self.log.events, events_subject(&tenure.operator), tenure.events_sequence).await {
+                Ok(requests) => return Ok(requests),
+                Err(error) => {
+                    tracing::warn!(operator = %tenure.operator, %error, "could not read the events stream; trying again")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopped.wait_for(|stop| *stop) => return Err(Stopped::Told),
+            }
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
     }
 
     /// Whether the events stream holds a request of the operator after `sequence`.
