@@ -437,3 +437,56 @@ fn a_shadow_started_from_the_latest_checkpoint_follows_the_ledger_from_there() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     assert!(refused.to_string().contains("start"), "{refused}");
 }
+
+/// The default keeps a periodic checkpoint every 100,000 events (`serve` with no
+/// `--checkpoint-every`): none after 99,999 events, one (of the whole state, the process's
+/// first) once the 100,000th is committed, and verify confirms it.
+#[test]
+fn the_default_keeps_a_periodic_checkpoint_once_a_hundred_thousand_events_are_committed() {
+    let (_dir, data) = data_dir();
+    let host = Host::start(&data);
+    let casino = host.create_operator("casino");
+    host.install_plugin(&casino, "revshare");
+    host.put_affiliate(&casino, "aff", None, json!({"revshare_percent": "30"}));
+    let mut lines = String::new();
+    for customer in 0..500 {
+        let event = json!({"id": format!("r{customer}"), "type": "registration", "customer": format!("c{customer}"),
+            "affiliate": "aff", "occurred_at": "2025-01-01T00:00:00Z"});
+        lines.push_str(&format!("{event}\n"));
+    }
+    for n in 500..99_999 {
+        let event = json!({"id": format!("w{n}"), "type": "wager", "customer": format!("c{}", n % 500),
+            "amount": "10", "occurred_at": format!("2025-01-{:02}T10:00:00Z", 2 + n % 27)});
+        lines.push_str(&format!("{event}\n"));
+    }
+    let (status, imported) = common::answer(
+        host.client
+            .post(host.url("/v1/operators/casino/imports?format=ndjson"))
+            .bearer_auth(&casino.api_key)
+            .header("content-type", "application/x-ndjson")
+            .body(lines)
+            .send(),
+    );
+    assert_eq!(status, StatusCode::OK, "{imported}");
+    let taken = |kind: &str| {
+        let name = format!("commission_host_periodic_checkpoints_total{{operator=\"casino\",kind=\"{kind}\"}}");
+        common::metric(&host.metrics(), &name).unwrap_or(0.0)
+    };
+    assert_eq!(taken("whole"), 0.0, "none before the 100,000th event: {imported}");
+
+    host.accept(
+        &casino,
+        json!({"id": "w-100000", "type": "wager", "customer": "c1", "amount": "10",
+        "occurred_at": "2025-01-28T10:00:00Z"}),
+    );
+    // Taken in the turn, written by the writer thread a moment later.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while taken("whole") < 1.0 {
+        assert!(Instant::now() < deadline, "no periodic checkpoint after 100,000 events: {}", host.metrics());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!((taken("whole"), taken("chained"), taken("skipped")), (1.0, 0.0, 0.0));
+    let report = host.verify(&casino);
+    assert_eq!(report["checkpoints_differing"], json!([]), "{report}");
+    assert_eq!(report["differences"], json!([]), "{report}");
+}
