@@ -313,9 +313,10 @@ fn ledger(nats: &Nats, operator: &str) -> Vec<Value> {
         };
         let mut messages = consumer.messages().await.unwrap();
         let mut entries = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Bounds against hanging, not speed checks (as OWNER_WITHIN).
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await else { break };
+            let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(15), messages.next()).await else { break };
             let message = message.unwrap();
             let sequence = message.info().unwrap().stream_sequence;
             entries.push(serde_json::from_slice(&message.payload).unwrap());
