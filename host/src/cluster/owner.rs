@@ -215,7 +215,12 @@ impl Cluster {
     async fn read_requests(&self, tenure: &Tenure, stopped: &mut watch::Receiver<bool>) -> Result<Ordered, Stopped> {
         let mut wait = Duration::from_millis(100);
         loop {
-            match read_after(&self.log.events, events_subject(&tenure.operator), tenure.events_sequence).await {
+            let read = read_after(&self.log.events, events_subject(&tenure.operator), tenure.events_sequence);
+            let read = tokio::select! {
+                read = read => read,
+                _ = stopped.wait_for(|stop| *stop) => return Err(Stopped::Told),
+            };
+            match read {
                 Ok(requests) => return Ok(requests),
                 Err(error) => {
                     tracing::warn!(operator = %tenure.operator, %error, "could not read the events stream; trying again")
