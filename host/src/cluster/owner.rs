@@ -39,6 +39,9 @@ use crate::pipeline::{Command, Done, EventOutcome};
 /// How long an owner waits for a request before it checks that the stream holds none for it.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 
+/// How long a takeover tries to catch its view up before it gives the operator up.
+const CATCH_UP_TRIES_FOR: Duration = Duration::from_secs(30);
+
 /// Requests of the events stream taken into one group at most.
 const MAX_GROUP_REQUESTS: usize = 256;
 /// The largest ledger entry written; a group over it is written as several entries (NATS's
@@ -137,7 +140,7 @@ impl Cluster {
     ) -> Result<(), Stopped> {
         let started = std::time::Instant::now();
         let mut tenure = self.take_over(operator, lease).await?;
-        let caught_up = self.catch_up(&tenure).await?;
+        let caught_up = self.catch_up(&tenure, &mut stopped).await?;
         owned.caught_up.send_replace(true);
         tracing::info!(
             %operator, lease, caught_up, events_sequence = tenure.events_sequence,
@@ -272,11 +275,35 @@ impl Cluster {
     }
 
     /// Applies to this node's view the ledger entries it has not applied, up to the takeover,
-    /// holding the view's lock (its follower waits meanwhile, [`super::view`]).
-    async fn catch_up(self: &Arc<Self>, tenure: &Tenure) -> Result<usize, Stopped> {
+    /// holding the view's lock (its follower waits meanwhile, [`super::view`]). A failure (the
+    /// ledger stream electing a leader, say) is tried again, a little later each time, for up to
+    /// [`CATCH_UP_TRIES_FOR`], from where the view got: each entry applied moves the view's
+    /// position, and what is applied again is a `duplicate`. Past that, the owner gives the
+    /// operator up (a view that refuses what the ledger committed, on a full disk, say, cannot
+    /// own it).
+    async fn catch_up(
+        self: &Arc<Self>,
+        tenure: &Tenure,
+        stopped: &mut watch::Receiver<bool>,
+    ) -> Result<usize, Stopped> {
         let view = self.view(&tenure.operator);
         let _applying = view.lock.lock().await;
-        let applied = self.apply_ledger(&tenure.operator, tenure.before).await?;
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_millis(100);
+        let applied = loop {
+            match self.apply_ledger(&tenure.operator, tenure.before).await {
+                Ok(requests) => break requests,
+                Err(error) if started.elapsed() < CATCH_UP_TRIES_FOR => {
+                    tracing::warn!(operator = %tenure.operator, %error, "catching the view up failed; trying again")
+                }
+                Err(error) => return Err(Stopped::Failed(error)),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopped.wait_for(|stop| *stop) => return Err(Stopped::Told),
+            }
+            wait = (wait * 2).min(Duration::from_secs(2));
+        };
         self.set_position(&tenure.operator, tenure.last_entry);
         Ok(applied)
     }

@@ -33,8 +33,8 @@ use super::log::{Ordered, ledger_subject, read_after};
 use super::wire::{Answer, Entry, Request};
 use crate::metrics::OperatorLabels;
 
-/// How long applying the ledger waits for the stream's next entry before it gives up (and is
-/// tried again).
+/// How long applying the ledger waits for the stream's consumer to be made, and then for each
+/// next entry, before it gives up (and is tried again).
 const ENTRY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How soon a view looks at the ledger again after a wake-up or a failure.
@@ -145,10 +145,14 @@ impl Cluster {
         if applied >= last {
             return Ok(0);
         }
-        let mut entries = read_after(&self.log.ledger, ledger_subject(operator), applied).await?;
+        // Bounded, as each entry's wait below: while a NATS server is replaced the consumer can
+        // take the JetStream context's 10 s to make, or wait without end, and this runs under
+        // the view's lock, which a node taking the operator over needs.
+        let mut entries =
+            tokio::time::timeout(ENTRY_WAIT, read_after(&self.log.ledger, ledger_subject(operator), applied))
+                .await
+                .map_err(|_| anyhow::anyhow!("the ledger stream did not answer for {} s", ENTRY_WAIT.as_secs()))??;
         let mut requests = 0;
-        // Bounded: while a NATS server is replaced the consumer can wait without end, and this
-        // runs under the view's lock, which a node taking the operator over needs.
         let next = async |entries: &mut Ordered| {
             tokio::time::timeout(ENTRY_WAIT, entries.next())
                 .await
